@@ -1,0 +1,1 @@
+"""Vehicle-side agent: samples -> blocks -> Ed25519 signature -> MQTT."""

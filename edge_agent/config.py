@@ -1,0 +1,63 @@
+"""The edge agent's configuration: one frozen, typed struct decoded once from TOML.
+
+Unknown keys are an error. Secrets are file paths, never values.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+T = TypeVar("T")
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class ConfigError(Exception):
+    """Configuration is invalid: fail at start, naming the file and the key."""
+
+
+class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
+    # Unacknowledged QoS 1 messages in flight per client (paho's default of 20 is far too small).
+    max_inflight: Annotated[int, Meta(ge=1, le=65535)] = 1000
+    session_expiry_s: Annotated[int, Meta(ge=0)] = 86400
+
+
+class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    key_path: str = "device.key"
+    # Sequence number, chain head and boot counter; survives restarts.
+    state_path: str = "device.state"
+    block_max_records: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    block_max_age_ms: Annotated[int, Meta(ge=1)] = 1000
+    # fsync the state file after every block (turn off only for simulations).
+    fsync: bool = True
+    sample_rate_hz: Annotated[float, Meta(gt=0, le=1000)] = 10.0
+
+
+class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    mqtt: MqttConfig = MqttConfig()
+    edge: EdgeConfig = EdgeConfig()
+
+
+def load_toml(path: str | Path | None, typ: type[T]) -> T:
+    """Decode a TOML file into ``typ``; ``None`` gives the embedded defaults."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {p} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    try:
+        return msgspec.convert(data, typ)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc

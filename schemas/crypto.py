@@ -1,0 +1,139 @@
+"""Identifiers, salts, block hashes and Ed25519 signatures. Pure functions on bytes.
+
+Every hash input is domain separated: ``SHA-256(tag || 0x00 || data)`` with one ASCII
+tag per purpose, so a value hashed for one purpose can never be mistaken for another.
+Merkle leaves and nodes use RFC 6962's 0x00 / 0x01 prefixes instead (see merkle.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+TAG_DEVICE_ID = b"vt/v1/device-id"
+TAG_KEY_ID = b"vt/v1/key-id"
+TAG_LEAF_SALT = b"vt/v1/leaf-salt"
+TAG_BLOCK_SIG = b"vt/v1/block-sig"
+TAG_BLOCK_HASH = b"vt/v1/block-hash"
+TAG_LEDGER_ENTRY = b"vt/v1/ledger-entry"
+
+SEED_SIZE = 32
+HASH_SIZE = 32
+SIGNATURE_SIZE = 64
+PUBLIC_KEY_SIZE = 32
+ZERO_HASH = bytes(HASH_SIZE)
+
+
+def tagged_hash(tag: bytes, data: bytes) -> bytes:
+    return hashlib.sha256(tag + b"\x00" + data).digest()
+
+
+def device_id_for(public_key: bytes) -> str:
+    """Pseudonymous device id: first 16 bytes of the tagged hash of the enrolment key, hex."""
+    _check_public_key(public_key)
+    return tagged_hash(TAG_DEVICE_ID, public_key)[:16].hex()
+
+
+def key_id_for(public_key: bytes) -> str:
+    """Key id: first 8 bytes of the tagged hash of a signing key, hex."""
+    _check_public_key(public_key)
+    return tagged_hash(TAG_KEY_ID, public_key)[:8].hex()
+
+
+def leaf_salt(seed: bytes, index: int) -> bytes:
+    """Salt of record ``index`` in a block: SHA-256(tag || 0x00 || seed || u32be(index)).
+
+    Knowing one record's salt reveals neither the seed nor any other record's salt.
+    """
+    return hashlib.sha256(TAG_LEAF_SALT + b"\x00" + seed + struct.pack(">I", index)).digest()
+
+
+def leaf_salts(seed: bytes, count: int) -> list[bytes]:
+    prefix = hashlib.sha256(TAG_LEAF_SALT + b"\x00" + seed)
+    out = []
+    for i in range(count):
+        h = prefix.copy()
+        h.update(struct.pack(">I", i))
+        out.append(h.digest())
+    return out
+
+
+def block_hash(header_bytes: bytes) -> bytes:
+    """Hash of a block header: the per-device chain link and the batch-tree leaf data."""
+    return tagged_hash(TAG_BLOCK_HASH, header_bytes)
+
+
+def signing_input(header_bytes: bytes) -> bytes:
+    """The exact bytes an Ed25519 block signature covers."""
+    return TAG_BLOCK_SIG + b"\x00" + header_bytes
+
+
+def verify_block_signature(public_key: bytes, header_bytes: bytes, signature: bytes) -> bool:
+    if len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, signing_input(header_bytes))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Plain Ed25519 verification (RFC 8032) of ``message``."""
+    if len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _check_public_key(public_key: bytes) -> None:
+    if len(public_key) != PUBLIC_KEY_SIZE:
+        raise ValueError(f"an Ed25519 public key has {PUBLIC_KEY_SIZE} bytes, got {len(public_key)}")
+
+
+class SigningKey:
+    """An Ed25519 private key with the identifiers derived from it."""
+
+    __slots__ = ("_key", "key_id", "public_key")
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key: bytes = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key_id: str = key_id_for(self.public_key)
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        """From the 32-byte RFC 8032 private key (the 'seed')."""
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> SigningKey:
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("the key file does not hold an Ed25519 private key")
+        return cls(key)
+
+    def to_pem(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        """Plain Ed25519 signature over ``message``."""
+        return self._key.sign(message)
+
+    def sign_header(self, header_bytes: bytes) -> bytes:
+        return self._key.sign(signing_input(header_bytes))

@@ -1,0 +1,71 @@
+"""Record kinds carried in blocks, mapped to COVESA VSS signals (see schemas/README.md).
+
+Units are SI (angles of position in degrees, ratios in percent, temperatures in
+degrees Celsius). Timestamps are integer nanoseconds since the Unix epoch, UTC.
+
+Records travel as MessagePack arrays (``array_like``) whose first element is the
+kind tag: ``"d"`` driving, ``"b"`` battery. Field order is the wire order and is
+frozen for schema version 1: new fields are only ever appended, with a default, and
+decoders ignore trailing fields they do not know (forward compatibility). The leaf
+hash covers the record bytes exactly as sent, so unknown fields are still signed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+SCHEMA_VERSION = 1
+
+TimestampNs = Annotated[int, Meta(ge=0, le=2**63 - 1, description="ns since Unix epoch, UTC")]
+Percent = Annotated[float, Meta(ge=0.0, le=100.0)]
+Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
+Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]
+Finite = Annotated[float, Meta(ge=-1e12, le=1e12)]  # rejects NaN and infinities
+
+
+class DrivingSample(msgspec.Struct, frozen=True, array_like=True, tag="d", tag_field="kind"):
+    ts_ns: TimestampNs
+    speed_mps: Annotated[float, Meta(ge=0.0, le=200.0)]
+    accel_long_mps2: Annotated[float, Meta(ge=-200.0, le=200.0)]
+    accel_lat_mps2: Annotated[float, Meta(ge=-200.0, le=200.0)]
+    accel_vert_mps2: Annotated[float, Meta(ge=-200.0, le=200.0)]
+    yaw_rate_radps: Annotated[float, Meta(ge=-50.0, le=50.0)]
+    latitude_deg: Latitude | None
+    longitude_deg: Longitude | None
+    altitude_m: Annotated[float, Meta(ge=-1000.0, le=20000.0)] | None
+    heading_deg: Annotated[float, Meta(ge=0.0, le=360.0)] | None
+    h_accuracy_m: Annotated[float, Meta(ge=0.0, le=1e6)] | None
+    accel_pedal_pct: Percent
+    brake_pedal_pct: Percent
+    steering_angle_rad: Annotated[float, Meta(ge=-30.0, le=30.0)]
+    gear: Annotated[int, Meta(ge=-1, le=15)]
+    odometer_m: Annotated[float, Meta(ge=0.0, le=1e10)]
+
+
+class BatterySample(msgspec.Struct, frozen=True, array_like=True, tag="b", tag_field="kind"):
+    ts_ns: TimestampNs
+    soc_pct: Percent
+    soh_pct: Percent
+    pack_voltage_v: Annotated[float, Meta(ge=0.0, le=2000.0)]
+    pack_current_a: Annotated[float, Meta(ge=-5000.0, le=5000.0)]
+    power_w: Annotated[float, Meta(ge=-5e6, le=5e6)]
+    temp_min_c: Annotated[float, Meta(ge=-100.0, le=200.0)]
+    temp_max_c: Annotated[float, Meta(ge=-100.0, le=200.0)]
+    temp_avg_c: Annotated[float, Meta(ge=-100.0, le=200.0)]
+    cell_voltage_min_v: Annotated[float, Meta(ge=0.0, le=10.0)]
+    cell_voltage_max_v: Annotated[float, Meta(ge=0.0, le=10.0)]
+    charged_energy_j: Annotated[float, Meta(ge=0.0, le=1e15)]
+    consumed_energy_j: Annotated[float, Meta(ge=0.0, le=1e15)]
+    charged_throughput_c: Annotated[float, Meta(ge=0.0, le=1e15)]
+    consumed_throughput_c: Annotated[float, Meta(ge=0.0, le=1e15)]
+    is_charging: bool
+    charge_power_w: Annotated[float, Meta(ge=0.0, le=5e6)]
+
+
+Record = DrivingSample | BatterySample
+
+DRIVING_FIELDS: tuple[str, ...] = DrivingSample.__struct_fields__
+BATTERY_FIELDS: tuple[str, ...] = BatterySample.__struct_fields__
