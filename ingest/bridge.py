@@ -1,0 +1,191 @@
+"""MQTT -> Kafka bridge. Moves blocks, never decodes them.
+
+paho-mqtt 2.x, MQTT 5, shared subscription ``$share/<group>/vehicles/+/blocks``, persistent
+session, manual acknowledgement: a PUBACK goes back to the broker only after Kafka has
+acknowledged the produce, and PUBACKs are sent in the order the messages arrived. A crash
+of the bridge therefore loses nothing: the broker redelivers every unacknowledged message,
+and the consumer recognises the ones Kafka already had as duplicates.
+
+Records are keyed by the device id from the topic, so each vehicle's blocks keep their order
+in one partition. Payloads too large for Kafka are not dropped: a marker with the payload's
+size, SHA-256 and first KiB goes to Kafka, and the consumer dead-letters it as "oversized".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ingest.config import Config
+from ingest.processor import REJECT_HEADER
+
+log = logging.getLogger(__name__)
+
+BLOCKS_FILTER = "vehicles/+/blocks"
+
+
+@dataclass
+class BridgeStats:
+    received: int = 0
+    forwarded: int = 0
+    oversized: int = 0
+    acked: int = 0
+
+
+class Bridge:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stats = BridgeStats()
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
+        self._client: mqtt.Client | None = None
+        self._connected = asyncio.Event()
+
+    # -- MQTT side (paho network thread) ----------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.cfg.bridge.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        c.max_inflight_messages_set(self.cfg.mqtt.max_inflight)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        c.on_disconnect = self._on_disconnect
+        return c
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object) -> None:
+        if rc.is_failure:
+            log.error("bridge: MQTT connect refused: %s", rc)
+            return
+        topic = f"$share/{self.cfg.bridge.share_group}/{BLOCKS_FILTER}"
+        client.subscribe(topic, options=SubscribeOptions(qos=1))
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.clear)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._inbox.put_nowait, msg)
+
+    def _connect(self) -> mqtt.Client:
+        m = self.cfg.mqtt
+        c = self._make_client()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        # Flow control: the broker keeps at most this many unacknowledged messages in flight to us.
+        props.ReceiveMaximum = min(65535, self.cfg.bridge.max_pending)
+        c.connect(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        c.loop_start()
+        return c
+
+    # -- Kafka side (asyncio) ---------------------------------------------------------------------
+    async def _produce(self, producer: AIOKafkaProducer, msg: mqtt.MQTTMessage) -> asyncio.Future[object]:
+        parts = msg.topic.split("/")
+        key = parts[1].encode() if len(parts) == 3 else None
+        payload = msg.payload
+        self.stats.received += 1
+        headers: list[tuple[str, bytes]] = [("mqtt-topic", msg.topic.encode())]
+        if len(payload) > self.cfg.bridge.max_payload_bytes:
+            self.stats.oversized += 1
+            headers += [
+                (REJECT_HEADER, b"oversized"),
+                ("vt-detail", f"{len(payload)} bytes > bridge max_payload_bytes {self.cfg.bridge.max_payload_bytes}".encode()),
+                ("vt-size", str(len(payload)).encode()),
+                ("vt-sha256", hashlib.sha256(payload).hexdigest().encode()),
+            ]
+            payload = payload[:1024]
+        fut: asyncio.Future[object] = await producer.send(self.cfg.kafka.blocks_topic, payload, key=key, headers=headers)
+        return fut
+
+    async def _pump(self, producer: AIOKafkaProducer, client: mqtt.Client) -> None:
+        pending: deque[tuple[mqtt.MQTTMessage, asyncio.Future[object]]] = deque()
+        acker_wakeup = asyncio.Event()
+
+        async def acker() -> None:
+            while True:
+                while not pending:
+                    acker_wakeup.clear()
+                    await acker_wakeup.wait()
+                msg, fut = pending[0]
+                await fut  # raises KafkaError: the whole session is torn down and rebuilt
+                pending.popleft()
+                client.ack(msg.mid, msg.qos)
+                self.stats.acked += 1
+                self.stats.forwarded += 1
+
+        ack_task = asyncio.create_task(acker())
+        try:
+            while not self._stop.is_set():
+                get = asyncio.ensure_future(self._inbox.get())
+                stop = asyncio.ensure_future(self._stop.wait())
+                done, _ = await asyncio.wait({get, stop, ack_task}, return_when=asyncio.FIRST_COMPLETED)
+                if ack_task in done:
+                    get.cancel()
+                    stop.cancel()
+                    ack_task.result()
+                if get not in done:
+                    get.cancel()
+                    stop.cancel()
+                    continue
+                stop.cancel()
+                msg = get.result()
+                pending.append((msg, await self._produce(producer, msg)))
+                acker_wakeup.set()
+            # Drain: wait for Kafka to acknowledge what we forwarded, then ack it to MQTT.
+            await producer.flush()
+            while pending and not ack_task.done():
+                await asyncio.sleep(0.01)
+        finally:
+            ack_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                await ack_task
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        backoff = 0.5
+        while not self._stop.is_set():
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.cfg.kafka.bootstrap,
+                acks="all",
+                linger_ms=2,
+                max_request_size=max(1_048_576, self.cfg.bridge.max_payload_bytes + 65536),
+            )
+            client: mqtt.Client | None = None
+            try:
+                await producer.start()
+                self._inbox = asyncio.Queue()
+                client = await asyncio.to_thread(self._connect)
+                await self._pump(producer, client)
+                backoff = 0.5
+            except (KafkaError, OSError) as exc:
+                log.error("bridge: %s; reconnecting in %.1fs (unacknowledged MQTT messages will be redelivered)",
+                          exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                if client is not None:
+                    client.disconnect()
+                    client.loop_stop()
+                with contextlib.suppress(KafkaError):
+                    await producer.stop()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,224 @@
+"""The verifying batch consumer: Kafka -> Processor -> DuckDB -> ledger -> offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from ingest.config import Config
+from ingest.ledger import Ledger, LedgerConflict, LedgerError, LocalLedger, load_or_create_key
+from ingest.processor import Processor
+from ingest.registry import Registry
+from ingest.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+def open_ledger(cfg: Config) -> Ledger:
+    if cfg.ledger.backend != "local":
+        raise ValueError(f"unknown ledger backend {cfg.ledger.backend!r} (available: local)")
+    return LocalLedger(cfg.path(cfg.ledger.path), load_or_create_key(cfg.path(cfg.ledger.key_path)))
+
+
+class BatchConsumer:
+    def __init__(self, cfg: Config, *, store: Store, ledger: Ledger, registry: Registry) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.ledger = ledger
+        self.proc = Processor(store, registry, max_block_bytes=cfg.ingest.max_block_bytes)
+        self.status_path = cfg.path("ingest-status.json")
+        self.counts = store.counts()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._stop = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self.started_ns = time.time_ns()
+
+    # -- the durability order ---------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Write the pending batch. The durability order, and why each crash point is safe:
+
+        1. batch root = RFC 6962 root over the batch's block hashes (in arrival order);
+        2. ONE DuckDB transaction: records, blocks, the batch, gaps, rejections, duplicates and
+           device chain heads (all or nothing);
+        3. rejected messages are produced to the dead-letter topic and acknowledged;
+        4. the batch root is anchored to the ledger (idempotent per batch number);
+        5. the ledger receipt is recorded in DuckDB (anchors);
+        6. Kafka offsets are committed.
+
+        A crash before 2 leaves nothing: the messages are redelivered and processed again.
+        A crash after 2 redelivers messages whose blocks are now stored: they are recognised
+        as duplicates and never stored twice; rejections are keyed by Kafka position. On start,
+        ``recover`` anchors every stored batch that has no receipt yet (after 2, before 5).
+        Store failure at 2: roll back, forget the batch, seek back to the committed offsets.
+        Ledger failure at 4: the batch stays stored and unanchored; retry with backoff and do
+        not commit offsets until it is anchored.
+        """
+        p = self.proc.pending
+        if p.empty:
+            return
+        batch_no = self.store.next_batch_no()
+        rows = self.proc.build_rows(batch_no)
+        await asyncio.to_thread(self.store.write_batch, rows)
+        await self._dead_letter(p.rejections)
+        if rows.blocks:
+            await self._anchor(batch_no, rows.root)
+        assert self.consumer is not None
+        await self.consumer.commit({TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in p.offsets.items()})
+        c = self.counts
+        c["records"] += rows.record_count
+        c["blocks"] += len(rows.blocks)
+        c["batches"] += 1 if rows.blocks else 0
+        c["anchored"] += 1 if rows.blocks else 0
+        c["rejections"] += len(rows.rejections)
+        c["duplicates"] += len(rows.duplicates)
+        c["gaps"] += len(rows.gaps)
+        self.proc.pending = type(p)()
+        self.write_status()
+
+    async def _anchor(self, batch_no: int, root: bytes) -> None:
+        delay = self.cfg.ingest.retry_backoff_ms / 1000
+        while True:
+            try:
+                receipt = await asyncio.to_thread(self.ledger.anchor, batch_no, root)
+                self.store.record_anchor(receipt)
+                return
+            except LedgerConflict:
+                raise
+            except LedgerError as exc:
+                log.warning("ledger unavailable for batch %d (%s); retrying in %.1fs", batch_no, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def recover(self) -> None:
+        """Anchor batches stored by an earlier run that crashed before their receipt was recorded."""
+        for batch_no, root in self.store.unanchored():
+            log.info("anchoring batch %d left unanchored by an earlier run", batch_no)
+            await self._anchor(batch_no, root)
+        self.counts = self.store.counts()
+
+    async def _dead_letter(self, rejections: list[Any]) -> None:
+        if not rejections:
+            return
+        assert self.producer is not None
+        futs = []
+        for r in rejections:
+            headers = [
+                ("vt-reason", str(r.reason).encode()),
+                ("vt-detail", r.detail.encode()[:1000]),
+                ("vt-source", f"{r.topic}/{r.partition}/{r.offset}".encode()),
+                ("vt-size", str(r.payload_size).encode()),
+                ("vt-sha256", r.payload_sha256.hex().encode()),
+            ]
+            futs.append(await self.producer.send(self.cfg.kafka.deadletter_topic, r.payload, key=r.key, headers=headers))
+        await asyncio.gather(*futs)
+
+    def write_status(self) -> None:
+        status = dict(self.counts, pid=os.getpid(), updated_ns=time.time_ns(), started_ns=self.started_ns)
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.status_path)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        k, ing = self.cfg.kafka, self.cfg.ingest
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap,
+            group_id=ing.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=ing.session_timeout_ms,
+            heartbeat_interval_ms=max(100, ing.session_timeout_ms // 5),
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        self.producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=5)
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([k.blocks_topic], listener=_FlushOnRevoke(self))
+        await self.recover()
+        self.write_status()
+        max_age = ing.batch_max_age_ms / 1000
+        try:
+            while not self._stop.is_set():
+                batch = await self.consumer.getmany(timeout_ms=min(200, ing.batch_max_age_ms),
+                                                    max_records=ing.poll_max_records)
+                msgs = [m for part in batch.values() for m in part]
+                if msgs:
+                    self.proc.process_all(msgs)  # type: ignore[arg-type]
+                if self.proc.due(ing.batch_max_records, max_age):
+                    await self._flush_or_rewind()
+            await self._flush_or_rewind()
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+
+    async def _flush_or_rewind(self) -> None:
+        async with self._flush_lock:
+            await self._flush_or_rewind_locked()
+
+    async def _flush_or_rewind_locked(self) -> None:
+        try:
+            await self.flush()
+        except (StoreError, KafkaError) as exc:
+            log.error("flush failed (%s); rewinding to the committed offsets", exc)
+            self.proc.reset()
+            assert self.consumer is not None
+            for tp in self.consumer.assignment():
+                committed = await self.consumer.committed(tp)
+                if committed is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+            await asyncio.sleep(self.cfg.ingest.retry_backoff_ms / 1000)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, bc: BatchConsumer) -> None:
+        self.bc = bc
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.bc._flush_or_rewind()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
+class ConsumerService:
+    """Owns the consumer's resources (store, registry, ledger) for one run."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.store = Store(cfg.path(cfg.store.path))
+        self.registry = Registry(cfg.path(cfg.registry.path))
+        self.consumer = BatchConsumer(cfg, store=self.store, ledger=open_ledger(cfg), registry=self.registry)
+
+    async def run(self) -> None:
+        try:
+            await self.consumer.run()
+        finally:
+            self.store.close()
+            self.registry.close()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+
+
+def read_status(cfg: Config) -> dict[str, Any] | None:
+    p = Path(cfg.path("ingest-status.json"))
+    try:
+        return dict(json.loads(p.read_text()))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,296 @@
+"""Verify blocks and accumulate them into batches. Synchronous and I/O-free except for the Store.
+
+For each message, in this order (the first failing check dead-letters it with its reason):
+size -> envelope decode -> registry key (unknown / revoked) -> Ed25519 signature over the exact
+header bytes -> header decode -> device id (registry and MQTT topic) -> Merkle root recomputed
+from the carried records -> record decode -> sequence and hash chain (duplicate / conflict /
+chain break / gap). Accepted blocks are appended to the pending batch in columnar form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import pyarrow as pa
+
+from ingest.registry import DeviceKey, KeyRing
+from ingest.store import BATTERY_COLUMNS, DRIVING_COLUMNS, BatchRows, DeviceHead, Store
+from schemas.block import Envelope, OpenedBlock, Reason, WireError, decode_envelope, open_envelope
+from schemas.crypto import ZERO_HASH
+from schemas.merkle import leaf_hash, root_from_leaf_hashes
+from schemas.records import BatterySample, DrivingSample
+
+REJECT_HEADER = "vt-reject"  # set by the bridge on payloads it would not forward whole
+_record_list_decoder = msgspec.msgpack.Decoder(DrivingSample | BatterySample)
+
+
+class Message(Protocol):
+    """The part of a Kafka ConsumerRecord the processor reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+@dataclass(frozen=True)
+class Rejection:
+    topic: str
+    partition: int
+    offset: int
+    reason: Reason
+    detail: str
+    key: bytes | None
+    payload: bytes
+    payload_size: int
+    payload_sha256: bytes
+    device_id: str | None = None
+    key_id: str | None = None
+    seq: int | None = None
+
+
+@dataclass
+class Pending:
+    """The batch being accumulated."""
+
+    started: float = 0.0
+    messages: int = 0
+    records: int = 0
+    blocks: list[tuple[Any, ...]] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)
+    block_index: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    drv: list[DrivingSample] = field(default_factory=list)
+    drv_meta: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    bat: list[BatterySample] = field(default_factory=list)
+    bat_meta: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    gaps: list[tuple[Any, ...]] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    duplicates: list[tuple[Any, ...]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
+
+    @property
+    def empty(self) -> bool:
+        return self.messages == 0
+
+
+def _header_value(headers: Any, name: str) -> bytes | None:
+    for k, v in headers or ():
+        if k == name:
+            return bytes(v) if v is not None else b""
+    return None
+
+
+class Processor:
+    def __init__(self, store: Store, keyring: KeyRing, *, max_block_bytes: int) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.max_block_bytes = max_block_bytes
+        self.heads: dict[str, DeviceHead] = store.heads()
+        self.pending = Pending()
+        self._keys: dict[str, DeviceKey] = {}
+
+    def reset(self) -> None:
+        """Forget the pending batch and reload chain heads from the store (after a failed flush)."""
+        self.pending = Pending()
+        self.heads = self.store.heads()
+
+    # -- per poll ---------------------------------------------------------------------------------
+    def process_all(self, messages: list[Message]) -> None:
+        """Process one poll's messages. Registry entries are read once per poll, so a revocation
+        takes effect at the next poll."""
+        key_ids: set[str] = set()
+        envs: list[Envelope | WireError] = []
+        for m in messages:
+            try:
+                env = self._decode(m)
+                envs.append(env)
+                key_ids.add(env.key_id)
+            except WireError as e:
+                envs.append(e)
+        self._keys = self.keyring.lookup(key_ids)
+        for m, env in zip(messages, envs, strict=True):
+            self._process(m, env)
+
+    def _decode(self, m: Message) -> Envelope:
+        value = m.value or b""
+        marker = _header_value(m.headers, REJECT_HEADER)
+        if marker is not None:
+            raise WireError(Reason(marker.decode()), "flagged by the bridge: " + (
+                (_header_value(m.headers, "vt-detail") or b"").decode(errors="replace")))
+        if len(value) > self.max_block_bytes:
+            raise WireError(Reason.OVERSIZED, f"{len(value)} bytes > max_block_bytes {self.max_block_bytes}")
+        return decode_envelope(value)
+
+    def _process(self, m: Message, env: Envelope | WireError) -> None:
+        p = self.pending
+        if p.messages == 0:
+            p.started = time.monotonic()
+        p.messages += 1
+        tp = (m.topic, m.partition)
+        p.offsets[tp] = max(p.offsets.get(tp, 0), m.offset + 1)
+        try:
+            if isinstance(env, WireError):
+                raise env
+            self._accept(m, env)
+        except WireError as e:
+            self._reject(m, e, env if isinstance(env, Envelope) else None)
+
+    def _reject(self, m: Message, e: WireError, env: Envelope | None, device_id: str | None = None,
+                seq: int | None = None) -> None:
+        value = m.value or b""
+        size_h = _header_value(m.headers, "vt-size")
+        sha_h = _header_value(m.headers, "vt-sha256")
+        self.pending.rejections.append(
+            Rejection(
+                m.topic, m.partition, m.offset, e.reason, e.detail, m.key, value,
+                int(size_h) if size_h else len(value),
+                bytes.fromhex(sha_h.decode()) if sha_h else hashlib.sha256(value).digest(),
+                device_id or (m.key.decode(errors="replace") if m.key else None),
+                env.key_id if env is not None else None,
+                seq,
+            )
+        )
+
+    def _accept(self, m: Message, env: Envelope) -> None:
+        key = self._keys.get(env.key_id)
+        if key is None:
+            raise WireError(Reason.UNKNOWN_KEY, f"key {env.key_id} is not in the device registry")
+        if not key.active:
+            raise WireError(Reason.REVOKED_KEY, f"key {env.key_id} of device {key.device_id} is revoked")
+        opened = open_envelope(env, key.public_key)
+        h = opened.header
+        if h.device_id != key.device_id:
+            raise WireError(Reason.DEVICE_MISMATCH, f"header device {h.device_id} but key {key.key_id} "
+                            f"belongs to {key.device_id}")
+        if m.key is not None and m.key.decode(errors="replace") != h.device_id:
+            raise WireError(Reason.DEVICE_MISMATCH, f"published on the topic of {m.key!r}, signed by {h.device_id}")
+        try:
+            recs = [_record_list_decoder.decode(r) for r in env.records]
+        except msgspec.DecodeError as exc:
+            raise WireError(Reason.RECORD, f"device {h.device_id} block {h.seq}: {exc}") from exc
+        tss = [r.ts_ns for r in recs]
+        if min(tss) < h.t_first or max(tss) > h.t_last:
+            raise WireError(Reason.HEADER, f"record timestamps outside [t_first, t_last] of block {h.seq}")
+        try:
+            self._chain(m, h.device_id, h.seq, h.prev, opened, key)
+        except _Duplicate:
+            return
+        self._append(m, env, opened, recs)
+
+    def _stored_hash(self, device_id: str, seq: int) -> bytes | None:
+        got = self.pending.block_index.get((device_id, seq))
+        return got if got is not None else self.store.block_hash_at(device_id, seq)
+
+    def _chain(self, m: Message, dev: str, seq: int, prev: bytes, opened: OpenedBlock, key: DeviceKey) -> None:
+        head = self.heads.get(dev)
+        now = time.time_ns()
+        if head is None:
+            if seq == 0 and prev != ZERO_HASH:
+                raise WireError(Reason.CHAIN, f"device {dev} block 0 must chain to the zero hash")
+            if seq > 0:
+                self.pending.gaps.append((dev, 0, seq - 1, now))
+            self.heads[dev] = DeviceHead(key.key_id, seq, opened.hash, 0, 0, now, now)
+            return
+        if seq == head.last_seq + 1:
+            if prev != head.last_hash:
+                raise WireError(Reason.CHAIN, f"device {dev} block {seq} does not chain to block {head.last_seq}")
+        elif seq > head.last_seq + 1:
+            self.pending.gaps.append((dev, head.last_seq + 1, seq - 1, now))
+        else:
+            stored = self._stored_hash(dev, seq)
+            if stored == opened.hash:
+                self.pending.duplicates.append((m.topic, m.partition, m.offset, dev, seq, opened.hash, now))
+                raise _Duplicate
+            if stored is not None:
+                raise WireError(Reason.SEQ_CONFLICT, f"device {dev} block {seq} differs from the stored block {seq}")
+            before = self._stored_hash(dev, seq - 1) if seq > 0 else ZERO_HASH
+            if before is not None and before != prev:
+                raise WireError(Reason.CHAIN, f"late block {seq} of device {dev} does not chain to block {seq - 1}")
+            after = self._stored_hash(dev, seq + 1)
+            if after is not None:
+                pass  # the successor's prev link was unverifiable when it arrived; it is checked by audit
+            return  # a late block filling a gap: stored, head unchanged
+        head.last_seq = seq
+        head.last_hash = opened.hash
+        head.key_id = key.key_id
+        head.last_seen = now
+
+    def _append(self, m: Message, env: Envelope, opened: OpenedBlock, recs: list[Any]) -> None:
+        p = self.pending
+        h = opened.header
+        dev = h.device_id
+        head = self.heads[dev]
+        head.blocks += 1
+        head.records += h.count
+        p.touched.add(dev)
+        p.block_index[(dev, h.seq)] = opened.hash
+        p.blocks.append(
+            (dev, h.seq, opened.hash, env.header, env.sig, env.seed, h.key_id, h.boot, h.count, h.t_first,
+             h.t_last, h.root, None, len(p.block_hashes), m.partition, m.offset, time.time_ns())
+        )
+        p.block_hashes.append(opened.hash)
+        for i, (r, raw) in enumerate(zip(recs, env.records, strict=True)):
+            if type(r) is DrivingSample:
+                p.drv.append(r)
+                p.drv_meta.append((dev, h.seq, i, raw))
+            else:
+                p.bat.append(r)
+                p.bat_meta.append((dev, h.seq, i, raw))
+        p.records += h.count
+
+    # -- at flush ---------------------------------------------------------------------------------
+    def due(self, max_records: int, max_age_s: float) -> bool:
+        p = self.pending
+        return p.messages > 0 and (p.records >= max_records or time.monotonic() - p.started >= max_age_s)
+
+    def build_rows(self, batch_no: int) -> BatchRows:
+        p = self.pending
+        root = root_from_leaf_hashes([leaf_hash(bh) for bh in p.block_hashes])
+        blocks = [b[:12] + (batch_no,) + b[13:] for b in p.blocks]
+        rej = [
+            (r.topic, r.partition, r.offset, str(r.reason), r.detail, r.device_id, r.key_id, r.seq,
+             r.payload_size, r.payload_sha256, time.time_ns())
+            for r in p.rejections
+        ]
+        return BatchRows(
+            batch_no=batch_no,
+            root=root,
+            created_at=time.time_ns(),
+            driving=_table(p.drv, p.drv_meta, DRIVING_COLUMNS),
+            battery=_table(p.bat, p.bat_meta, BATTERY_COLUMNS),
+            blocks=blocks,
+            gaps=p.gaps,
+            rejections=rej,
+            duplicates=p.duplicates,
+            heads={d: self.heads[d] for d in p.touched},
+            record_count=p.records,
+        )
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _table(recs: list[Any], meta: list[tuple[str, int, int, bytes]], columns: list[tuple[str, str, pa.DataType]]
+           ) -> pa.Table | None:
+    if not recs:
+        return None
+    values = list(zip(*(msgspec.structs.astuple(r) for r in recs), strict=True))
+    dev, seq, idx, raw = zip(*meta, strict=True)
+    arrays: dict[str, pa.Array] = {
+        "device_id": pa.array(dev, pa.string()),
+        "block_seq": pa.array(seq, pa.uint64()),
+        "idx": pa.array(idx, pa.uint16()),
+        "ts": pa.array(values[0], pa.int64()).cast(pa.timestamp("ns")),
+    }
+    for (name, _, typ), col in zip(columns, values[1:], strict=True):
+        arrays[name] = pa.array(col, typ)
+    arrays["raw"] = pa.array(raw, pa.binary())
+    return pa.table(arrays)

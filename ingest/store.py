@@ -1,0 +1,284 @@
+"""The DuckDB store: columnar inserts, one transaction per batch, keys that make redelivery idempotent.
+
+Tables (see docs/DATA.md for every column and example queries):
+  driving_samples, battery_samples  one row per record, with the exact record bytes (``raw``)
+  blocks                            one row per block: header bytes, signature, salt seed, batch position
+  batches                           one row per batch: the RFC 6962 root over its block hashes
+  anchors                           the ledger receipt of each batch
+  devices                           chain head per device (last sequence number and block hash)
+  gaps                              sequence gaps detected per device
+  rejections                        every dead-lettered message, keyed by its Kafka position
+  duplicates                        every redelivered identical block, keyed by its Kafka position
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from schemas.records import BATTERY_FIELDS, DRIVING_FIELDS
+
+_FLOAT = "DOUBLE"
+
+DRIVING_COLUMNS: list[tuple[str, str, pa.DataType]] = [
+    (f, "SMALLINT" if f == "gear" else _FLOAT, pa.int16() if f == "gear" else pa.float64())
+    for f in DRIVING_FIELDS
+    if f != "ts_ns"
+]
+BATTERY_COLUMNS: list[tuple[str, str, pa.DataType]] = [
+    (f, "BOOLEAN" if f == "is_charging" else _FLOAT, pa.bool_() if f == "is_charging" else pa.float64())
+    for f in BATTERY_FIELDS
+    if f != "ts_ns"
+]
+
+
+def _sample_table(name: str, cols: list[tuple[str, str, pa.DataType]]) -> str:
+    body = ",\n    ".join(f"{c} {t}" for c, t, _ in cols)
+    return f"""
+CREATE TABLE IF NOT EXISTS {name} (
+    device_id VARCHAR NOT NULL,
+    block_seq UBIGINT NOT NULL,
+    idx       USMALLINT NOT NULL,   -- position of the record in its block (its Merkle leaf index)
+    ts        TIMESTAMP_NS NOT NULL, -- UTC
+    {body},
+    raw       BLOB NOT NULL         -- the record bytes exactly as signed (leaf = SHA-256(0x00 || salt || raw))
+);"""
+
+
+DDL = (
+    _sample_table("driving_samples", DRIVING_COLUMNS)
+    + _sample_table("battery_samples", BATTERY_COLUMNS)
+    + """
+CREATE TABLE IF NOT EXISTS blocks (
+    device_id      VARCHAR NOT NULL,
+    seq            UBIGINT NOT NULL,
+    block_hash     BLOB NOT NULL,
+    header         BLOB NOT NULL,     -- exact signed header bytes
+    signature      BLOB NOT NULL,
+    salt_seed      BLOB NOT NULL,     -- off-ledger: derives each record's leaf salt
+    key_id         VARCHAR NOT NULL,
+    boot           UINTEGER NOT NULL,
+    record_count   USMALLINT NOT NULL,
+    t_first        TIMESTAMP_NS NOT NULL,
+    t_last         TIMESTAMP_NS NOT NULL,
+    merkle_root    BLOB NOT NULL,
+    batch_no       UBIGINT NOT NULL,
+    batch_index    UINTEGER NOT NULL, -- leaf index of this block in its batch tree
+    kafka_partition INTEGER NOT NULL,
+    kafka_offset   BIGINT NOT NULL,
+    received_at    TIMESTAMP_NS NOT NULL,
+    PRIMARY KEY (device_id, seq)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_no     UBIGINT PRIMARY KEY,
+    root         BLOB NOT NULL,
+    block_count  UINTEGER NOT NULL,
+    record_count UINTEGER NOT NULL,
+    created_at   TIMESTAMP_NS NOT NULL
+);
+CREATE TABLE IF NOT EXISTS anchors (
+    batch_no     UBIGINT PRIMARY KEY,
+    ledger       VARCHAR NOT NULL,
+    entry_index  UBIGINT NOT NULL,
+    entry_hash   BLOB NOT NULL,
+    anchored_at  TIMESTAMP_NS NOT NULL,
+    receipt      VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id       VARCHAR PRIMARY KEY,
+    key_id          VARCHAR NOT NULL,
+    last_seq        UBIGINT NOT NULL,
+    last_block_hash BLOB NOT NULL,
+    blocks          UBIGINT NOT NULL,
+    records         UBIGINT NOT NULL,
+    first_seen      TIMESTAMP_NS NOT NULL,
+    last_seen       TIMESTAMP_NS NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gaps (
+    device_id   VARCHAR NOT NULL,
+    from_seq    UBIGINT NOT NULL,
+    to_seq      UBIGINT NOT NULL,
+    detected_at TIMESTAMP_NS NOT NULL,
+    PRIMARY KEY (device_id, from_seq)
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    kafka_topic     VARCHAR NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    kafka_offset    BIGINT NOT NULL,
+    reason          VARCHAR NOT NULL,
+    detail          VARCHAR NOT NULL,
+    device_id       VARCHAR,
+    key_id          VARCHAR,
+    seq             UBIGINT,
+    payload_size    BIGINT NOT NULL,
+    payload_sha256  BLOB NOT NULL,
+    received_at     TIMESTAMP_NS NOT NULL,
+    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset)
+);
+CREATE TABLE IF NOT EXISTS duplicates (
+    kafka_topic     VARCHAR NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    kafka_offset    BIGINT NOT NULL,
+    device_id       VARCHAR NOT NULL,
+    seq             UBIGINT NOT NULL,
+    block_hash      BLOB NOT NULL,
+    received_at     TIMESTAMP_NS NOT NULL,
+    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset)
+);
+"""
+)
+
+
+class StoreError(Exception):
+    """The store could not write a batch: retry it without committing Kafka offsets."""
+
+
+@dataclass
+class DeviceHead:
+    key_id: str
+    last_seq: int
+    last_hash: bytes
+    blocks: int = 0
+    records: int = 0
+    first_seen: int = 0
+    last_seen: int = 0
+
+
+@dataclass
+class BatchRows:
+    """Everything one flush writes, already in columns where it matters."""
+
+    batch_no: int
+    root: bytes
+    created_at: int
+    driving: pa.Table | None
+    battery: pa.Table | None
+    blocks: list[tuple[Any, ...]] = field(default_factory=list)
+    gaps: list[tuple[Any, ...]] = field(default_factory=list)
+    rejections: list[tuple[Any, ...]] = field(default_factory=list)
+    duplicates: list[tuple[Any, ...]] = field(default_factory=list)
+    heads: dict[str, DeviceHead] = field(default_factory=dict)
+    record_count: int = 0
+
+
+class Store:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open DuckDB file {self.path}: {exc}") from exc
+        if not read_only:
+            self.con.execute(DDL)
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- reads used by the consumer ---------------------------------------------------------------
+    def heads(self) -> dict[str, DeviceHead]:
+        rows = self.con.execute(
+            "SELECT device_id, key_id, last_seq, last_block_hash, blocks, records,"
+            " epoch_ns(first_seen), epoch_ns(last_seen) FROM devices"
+        ).fetchall()
+        return {r[0]: DeviceHead(r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows}
+
+    def block_hash_at(self, device_id: str, seq: int) -> bytes | None:
+        row = self.con.execute(
+            "SELECT block_hash FROM blocks WHERE device_id = ? AND seq = ?", [device_id, seq]
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def next_batch_no(self) -> int:
+        row = self.con.execute("SELECT coalesce(max(batch_no) + 1, 0) FROM batches").fetchone()
+        return int(row[0]) if row else 0
+
+    def unanchored(self) -> list[tuple[int, bytes]]:
+        rows = self.con.execute(
+            "SELECT b.batch_no, b.root FROM batches b LEFT JOIN anchors a USING (batch_no)"
+            " WHERE a.batch_no IS NULL ORDER BY b.batch_no"
+        ).fetchall()
+        return [(int(n), bytes(r)) for n, r in rows]
+
+    def counts(self) -> dict[str, int]:
+        q = """SELECT
+            (SELECT count(*) FROM driving_samples) + (SELECT count(*) FROM battery_samples),
+            (SELECT count(*) FROM blocks), (SELECT count(*) FROM batches), (SELECT count(*) FROM anchors),
+            (SELECT count(*) FROM rejections), (SELECT count(*) FROM duplicates), (SELECT count(*) FROM gaps)"""
+        row = self.con.execute(q).fetchone()
+        assert row is not None
+        keys = ("records", "blocks", "batches", "anchored", "rejections", "duplicates", "gaps")
+        return dict(zip(keys, (int(x) for x in row), strict=True))
+
+    # -- the one write transaction per batch ------------------------------------------------------
+    def write_batch(self, b: BatchRows) -> None:
+        con = self.con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            for name, tbl in (("driving_samples", b.driving), ("battery_samples", b.battery)):
+                if tbl is not None and tbl.num_rows:
+                    con.register("_incoming", tbl)
+                    cols = ", ".join(tbl.column_names)
+                    con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
+                    con.unregister("_incoming")
+            if b.blocks:
+                con.executemany(
+                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamp_ns(?), make_timestamp_ns(?),"
+                    " ?, ?, ?, ?, ?, make_timestamp_ns(?))",
+                    b.blocks,
+                )
+                con.execute(
+                    "INSERT INTO batches VALUES (?, ?, ?, ?, make_timestamp_ns(?))",
+                    [b.batch_no, b.root, len(b.blocks), b.record_count, b.created_at],
+                )
+            if b.gaps:
+                con.executemany("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, make_timestamp_ns(?))", b.gaps)
+            if b.rejections:
+                con.executemany(
+                    "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamp_ns(?))",
+                    b.rejections,
+                )
+            if b.duplicates:
+                con.executemany(
+                    "INSERT OR IGNORE INTO duplicates VALUES (?, ?, ?, ?, ?, ?, make_timestamp_ns(?))", b.duplicates
+                )
+            if b.heads:
+                con.executemany(
+                    "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, make_timestamp_ns(?), make_timestamp_ns(?))",
+                    [
+                        (d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen)
+                        for d, h in b.heads.items()
+                    ],
+                )
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise StoreError(f"batch {b.batch_no} not written to {self.path}: {exc}") from exc
+
+    def record_anchor(self, receipt: Any) -> None:
+        try:
+            self.con.execute(
+                "INSERT OR IGNORE INTO anchors VALUES (?, ?, ?, ?, make_timestamp_ns(?), ?)",
+                [receipt.batch_no, receipt.ledger, receipt.index, receipt.entry_hash, receipt.time_ns, receipt.to_json()],
+            )
+        except duckdb.Error as exc:
+            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
+
+
+def counts_json(path: Path) -> dict[str, Any]:
+    """Open the store read-only and return its counts (only when no writer holds it)."""
+    s = Store(path, read_only=True)
+    try:
+        return s.counts()
+    finally:
+        s.close()
+
+

@@ -1,0 +1,1 @@
+"""Deterministic, seedable simulators that produce schema-valid telematics records."""
