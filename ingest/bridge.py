@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
+import os
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -66,6 +69,7 @@ class Bridge:
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
         return c
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object) -> None:
@@ -76,6 +80,17 @@ class Bridge:
         client.subscribe(topic, options=SubscribeOptions(qos=1))
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, rcs: list[ReasonCode],
+                      props: object) -> None:
+        if any(rc.is_failure for rc in rcs):
+            log.error("bridge: subscription refused: %s", rcs)
+            return
+        path = self.cfg.path("bridge-status.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "subscribed_ns": time.time_ns()}))
+        os.replace(tmp, path)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object) -> None:
         if self._loop is not None:

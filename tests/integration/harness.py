@@ -1,0 +1,95 @@
+"""Helpers for integration tests: a per-test config on the shared real stack, ingest subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ingest.config import Config
+from ingest.consumer import read_status
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(cfg: Config, path: Path) -> Path:
+    import tomllib  # noqa: F401  (documenting that the file is TOML)
+
+    data = msgspec.to_builtins(cfg)
+    lines: list[str] = []
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for k, v in top.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            for k, v in values.items():
+                lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class IngestProc:
+    """One ingest role (bridge or consumer) in its own process, so tests can SIGKILL it."""
+
+    def __init__(self, cfg: Config, config_path: Path, role: str) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.role = role
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(cfg.data_dir) / f"{role}.log"
+
+    def start(self, timeout: float = 60) -> IngestProc:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ingest.cli", "--config", str(self.config_path), "ingest", "--only", self.role],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO,
+            )
+        status = "ingest-status.json" if self.role == "consumer" else "bridge-status.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.role} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                st = json.loads(self.cfg.path(status).read_text())
+                if st.get("pid") == self.proc.pid:
+                    return self
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.role} not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+def wait_until(cfg: Config, pred: Any, timeout: float = 120, what: str = "condition") -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    st: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        st = read_status(cfg) or {}
+        if st and pred(st):
+            return st
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not reached in {timeout}s; last status {st}")
