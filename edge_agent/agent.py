@@ -17,13 +17,14 @@ from edge_agent.source import SampleSource
 from edge_agent.state import ChainState, StateStore
 from schemas.block import Block
 from schemas.crypto import SigningKey, device_id_for
+from schemas.records import Record
 
 
 @dataclass
 class AgentStats:
     records: int = 0
     blocks: int = 0
-    bytes: int = 0
+    payload_bytes: int = 0
     last_seq: int = -1
     block_hashes: list[bytes] = field(default_factory=list)
 
@@ -63,13 +64,13 @@ class Agent:
         st = self.stats
         st.blocks += 1
         st.records += block.header.count
-        st.bytes += len(payload)
+        st.payload_bytes += len(payload)
         st.last_seq = block.header.seq
         if self._keep_hashes:
             st.block_hashes.append(block.hash)
 
-    def offer(self, record: object) -> None:
-        block = self.builder.add(record)  # type: ignore[arg-type]
+    def offer(self, record: Record) -> None:
+        block = self.builder.add(record)
         if block is not None:
             self._send(block)
 

@@ -9,6 +9,7 @@ import time
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -62,7 +63,7 @@ class MqttPublisher:
         self.cfg = cfg
         self.device_id = device_id
         self._client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or device_id,
             protocol=mqtt.MQTTv5,
         )
@@ -118,11 +119,15 @@ class MqttPublisher:
         self._cv.notify_all()
 
     def connect(self, timeout: float = 10.0) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         try:
             self._client.connect(
-                self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, clean_start=False, properties=props
+                self.cfg.host,
+                self.cfg.port,
+                keepalive=self.cfg.keepalive_s,
+                clean_start=False,
+                properties=props,
             )
         except OSError as exc:
             raise PublishError(f"cannot reach MQTT broker {self.cfg.host}:{self.cfg.port}: {exc}") from exc

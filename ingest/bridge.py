@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from paho.mqtt.packettypes import PacketTypes
@@ -60,7 +61,7 @@ class Bridge:
     # -- MQTT side (paho network thread) ----------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.cfg.bridge.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
@@ -72,7 +73,9 @@ class Bridge:
         c.on_subscribe = self._on_subscribe
         return c
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
+    ) -> None:
         if rc.is_failure:
             log.error("bridge: MQTT connect refused: %s", rc)
             return
@@ -81,8 +84,9 @@ class Bridge:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.set)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, rcs: list[ReasonCode],
-                      props: object) -> None:
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: object, mid: int, rcs: list[ReasonCode], props: object
+    ) -> None:
         if any(rc.is_failure for rc in rcs):
             log.error("bridge: subscription refused: %s", rcs)
             return
@@ -92,7 +96,9 @@ class Bridge:
         tmp.write_text(json.dumps({"pid": os.getpid(), "subscribed_ns": time.time_ns()}))
         os.replace(tmp, path)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
+    ) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.clear)
 
@@ -103,7 +109,7 @@ class Bridge:
     def _connect(self) -> mqtt.Client:
         m = self.cfg.mqtt
         c = self._make_client()
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = m.session_expiry_s
         # Flow control: the broker keeps at most this many unacknowledged messages in flight to us.
         props.ReceiveMaximum = min(65535, self.cfg.bridge.max_pending)
@@ -122,12 +128,17 @@ class Bridge:
             self.stats.oversized += 1
             headers += [
                 (REJECT_HEADER, b"oversized"),
-                ("vt-detail", f"{len(payload)} bytes > bridge max_payload_bytes {self.cfg.bridge.max_payload_bytes}".encode()),
+                (
+                    "vt-detail",
+                    f"{len(payload)} bytes > bridge max_payload_bytes {self.cfg.bridge.max_payload_bytes}".encode(),
+                ),
                 ("vt-size", str(len(payload)).encode()),
                 ("vt-sha256", hashlib.sha256(payload).hexdigest().encode()),
             ]
             payload = payload[:1024]
-        fut: asyncio.Future[object] = await producer.send(self.cfg.kafka.blocks_topic, payload, key=key, headers=headers)
+        fut: asyncio.Future[object] = await producer.send(
+            self.cfg.kafka.blocks_topic, payload, key=key, headers=headers
+        )
         return fut
 
     async def _pump(self, producer: AIOKafkaProducer, client: mqtt.Client) -> None:
@@ -191,8 +202,11 @@ class Bridge:
                 await self._pump(producer, client)
                 backoff = 0.5
             except (KafkaError, OSError) as exc:
-                log.error("bridge: %s; reconnecting in %.1fs (unacknowledged MQTT messages will be redelivered)",
-                          exc, backoff)
+                log.error(
+                    "bridge: %s; reconnecting in %.1fs (unacknowledged MQTT messages will be redelivered)",
+                    exc,
+                    backoff,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:

@@ -105,8 +105,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ingest.demo import run_demo
 
-    return run_demo(_cfg(args), config_path=args.config, vehicles=args.vehicles, duration=args.duration,
-                    rate=args.rate, seed=args.seed, keep_stack=args.keep_stack)
+    return run_demo(
+        _cfg(args),
+        config_path=args.config,
+        vehicles=args.vehicles,
+        duration=args.duration,
+        rate=args.rate,
+        seed=args.seed,
+        keep_stack=args.keep_stack,
+    )
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
@@ -119,6 +126,27 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         print(p)
     print(f"ledger {cfg.path(cfg.ledger.path)}: {report.entries} entries, {'OK' if report.ok else 'INVALID'}")
     return 0 if report.ok else 1
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from ingest.store import Store, StoreError
+
+    cfg = _cfg(args)
+    try:
+        store = Store(cfg.path(cfg.store.path), read_only=True)
+    except StoreError as exc:
+        print(f"telematics query: {exc} (is the ingest running? DuckDB allows one writer or several readers)",
+              file=sys.stderr)
+        return 1
+    try:
+        cur = store.con.execute(args.sql)
+        cols = [d[0] for d in cur.description or []]
+        print(" | ".join(cols))
+        for row in cur.fetchall():
+            print(" | ".join("" if v is None else (v.hex() if isinstance(v, bytes) else str(v)) for v in row))
+    finally:
+        store.close()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,9 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=10.0, help="driving samples per second per vehicle")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--fast", action="store_true", help="as fast as possible instead of real time")
-    p.add_argument("--records-per-vehicle", type=int, help="stop each vehicle after exactly this many records")
-    p.add_argument("--no-register", dest="register", action="store_false",
-                   help="do not add the vehicles' keys to the registry")
+    p.add_argument(
+        "--records-per-vehicle", type=int, help="stop each vehicle after exactly this many records"
+    )
+    p.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="do not add the vehicles' keys to the registry",
+    )
     p.set_defaults(fn=cmd_sim)
 
     p = sub.add_parser("demo", help="stack up, ingest, simulate a fleet, wait for anchoring, summarize")
@@ -165,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-stack", action="store_true", help="leave the brokers running afterwards")
     p.set_defaults(fn=cmd_demo)
 
+    p = sub.add_parser("query", help="run one SQL statement on the DuckDB store (read-only)")
+    p.add_argument("sql")
+    p.set_defaults(fn=cmd_query)
+
     p = sub.add_parser("ledger", help="verify the local ledger")
     p.add_argument("action", choices=["verify"])
     p.add_argument("--public-key", help="the ingest's public key, hex (default: the .pub beside the key)")
@@ -174,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     try:
         return int(args.fn(args))
@@ -188,5 +228,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

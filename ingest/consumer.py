@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -74,7 +73,9 @@ class BatchConsumer:
         if rows.blocks:
             await self._anchor(batch_no, rows.root)
         assert self.consumer is not None
-        await self.consumer.commit({TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in p.offsets.items()})
+        await self.consumer.commit(
+            {TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in p.offsets.items()}
+        )
         c = self.counts
         c["records"] += rows.record_count
         c["blocks"] += len(rows.blocks)
@@ -120,7 +121,11 @@ class BatchConsumer:
                 ("vt-size", str(r.payload_size).encode()),
                 ("vt-sha256", r.payload_sha256.hex().encode()),
             ]
-            futs.append(await self.producer.send(self.cfg.kafka.deadletter_topic, r.payload, key=r.key, headers=headers))
+            futs.append(
+                await self.producer.send(
+                    self.cfg.kafka.deadletter_topic, r.payload, key=r.key, headers=headers
+                )
+            )
         await asyncio.gather(*futs)
 
     def write_status(self) -> None:
@@ -151,8 +156,9 @@ class BatchConsumer:
         max_age = ing.batch_max_age_ms / 1000
         try:
             while not self._stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=min(200, ing.batch_max_age_ms),
-                                                    max_records=ing.poll_max_records)
+                batch = await self.consumer.getmany(
+                    timeout_ms=min(200, ing.batch_max_age_ms), max_records=ing.poll_max_records
+                )
                 msgs = [m for part in batch.values() for m in part]
                 if msgs:
                     self.proc.process_all(msgs)  # type: ignore[arg-type]

@@ -155,7 +155,9 @@ class LocalLedger:
             obj = json.loads(line)
             entry = _dec.decode(bytes.fromhex(obj["entry"]))
             h = bytes.fromhex(obj["hash"])
-            self._by_batch[entry.batch_no] = Receipt(self.name, entry.batch_no, entry.root, entry.index, h, entry.time_ns)
+            self._by_batch[entry.batch_no] = Receipt(
+                self.name, entry.batch_no, entry.root, entry.index, h, entry.time_ns
+            )
             self._head = h
             self._count += 1
             good += len(line)
@@ -205,7 +207,9 @@ class LocalLedger:
         return {b: r.root for b, r in self._by_batch.items()}
 
     def verify(self, public_key: bytes | None = None) -> VerifyReport:
-        return verify_log(self.path, public_key or (self.key.public_key if self.key else _read_pub(self.path)))
+        return verify_log(
+            self.path, public_key or (self.key.public_key if self.key else _read_pub(self.path))
+        )
 
 
 def _read_pub(path: Path) -> bytes:
@@ -246,7 +250,11 @@ def verify_log(path: Path, public_key: bytes) -> VerifyReport:
             problems.append(f"line {lineno}: entry hash mismatch (entry {entry.index})")
         if not verify(public_key, _signing_input(eb), sig):
             problems.append(f"line {lineno}: bad signature (entry {entry.index})")
-        if (obj.get("batch_no"), obj.get("root"), obj.get("index")) != (entry.batch_no, entry.root.hex(), entry.index):
+        if (obj.get("batch_no"), obj.get("root"), obj.get("index")) != (
+            entry.batch_no,
+            entry.root.hex(),
+            entry.index,
+        ):
             problems.append(f"line {lineno}: readable fields differ from the signed entry")
         if entry.batch_no in seen:
             problems.append(f"line {lineno}: batch {entry.batch_no} anchored twice")

@@ -10,6 +10,7 @@ chain break / gap). Accepted blocks are appended to the pending batch in columna
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -115,15 +116,18 @@ class Processor:
             except WireError as e:
                 envs.append(e)
         self._keys = self.keyring.lookup(key_ids)
-        for m, env in zip(messages, envs, strict=True):
-            self._process(m, env)
+        for m, decoded in zip(messages, envs, strict=True):
+            self._process(m, decoded)
 
     def _decode(self, m: Message) -> Envelope:
         value = m.value or b""
         marker = _header_value(m.headers, REJECT_HEADER)
         if marker is not None:
-            raise WireError(Reason(marker.decode()), "flagged by the bridge: " + (
-                (_header_value(m.headers, "vt-detail") or b"").decode(errors="replace")))
+            raise WireError(
+                Reason(marker.decode()),
+                "flagged by the bridge: "
+                + ((_header_value(m.headers, "vt-detail") or b"").decode(errors="replace")),
+            )
         if len(value) > self.max_block_bytes:
             raise WireError(Reason.OVERSIZED, f"{len(value)} bytes > max_block_bytes {self.max_block_bytes}")
         return decode_envelope(value)
@@ -142,14 +146,26 @@ class Processor:
         except WireError as e:
             self._reject(m, e, env if isinstance(env, Envelope) else None)
 
-    def _reject(self, m: Message, e: WireError, env: Envelope | None, device_id: str | None = None,
-                seq: int | None = None) -> None:
+    def _reject(
+        self,
+        m: Message,
+        e: WireError,
+        env: Envelope | None,
+        device_id: str | None = None,
+        seq: int | None = None,
+    ) -> None:
         value = m.value or b""
         size_h = _header_value(m.headers, "vt-size")
         sha_h = _header_value(m.headers, "vt-sha256")
         self.pending.rejections.append(
             Rejection(
-                m.topic, m.partition, m.offset, e.reason, e.detail, m.key, value,
+                m.topic,
+                m.partition,
+                m.offset,
+                e.reason,
+                e.detail,
+                m.key,
+                value,
                 int(size_h) if size_h else len(value),
                 bytes.fromhex(sha_h.decode()) if sha_h else hashlib.sha256(value).digest(),
                 device_id or (m.key.decode(errors="replace") if m.key else None),
@@ -167,14 +183,20 @@ class Processor:
         opened = open_envelope(env, key.public_key)
         h = opened.header
         if h.device_id != key.device_id:
-            raise WireError(Reason.DEVICE_MISMATCH, f"header device {h.device_id} but key {key.key_id} "
-                            f"belongs to {key.device_id}")
+            raise WireError(
+                Reason.DEVICE_MISMATCH,
+                f"header device {h.device_id} but key {key.key_id} belongs to {key.device_id}",
+            )
         if m.key is not None and m.key.decode(errors="replace") != h.device_id:
-            raise WireError(Reason.DEVICE_MISMATCH, f"published on the topic of {m.key!r}, signed by {h.device_id}")
+            raise WireError(
+                Reason.DEVICE_MISMATCH, f"published on the topic of {m.key!r}, signed by {h.device_id}"
+            )
         try:
             recs = [_record_list_decoder.decode(r) for r in env.records]
-        except msgspec.DecodeError as exc:
-            raise WireError(Reason.RECORD, f"device {h.device_id} block {h.seq}: {exc}") from exc
+        except msgspec.DecodeError:
+            raise WireError(
+                Reason.RECORD, f"device {h.device_id} block {h.seq}: {_explain(env.records)}"
+            ) from None
         tss = [r.ts_ns for r in recs]
         if min(tss) < h.t_first or max(tss) > h.t_last:
             raise WireError(Reason.HEADER, f"record timestamps outside [t_first, t_last] of block {h.seq}")
@@ -188,7 +210,9 @@ class Processor:
         got = self.pending.block_index.get((device_id, seq))
         return got if got is not None else self.store.block_hash_at(device_id, seq)
 
-    def _chain(self, m: Message, dev: str, seq: int, prev: bytes, opened: OpenedBlock, key: DeviceKey) -> None:
+    def _chain(
+        self, m: Message, dev: str, seq: int, prev: bytes, opened: OpenedBlock, key: DeviceKey
+    ) -> None:
         head = self.heads.get(dev)
         now = time.time_ns()
         if head is None:
@@ -200,7 +224,9 @@ class Processor:
             return
         if seq == head.last_seq + 1:
             if prev != head.last_hash:
-                raise WireError(Reason.CHAIN, f"device {dev} block {seq} does not chain to block {head.last_seq}")
+                raise WireError(
+                    Reason.CHAIN, f"device {dev} block {seq} does not chain to block {head.last_seq}"
+                )
         elif seq > head.last_seq + 1:
             self.pending.gaps.append((dev, head.last_seq + 1, seq - 1, now))
         else:
@@ -209,10 +235,14 @@ class Processor:
                 self.pending.duplicates.append((m.topic, m.partition, m.offset, dev, seq, opened.hash, now))
                 raise _Duplicate
             if stored is not None:
-                raise WireError(Reason.SEQ_CONFLICT, f"device {dev} block {seq} differs from the stored block {seq}")
+                raise WireError(
+                    Reason.SEQ_CONFLICT, f"device {dev} block {seq} differs from the stored block {seq}"
+                )
             before = self._stored_hash(dev, seq - 1) if seq > 0 else ZERO_HASH
             if before is not None and before != prev:
-                raise WireError(Reason.CHAIN, f"late block {seq} of device {dev} does not chain to block {seq - 1}")
+                raise WireError(
+                    Reason.CHAIN, f"late block {seq} of device {dev} does not chain to block {seq - 1}"
+                )
             after = self._stored_hash(dev, seq + 1)
             if after is not None:
                 pass  # the successor's prev link was unverifiable when it arrived; it is checked by audit
@@ -232,8 +262,25 @@ class Processor:
         p.touched.add(dev)
         p.block_index[(dev, h.seq)] = opened.hash
         p.blocks.append(
-            (dev, h.seq, opened.hash, env.header, env.sig, env.seed, h.key_id, h.boot, h.count, h.t_first,
-             h.t_last, h.root, None, len(p.block_hashes), m.partition, m.offset, time.time_ns())
+            (
+                dev,
+                h.seq,
+                opened.hash,
+                env.header,
+                env.sig,
+                env.seed,
+                h.key_id,
+                h.boot,
+                h.count,
+                h.t_first,
+                h.t_last,
+                h.root,
+                None,
+                len(p.block_hashes),
+                m.partition,
+                m.offset,
+                time.time_ns(),
+            )
         )
         p.block_hashes.append(opened.hash)
         for i, (r, raw) in enumerate(zip(recs, env.records, strict=True)):
@@ -253,10 +300,21 @@ class Processor:
     def build_rows(self, batch_no: int) -> BatchRows:
         p = self.pending
         root = root_from_leaf_hashes([leaf_hash(bh) for bh in p.block_hashes])
-        blocks = [b[:12] + (batch_no,) + b[13:] for b in p.blocks]
+        blocks = [(*b[:12], batch_no, *b[13:]) for b in p.blocks]
         rej = [
-            (r.topic, r.partition, r.offset, str(r.reason), r.detail, r.device_id, r.key_id, r.seq,
-             r.payload_size, r.payload_sha256, time.time_ns())
+            (
+                r.topic,
+                r.partition,
+                r.offset,
+                str(r.reason),
+                r.detail,
+                r.device_id,
+                r.key_id,
+                r.seq,
+                r.payload_size,
+                r.payload_sha256,
+                time.time_ns(),
+            )
             for r in p.rejections
         ]
         return BatchRows(
@@ -274,12 +332,34 @@ class Processor:
         )
 
 
+def _explain(records: list[bytes]) -> str:
+    """Name the first invalid record and field (the error path only; msgspec reports array positions)."""
+    fields = {
+        "d": ("kind", *DrivingSample.__struct_fields__),
+        "b": ("kind", *BatterySample.__struct_fields__),
+    }
+    for i, raw in enumerate(records):
+        try:
+            _record_list_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            msg = str(exc)
+            m = re.search(r"at `\$\[(\d+)\]`", msg)
+            try:
+                kind = msgspec.msgpack.decode(raw)[0]
+                name = fields[kind][int(m.group(1))] if m else None
+            except Exception:
+                name = None
+            return f"record {i}" + (f" field {name}" if name else "") + f": {msg}"
+    return "a record does not decode"
+
+
 class _Duplicate(Exception):
     pass
 
 
-def _table(recs: list[Any], meta: list[tuple[str, int, int, bytes]], columns: list[tuple[str, str, pa.DataType]]
-           ) -> pa.Table | None:
+def _table(
+    recs: list[Any], meta: list[tuple[str, int, int, bytes]], columns: list[tuple[str, str, pa.DataType]]
+) -> pa.Table | None:
     if not recs:
         return None
     values = list(zip(*(msgspec.structs.astuple(r) for r in recs), strict=True))

@@ -26,13 +26,17 @@ class ProgressBar:
             self._last_draw = now
             filled = int(frac * self.width)
             bar = "#" * filled + "-" * (self.width - filled)
-            sys.stderr.write(f"\r{self.label:<12} [{bar}] {frac * 100:5.1f}% {done}/{self.total}{self.unit} {extra}   ")
+            sys.stderr.write(
+                f"\r{self.label:<12} [{bar}] {frac * 100:5.1f}% {done}/{self.total}{self.unit} {extra}   "
+            )
             sys.stderr.flush()
         else:
             decile = int(frac * 10)
             if decile != self._last_decile:
                 self._last_decile = decile
-                sys.stderr.write(f"{self.label}: {frac * 100:3.0f}% ({done}/{self.total}{self.unit}) {extra}\n")
+                sys.stderr.write(
+                    f"{self.label}: {frac * 100:3.0f}% ({done}/{self.total}{self.unit}) {extra}\n"
+                )
                 sys.stderr.flush()
 
     def close(self) -> None:

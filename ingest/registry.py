@@ -73,7 +73,8 @@ class Registry:
         now = time.time_ns()
         try:
             self._db.execute(
-                "INSERT INTO device_keys VALUES (?, ?, ?, 'active', ?, NULL, ?)", (kid, dev, public_key, now, label)
+                "INSERT INTO device_keys VALUES (?, ?, ?, 'active', ?, NULL, ?)",
+                (kid, dev, public_key, now, label),
             )
         except sqlite3.IntegrityError as exc:
             existing = self.get(kid)

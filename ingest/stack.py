@@ -216,10 +216,8 @@ async def ensure_topics(cfg: Config, deadline: float) -> None:
                 if t not in existing
             ]
             if wanted:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(wanted)
-                except TopicAlreadyExistsError:
-                    pass
             return
         except KafkaError as exc:
             if time.monotonic() > deadline:

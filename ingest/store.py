@@ -13,6 +13,7 @@ Tables (see docs/DATA.md for every column and example queries):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,7 +246,8 @@ class Store:
                 )
             if b.duplicates:
                 con.executemany(
-                    "INSERT OR IGNORE INTO duplicates VALUES (?, ?, ?, ?, ?, ?, make_timestamp_ns(?))", b.duplicates
+                    "INSERT OR IGNORE INTO duplicates VALUES (?, ?, ?, ?, ?, ?, make_timestamp_ns(?))",
+                    b.duplicates,
                 )
             if b.heads:
                 con.executemany(
@@ -257,17 +259,22 @@ class Store:
                 )
             con.execute("COMMIT")
         except duckdb.Error as exc:
-            try:
+            with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
             raise StoreError(f"batch {b.batch_no} not written to {self.path}: {exc}") from exc
 
     def record_anchor(self, receipt: Any) -> None:
         try:
             self.con.execute(
                 "INSERT OR IGNORE INTO anchors VALUES (?, ?, ?, ?, make_timestamp_ns(?), ?)",
-                [receipt.batch_no, receipt.ledger, receipt.index, receipt.entry_hash, receipt.time_ns, receipt.to_json()],
+                [
+                    receipt.batch_no,
+                    receipt.ledger,
+                    receipt.index,
+                    receipt.entry_hash,
+                    receipt.time_ns,
+                    receipt.to_json(),
+                ],
             )
         except duckdb.Error as exc:
             raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
@@ -280,5 +287,3 @@ def counts_json(path: Path) -> dict[str, Any]:
         return s.counts()
     finally:
         s.close()
-
-

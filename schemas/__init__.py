@@ -5,10 +5,10 @@ Everything in this package is pure: types, encoders/decoders and the crypto core
 """
 
 from schemas.block import (
-    Reason,
     Block,
     BlockHeader,
     Envelope,
+    Reason,
     WireError,
     build_block,
     decode_envelope,

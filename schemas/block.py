@@ -92,7 +92,8 @@ def encode_record(record: Record) -> bytes:
 
 
 def decode_record(data: bytes) -> Record:
-    return _record_decoder.decode(data)
+    rec: Record = _record_decoder.decode(data)
+    return rec
 
 
 def encode_header(header: BlockHeader) -> bytes:
@@ -123,7 +124,7 @@ def decode_envelope(payload: bytes) -> Envelope:
 def leaf_hashes(seed: bytes, records: list[bytes]) -> list[bytes]:
     """RFC 6962 leaf hashes of a block's records: SHA-256(0x00 || salt_i || record_i)."""
     sha = hashlib.sha256
-    return [sha(b"\x00" + s + r).digest() for s, r in zip(crypto.leaf_salts(seed, len(records)), records)]
+    return [sha(b"\x00" + s + r).digest() for s, r in zip(crypto.leaf_salts(seed, len(records)), records, strict=False)]
 
 
 def records_root(seed: bytes, records: list[bytes]) -> bytes:

@@ -40,7 +40,7 @@ class FleetResult:
     vehicles: int
     records: int
     blocks: int
-    bytes: int
+    payload_bytes: int
     seconds: float
     per_vehicle: dict[str, int] = field(default_factory=dict)
     block_hashes: dict[str, list[bytes]] = field(default_factory=dict)
@@ -71,7 +71,7 @@ def run_fleet(
     seed: int,
     realtime: bool,
     records_per_vehicle: int | None = None,
-    register: Callable[[SigningKey], None] | None = None,
+    register: Callable[[SigningKey], object] | None = None,
     progress: Progress | None = None,
     keep_hashes: bool = False,
     publisher_factory: Callable[[str], Publisher] | None = None,
@@ -90,8 +90,13 @@ def run_fleet(
                 mp = MqttPublisher(mqtt, dev)
                 mp.connect()
                 pub = mp
-            agent = Agent(key, edge, pub, StateStore(keys_dir / f"{dev}.state", fsync=edge.fsync),
-                          keep_hashes=keep_hashes)
+            agent = Agent(
+                key,
+                edge,
+                pub,
+                StateStore(keys_dir / f"{dev}.state", fsync=edge.fsync),
+                keep_hashes=keep_hashes,
+            )
             model = VehicleModel(seed * 100_003 + i, start_ns=start_ns, rate_hz=rate_hz)
             fleet.append(Vehicle(i, key, dev, model, agent, pub))
 
@@ -120,9 +125,8 @@ def run_fleet(
             v.agent.flush()
         unacked = 0
         for v in fleet:
-            if isinstance(v.publisher, MqttPublisher):
-                if not v.publisher.close(timeout=60):
-                    unacked += v.publisher.outstanding
+            if isinstance(v.publisher, MqttPublisher) and not v.publisher.close(timeout=60):
+                unacked += v.publisher.outstanding
         seconds = time.monotonic() - t0
     except BaseException:
         for v in fleet:
@@ -133,7 +137,7 @@ def run_fleet(
         vehicles=len(fleet),
         records=sum(v.agent.stats.records for v in fleet),
         blocks=sum(v.agent.stats.blocks for v in fleet),
-        bytes=sum(v.agent.stats.bytes for v in fleet),
+        payload_bytes=sum(v.agent.stats.payload_bytes for v in fleet),
         seconds=seconds,
         per_vehicle={v.device_id: v.agent.stats.records for v in fleet},
         block_hashes={v.device_id: v.agent.stats.block_hashes for v in fleet} if keep_hashes else {},

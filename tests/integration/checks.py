@@ -21,7 +21,9 @@ def recheck(store_path: Path, registry_path: Path, ledger_path: Path) -> dict[st
         con = s.con
         raws: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
         for table in ("driving_samples", "battery_samples"):
-            for dev, seq, idx, raw in con.execute(f"SELECT device_id, block_seq, idx, raw FROM {table}").fetchall():
+            for dev, seq, idx, raw in con.execute(
+                f"SELECT device_id, block_seq, idx, raw FROM {table}"
+            ).fetchall():
                 raws.setdefault((dev, int(seq)), []).append((int(idx), bytes(raw)))
         dup_rows = con.execute(
             "SELECT count(*) - count(DISTINCT (device_id, block_seq, idx)) FROM "
@@ -55,7 +57,9 @@ def recheck(store_path: Path, registry_path: Path, ledger_path: Path) -> dict[st
         batches = con.execute("SELECT batch_no, root FROM batches").fetchall()
         for batch_no, root in batches:
             hashes = [bh for _, bh in sorted(by_batch[int(batch_no)])]
-            assert root_from_leaf_hashes([leaf_hash(x) for x in hashes]) == bytes(root), f"batch {batch_no} root"
+            assert root_from_leaf_hashes([leaf_hash(x) for x in hashes]) == bytes(root), (
+                f"batch {batch_no} root"
+            )
             assert roots.get(int(batch_no)) == bytes(root), f"batch {batch_no} not anchored in the ledger"
         per_device = Counter(dev for (dev, _seq) in raws for _ in raws[(dev, _seq)])
         return {

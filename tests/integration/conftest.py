@@ -6,6 +6,7 @@ A service that cannot start is a test error, never a skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
@@ -60,8 +61,12 @@ class TestEnv:
         b["data_dir"] = str(tmp)
         b["kafka"].update(blocks_topic=f"blocks-{tag}", deadletter_topic=f"dlq-{tag}", partitions=4)
         b["bridge"] = {"client_id": f"bridge-{tag}", "share_group": f"g{tag}"}
-        b["ingest"] = {"group_id": f"ingest-{tag}", "session_timeout_ms": 2000, "batch_max_records": 2000,
-                       "batch_max_age_ms": 300}
+        b["ingest"] = {
+            "group_id": f"ingest-{tag}",
+            "session_timeout_ms": 2000,
+            "batch_max_records": 2000,
+            "batch_max_age_ms": 300,
+        }
         b["edge"] = {"fsync": False}
         self.cfg = msgspec.convert(b, Config)
         self.config_path = write_config(self.cfg, tmp / "telematics.toml")
@@ -75,7 +80,5 @@ class TestEnv:
 
     def stop_all(self) -> None:
         for p in self.procs:
-            try:
+            with contextlib.suppress(Exception):
                 p.stop()
-            except Exception:
-                pass

@@ -50,14 +50,29 @@ class IngestProc:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingest.cli", "--config", str(self.config_path), "ingest", "--only", self.role],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "ingest.cli",
+                    "--config",
+                    str(self.config_path),
+                    "ingest",
+                    "--only",
+                    self.role,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO,
             )
         status = "ingest-status.json" if self.role == "consumer" else "bridge-status.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.role} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.role} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 st = json.loads(self.cfg.path(status).read_text())
                 if st.get("pid") == self.proc.pid:

@@ -30,10 +30,21 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(env, role: str) -> None:  
 
     def drive() -> None:
         try:
-            result.append(run_fleet(
-                mqtt=cfg.mqtt, edge=cfg.edge, keys_dir=cfg.path("sim"), vehicles=VEHICLES, ticks=100_000,
-                rate_hz=250.0, seed=11, realtime=True, records_per_vehicle=RECORDS,
-                register=lambda k: reg.add(k.public_key), keep_hashes=True))
+            result.append(
+                run_fleet(
+                    mqtt=cfg.mqtt,
+                    edge=cfg.edge,
+                    keys_dir=cfg.path("sim"),
+                    vehicles=VEHICLES,
+                    ticks=100_000,
+                    rate_hz=250.0,
+                    seed=11,
+                    realtime=True,
+                    records_per_vehicle=RECORDS,
+                    register=lambda k: reg.add(k.public_key),
+                    keep_hashes=True,
+                )
+            )
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -51,8 +62,12 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(env, role: str) -> None:  
     assert fleet.records == VEHICLES * RECORDS and fleet.unacked == 0
     assert killed_at < fleet.records, "the kill must happen mid-run"
 
-    wait_until(cfg, lambda s: s["records"] >= fleet.records and s["anchored"] == s["batches"], timeout=120,
-               what="all records stored after the restart")
+    wait_until(
+        cfg,
+        lambda s: s["records"] >= fleet.records and s["anchored"] == s["batches"],
+        timeout=120,
+        what="all records stored after the restart",
+    )
     for p in procs.values():
         assert p.stop() == 0
     summary = recheck(cfg.path(cfg.store.path), cfg.path(cfg.registry.path), cfg.path(cfg.ledger.path))
@@ -60,7 +75,9 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(env, role: str) -> None:  
     s = Store(cfg.path(cfg.store.path), read_only=True)
     try:
         stored: dict[str, list[bytes]] = {}
-        for dev, bh in s.con.execute("SELECT device_id, block_hash FROM blocks ORDER BY device_id, seq").fetchall():
+        for dev, bh in s.con.execute(
+            "SELECT device_id, block_hash FROM blocks ORDER BY device_id, seq"
+        ).fetchall():
             stored.setdefault(dev, []).append(bytes(bh))
         assert stored == fleet.block_hashes
         assert s.con.execute("SELECT count(*) FROM rejections").fetchone() == (0,)

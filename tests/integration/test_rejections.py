@@ -36,14 +36,23 @@ class Device:
             out += [encode_record(r) for r in self.model.step()]
         return out[:n]
 
-    def block(self, records: list[bytes], *, seq: int | None = None, prev: bytes | None = None,
-              advance: bool = True) -> Block:
+    def block(
+        self, records: list[bytes], *, seq: int | None = None, prev: bytes | None = None, advance: bool = True
+    ) -> Block:
         from schemas.block import decode_record
 
         ts = [decode_record(r).ts_ns for r in records]
-        b = build_block(self.key, device_id=self.id, boot=1, seq=self.seq if seq is None else seq,
-                        prev=self.head if prev is None else prev, records=records, t_first=min(ts), t_last=max(ts),
-                        seed=os.urandom(32))
+        b = build_block(
+            self.key,
+            device_id=self.id,
+            boot=1,
+            seq=self.seq if seq is None else seq,
+            prev=self.head if prev is None else prev,
+            records=records,
+            t_first=min(ts),
+            t_last=max(ts),
+            seed=os.urandom(32),
+        )
         if advance:
             self.seq += 1
             self.head = b.hash
@@ -62,8 +71,13 @@ def flip_bit_in_record(block: Block, record: int, bit: int) -> bytes:
 
 
 async def read_dead_letters(bootstrap: str, topic: str, n: int) -> list[tuple[dict[str, bytes], bytes]]:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-                         group_id=None)
+    c = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await c.start()
     out: list[tuple[dict[str, bytes], bytes]] = []
     try:
@@ -100,34 +114,45 @@ def test_bad_input_is_dead_lettered_and_good_input_is_kept(env) -> None:  # type
         sent_good.append(b)
         return b
 
-    send_good()                                             # seq 0
-    b1 = send_good()                                        # seq 1
+    send_good()  # seq 0
+    b1 = send_good()  # seq 1
     tampered = good.block(good.records(20), advance=False)  # would be seq 2
-    send(good, flip_bit_in_record(tampered, record=7, bit=93))            # merkle_mismatch
-    send(stranger, stranger.block(stranger.records(10)).to_wire())        # unknown_key
+    send(good, flip_bit_in_record(tampered, record=7, bit=93))  # merkle_mismatch
+    send(stranger, stranger.block(stranger.records(10)).to_wire())  # unknown_key
     reg.revoke(revoked.id)
-    send(revoked, revoked.block(revoked.records(10)).to_wire())           # revoked_key
+    send(revoked, revoked.block(revoked.records(10)).to_wire())  # revoked_key
     conflict = good.block(good.records(20), seq=1, prev=sent_good[0].hash, advance=False)
     assert conflict.hash != b1.hash
-    send(good, conflict.to_wire())                                        # seq_conflict
+    send(good, conflict.to_wire())  # seq_conflict
     send(good, os.urandom(16) + b"\xc1" * (cfg.bridge.max_payload_bytes + 10))  # oversized (bridge marker)
-    send(good, b"\xc1 this is not MessagePack")                           # decode_error
-    send(good, b1.to_wire())                                              # replay: duplicate
-    send_good()                                                           # seq 2
-    send_good()                                                           # seq 3
+    send(good, b"\xc1 this is not MessagePack")  # decode_error
+    send(good, b1.to_wire())  # replay: duplicate
+    send_good()  # seq 2
+    send_good()  # seq 3
     assert pub.close(30)
     reg.close()
 
     want_records = sum(b.header.count for b in sent_good)
-    st = wait_until(cfg, lambda s: s["records"] >= want_records and s["rejections"] >= 6 and s["duplicates"] >= 1,
-                    what="good blocks stored and rejections recorded")
+    st = wait_until(
+        cfg,
+        lambda s: s["records"] >= want_records and s["rejections"] >= 6 and s["duplicates"] >= 1,
+        what="good blocks stored and rejections recorded",
+    )
     for p in env.procs:
         assert p.stop() == 0
     assert st["records"] == want_records
     assert st["duplicates"] == 1
 
-    expected = Counter({"merkle_mismatch": 1, "unknown_key": 1, "revoked_key": 1, "seq_conflict": 1,
-                        "oversized": 1, "decode_error": 1})
+    expected = Counter(
+        {
+            "merkle_mismatch": 1,
+            "unknown_key": 1,
+            "revoked_key": 1,
+            "seq_conflict": 1,
+            "oversized": 1,
+            "decode_error": 1,
+        }
+    )
     s = Store(cfg.path(cfg.store.path), read_only=True)
     try:
         got = Counter(r for (r,) in s.con.execute("SELECT reason FROM rejections").fetchall())

@@ -1,0 +1,107 @@
+"""`edge-agent`: the vehicle side. `keygen` creates the device key; `run` signs and publishes samples."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig, ConfigError, load_toml
+from edge_agent.keys import KeyFileError, device_id_of, generate_key_file, load_key_file
+from edge_agent.publisher import MqttPublisher, PublishError
+from edge_agent.state import StateStore
+from schemas.records import Record
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    cfg = load_toml(args.config, AgentConfig)
+    path = Path(args.out or cfg.edge.key_path)
+    key = generate_key_file(path)
+    print(f"device key   {path} (mode 0600)")
+    print(f"public key   {key.public_key.hex()}")
+    print(f"device id    {device_id_of(key)}")
+    print(f"key id       {key.key_id}")
+    print(f"register it on the ingest side: telematics devices add --public-key {key.public_key.hex()}")
+    return 0
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from simulators.vehicle import SimulatedSource, VehicleModel
+
+    cfg = load_toml(args.config, AgentConfig)
+    key = load_key_file(cfg.edge.key_path)
+    dev = device_id_of(key)
+    pub = MqttPublisher(cfg.mqtt, dev)
+    pub.connect()
+    agent = Agent(key, cfg.edge, pub, StateStore(cfg.edge.state_path, fsync=cfg.edge.fsync))
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    ticks = int(args.duration * cfg.edge.sample_rate_hz) if args.duration else 2**62
+    model = VehicleModel(args.seed, start_ns=time.time_ns(), rate_hz=cfg.edge.sample_rate_hz)
+    source = SimulatedSource(model, ticks=ticks, realtime=True)
+    print(
+        f"edge-agent: device {dev} boot {agent.state.boot} from seq {agent.state.next_seq} "
+        f"-> {cfg.mqtt.host}:{cfg.mqtt.port}",
+        file=sys.stderr,
+    )
+
+    def until_stopped(it: Iterator[Record]) -> Iterator[Record]:
+        for r in it:
+            if stop.requested:
+                return
+            yield r
+
+    for r in until_stopped(source.samples()):
+        agent.offer(r)
+    agent.flush()
+    ok = pub.close(timeout=30)
+    st = agent.stats
+    print(
+        f"edge-agent: published {st.records} records in {st.blocks} blocks (last seq {st.last_seq});"
+        f" {'all acknowledged' if ok else 'NOT all acknowledged'}",
+        file=sys.stderr,
+    )
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    ap.add_argument("--config", help="agent TOML (see deploy/config/edge-agent.example.toml)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("keygen", help="create this vehicle's Ed25519 key (mode 0600, never overwrites)")
+    p.add_argument("--out", help="key path (default: edge.key_path from the config)")
+    p.set_defaults(fn=cmd_keygen)
+    p = sub.add_parser("run", help="sample, sign and publish (source: the built-in vehicle simulator)")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed")
+    p.add_argument("--duration", type=float, default=0, help="seconds to run (0: until SIGTERM)")
+    p.set_defaults(fn=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(args))
+    except (ConfigError, KeyFileError, PublishError) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

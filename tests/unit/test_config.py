@@ -1,0 +1,46 @@
+"""Configuration: the example files show every key with its default; unknown keys fail at start."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from edge_agent.config import AgentConfig, ConfigError, load_toml
+from ingest.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _keys(d: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in d.items():
+        out |= _keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("path", "typ"),
+    [("deploy/config/telematics.example.toml", Config), ("deploy/config/edge-agent.example.toml", AgentConfig)],
+)
+def test_example_shows_every_key_with_its_default(path: str, typ: type) -> None:
+    data = tomllib.loads((ROOT / path).read_text())
+    assert _keys(data) == _keys(msgspec.to_builtins(typ()))
+    assert load_toml(ROOT / path, typ) == typ()
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[kafka]\nbootstrap = 'x'\n")
+    with pytest.raises(ConfigError, match="bootstrap"):
+        load_config(p)
+
+
+def test_bad_value_names_the_field(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[mqtt]\nport = 70000\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.port"):
+        load_config(p)
