@@ -135,8 +135,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     try:
         store = Store(cfg.path(cfg.store.path), read_only=True)
     except StoreError as exc:
-        print(f"telematics query: {exc} (is the ingest running? DuckDB allows one writer or several readers)",
-              file=sys.stderr)
+        print(
+            f"telematics query: {exc} (is the ingest running? DuckDB allows one writer or several readers)",
+            file=sys.stderr,
+        )
         return 1
     try:
         cur = store.con.execute(args.sql)

@@ -175,7 +175,9 @@ def run_demo(
         print(f"  {k:<18} {v}")
     print(f"\nDuckDB: {store_path.resolve()}")
     print(f"Ledger: {cfg.path(cfg.ledger.path).resolve()}")
-    print("\nTry these (read-only; DuckDB allows one writer or several readers, so not while an ingest runs):")
+    print(
+        "\nTry these (read-only; DuckDB allows one writer or several readers, so not while an ingest runs):"
+    )
     cfg_opt = f" --config {config_path}" if config_path else ""
     for title, sql, res, cols in results:
         print(f'\n  -- {title}\n  .venv/bin/telematics{cfg_opt} query "{sql}"')

@@ -243,10 +243,9 @@ class Processor:
                 raise WireError(
                     Reason.CHAIN, f"late block {seq} of device {dev} does not chain to block {seq - 1}"
                 )
-            after = self._stored_hash(dev, seq + 1)
-            if after is not None:
-                pass  # the successor's prev link was unverifiable when it arrived; it is checked by audit
-            return  # a late block filling a gap: stored, head unchanged
+            # A late block filling a gap: stored, the head does not move back. (The successor's prev link
+            # could not be checked when it arrived; the audit re-checks every stored link.)
+            return
         head.last_seq = seq
         head.last_hash = opened.hash
         head.key_id = key.key_id

@@ -80,6 +80,8 @@ class IngestProc:
             except (OSError, ValueError):
                 pass
             time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
         raise TimeoutError(f"{self.role} not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
