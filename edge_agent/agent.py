@@ -1,9 +1,11 @@
 """The agent loop: samples -> block builder -> signed block -> publisher.
 
 Durability order on the vehicle: a block is sealed, the chain state (next sequence
-number, head hash) is persisted, then the block is handed to the publisher. A crash in
-between can lose that one block (a sequence gap the ingest records) but never reuses a
-sequence number. The on-disk spool that closes that gap is the publisher's next seam.
+number, head hash) is persisted, then the block is handed to the publisher. A restart
+never reuses a sequence number. Until the on-disk spool lands (the publisher's next
+seam), blocks that the broker has not acknowledged yet live only in memory: a crash or
+power loss loses them (up to ``mqtt.max_inflight`` blocks), and the ingest records the
+hole as a sequence gap.
 """
 
 from __future__ import annotations

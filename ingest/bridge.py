@@ -45,7 +45,6 @@ class BridgeStats:
     received: int = 0
     forwarded: int = 0
     oversized: int = 0
-    acked: int = 0
 
 
 class Bridge:
@@ -54,7 +53,7 @@ class Bridge:
         self.stats = BridgeStats()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
+        self._inbox: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
         self._client: mqtt.Client | None = None
         self._connected = asyncio.Event()
 
@@ -142,46 +141,45 @@ class Bridge:
         return fut
 
     async def _pump(self, producer: AIOKafkaProducer, client: mqtt.Client) -> None:
+        """Forward messages in arrival order; a separate task acknowledges them, in the same order,
+        as Kafka acknowledges them. A Kafka failure ends the session (the caller rebuilds it)."""
         pending: deque[tuple[mqtt.MQTTMessage, asyncio.Future[object]]] = deque()
-        acker_wakeup = asyncio.Event()
+        wake = asyncio.Event()
+        failure: list[BaseException] = []
 
         async def acker() -> None:
-            while True:
-                while not pending:
-                    acker_wakeup.clear()
-                    await acker_wakeup.wait()
-                msg, fut = pending[0]
-                await fut  # raises KafkaError: the whole session is torn down and rebuilt
-                pending.popleft()
-                client.ack(msg.mid, msg.qos)
-                self.stats.acked += 1
-                self.stats.forwarded += 1
+            try:
+                while True:
+                    while not pending:
+                        wake.clear()
+                        await wake.wait()
+                    msg, fut = pending[0]
+                    await fut
+                    pending.popleft()
+                    client.ack(msg.mid, msg.qos)
+                    self.stats.forwarded += 1
+            except KafkaError as exc:
+                failure.append(exc)
+                self._inbox.put_nowait(None)
 
         ack_task = asyncio.create_task(acker())
         try:
-            while not self._stop.is_set():
-                get = asyncio.ensure_future(self._inbox.get())
-                stop = asyncio.ensure_future(self._stop.wait())
-                done, _ = await asyncio.wait({get, stop, ack_task}, return_when=asyncio.FIRST_COMPLETED)
-                if ack_task in done:
-                    get.cancel()
-                    stop.cancel()
-                    ack_task.result()
-                if get not in done:
-                    get.cancel()
-                    stop.cancel()
-                    continue
-                stop.cancel()
-                msg = get.result()
+            while True:
+                msg = await self._inbox.get()
+                if msg is None or failure:
+                    break
                 pending.append((msg, await self._produce(producer, msg)))
-                acker_wakeup.set()
-            # Drain: wait for Kafka to acknowledge what we forwarded, then ack it to MQTT.
-            await producer.flush()
-            while pending and not ack_task.done():
-                await asyncio.sleep(0.01)
+                wake.set()
+            if not failure:
+                # Drain: wait for Kafka to acknowledge what was forwarded, then ack it to MQTT.
+                await producer.flush()
+                while pending and not ack_task.done():
+                    await asyncio.sleep(0.01)
+            if failure:
+                raise failure[0]
         finally:
             ack_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, KafkaError):
+            with contextlib.suppress(asyncio.CancelledError):
                 await ack_task
 
     async def run(self) -> None:
@@ -197,7 +195,10 @@ class Bridge:
             client: mqtt.Client | None = None
             try:
                 await producer.start()
+                # Unforwarded messages of an earlier session are redelivered by the broker: start empty.
                 self._inbox = asyncio.Queue()
+                if self._stop.is_set():
+                    break
                 client = await asyncio.to_thread(self._connect)
                 await self._pump(producer, client)
                 backoff = 0.5
@@ -217,4 +218,6 @@ class Bridge:
                     await producer.stop()
 
     def stop(self) -> None:
+        """Stop after the messages already forwarded are acknowledged (call from the event loop)."""
         self._stop.set()
+        self._inbox.put_nowait(None)

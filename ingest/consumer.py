@@ -41,6 +41,8 @@ class BatchConsumer:
         self.producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        # Set after a failed flush: a batch may be stored but not yet anchored.
+        self._recover_pending = False
         self.started_ns = time.time_ns()
 
     # -- the durability order ---------------------------------------------------------------------
@@ -63,6 +65,9 @@ class BatchConsumer:
         Ledger failure at 4: the batch stays stored and unanchored; retry with backoff and do
         not commit offsets until it is anchored.
         """
+        if self._recover_pending:
+            await self.recover()
+            self._recover_pending = False
         p = self.proc.pending
         if p.empty:
             return
@@ -178,6 +183,7 @@ class BatchConsumer:
             await self.flush()
         except (StoreError, KafkaError) as exc:
             log.error("flush failed (%s); rewinding to the committed offsets", exc)
+            self._recover_pending = True
             self.proc.reset()
             assert self.consumer is not None
             for tp in self.consumer.assignment():

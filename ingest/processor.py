@@ -1,10 +1,11 @@
 """Verify blocks and accumulate them into batches. Synchronous and I/O-free except for the Store.
 
 For each message, in this order (the first failing check dead-letters it with its reason):
-size -> envelope decode -> registry key (unknown / revoked) -> Ed25519 signature over the exact
-header bytes -> header decode -> device id (registry and MQTT topic) -> Merkle root recomputed
-from the carried records -> record decode -> sequence and hash chain (duplicate / conflict /
-chain break / gap). Accepted blocks are appended to the pending batch in columnar form.
+bridge marker / size -> envelope decode -> registry key (unknown / revoked) -> Ed25519 signature
+over the exact header bytes -> header decode (version, key id) -> record count and Merkle root
+recomputed from the carried records -> device id (registry and MQTT topic) -> record decode and
+timestamps within [t_first, t_last] -> sequence and hash chain (duplicate / conflict / chain
+break / gap). Accepted blocks are appended to the pending batch in columnar form.
 """
 
 from __future__ import annotations
@@ -123,8 +124,12 @@ class Processor:
         value = m.value or b""
         marker = _header_value(m.headers, REJECT_HEADER)
         if marker is not None:
+            try:
+                reason = Reason(marker.decode(errors="replace"))
+            except ValueError:
+                reason = Reason.DECODE
             raise WireError(
-                Reason(marker.decode()),
+                reason,
                 "flagged by the bridge: "
                 + ((_header_value(m.headers, "vt-detail") or b"").decode(errors="replace")),
             )

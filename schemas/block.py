@@ -124,7 +124,10 @@ def decode_envelope(payload: bytes) -> Envelope:
 def leaf_hashes(seed: bytes, records: list[bytes]) -> list[bytes]:
     """RFC 6962 leaf hashes of a block's records: SHA-256(0x00 || salt_i || record_i)."""
     sha = hashlib.sha256
-    return [sha(b"\x00" + s + r).digest() for s, r in zip(crypto.leaf_salts(seed, len(records)), records, strict=False)]
+    return [
+        sha(b"\x00" + s + r).digest()
+        for s, r in zip(crypto.leaf_salts(seed, len(records)), records, strict=False)
+    ]
 
 
 def records_root(seed: bytes, records: list[bytes]) -> bytes:
@@ -205,6 +208,10 @@ def open_envelope(env: Envelope, public_key: bytes) -> OpenedBlock:
     if not crypto.verify_block_signature(public_key, env.header, env.sig):
         raise WireError(Reason.SIGNATURE, f"signature does not verify with key {env.key_id}")
     header = decode_header(env.header)
+    if header.v != SCHEMA_VERSION:
+        raise WireError(
+            Reason.HEADER, f"schema version {header.v} is not supported (this verifier: {SCHEMA_VERSION})"
+        )
     if header.key_id != env.key_id:
         raise WireError(Reason.HEADER, f"header key id {header.key_id} != envelope key id {env.key_id}")
     if header.count != len(env.records):

@@ -24,7 +24,10 @@ def _keys(d: dict[str, Any], prefix: str = "") -> set[str]:
 
 @pytest.mark.parametrize(
     ("path", "typ"),
-    [("deploy/config/telematics.example.toml", Config), ("deploy/config/edge-agent.example.toml", AgentConfig)],
+    [
+        ("deploy/config/telematics.example.toml", Config),
+        ("deploy/config/edge-agent.example.toml", AgentConfig),
+    ],
 )
 def test_example_shows_every_key_with_its_default(path: str, typ: type) -> None:
     data = tomllib.loads((ROOT / path).read_text())
