@@ -194,7 +194,8 @@ class Processor:
             )
         if m.key is not None and m.key.decode(errors="replace") != h.device_id:
             raise WireError(
-                Reason.DEVICE_MISMATCH, f"published on the topic of {m.key!r}, signed by {h.device_id}"
+                Reason.DEVICE_MISMATCH,
+                f"published on the topic of {m.key.decode(errors='replace')}, signed by {h.device_id}",
             )
         try:
             recs = [_record_list_decoder.decode(r) for r in env.records]

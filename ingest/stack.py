@@ -45,7 +45,7 @@ def mosquitto_conf(cfg: Config, state: Path) -> str:
             "allow_anonymous true",
             "persistence true",
             f"persistence_location {state}/",
-            "# save on every change so a kill -9 of the broker loses no acknowledged message",
+            "# write the persistence file after every change (it still acknowledges before it writes)",
             "autosave_on_changes true",
             "autosave_interval 1",
             "# queue for offline persistent sessions (the bridge) without dropping",

@@ -134,6 +134,57 @@ CREATE TABLE IF NOT EXISTS duplicates (
 )
 
 
+_BLOCK_TYPES: list[pa.DataType] = [
+    pa.string(),
+    pa.uint64(),
+    pa.binary(),
+    pa.binary(),
+    pa.binary(),
+    pa.binary(),
+    pa.string(),
+    pa.uint32(),
+    pa.uint16(),
+    pa.int64(),
+    pa.int64(),
+    pa.binary(),
+    pa.uint64(),
+    pa.uint32(),
+    pa.int32(),
+    pa.int64(),
+    pa.int64(),
+]
+_BLOCK_NAMES = [
+    "device_id",
+    "seq",
+    "block_hash",
+    "header",
+    "signature",
+    "salt_seed",
+    "key_id",
+    "boot",
+    "record_count",
+    "t_first",
+    "t_last",
+    "merkle_root",
+    "batch_no",
+    "batch_index",
+    "kafka_partition",
+    "kafka_offset",
+    "received_at",
+]
+_BLOCK_TIMESTAMPS = {"t_first", "t_last", "received_at"}
+
+
+def _blocks_table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    """Block rows as Arrow columns, in the DDL's column order (one INSERT per batch, not per block)."""
+    cols = list(zip(*rows, strict=True))
+    arrays = []
+    for name, typ, col in zip(_BLOCK_NAMES, _BLOCK_TYPES, cols, strict=True):
+        arr = pa.array(col, typ)
+        arrays.append(arr.cast(pa.timestamp("ns")) if name in _BLOCK_TIMESTAMPS else arr)
+    return pa.table(arrays, names=_BLOCK_NAMES)
+
+
 class StoreError(Exception):
     """The store could not write a batch: retry it without committing Kafka offsets."""
 
@@ -228,11 +279,9 @@ class Store:
                     con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
                     con.unregister("_incoming")
             if b.blocks:
-                con.executemany(
-                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamp_ns(?), make_timestamp_ns(?),"
-                    " ?, ?, ?, ?, ?, make_timestamp_ns(?))",
-                    b.blocks,
-                )
+                con.register("_incoming", _blocks_table(b.blocks))
+                con.execute("INSERT INTO blocks SELECT * FROM _incoming")
+                con.unregister("_incoming")
                 con.execute(
                     "INSERT INTO batches VALUES (?, ?, ?, ?, make_timestamp_ns(?))",
                     [b.batch_no, b.root, len(b.blocks), b.record_count, b.created_at],

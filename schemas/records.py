@@ -23,7 +23,6 @@ TimestampNs = Annotated[int, Meta(ge=0, le=2**63 - 1, description="ns since Unix
 Percent = Annotated[float, Meta(ge=0.0, le=100.0)]
 Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]
-Finite = Annotated[float, Meta(ge=-1e12, le=1e12)]  # rejects NaN and infinities
 
 
 class DrivingSample(msgspec.Struct, frozen=True, array_like=True, tag="d", tag_field="kind"):
