@@ -151,17 +151,18 @@ class Processor:
         except WireError as e:
             self._reject(m, e, env if isinstance(env, Envelope) else None)
 
-    def _reject(
-        self,
-        m: Message,
-        e: WireError,
-        env: Envelope | None,
-        device_id: str | None = None,
-        seq: int | None = None,
-    ) -> None:
+    def _reject(self, m: Message, e: WireError, env: Envelope | None) -> None:
         value = m.value or b""
+        # Size and hash of the original payload: from the bridge's marker when it truncated it. The
+        # headers are input too, so a malformed one falls back to what the message itself carries.
+        size, sha = len(value), hashlib.sha256(value).digest()
         size_h = _header_value(m.headers, "vt-size")
         sha_h = _header_value(m.headers, "vt-sha256")
+        try:
+            if size_h is not None and sha_h is not None:
+                size, sha = int(size_h), bytes.fromhex(sha_h.decode())
+        except ValueError:
+            pass
         self.pending.rejections.append(
             Rejection(
                 m.topic,
@@ -171,11 +172,10 @@ class Processor:
                 e.detail,
                 m.key,
                 value,
-                int(size_h) if size_h else len(value),
-                bytes.fromhex(sha_h.decode()) if sha_h else hashlib.sha256(value).digest(),
-                device_id or (m.key.decode(errors="replace") if m.key else None),
+                size,
+                sha,
+                m.key.decode(errors="replace") if m.key else None,
                 env.key_id if env is not None else None,
-                seq,
             )
         )
 

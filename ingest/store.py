@@ -327,12 +327,3 @@ class Store:
             )
         except duckdb.Error as exc:
             raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
-
-
-def counts_json(path: Path) -> dict[str, Any]:
-    """Open the store read-only and return its counts (only when no writer holds it)."""
-    s = Store(path, read_only=True)
-    try:
-        return s.counts()
-    finally:
-        s.close()

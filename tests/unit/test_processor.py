@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,7 @@ from schemas.block import Block, build_block, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 from schemas.records import DrivingSample
 from simulators.vehicle import VehicleModel
-
-
-@dataclass
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Any = ()
+from tests.unit.kafka import Msg
 
 
 class Dev:
@@ -140,6 +130,14 @@ def test_topic_of_another_device_is_rejected(setup: Any) -> None:
     _, dev, proc, feed = setup
     feed((dev.block(0).to_wire(), b"0" * 32))
     assert [r.reason for r in proc.pending.rejections] == ["device_mismatch"]
+
+
+def test_malformed_marker_headers_do_not_crash(setup: Any) -> None:
+    _, _dev, proc, _feed = setup
+    junk = [("vt-reject", b"no-such-reason"), ("vt-size", b"12x"), ("vt-sha256", b"zz")]
+    proc.process_all([Msg("t", 0, 0, None, b"abc", junk)])
+    [r] = proc.pending.rejections
+    assert r.reason == "decode_error" and r.payload_size == 3
 
 
 def test_oversized_and_garbage(setup: Any) -> None:

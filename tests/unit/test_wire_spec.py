@@ -514,15 +514,7 @@ def test_third_party_chain_is_accepted_by_the_consumer(tmp_path: Path) -> None:
     from ingest.processor import Processor
     from ingest.registry import Registry
     from ingest.store import Store
-
-    @dataclass
-    class Msg:
-        topic: str
-        partition: int
-        offset: int
-        key: bytes | None
-        value: bytes | None
-        headers: Any = ()
+    from tests.unit.kafka import Msg
 
     secret = os.urandom(32)
     b0 = _tp_fresh_block(secret)
