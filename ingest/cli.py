@@ -1,4 +1,5 @@
-"""`telematics`: everything off the vehicle (stack, devices, ingest, sim, demo, ledger)."""
+"""`telematics`: everything off the vehicle (stack, devices, ingest, sim, demo, query, prove,
+verify-proof, audit, erase, ledger)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from edge_agent.config import ConfigError
 from ingest.config import Config, load_config
+
+if TYPE_CHECKING:
+    from ingest.ledger import LocalLedger
 
 
 def _cfg(args: argparse.Namespace) -> Config:
@@ -34,7 +39,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     from edge_agent.keys import load_key_file
-    from ingest.registry import Registry
+    from ingest.registry import Registry, RegistryError
 
     cfg = _cfg(args)
     reg = Registry(cfg.path(cfg.registry.path))
@@ -50,11 +55,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
             k = reg.add(pub, label=args.label)
             print(f"registered device {k.device_id} key {k.key_id}")
         elif args.action == "revoke":
-            n = reg.revoke(args.device_id)
+            n = reg.revoke(args.device_id, at=args.at)
             print(f"revoked {n} key(s) of device {args.device_id}")
+        elif args.action == "rotate":
+            if args.key_file:
+                pub = load_key_file(args.key_file).public_key
+            elif args.public_key:
+                pub = bytes.fromhex(args.public_key)
+            else:
+                print("devices rotate: give --public-key HEX or --key-file PATH", file=sys.stderr)
+                return 2
+            k = reg.rotate(args.device_id, pub, at=args.at)
+            print(f"device {k.device_id}: key {k.key_id} valid from {k.valid_from}; earlier key(s) retired")
         else:
             for k in reg.all():
-                print(f"{k.device_id}  key={k.key_id}  {k.status:<7}  label={k.label or ''}")
+                print(
+                    f"{k.device_id}  key={k.key_id}  {k.status:<7}  valid={k.validity()}  label={k.label or ''}"
+                )
+    except RegistryError as exc:
+        print(f"telematics devices: {exc}", file=sys.stderr)
+        return 1
     finally:
         reg.close()
     return 0
@@ -116,16 +136,236 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _open_log(cfg: Config, *, sign: bool = False) -> LocalLedger:
+    from ingest.ledger import LocalLedger, load_or_create_key
+
+    key = load_or_create_key(cfg.path(cfg.ledger.key_path)) if sign else None
+    return LocalLedger(
+        cfg.path(cfg.ledger.path), key, origin=cfg.ledger.origin, checkpoint_every=cfg.ledger.checkpoint_every
+    )
+
+
+def _operator_pub(cfg: Config, given: str | None) -> bytes:
+    """The operator (ingest) public key: hex, a file holding hex, or the .pub beside the key."""
+    from pathlib import Path
+
+    if given:
+        p = Path(given)
+        text = p.read_text().strip() if p.exists() else given.strip()
+        return bytes.fromhex(text)
+    pub = cfg.path(cfg.ledger.key_path + ".pub")
+    if not pub.exists():
+        raise ConfigError(f"no operator public key at {pub}: pass --operator-key")
+    return bytes.fromhex(pub.read_text().strip())
+
+
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from ingest.ledger import LocalLedger
+    from ingest.ledger import LedgerError, verify_extension
 
     cfg = _cfg(args)
-    pub = bytes.fromhex(args.public_key) if args.public_key else None
-    report = LocalLedger(cfg.path(cfg.ledger.path)).verify(pub)
+    if args.action == "checkpoint":
+        log = _open_log(cfg, sign=True)
+        print(log.checkpoint(), end="")
+        return 0
+    pub = _operator_pub(cfg, args.public_key)
+    log = _open_log(cfg)
+    report = log.verify(pub)
     for p in report.problems:
         print(p)
-    print(f"ledger {cfg.path(cfg.ledger.path)}: {report.entries} entries, {'OK' if report.ok else 'INVALID'}")
-    return 0 if report.ok else 1
+    cps = log.checkpoints()
+    print(
+        f"ledger {cfg.path(cfg.ledger.path)}: {report.entries} entries, {len(cps)} checkpoints"
+        f" (latest size {max(cps, default=0)}), {'OK' if report.ok else 'INVALID'}"
+    )
+    ok = report.ok
+    if args.since:
+        from pathlib import Path
+
+        try:
+            old, new = verify_extension(log, Path(args.since).read_text(), pub)
+            print(
+                f"checkpoint {new.size} is an extension of checkpoint {old.size} (consistency proof verified)"
+            )
+        except (LedgerError, OSError) as exc:
+            print(f"NOT CONSISTENT: {exc}")
+            ok = False
+    return 0 if ok else 1
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    from ingest.ledger import load_or_create_key
+    from ingest.proofs import ProveError, Prover, RowRef, select_rows, table_name
+    from ingest.registry import Registry
+    from ingest.store import Store, StoreError
+    from schemas.proof import encode_bundle, verify_bundle
+
+    cfg = _cfg(args)
+    try:
+        store = Store(cfg.path(cfg.store.path), read_only=True)
+    except StoreError as exc:
+        print(f"telematics prove: {exc} (stop the ingest first: DuckDB allows one writer)", file=sys.stderr)
+        return 1
+    registry = Registry(cfg.path(cfg.registry.path))
+    try:
+        if args.device is not None:
+            if args.seq is None or args.idx is None or not args.table:
+                print("prove: --device needs --seq, --idx and --table", file=sys.stderr)
+                return 2
+            rows = [RowRef(table_name(args.table), args.device, args.seq, args.idx)]
+        else:
+            rows = select_rows(store, args.table, args.where, args.limit, args.sample)
+        operator = load_or_create_key(cfg.path(cfg.ledger.key_path))
+        bundle = Prover(store, registry, _open_log(cfg, sign=True), operator).bundle(rows)
+    except ProveError as exc:
+        print(f"telematics prove: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+        registry.close()
+    data = encode_bundle(bundle)
+    rep = verify_bundle(data, operator_key=operator.public_key)
+    if not rep.ok:
+        for p in rep.problems:
+            print(f"telematics prove: the stored data does not prove: {p}", file=sys.stderr)
+        print("telematics prove: run `telematics audit`; no bundle written", file=sys.stderr)
+        return 1
+    if args.out == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        from pathlib import Path
+
+        Path(args.out).write_bytes(data)
+        print(
+            f"wrote {args.out}: {len(bundle.records)} records, {len(bundle.blocks)} blocks,"
+            f" {len(bundle.batches)} batches, {len(bundle.evm)} chain anchors ({len(data):,} bytes)"
+        )
+    return 0
+
+
+def cmd_verify_proof(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from schemas.proof import verify_bundle
+
+    pinned = None
+    if args.operator_key:
+        p = Path(args.operator_key)
+        pinned = bytes.fromhex(p.read_text().strip() if p.exists() else args.operator_key)
+    try:
+        data = Path(args.bundle).read_bytes()
+    except OSError as exc:
+        print(f"verify-proof: cannot read {args.bundle}: {exc}", file=sys.stderr)
+        return 2
+    rep = verify_bundle(data, operator_key=pinned)
+    problems = list(rep.problems)
+    if args.rpc and not problems:
+        from ingest.evm_ledger import check_anchors_on_chain
+
+        problems += check_anchors_on_chain(args.rpc, rep.anchors, confirmations=args.confirmations)
+    for prob in problems:
+        print(f"FAIL {prob}")
+    if problems or not rep.ok:
+        print(f"INVALID: {len(problems)} problem(s)")
+        return 1
+    cps = ", ".join(f"size {n} root {r.hex()[:16]}…" for n, r in sorted(rep.checkpoints.items()))
+    print(f"OK: {rep.records} record(s) proven up to signed checkpoint(s) {cps}")
+    if rep.anchors:
+        where = (
+            "checked on chain"
+            if args.rpc
+            else "signed by the operator; pass --rpc URL to check them on chain"
+        )
+        print(f"    {len(rep.anchors)} EVM anchor(s) ({where})")
+    if pinned is None:
+        print("    note: the operator key was taken from the bundle; pin it with --operator-key")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from ingest.audit import Auditor
+    from ingest.registry import Registry
+    from ingest.store import Store, StoreError
+
+    cfg = _cfg(args)
+    try:
+        store = Store(cfg.path(cfg.store.path), read_only=True)
+    except StoreError as exc:
+        print(f"telematics audit: {exc} (stop the ingest first: DuckDB allows one writer)", file=sys.stderr)
+        return 1
+    registry = Registry(cfg.path(cfg.registry.path))
+    try:
+        quiet = args.json
+        auditor = Auditor(
+            store,
+            registry,
+            _open_log(cfg),
+            _operator_pub(cfg, args.operator_key),
+            progress=None if quiet else (lambda stage: print(f"audit: {stage}…", file=sys.stderr)),
+        )
+        rep = auditor.run()
+    finally:
+        store.close()
+        registry.close()
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=1))
+        return 0 if rep.ok else 1
+    total = sum(rep.seconds.values())
+    print(
+        f"audited {rep.records:,} records, {rep.blocks:,} blocks ({rep.signatures:,} signatures),"
+        f" {rep.batches:,} batches, {rep.anchors:,} anchors in {total:.2f}s"
+        f" ({rep.records / total if total else 0:,.0f} records/s)"
+    )
+    print("  stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in rep.seconds.items()))
+    if rep.erasures:
+        print(
+            f"  erased: {rep.erased_records:,} records in {rep.erased_blocks:,} blocks (signed erasure statements):"
+        )
+        for eid, dev, nb, nr in rep.erasures:
+            print(f"    erasure {eid}: device {dev}, {nb} blocks, {nr} records")
+    if rep.ok:
+        print("0 findings: every row, block, batch and ledger entry verifies")
+        return 0
+    print(
+        f"{len(rep.findings)} finding(s): " + ", ".join(f"{k} {n}" for k, n in sorted(rep.by_kind().items()))
+    )
+    for f in rep.findings[: args.max_findings]:
+        print(f"  {f}")
+    if len(rep.findings) > args.max_findings:
+        print(f"  … {len(rep.findings) - args.max_findings} more (use --json for all)")
+    return 1
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from ingest.erase import EraseError, compact, erase_device
+    from ingest.ledger import load_or_create_key
+    from ingest.store import Store, StoreError
+
+    cfg = _cfg(args)
+    path = cfg.path(cfg.store.path)
+    try:
+        store = Store(path)
+    except StoreError as exc:
+        print(f"telematics erase: {exc} (stop the ingest first: DuckDB allows one writer)", file=sys.stderr)
+        return 1
+    try:
+        e = erase_device(
+            store, load_or_create_key(cfg.path(cfg.ledger.key_path)), args.device, reason=args.reason
+        )
+    except EraseError as exc:
+        print(f"telematics erase: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(
+        f"erasure {e.erasure_id}: deleted {e.records:,} records in {e.blocks:,} blocks of device {e.device_id};"
+        " their block hashes and a signed erasure statement remain"
+    )
+    if args.compact:
+        compact(path)
+        print(f"compacted {path}: deleted bytes no longer in the file")
+    return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -168,8 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--key-file", help="read the public key from a device key file")
     a.add_argument("--label")
     dsub.add_parser("list", help="list registered keys")
-    r = dsub.add_parser("revoke", help="revoke every key of a device")
+    r = dsub.add_parser("revoke", help="revoke a device's keys: blocks stamped from --at on are rejected")
     r.add_argument("device_id")
+    r.add_argument(
+        "--at", type=int, help="ns since epoch (device clock) from which the keys are distrusted; default now"
+    )
+    r = dsub.add_parser("rotate", help="retire a device's key and register its new one, valid from --at")
+    r.add_argument("device_id")
+    r.add_argument("--public-key", help="the new Ed25519 public key, hex")
+    r.add_argument("--key-file", help="read the new public key from a device key file")
+    r.add_argument("--at", type=int, help="ns since epoch (device clock) of the switch; default now")
     p.set_defaults(fn=cmd_devices)
 
     p = sub.add_parser("ingest", help="run the MQTT->Kafka bridge and the verifying consumer")
@@ -205,10 +453,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.set_defaults(fn=cmd_query)
 
-    p = sub.add_parser("ledger", help="verify the local ledger")
-    p.add_argument("action", choices=["verify"])
-    p.add_argument("--public-key", help="the ingest's public key, hex (default: the .pub beside the key)")
+    p = sub.add_parser("ledger", help="verify the ledger log, or print its latest signed checkpoint")
+    p.add_argument("action", choices=["verify", "checkpoint"])
+    p.add_argument(
+        "--public-key", help="the operator (ingest) public key, hex or a file (default: ingest.key.pub)"
+    )
+    p.add_argument("--since", help="a checkpoint note you kept: verify the latest checkpoint extends it")
     p.set_defaults(fn=cmd_ledger)
+
+    p = sub.add_parser("prove", help="write a self-contained proof bundle for selected rows (docs/PROOFS.md)")
+    p.add_argument("--table", help="driving or battery (default: both)")
+    p.add_argument("--where", help='SQL filter on the table, e.g. "speed_mps > 30"')
+    p.add_argument("--limit", type=int, default=10, help="at most this many rows (default 10)")
+    p.add_argument("--sample", action="store_true", help="a random sample of the matching rows")
+    p.add_argument("--device", help="one row by key: device id (with --seq, --idx, --table)")
+    p.add_argument("--seq", type=int, help="block sequence number of the row")
+    p.add_argument("--idx", type=int, help="position of the row in its block")
+    p.add_argument("-o", "--out", default="proof.json", help="output file, - for stdout (default proof.json)")
+    p.set_defaults(fn=cmd_prove)
+
+    p = sub.add_parser("verify-proof", help="verify a proof bundle offline (no DuckDB needed)")
+    p.add_argument("bundle")
+    p.add_argument(
+        "--operator-key", help="pin the operator public key (hex or a file); default: the bundle's"
+    )
+    p.add_argument("--rpc", help="also check each EVM anchor transaction on this JSON-RPC node")
+    p.add_argument("--confirmations", type=int, default=1, help="with --rpc: required confirmations")
+    p.set_defaults(fn=cmd_verify_proof)
+
+    p = sub.add_parser("audit", help="recompute every leaf, root, signature and ledger link from DuckDB")
+    p.add_argument("--operator-key", help="the operator public key (hex or a file); default: ingest.key.pub")
+    p.add_argument("--json", action="store_true", help="the full report as JSON")
+    p.add_argument("--max-findings", type=int, default=50, help="findings to print (default 50)")
+    p.set_defaults(fn=cmd_audit)
+
+    p = sub.add_parser("erase", help="erase a vehicle's records; every other proof keeps verifying")
+    p.add_argument("--device", required=True, help="device id")
+    p.add_argument("--reason", default="erasure request", help="recorded in the signed erasure statement")
+    p.add_argument(
+        "--compact", action="store_true", help="then rewrite the DuckDB file so no deleted bytes remain"
+    )
+    p.set_defaults(fn=cmd_erase)
     return ap
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -58,11 +58,38 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "telematics.duckdb"
 
 
+class EvmConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    rpc_url: str = "http://127.0.0.1:8545"
+    # Expected chain id; 0 = take whatever the node reports (e.g. 31337 anvil, 210425 PlatON mainnet).
+    chain_id: Annotated[int, Meta(ge=0)] = 0
+    # File holding the sender's hex private key (a secret: a path, never the value).
+    key_path: str = "evm.key"
+    # Where the anchor transactions go; empty = to the sender itself (a 0-value transaction).
+    to_address: str = ""
+    # "batch": one transaction per batch root. "checkpoint": one transaction per log checkpoint,
+    # covering every batch since the previous one (amortization; see docs/PROOFS.md).
+    mode: Literal["batch", "checkpoint"] = "batch"
+    # In checkpoint mode: anchor once this many batches are waiting, or the oldest waited this long.
+    checkpoint_batches: Annotated[int, Meta(ge=1)] = 16
+    checkpoint_max_age_s: Annotated[float, Meta(gt=0)] = 30.0
+    # Blocks on top of the anchoring block before a batch counts as anchored.
+    confirmations: Annotated[int, Meta(ge=1)] = 1
+    timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+
+
 class LedgerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    backend: str = "local"
+    # "local": the signed Merkle log only. "evm": the same log, with its roots or checkpoints also
+    # written to an EVM chain (Ethereum, PlatON, a local anvil) as transaction calldata.
+    backend: Literal["local", "evm"] = "local"
     path: str = "ledger.jsonl"
-    # The ingest's own Ed25519 key that signs ledger entries (created on first use, mode 0600).
+    # The ingest's own Ed25519 key (the operator key): signs ledger entries, checkpoints, key
+    # statements and erasure statements in proofs. Created on first use, mode 0600.
     key_path: str = "ingest.key"
+    # The log's name in its signed checkpoints (C2SP tlog-checkpoint "origin").
+    origin: str = "telematics.local/ledger"
+    # Sign a checkpoint after this many new entries.
+    checkpoint_every: Annotated[int, Meta(ge=1)] = 1
+    evm: EvmConfig = EvmConfig()
 
 
 class RegistryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -7,8 +7,12 @@ Local log entry (one JSON line per entry, ``ledger.jsonl``)::
     signature   = Ed25519(ingest key, "vt/v1/ledger-entry" || 0x00 || entry_bytes)
 
 ``prev`` is the previous entry's hash (32 zero bytes for the first), so the log is a
-hash chain signed by the ingest's own key. The ledger only ever sees batch roots: no
-device ids, no VINs, no positions.
+hash chain signed by the ingest's own key. It is also an RFC 9162 Merkle log: leaf i is
+``SHA-256(0x00 || entry_bytes_i)``, and signed checkpoints in the C2SP tlog-checkpoint
+note format (origin, tree size, root) are appended to ``ledger.checkpoints``, so anyone who
+kept an old checkpoint can check a newer one extends it (a consistency proof) and a proof
+bundle can show that one batch is in the log (an inclusion proof). The ledger only ever
+sees batch roots: no device ids, no VINs, no positions.
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
+from schemas import merkle
+from schemas.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sign_checkpoint
 from schemas.crypto import TAG_LEDGER_ENTRY, ZERO_HASH, SigningKey, tagged_hash, verify
+from schemas.proof import LedgerEntry, entry_decoder
+
+DEFAULT_ORIGIN = "telematics.local/ledger"
 
 
 class LedgerError(Exception):
@@ -75,16 +84,9 @@ class Ledger(Protocol):
     def verify(self) -> VerifyReport: ...
 
 
-class _Entry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    index: int
-    batch_no: int
-    root: bytes
-    prev: bytes
-    time_ns: int
-
-
+_Entry = LedgerEntry
 _enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(_Entry)
+_dec = entry_decoder
 
 
 def _signing_input(entry_bytes: bytes) -> bytes:
@@ -132,39 +134,79 @@ def load_or_create_key(path: Path) -> SigningKey:
 
 
 class LocalLedger:
-    """Append-only, hash-chained, signed log in one JSON-lines file, fsynced per entry."""
+    """Append-only, hash-chained, signed log in one JSON-lines file, fsynced per entry, that is also
+    an RFC 9162 Merkle log: leaf ``i`` is entry ``i``'s bytes, and signed checkpoints (tree size,
+    root) are appended to ``<name>.checkpoints`` every ``checkpoint_every`` entries."""
 
     name = "local"
 
-    def __init__(self, path: str | Path, key: SigningKey | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        key: SigningKey | None = None,
+        *,
+        origin: str = DEFAULT_ORIGIN,
+        checkpoint_every: int = 1,
+    ) -> None:
         self.path = Path(path)
         self.key = key
+        self.origin = origin
+        self.checkpoint_every = max(1, checkpoint_every)
+        self.checkpoint_path = checkpoints_path(self.path)
         self._by_batch: dict[int, Receipt] = {}
         self._head = ZERO_HASH
         self._count = 0
+        self._entries: list[tuple[bytes, bytes]] = []  # (entry bytes, signature) by index
+        self._leaves: list[bytes] = []  # RFC 6962 leaf hashes of the entries
+        self._frontier: list[tuple[int, bytes]] = []  # perfect subtrees: (size, hash), left to right
+        self._checkpoints: dict[int, str] = {}  # tree size -> signed note
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        raw = self.path.read_bytes()
-        good = 0
-        for line in raw.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # a torn last write: never acknowledged, so dropped below
-            obj = json.loads(line)
-            entry = _dec.decode(bytes.fromhex(obj["entry"]))
-            h = bytes.fromhex(obj["hash"])
-            self._by_batch[entry.batch_no] = Receipt(
-                self.name, entry.batch_no, entry.root, entry.index, h, entry.time_ns
-            )
-            self._head = h
-            self._count += 1
-            good += len(line)
-        if good != len(raw):
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            good = 0
+            for line in raw.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break  # a torn last write: never acknowledged, so dropped below
+                obj = json.loads(line)
+                eb = bytes.fromhex(obj["entry"])
+                entry = _dec.decode(eb)
+                h = bytes.fromhex(obj["hash"])
+                self._by_batch[entry.batch_no] = Receipt(
+                    self.name, entry.batch_no, entry.root, entry.index, h, entry.time_ns
+                )
+                self._append_leaf(eb, bytes.fromhex(obj["sig"]))
+                self._head = h
+                good += len(line)
+            if good != len(raw):
+                with open(self.path, "r+b") as f:
+                    f.truncate(good)
+        if self.checkpoint_path.exists():
+            raw = self.checkpoint_path.read_bytes()
+            good = 0
+            for line in raw.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break
+                obj = json.loads(line)
+                self._checkpoints[int(obj["size"])] = str(obj["note"])
+                good += len(line)
+            if good != len(raw):
+                with open(self.checkpoint_path, "r+b") as f:
+                    f.truncate(good)
 
+    def _append_leaf(self, eb: bytes, sig: bytes) -> None:
+        self._entries.append((eb, sig))
+        leaf = merkle.leaf_hash(eb)
+        self._leaves.append(leaf)
+        self._count += 1
+        f = self._frontier
+        f.append((1, leaf))
+        while len(f) >= 2 and f[-1][0] == f[-2][0]:
+            (n, right), (_, left) = f.pop(), f.pop()
+            f.append((2 * n, merkle.node_hash(left, right)))
+
+    # -- the Ledger Protocol ----------------------------------------------------------------------
     def anchor(self, batch_no: int, root: bytes) -> Receipt:
         r = self._by_batch.get(batch_no)
         if r is not None:
@@ -176,6 +218,7 @@ class LocalLedger:
         entry = _Entry(self._count, batch_no, root, self._head, time.time_ns())
         eb = _enc.encode(entry)
         h = tagged_hash(TAG_LEDGER_ENTRY, eb)
+        sig = self.key.sign(_signing_input(eb))
         line = {
             "index": entry.index,
             "batch_no": batch_no,
@@ -184,32 +227,96 @@ class LocalLedger:
             "time_ns": entry.time_ns,
             "entry": eb.hex(),
             "hash": h.hex(),
-            "sig": self.key.sign(_signing_input(eb)).hex(),
+            "sig": sig.hex(),
         }
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "ab") as f:
-                f.write(json.dumps(line).encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise LedgerError(f"cannot append to {self.path}: {exc}") from exc
+        _append_line(self.path, line)
         r = Receipt(self.name, batch_no, root, entry.index, h, entry.time_ns)
         self._by_batch[batch_no] = r
         self._head = h
-        self._count += 1
+        self._append_leaf(eb, sig)
+        last = max(self._checkpoints, default=0)
+        if self._count - last >= self.checkpoint_every:
+            self.checkpoint()
         return r
 
     def receipt(self, batch_no: int) -> Receipt | None:
         return self._by_batch.get(batch_no)
 
+    def verify(self, public_key: bytes | None = None) -> VerifyReport:
+        return verify_log(
+            self.path,
+            public_key or (self.key.public_key if self.key else _read_pub(self.path)),
+            origin=self.origin,
+        )
+
+    # -- the Merkle log ---------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._count
+
     def roots(self) -> dict[int, bytes]:
         return {b: r.root for b, r in self._by_batch.items()}
 
-    def verify(self, public_key: bytes | None = None) -> VerifyReport:
-        return verify_log(
-            self.path, public_key or (self.key.public_key if self.key else _read_pub(self.path))
-        )
+    def tree_root(self, size: int | None = None) -> bytes:
+        """Root of the log's Merkle tree over the first ``size`` entries (default: all)."""
+        if size is None or size == self._count:
+            if not self._frontier:
+                return merkle.EMPTY_ROOT
+            acc = self._frontier[-1][1]
+            for _, h in reversed(self._frontier[:-1]):
+                acc = merkle.node_hash(h, acc)
+            return acc
+        if not 0 <= size <= self._count:
+            raise LedgerError(f"tree size {size} outside the log's {self._count} entries")
+        return merkle.root_from_leaf_hashes(self._leaves[:size])
+
+    def entry(self, index: int) -> tuple[bytes, bytes]:
+        """Entry ``index``'s exact bytes and the ingest's signature over them."""
+        return self._entries[index]
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        return merkle.inclusion_path(self._leaves[:size], index)
+
+    def consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        return merkle.consistency_proof(self._leaves[:new_size], old_size)
+
+    def checkpoint(self) -> str:
+        """Sign a checkpoint for the current tree size (once per size) and append it; return the note."""
+        if self._count in self._checkpoints:
+            return self._checkpoints[self._count]
+        if self.key is None:
+            raise LedgerError("this ledger was opened read-only (no signing key)")
+        cp = Checkpoint(self.origin, self._count, self.tree_root())
+        note = sign_checkpoint(cp, self.origin, self.key)
+        _append_line(self.checkpoint_path, {"size": self._count, "note": note})
+        self._checkpoints[self._count] = note
+        return note
+
+    def checkpoints(self) -> dict[int, str]:
+        return dict(self._checkpoints)
+
+    def covering_checkpoint(self, index: int) -> tuple[int, str] | None:
+        """The latest signed checkpoint whose tree includes entry ``index``."""
+        sizes = [s for s in self._checkpoints if s > index]
+        if not sizes:
+            return None
+        s = max(sizes)
+        return s, self._checkpoints[s]
+
+
+def checkpoints_path(ledger_path: Path) -> Path:
+    return ledger_path.with_name(ledger_path.stem + ".checkpoints")
+
+
+def _append_line(path: Path, obj: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            f.write(json.dumps(obj).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise LedgerError(f"cannot append to {path}: {exc}") from exc
 
 
 def _read_pub(path: Path) -> bytes:
@@ -220,16 +327,19 @@ def _read_pub(path: Path) -> bytes:
     raise LedgerError(f"no public key given and none found beside {path}")
 
 
-def verify_log(path: Path, public_key: bytes) -> VerifyReport:
-    """Check every entry: decodes, index sequence, prev links, hash, signature, readable fields."""
+def verify_log(path: Path, public_key: bytes, *, origin: str = DEFAULT_ORIGIN) -> VerifyReport:
+    """Check every entry (decodes, index sequence, prev links, hash, signature, readable fields) and
+    every checkpoint (signature, size within the log, root = the log's tree root at that size, and
+    an RFC 9162 consistency proof from each checkpoint to the next)."""
     problems: list[str] = []
     prev = ZERO_HASH
     n = 0
     seen: set[int] = set()
+    leaves: list[bytes] = []
     try:
         lines = path.read_bytes().splitlines()
     except FileNotFoundError:
-        return VerifyReport(0, True, [])
+        lines = []
     for lineno, line in enumerate(lines, 1):
         try:
             obj = json.loads(line)
@@ -241,7 +351,9 @@ def verify_log(path: Path, public_key: bytes) -> VerifyReport:
             problems.append(f"line {lineno}: unreadable entry ({exc})")
             prev = b""
             n += 1
+            leaves.append(b"")
             continue
+        leaves.append(merkle.leaf_hash(eb))
         if entry.index != n:
             problems.append(f"line {lineno}: index {entry.index}, expected {n}")
         if entry.prev != prev:
@@ -261,4 +373,66 @@ def verify_log(path: Path, public_key: bytes) -> VerifyReport:
         seen.add(entry.batch_no)
         prev = h
         n += 1
+    problems += _verify_checkpoints(checkpoints_path(path), leaves, public_key, origin)
     return VerifyReport(n, not problems, problems)
+
+
+def _verify_checkpoints(cp_path: Path, leaves: list[bytes], public_key: bytes, origin: str) -> list[str]:
+    problems: list[str] = []
+    try:
+        lines = cp_path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return problems
+    last: Checkpoint | None = None
+    for lineno, line in enumerate(lines, 1):
+        where = f"{cp_path.name} line {lineno}"
+        try:
+            note = str(json.loads(line)["note"])
+            cp = open_checkpoint(note, origin, public_key)
+        except (ValueError, KeyError, CheckpointError) as exc:
+            problems.append(f"{where}: unreadable or unsigned checkpoint ({exc})")
+            continue
+        if cp.origin != origin:
+            problems.append(f"{where}: origin {cp.origin!r}, expected {origin!r}")
+        if cp.size > len(leaves):
+            problems.append(f"{where}: checkpoint size {cp.size} > {len(leaves)} entries in the log")
+            continue
+        if merkle.root_from_leaf_hashes(leaves[: cp.size]) != cp.root:
+            problems.append(f"{where}: checkpoint root differs from the log's tree at size {cp.size}")
+        elif last is not None:
+            if cp.size < last.size:
+                problems.append(f"{where}: tree size {cp.size} smaller than the previous {last.size}")
+            elif last.size > 0:
+                try:
+                    proof = merkle.consistency_proof(leaves[: cp.size], last.size)
+                    merkle.verify_consistency(last.size, cp.size, last.root, cp.root, proof)
+                except ValueError as exc:
+                    problems.append(f"{where}: not an extension of checkpoint {last.size} ({exc})")
+        last = cp
+    return problems
+
+
+def verify_extension(ledger: LocalLedger, old_note: str, public_key: bytes) -> tuple[Checkpoint, Checkpoint]:
+    """Check that the ledger's latest checkpoint extends ``old_note`` (a checkpoint someone kept):
+    both signatures and an RFC 9162 consistency proof. Returns (old, new); raises LedgerError."""
+    try:
+        old = open_checkpoint(old_note, ledger.origin, public_key)
+    except CheckpointError as exc:
+        raise LedgerError(f"the old checkpoint does not verify: {exc}") from exc
+    cps = ledger.checkpoints()
+    if not cps:
+        raise LedgerError("the ledger has no checkpoint yet")
+    size = max(cps)
+    new = open_checkpoint(cps[size], ledger.origin, public_key)
+    if old.size > new.size:
+        raise LedgerError(f"the old checkpoint's size {old.size} exceeds the latest {new.size}: a fork")
+    if old.size > 0:
+        try:
+            merkle.verify_consistency(
+                old.size, new.size, old.root, new.root, ledger.consistency(old.size, new.size)
+            )
+        except ValueError as exc:
+            raise LedgerError(
+                f"checkpoint {new.size} is not an extension of checkpoint {old.size}: {exc}"
+            ) from exc
+    return old, new

@@ -1,9 +1,9 @@
 """Verify blocks and accumulate them into batches. Synchronous and I/O-free except for the Store.
 
 For each message, in this order (the first failing check dead-letters it with its reason):
-bridge marker / size -> envelope decode -> registry key (unknown / revoked) -> Ed25519 signature
-over the exact header bytes -> header decode (version, key id) -> record count and Merkle root
-recomputed from the carried records -> device id (registry and MQTT topic) -> record decode and
+bridge marker / size -> envelope decode -> registry key (unknown) -> Ed25519 signature over the
+exact header bytes -> header decode (version, key id) -> record count and Merkle root recomputed
+from the carried records -> key validity interval (revoked / retired) -> device id (registry and MQTT topic) -> record decode and
 timestamps within [t_first, t_last] -> sequence and hash chain (duplicate / conflict / chain
 break / gap). Accepted blocks are appended to the pending batch in columnar form.
 """
@@ -68,9 +68,9 @@ class Pending:
     block_hashes: list[bytes] = field(default_factory=list)
     block_index: dict[tuple[str, int], bytes] = field(default_factory=dict)
     drv: list[DrivingSample] = field(default_factory=list)
-    drv_meta: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    drv_meta: list[tuple[str, int, int, bytes, bytes]] = field(default_factory=list)
     bat: list[BatterySample] = field(default_factory=list)
-    bat_meta: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    bat_meta: list[tuple[str, int, int, bytes, bytes]] = field(default_factory=list)
     gaps: list[tuple[Any, ...]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: list[tuple[Any, ...]] = field(default_factory=list)
@@ -183,10 +183,15 @@ class Processor:
         key = self._keys.get(env.key_id)
         if key is None:
             raise WireError(Reason.UNKNOWN_KEY, f"key {env.key_id} is not in the device registry")
-        if not key.active:
-            raise WireError(Reason.REVOKED_KEY, f"key {env.key_id} of device {key.device_id} is revoked")
         opened = open_envelope(env, key.public_key)
         h = opened.header
+        if not key.covers(h.t_first, h.t_last):
+            # Judged after the signature: only the key's holder can have chosen these timestamps.
+            raise WireError(
+                Reason.REVOKED_KEY if key.status == "revoked" else Reason.KEY_VALIDITY,
+                f"device {key.device_id} block {h.seq} stamped [{h.t_first}, {h.t_last}] is outside"
+                f" key {key.key_id}'s validity {key.validity()} ({key.status})",
+            )
         if h.device_id != key.device_id:
             raise WireError(
                 Reason.DEVICE_MISMATCH,
@@ -288,13 +293,13 @@ class Processor:
             )
         )
         p.block_hashes.append(opened.hash)
-        for i, (r, raw) in enumerate(zip(recs, env.records, strict=True)):
+        for i, (r, raw, leaf) in enumerate(zip(recs, env.records, opened.leaf_hashes, strict=True)):
             if type(r) is DrivingSample:
                 p.drv.append(r)
-                p.drv_meta.append((dev, h.seq, i, raw))
+                p.drv_meta.append((dev, h.seq, i, raw, leaf))
             else:
                 p.bat.append(r)
-                p.bat_meta.append((dev, h.seq, i, raw))
+                p.bat_meta.append((dev, h.seq, i, raw, leaf))
         p.records += h.count
 
     # -- at flush ---------------------------------------------------------------------------------
@@ -363,12 +368,14 @@ class _Duplicate(Exception):
 
 
 def _table(
-    recs: list[Any], meta: list[tuple[str, int, int, bytes]], columns: list[tuple[str, str, pa.DataType]]
+    recs: list[Any],
+    meta: list[tuple[str, int, int, bytes, bytes]],
+    columns: list[tuple[str, str, pa.DataType]],
 ) -> pa.Table | None:
     if not recs:
         return None
     values = list(zip(*(msgspec.structs.astuple(r) for r in recs), strict=True))
-    dev, seq, idx, raw = zip(*meta, strict=True)
+    dev, seq, idx, raw, leaf = zip(*meta, strict=True)
     arrays: dict[str, pa.Array] = {
         "device_id": pa.array(dev, pa.string()),
         "block_seq": pa.array(seq, pa.uint64()),
@@ -378,4 +385,5 @@ def _table(
     for (name, _, typ), col in zip(columns, values[1:], strict=True):
         arrays[name] = pa.array(col, typ)
     arrays["raw"] = pa.array(raw, pa.binary())
+    arrays["leaf"] = pa.array(leaf, pa.binary())
     return pa.table(arrays)

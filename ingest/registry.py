@@ -1,8 +1,17 @@
-"""The device registry: device id -> public keys, status and validity.
+"""The device registry: device id -> public keys, each with a validity interval.
 
-A small SQLite file (WAL) so that `telematics devices add|revoke` and the simulator can
-change it while the consumer reads it. Unknown keys are rejected: there is no
+A small SQLite file (WAL) so that `telematics devices add|rotate|revoke` and the simulator
+can change it while the consumer reads it. Unknown keys are rejected: there is no
 trust-on-first-use.
+
+Validity is judged on the block's own timestamps (``t_first``, ``t_last``, device clock):
+a block verifies against a key only if ``valid_from <= t_first`` and, once the key has
+a ``valid_until``, ``t_last < valid_until``. So a rotation (old key retired at T, new key
+valid from T) keeps every old block verifiable, including blocks that arrive late from
+the vehicle's spool, while a block signed with the retired key after T is rejected.
+A revocation (suspected compromise) sets ``valid_until`` to the time the key is no
+longer trusted, which may lie in the past. See docs/SECURITY.md for what this does and
+does not protect against.
 """
 
 from __future__ import annotations
@@ -15,18 +24,22 @@ from typing import Protocol
 
 from schemas.crypto import device_id_for, key_id_for
 
-SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS device_keys (
     key_id        TEXT PRIMARY KEY,
     device_id     TEXT NOT NULL,
     public_key    BLOB NOT NULL,
-    status        TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+    status        TEXT NOT NULL CHECK (status IN ('active', 'retired', 'revoked')),
     registered_at INTEGER NOT NULL,   -- ns since epoch
-    revoked_at    INTEGER,            -- ns since epoch
-    label         TEXT
+    revoked_at    INTEGER,            -- ns since epoch: when the key was retired or revoked
+    label         TEXT,
+    valid_from    INTEGER NOT NULL DEFAULT 0,  -- ns since epoch, device clock, inclusive
+    valid_until   INTEGER                      -- ns since epoch, device clock, exclusive; NULL = open
 );
-CREATE INDEX IF NOT EXISTS device_keys_device ON device_keys(device_id);
 """
+_INDEX = "CREATE INDEX IF NOT EXISTS device_keys_device ON device_keys(device_id);"
+
+KEY_STATUSES = ("active", "retired", "revoked")
 
 
 class RegistryError(Exception):
@@ -42,10 +55,20 @@ class DeviceKey:
     registered_at: int
     revoked_at: int | None
     label: str | None
+    valid_from: int = 0
+    valid_until: int | None = None
 
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    def covers(self, t_first: int, t_last: int) -> bool:
+        """Whether a block stamped [t_first, t_last] lies inside this key's validity interval."""
+        return self.valid_from <= t_first and (self.valid_until is None or t_last < self.valid_until)
+
+    def validity(self) -> str:
+        until = "open" if self.valid_until is None else str(self.valid_until)
+        return f"[{self.valid_from}, {until})"
 
 
 class KeyRing(Protocol):
@@ -61,33 +84,87 @@ class Registry:
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(SCHEMA)
+        self._db.executescript(_TABLE)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(device_keys)")}
+        if "valid_from" not in cols:  # a registry written before validity intervals existed
+            self._db.execute("ALTER TABLE device_keys ADD COLUMN valid_from INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("ALTER TABLE device_keys ADD COLUMN valid_until INTEGER")
+            self._db.execute(
+                "UPDATE device_keys SET valid_until = revoked_at WHERE status = 'revoked' AND valid_until IS NULL"
+            )
+        self._db.executescript(_INDEX)
 
     def close(self) -> None:
         self._db.close()
 
-    def add(self, public_key: bytes, *, label: str | None = None, device_id: str | None = None) -> DeviceKey:
+    def add(
+        self,
+        public_key: bytes,
+        *,
+        label: str | None = None,
+        device_id: str | None = None,
+        valid_from: int = 0,
+    ) -> DeviceKey:
         """Register a key. ``device_id`` defaults to the id derived from this key (enrolment)."""
         dev = device_id or device_id_for(public_key)
         kid = key_id_for(public_key)
         now = time.time_ns()
         try:
             self._db.execute(
-                "INSERT INTO device_keys VALUES (?, ?, ?, 'active', ?, NULL, ?)",
-                (kid, dev, public_key, now, label),
+                "INSERT INTO device_keys VALUES (?, ?, ?, 'active', ?, NULL, ?, ?, NULL)",
+                (kid, dev, public_key, now, label, valid_from),
             )
         except sqlite3.IntegrityError as exc:
             existing = self.get(kid)
             if existing is not None and existing.device_id == dev and existing.active:
                 return existing
             raise RegistryError(f"key {kid} is already registered (device {dev})") from exc
-        return DeviceKey(kid, dev, public_key, "active", now, None, label)
+        return DeviceKey(kid, dev, public_key, "active", now, None, label, valid_from, None)
 
-    def revoke(self, device_id: str) -> int:
-        """Revoke every active key of a device; returns how many keys were revoked."""
+    def rotate(self, device_id: str, new_public_key: bytes, *, at: int | None = None) -> DeviceKey:
+        """Retire the device's active key(s) at ``at`` (default: now) and register the new key as
+        valid from ``at``, in one transaction. Blocks stamped before ``at`` keep verifying against
+        the old key; blocks signed with the old key from ``at`` on are rejected."""
+        at = time.time_ns() if at is None else at
+        active = [k for k in self.keys_of(device_id) if k.active]
+        if not active:
+            raise RegistryError(f"device {device_id} has no active key to rotate")
+        kid = key_id_for(new_public_key)
+        if self.get(kid) is not None:
+            raise RegistryError(f"key {kid} is already registered")
+        for k in active:
+            if at <= k.valid_from:
+                raise RegistryError(
+                    f"rotation time {at} is not after key {k.key_id}'s valid_from {k.valid_from}"
+                )
+        now = time.time_ns()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "UPDATE device_keys SET status='retired', revoked_at=?, valid_until=?"
+                " WHERE device_id=? AND status='active'",
+                (now, at, device_id),
+            )
+            self._db.execute(
+                "INSERT INTO device_keys VALUES (?, ?, ?, 'active', ?, NULL, NULL, ?, NULL)",
+                (kid, device_id, new_public_key, now, at),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        return DeviceKey(kid, device_id, new_public_key, "active", now, None, None, at, None)
+
+    def revoke(self, device_id: str, *, at: int | None = None) -> int:
+        """Revoke every key of a device still trusted at ``at`` (default: now): blocks stamped from
+        ``at`` on are rejected. Returns how many keys were revoked."""
+        now = time.time_ns()
+        at = now if at is None else at
         cur = self._db.execute(
-            "UPDATE device_keys SET status='revoked', revoked_at=? WHERE device_id=? AND status='active'",
-            (time.time_ns(), device_id),
+            "UPDATE device_keys SET status='revoked', revoked_at=?,"
+            " valid_until = CASE WHEN valid_until IS NULL OR valid_until > ? THEN ? ELSE valid_until END"
+            " WHERE device_id=? AND status != 'revoked' AND (valid_until IS NULL OR valid_until > ?)",
+            (now, at, at, device_id, at),
         )
         if cur.rowcount == 0 and not self.keys_of(device_id):
             raise RegistryError(f"device {device_id} is not registered")

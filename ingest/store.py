@@ -9,6 +9,7 @@ Tables (see docs/DATA.md for every column and example queries):
   gaps                              sequence gaps detected per device
   rejections                        every dead-lettered message, keyed by its Kafka position
   duplicates                        every redelivered identical block, keyed by its Kafka position
+  erasures, erased_blocks           signed erasure statements and the block hashes they keep
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS {name} (
     idx       USMALLINT NOT NULL,   -- position of the record in its block (its Merkle leaf index)
     ts        TIMESTAMP_NS NOT NULL, -- UTC
     {body},
-    raw       BLOB NOT NULL         -- the record bytes exactly as signed (leaf = SHA-256(0x00 || salt || raw))
+    raw       BLOB NOT NULL,        -- the record bytes exactly as signed
+    leaf      BLOB NOT NULL         -- its Merkle leaf hash as verified at ingest: SHA-256(0x00 || salt || raw)
 );"""
 
 
@@ -105,6 +107,26 @@ CREATE TABLE IF NOT EXISTS gaps (
     to_seq      UBIGINT NOT NULL,
     detected_at TIMESTAMP_NS NOT NULL,
     PRIMARY KEY (device_id, from_seq)
+);
+CREATE TABLE IF NOT EXISTS erasures (
+    erasure_id  UBIGINT PRIMARY KEY,
+    device_id   VARCHAR NOT NULL,
+    erased_at   TIMESTAMP_NS NOT NULL,
+    reason      VARCHAR NOT NULL,
+    blocks      UBIGINT NOT NULL,
+    records     UBIGINT NOT NULL,
+    statement   BLOB NOT NULL,    -- MessagePack statement the operator signed (docs/PROOFS.md)
+    signature   BLOB NOT NULL     -- Ed25519 by the operator key over "vt/v1/erasure" || 0x00 || statement
+);
+CREATE TABLE IF NOT EXISTS erased_blocks (
+    device_id    VARCHAR NOT NULL,
+    seq          UBIGINT NOT NULL,
+    block_hash   BLOB NOT NULL,     -- still a leaf of its batch tree, so every other proof verifies
+    batch_no     UBIGINT NOT NULL,
+    batch_index  UINTEGER NOT NULL,
+    record_count USMALLINT NOT NULL,
+    erasure_id   UBIGINT NOT NULL,
+    PRIMARY KEY (device_id, seq)
 );
 CREATE TABLE IF NOT EXISTS rejections (
     kafka_topic     VARCHAR NOT NULL,

@@ -39,6 +39,7 @@ class Reason(enum.StrEnum):
     DECODE = "decode_error"
     UNKNOWN_KEY = "unknown_key"
     REVOKED_KEY = "revoked_key"
+    KEY_VALIDITY = "key_not_valid"
     SIGNATURE = "bad_signature"
     HEADER = "bad_header"
     DEVICE_MISMATCH = "device_mismatch"

@@ -96,3 +96,124 @@ def root_from_inclusion_path(leaf: bytes, index: int, size: int, path: Sequence[
     if sn != 0:
         raise ValueError("inclusion path is shorter than the tree is deep")
     return r
+
+
+# -- Consistency proofs (RFC 9162 section 2.1.4) ------------------------------------------
+
+
+class ProofError(ValueError):
+    """A proof does not verify; the message says which check failed."""
+
+
+HASH_SIZE = 32
+
+
+def consistency_proof(hashes: Sequence[bytes], m: int) -> list[bytes]:
+    """Proof (RFC 9162 2.1.4.1) that the tree of the first ``m`` leaf hashes is a prefix of
+    the tree of all of them; ``0 < m <= len(hashes)``, and ``m == len(hashes)`` gives ``[]``.
+
+    This is SUBPROOF(m, D[n], true) unrolled: walk down from the root, keeping the subtree
+    [lo, hi) that still contains the old tree's right edge, and collect the sibling subtree
+    hashes on the way. If the walk ever steps into a right subtree, the old tree is not a
+    single complete subtree of the new one, so the subtree where the walk stops is not a known
+    root and its hash goes into the proof too. The result lists the deepest node first.
+    """
+    n = len(hashes)
+    if m == 0:
+        raise ValueError("RFC 9162 defines no consistency proof from the empty tree (m == 0)")
+    if not 0 < m <= n:
+        raise ValueError(f"old tree size {m} outside 1..{n}")
+    path: list[bytes] = []
+    lo, hi = 0, n
+    old_is_subtree = True  # SUBPROOF's b: is [lo, lo + m) still the whole old tree?
+    while m != hi - lo:
+        k = _split(hi - lo)
+        if m <= k:
+            path.append(root_from_leaf_hashes(hashes[lo + k : hi]))
+            hi = lo + k
+        else:
+            path.append(root_from_leaf_hashes(hashes[lo : lo + k]))
+            lo += k
+            m -= k
+            old_is_subtree = False
+    if not old_is_subtree:
+        path.append(root_from_leaf_hashes(hashes[lo:hi]))
+    path.reverse()
+    return path
+
+
+def consistency_proof_length(m: int, n: int) -> int:
+    """Number of hashes in the consistency proof from size ``m`` to size ``n`` (0 < m <= n)."""
+    if m == 0:
+        raise ValueError("RFC 9162 defines no consistency proof from the empty tree (m == 0)")
+    if not 0 < m <= n:
+        raise ValueError(f"old tree size {m} outside 1..{n}")
+    count = 0
+    size = n
+    old_is_subtree = True
+    while m != size:
+        k = _split(size)
+        count += 1
+        if m <= k:
+            size = k
+        else:
+            size -= k
+            m -= k
+            old_is_subtree = False
+    return count if old_is_subtree else count + 1
+
+
+def verify_consistency(m: int, n: int, root_m: bytes, root_n: bytes, proof: Sequence[bytes]) -> None:
+    """Check that the tree of size ``m`` with root ``root_m`` is a prefix of the tree of size
+    ``n`` with root ``root_n`` (RFC 9162 2.1.4.2). Returns None or raises ``ProofError``.
+
+    The roots do not commit to the tree sizes: the sizes must come from the same signed
+    statements as the roots (a checkpoint), not from whoever supplies the proof.
+    """
+    if m < 1:
+        raise ProofError(f"old tree size must be at least 1, got {m} (no consistency proof from empty tree)")
+    if m > n:
+        raise ProofError(f"m > n: old tree size {m} is larger than new tree size {n}")
+    if len(root_m) != HASH_SIZE:
+        raise ProofError(f"old root is {len(root_m)} bytes, not {HASH_SIZE}")
+    if len(root_n) != HASH_SIZE:
+        raise ProofError(f"new root is {len(root_n)} bytes, not {HASH_SIZE}")
+    want = consistency_proof_length(m, n)
+    if len(proof) != want:
+        raise ProofError(f"proof has wrong length: {len(proof)} hashes, tree sizes {m} -> {n} need {want}")
+    for i, node in enumerate(proof):
+        if len(node) != HASH_SIZE:
+            raise ProofError(f"proof node {i} is {len(node)} bytes, not {HASH_SIZE}")
+    if m == n:
+        if root_m != root_n:
+            raise ProofError("trees of equal size have different roots")
+        return
+
+    path = list(proof)
+    if m & (m - 1) == 0:
+        # The old tree is a complete subtree of the new one: its root is the starting node.
+        path.insert(0, root_m)
+    fn, sn = m - 1, n - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("proof has wrong length: longer than the tree is deep")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while fn & 1 == 0 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("proof has wrong length: shorter than the tree is deep")
+    if fr != root_m:
+        raise ProofError("consistency proof does not reproduce the old root")
+    if sr != root_n:
+        raise ProofError("consistency proof does not reproduce the new root")

@@ -20,18 +20,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(cfg: Config, path: Path) -> Path:
-    import tomllib  # noqa: F401  (documenting that the file is TOML)
-
-    data = msgspec.to_builtins(cfg)
+    """Write ``cfg`` as TOML (tables, nested tables as [a.b]) for the subprocesses to load."""
     lines: list[str] = []
-    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    for k, v in top.items():
-        lines.append(f"{k} = {json.dumps(v)}")
-    for section, values in data.items():
-        if isinstance(values, dict):
-            lines.append(f"\n[{section}]")
-            for k, v in values.items():
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        for k, v in table.items():
+            if not isinstance(v, dict):
                 lines.append(f"{k} = {json.dumps(v)}")
+        for k, v in table.items():
+            if isinstance(v, dict):
+                emit(f"{prefix}.{k}" if prefix else k, v)
+
+    emit("", msgspec.to_builtins(cfg))
     path.write_text("\n".join(lines) + "\n")
     return path
 

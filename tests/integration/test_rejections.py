@@ -119,7 +119,7 @@ def test_bad_input_is_dead_lettered_and_good_input_is_kept(env) -> None:  # type
     tampered = good.block(good.records(20), advance=False)  # would be seq 2
     send(good, flip_bit_in_record(tampered, record=7, bit=93))  # merkle_mismatch
     send(stranger, stranger.block(stranger.records(10)).to_wire())  # unknown_key
-    reg.revoke(revoked.id)
+    reg.revoke(revoked.id, at=1_700_000_000_000_000_000)  # trusted no longer from the model's start
     send(revoked, revoked.block(revoked.records(10)).to_wire())  # revoked_key
     conflict = good.block(good.records(20), seq=1, prev=sent_good[0].hash, advance=False)
     assert conflict.hash != b1.hash

@@ -1,0 +1,469 @@
+"""`telematics audit`: recompute every leaf, block root, signature, chain link, batch root and ledger
+entry from DuckDB and report exactly which rows, blocks or batches differ.
+
+Stages (each timed in the report):
+  rows      row set per block: rows without a block, duplicated or out-of-range positions (inserted),
+            positions missing from a block (deleted), rows of erased blocks left behind
+  leaves    SHA-256(0x00 || salt || raw) recomputed inside DuckDB (vectorized, all cores) and compared
+            with the leaf verified at ingest: names the row whose raw bytes changed
+  values    every raw record decoded and compared with its columns: names the row and column changed
+  blocks    records root from the row leaves = the signed header root; header hash, Ed25519 signature
+            with the registry key valid at the block's time, header fields = block columns; chain links
+  batches   RFC 6962 root over each batch's block hashes (erased blocks keep theirs) = stored root
+  ledger    every batch anchored, its ledger entry holds the same root, the log (hash chain,
+            signatures, checkpoints, consistency) verifies; erasure statements verify
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingest.ledger import LocalLedger
+from ingest.registry import DeviceKey, Registry
+from ingest.store import BATTERY_COLUMNS, DRIVING_COLUMNS, Store
+from schemas import merkle
+from schemas.block import WireError, decode_header
+from schemas.crypto import ZERO_HASH, block_hash, verify, verify_block_signature
+from schemas.erasure import TAG_ERASURE, erasure_decoder
+from schemas.records import BatterySample, DrivingSample
+
+TABLES = {"driving_samples": DRIVING_COLUMNS, "battery_samples": BATTERY_COLUMNS}
+_list_decoder = msgspec.msgpack.Decoder(list[DrivingSample | BatterySample])
+
+# Finding kinds, grouped by what they concern.
+ROW_KINDS = ("row_changed", "row_inserted", "row_missing", "row_without_block", "row_not_erased")
+BLOCK_KINDS = ("block_root", "block_header", "block_signature", "block_key", "block_missing", "chain_broken")
+BATCH_KINDS = (
+    "batch_root",
+    "batch_missing",
+    "anchor_missing",
+    "ledger_entry_missing",
+    "ledger_root",
+    "ledger_log",
+)
+ERASURE_KINDS = ("erasure_invalid",)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    where: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind:<20} {self.where}: {self.detail}"
+
+
+@dataclass
+class AuditReport:
+    findings: list[Finding] = field(default_factory=list)
+    records: int = 0
+    blocks: int = 0
+    batches: int = 0
+    anchors: int = 0
+    signatures: int = 0
+    erased_blocks: int = 0
+    erased_records: int = 0
+    erasures: list[tuple[int, str, int, int]] = field(default_factory=list)  # id, device, blocks, records
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def add(self, kind: str, where: str, detail: str) -> None:
+        self.findings.append(Finding(kind, where, detail))
+
+    def by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for f in self.findings:
+            out[f.kind] += 1
+        return dict(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "blocks": self.blocks,
+            "batches": self.batches,
+            "anchors": self.anchors,
+            "signatures": self.signatures,
+            "erased": {
+                "blocks": self.erased_blocks,
+                "records": self.erased_records,
+                "statements": [
+                    {"erasure_id": i, "device_id": d, "blocks": b, "records": r}
+                    for i, d, b, r in self.erasures
+                ],
+            },
+            "findings": [{"kind": f.kind, "where": f.where, "detail": f.detail} for f in self.findings],
+            "by_kind": self.by_kind(),
+            "seconds": self.seconds,
+        }
+
+
+def _row(table: str, dev: str, seq: int, idx: int) -> str:
+    return f"{table} {dev}/{seq}/{idx}"
+
+
+class Auditor:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        ledger: LocalLedger,
+        operator_key: bytes,
+        *,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.con = store.con
+        self.registry = registry
+        self.ledger = ledger
+        self.operator_key = operator_key
+        self.progress = progress or (lambda _s: None)
+
+    def run(self) -> AuditReport:
+        rep = AuditReport()
+        for name, fn in (
+            ("erasures", self._erasures),
+            ("rows", self._rows),
+            ("leaves", self._leaves),
+            ("values", self._values),
+            ("blocks", self._blocks),
+            ("batches", self._batches),
+            ("ledger", self._ledger),
+        ):
+            self.progress(name)
+            t = time.perf_counter()
+            fn(rep)
+            rep.seconds[name] = time.perf_counter() - t
+        return rep
+
+    # -- erasures ---------------------------------------------------------------------------------
+    def _erasures(self, rep: AuditReport) -> None:
+        self._erased: dict[tuple[str, int], int] = {}
+        stmts = self.con.execute(
+            "SELECT erasure_id, device_id, statement, signature FROM erasures ORDER BY erasure_id"
+        ).fetchall()
+        for eid, dev, stmt, sig in stmts:
+            where = f"erasure {eid}"
+            stmt, sig = bytes(stmt), bytes(sig)
+            if not verify(self.operator_key, TAG_ERASURE + b"\x00" + stmt, sig):
+                rep.add("erasure_invalid", where, "statement signature does not verify with the operator key")
+                continue
+            try:
+                st = erasure_decoder.decode(stmt)
+            except msgspec.DecodeError as exc:
+                rep.add("erasure_invalid", where, f"statement does not decode ({exc})")
+                continue
+            rows = self.con.execute(
+                "SELECT seq, block_hash, record_count FROM erased_blocks WHERE erasure_id = ?"
+                " ORDER BY batch_no, batch_index",
+                [eid],
+            ).fetchall()
+            hashes = [bytes(h) for _, h, _ in rows]
+            n_rec = sum(int(c) for _, _, c in rows)
+            if (st.erasure_id, st.device_id) != (eid, dev):
+                rep.add("erasure_invalid", where, "statement is for another erasure or device")
+                continue
+            if (
+                st.blocks != len(rows)
+                or st.records != n_rec
+                or st.blocks_root != merkle.root_from_leaf_hashes([merkle.leaf_hash(h) for h in hashes])
+            ):
+                rep.add("erasure_invalid", where, "erased_blocks differ from the signed statement")
+                continue
+            for seq, _, _ in rows:
+                self._erased[(dev, int(seq))] = eid
+            rep.erased_blocks += len(rows)
+            rep.erased_records += n_rec
+            rep.erasures.append((int(eid), str(dev), len(rows), n_rec))
+        # erased_blocks rows that no valid statement covers
+        for dev, seq, eid in self.con.execute(
+            "SELECT device_id, seq, erasure_id FROM erased_blocks"
+        ).fetchall():
+            if (dev, int(seq)) not in self._erased:
+                rep.add(
+                    "erasure_invalid",
+                    f"block {dev}/{seq}",
+                    f"listed as erased by erasure {eid}, not covered by a valid statement",
+                )
+
+    # -- rows -------------------------------------------------------------------------------------
+    def _rows(self, rep: AuditReport) -> None:
+        # Rows reported here (inserted, orphaned, left behind) are not reported again by later stages.
+        self._flagged: set[str] = set()
+        union = " UNION ALL ".join(f"SELECT '{t}' AS t, device_id, block_seq, idx FROM {t}" for t in TABLES)
+        con = self.con
+        rep.records = int(con.execute(f"SELECT count(*) FROM ({union})").fetchone()[0])  # type: ignore[index]
+        for t, dev, seq, idx, what in con.execute(
+            f"""WITH r AS ({union}),
+            dup AS (SELECT device_id, block_seq, idx FROM r GROUP BY ALL HAVING count(*) > 1)
+            SELECT r.t, r.device_id, r.block_seq, r.idx,
+                   CASE WHEN e.device_id IS NOT NULL THEN 'erased'
+                        WHEN b.device_id IS NULL THEN 'orphan'
+                        WHEN r.idx >= b.record_count THEN 'range'
+                        ELSE 'dup' END
+            FROM r LEFT JOIN blocks b ON b.device_id = r.device_id AND b.seq = r.block_seq
+                   LEFT JOIN erased_blocks e ON e.device_id = r.device_id AND e.seq = r.block_seq
+            WHERE e.device_id IS NOT NULL OR b.device_id IS NULL OR r.idx >= b.record_count
+               OR (r.device_id, r.block_seq, r.idx) IN (SELECT (device_id, block_seq, idx) FROM dup)
+            ORDER BY 2, 3, 4, 1"""
+        ).fetchall():
+            where = _row(t, dev, seq, idx)
+            self._flagged.add(where)
+            if what == "erased":
+                rep.add("row_not_erased", where, "row of an erased block is still stored")
+            elif what == "orphan":
+                rep.add("row_without_block", where, "no stored block has this device and sequence number")
+            elif what == "range":
+                rep.add("row_inserted", where, "position beyond the block's signed record count")
+            else:
+                rep.add("row_inserted", where, "a second row at this position of the block")
+        for dev, seq, idx in con.execute(
+            f"""WITH r AS ({union})
+            SELECT b.device_id, b.seq, i.idx FROM blocks b, range(b.record_count) i(idx)
+            WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.device_id = b.device_id AND r.block_seq = b.seq
+                              AND r.idx = i.idx)
+            ORDER BY 1, 2, 3"""
+        ).fetchall():
+            rep.add("row_missing", f"{dev}/{seq}/{idx}", "the block's signed record count includes this row")
+
+    # -- leaves -----------------------------------------------------------------------------------
+    def _leaves(self, rep: AuditReport) -> None:
+        for t in TABLES:
+            for dev, seq, idx in self.con.execute(
+                rf"""SELECT r.device_id, r.block_seq, r.idx FROM {t} r
+                JOIN blocks b ON b.device_id = r.device_id AND b.seq = r.block_seq
+                WHERE unhex(sha256('\x00'::BLOB || unhex(sha256('vt/v1/leaf-salt\x00'::BLOB || b.salt_seed
+                      || unhex(printf('%08x', r.idx)))) || r.raw)) != r.leaf
+                ORDER BY 1, 2, 3"""
+            ).fetchall():
+                where = _row(t, dev, seq, idx)
+                if where not in self._flagged:
+                    rep.add("row_changed", where, "raw bytes differ from the record verified at ingest")
+
+    # -- values -----------------------------------------------------------------------------------
+    def _values(self, rep: AuditReport) -> None:
+        for t, cols in TABLES.items():
+            names = ["ts"] + [c for c, _, _ in cols]
+            q = f"SELECT device_id, block_seq, idx, epoch_ns(ts) AS ts, {', '.join(names[1:])}, raw FROM {t}"
+            for batch in _reader(self.con, q, 200_000):
+                raws = batch.column("raw").to_pylist()
+                n = len(raws)
+                try:
+                    recs = _list_decoder.decode(b"\xdd" + n.to_bytes(4, "big") + b"".join(raws))
+                except msgspec.DecodeError:
+                    recs = [_decode_or_none(r) for r in raws]
+                kind = DrivingSample if t == "driving_samples" else BatterySample
+                wrong = {i for i, r in enumerate(recs) if r is not None and type(r) is not kind}
+                bad = self._compare(batch, [None if i in wrong else r for i, r in enumerate(recs)], cols)
+                for i in wrong:
+                    bad[i] = f"raw bytes are a {type(recs[i]).__name__}, not a row of {t}"
+                if bad:
+                    devs = batch.column("device_id").to_pylist()
+                    seqs = batch.column("block_seq").to_pylist()
+                    idxs = batch.column("idx").to_pylist()
+                    for i, what in sorted(bad.items()):
+                        where = _row(t, devs[i], seqs[i], idxs[i])
+                        if where not in self._flagged:
+                            rep.add("row_changed", where, what)
+
+    @staticmethod
+    def _compare(
+        batch: pa.RecordBatch, recs: list[Any], cols: list[tuple[str, str, pa.DataType]]
+    ) -> dict[int, str]:
+        bad: dict[int, str] = {}
+        good = [i for i, r in enumerate(recs) if r is not None]
+        for i, r in enumerate(recs):
+            if r is None:
+                bad[i] = "raw bytes do not decode as a record"
+        if not good:
+            return bad
+        ok_recs = [recs[i] for i in good]
+        values = list(zip(*(msgspec.structs.astuple(r) for r in ok_recs), strict=True))
+        take = pa.array(good, pa.int64())
+        specs = [("ts", pa.int64())] + [(c, typ) for c, _, typ in cols]
+        for (name, typ), col in zip(specs, values, strict=False):
+            stored = batch.column(name).take(take)
+            signed = pa.array(col, typ)
+            if stored.type != signed.type:
+                stored = stored.cast(signed.type)
+            diff = pc.fill_null(pc.not_equal(stored, signed), True)
+            both_null = pc.and_(pc.is_null(stored), pc.is_null(signed))
+            diff = pc.and_not(diff, both_null)
+            if pc.any(diff).as_py():
+                for j in pc.indices_nonzero(diff).to_pylist():
+                    i = good[j]
+                    prev = bad.get(i)
+                    msg = (
+                        f"column {name} = {stored[j].as_py()!r}, the signed record says {signed[j].as_py()!r}"
+                    )
+                    bad[i] = msg if prev is None else prev + "; " + msg
+        return bad
+
+    # -- blocks -----------------------------------------------------------------------------------
+    def _blocks(self, rep: AuditReport) -> None:
+        con = self.con
+        keys: dict[str, DeviceKey | None] = {}
+        union = " UNION ALL ".join(f"SELECT device_id, block_seq, idx, leaf FROM {t}" for t in TABLES)
+        leaves_by_block: dict[tuple[str, int], list[bytes]] = {}
+        complete = {
+            (d, int(s))
+            for d, s in con.execute(
+                f"""SELECT b.device_id, b.seq FROM blocks b JOIN (SELECT device_id, block_seq, count(*) n,
+                    count(DISTINCT idx) u, max(idx) m FROM ({union}) GROUP BY ALL) r
+                    ON r.device_id = b.device_id AND r.block_seq = b.seq
+                    WHERE r.n = b.record_count AND r.u = r.n AND r.m = r.n - 1"""
+            ).fetchall()
+        }
+        reader = _reader(
+            con,
+            f"SELECT device_id, block_seq, leaf FROM ({union}) ORDER BY device_id, block_seq, idx",
+            500_000,
+        )
+        cur: tuple[str, int] | None = None
+        acc: list[bytes] = []
+        for batch in reader:
+            devs = batch.column(0).to_pylist()
+            seqs = batch.column(1).to_pylist()
+            leaves = batch.column(2).to_pylist()
+            for d, s, lf in zip(devs, seqs, leaves, strict=True):
+                k = (d, s)
+                if k != cur:
+                    if cur is not None and cur in complete:
+                        leaves_by_block[cur] = acc
+                    cur, acc = k, []
+                acc.append(lf)
+        if cur is not None and cur in complete:
+            leaves_by_block[cur] = acc
+        rows = con.execute(
+            "SELECT device_id, seq, block_hash, header, signature, key_id, boot, record_count,"
+            " epoch_ns(t_first), epoch_ns(t_last), merkle_root FROM blocks ORDER BY device_id, seq"
+        ).fetchall()
+        rep.blocks = len(rows)
+        prev_dev, prev_seq, prev_hash = None, -1, ZERO_HASH
+        for dev, seq, bh, header, sig, key_id, boot, count, t0, t1, mroot in rows:
+            where = f"block {dev}/{seq}"
+            header, bh, sig, mroot = bytes(header), bytes(bh), bytes(sig), bytes(mroot)
+            real_hash = block_hash(header)
+            if real_hash != bh:
+                rep.add("block_header", where, "header bytes do not hash to the stored block hash")
+            try:
+                h = decode_header(header)
+            except WireError as exc:
+                rep.add("block_header", where, f"header does not decode ({exc.detail})")
+                prev_dev = None
+                continue
+            cols = (dev, seq, key_id, boot, count, t0, t1, mroot)
+            signed = (h.device_id, h.seq, h.key_id, h.boot, h.count, h.t_first, h.t_last, h.root)
+            names = ("device_id", "seq", "key_id", "boot", "record_count", "t_first", "t_last", "merkle_root")
+            diffs = [n for n, a, b in zip(names, cols, signed, strict=True) if a != b]
+            if diffs:
+                rep.add("block_header", where, f"columns differ from the signed header: {', '.join(diffs)}")
+            if h.key_id not in keys:
+                keys[h.key_id] = self.registry.get(h.key_id)
+            key = keys[h.key_id]
+            if key is None:
+                rep.add("block_key", where, f"key {h.key_id} is not in the registry")
+            else:
+                rep.signatures += 1
+                if not verify_block_signature(key.public_key, header, sig):
+                    rep.add("block_signature", where, f"signature does not verify with key {h.key_id}")
+                if key.device_id != h.device_id:
+                    rep.add("block_key", where, f"key {h.key_id} belongs to device {key.device_id}")
+                elif not key.covers(h.t_first, h.t_last):
+                    rep.add(
+                        "block_key", where, f"block time outside key {h.key_id}'s validity {key.validity()}"
+                    )
+            lv = leaves_by_block.get((dev, seq))
+            if lv is not None and merkle.root_from_leaf_hashes(lv) != h.root:
+                rep.add("block_root", where, "its rows' leaves do not reproduce the signed records root")
+            # chain link to the previous stored (or erased) block of the same device
+            if prev_dev == dev and seq == prev_seq + 1 and h.prev != prev_hash:
+                rep.add("chain_broken", where, f"prev does not match block {prev_seq}'s hash")
+            elif prev_dev != dev and seq == 0 and h.prev != ZERO_HASH:
+                rep.add("chain_broken", where, "block 0 does not chain to the zero hash")
+            prev_dev, prev_seq, prev_hash = dev, seq, bh  # a changed header is reported once, above
+
+    # -- batches ----------------------------------------------------------------------------------
+    def _batches(self, rep: AuditReport) -> None:
+        con = self.con
+        stored = {
+            int(n): (bytes(r), int(c))
+            for n, r, c in con.execute("SELECT batch_no, root, block_count FROM batches").fetchall()
+        }
+        rep.batches = len(stored)
+        members: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for n, i, h in con.execute(
+            "SELECT batch_no, batch_index, block_hash FROM blocks"
+            " UNION ALL SELECT batch_no, batch_index, block_hash FROM erased_blocks ORDER BY 1, 2"
+        ).fetchall():
+            members[int(n)].append((int(i), bytes(h)))
+        for n in sorted(set(members) - set(stored)):
+            rep.add(
+                "batch_missing",
+                f"batch {n}",
+                f"{len(members[n])} stored blocks belong to a batch that is not stored",
+            )
+        for n, (root, count) in sorted(stored.items()):
+            where = f"batch {n}"
+            m = members.get(n, [])
+            idx = [i for i, _ in m]
+            if idx != list(range(count)):
+                missing = sorted(set(range(count)) - set(idx))
+                extra = sorted(set(idx) - set(range(count)))
+                rep.add(
+                    "block_missing",
+                    where,
+                    f"batch holds {count} blocks; missing positions {missing[:20]}"
+                    + (f", unexpected {extra[:20]}" if extra else ""),
+                )
+                continue
+            if merkle.root_from_leaf_hashes([merkle.leaf_hash(h) for _, h in m]) != root:
+                rep.add("batch_root", where, "block hashes do not reproduce the stored batch root")
+
+    # -- ledger -----------------------------------------------------------------------------------
+    def _ledger(self, rep: AuditReport) -> None:
+        con = self.con
+        anchors = {
+            int(n): bytes(h) for n, h in con.execute("SELECT batch_no, entry_hash FROM anchors").fetchall()
+        }
+        rep.anchors = len(anchors)
+        roots = {int(n): bytes(r) for n, r in con.execute("SELECT batch_no, root FROM batches").fetchall()}
+        for n, root in sorted(roots.items()):
+            where = f"batch {n}"
+            if n not in anchors:
+                rep.add("anchor_missing", where, "no ledger receipt recorded")
+            rc = self.ledger.receipt(n)
+            if rc is None:
+                rep.add("ledger_entry_missing", where, "the ledger has no entry for this batch")
+            elif rc.root != root:
+                rep.add("ledger_root", where, "the ledger entry holds another root")
+            elif n in anchors and anchors[n] != rc.entry_hash:
+                rep.add("ledger_root", where, "the recorded receipt names another ledger entry")
+        for n in sorted(set(self.ledger.roots()) - set(roots)):
+            rep.add("batch_missing", f"batch {n}", "anchored in the ledger but not stored")
+        for p in self.ledger.verify(self.operator_key).problems:
+            rep.add("ledger_log", str(self.ledger.path.name), p)
+
+
+def _reader(con: Any, sql: str, rows: int) -> pa.RecordBatchReader:
+    r = con.sql(sql).to_arrow_reader(rows)
+    assert r is not None
+    return r
+
+
+def _decode_or_none(raw: bytes) -> Any:
+    try:
+        return msgspec.msgpack.decode(raw, type=DrivingSample | BatterySample)
+    except msgspec.DecodeError:
+        return None

@@ -1,0 +1,123 @@
+"""`telematics erase --device ID`: delete one vehicle's records so that every other proof still holds.
+
+Deletion, not crypto-shredding: analysts query plaintext columns, so the records themselves go.
+What stays, and why (docs/SECURITY.md has the full discussion):
+
+* each erased block's hash, batch number and position (``erased_blocks``): the leaves of the
+  batch trees that other blocks' proofs climb through. A block hash is a salted commitment; with
+  the records and the salt seed deleted it reveals nothing of the records.
+* a signed erasure statement (``erasures``): the operator's Ed25519 signature over which blocks
+  were erased, when and why, so ``telematics audit`` reports the rows as *erased*, not *missing*.
+* the ledger: it only ever held batch roots and checkpoints, nothing to erase there.
+
+Deleted in one transaction: the device's rows in driving_samples and battery_samples, its blocks
+(header, signature, salt seed), its chain head, gaps, duplicates and rejections. DuckDB may keep
+deleted bytes in free pages of the file until they are reused: ``compact=True`` rewrites the
+database into a fresh file so none remain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from ingest.store import Store, StoreError
+from schemas import merkle
+from schemas.crypto import SigningKey
+from schemas.erasure import ErasureStatement, erasure_encoder, signing_input
+
+
+class EraseError(Exception):
+    """Nothing to erase, or the erasure could not be written (nothing was changed)."""
+
+
+@dataclass(frozen=True)
+class Erasure:
+    erasure_id: int
+    device_id: str
+    blocks: int
+    records: int
+
+
+def erase_device(
+    store: Store, operator: SigningKey, device_id: str, *, reason: str = "erasure request"
+) -> Erasure:
+    con = store.con
+    blocks = con.execute(
+        "SELECT seq, block_hash, batch_no, batch_index, record_count FROM blocks WHERE device_id = ?"
+        " ORDER BY batch_no, batch_index",
+        [device_id],
+    ).fetchall()
+    if not blocks:
+        already = con.execute(
+            "SELECT count(*) FROM erased_blocks WHERE device_id = ?", [device_id]
+        ).fetchone()
+        if already and already[0]:
+            raise EraseError(
+                f"device {device_id} was already erased ({already[0]} blocks); nothing left to erase"
+            )
+        raise EraseError(f"device {device_id} has no stored blocks")
+    row = con.execute("SELECT coalesce(max(erasure_id) + 1, 0) FROM erasures").fetchone()
+    erasure_id = int(row[0]) if row else 0
+    records = sum(int(b[4]) for b in blocks)
+    now = time.time_ns()
+    st = ErasureStatement(
+        erasure_id=erasure_id,
+        device_id=device_id,
+        erased_at=now,
+        reason=reason,
+        blocks=len(blocks),
+        records=records,
+        blocks_root=merkle.root_from_leaf_hashes([merkle.leaf_hash(bytes(b[1])) for b in blocks]),
+    )
+    sb = erasure_encoder.encode(st)
+    sig = operator.sign(signing_input(sb))
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.executemany(
+            "INSERT INTO erased_blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(device_id, s, h, n, i, c, erasure_id) for s, h, n, i, c in blocks],
+        )
+        con.execute(
+            "INSERT INTO erasures VALUES (?, ?, make_timestamp_ns(?), ?, ?, ?, ?, ?)",
+            [erasure_id, device_id, now, reason, len(blocks), records, sb, sig],
+        )
+        for table in ("driving_samples", "battery_samples"):
+            con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
+        for table in ("blocks", "devices", "gaps", "duplicates", "rejections"):
+            con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise EraseError(f"erasure of device {device_id} not written: {exc}") from exc
+    con.execute("CHECKPOINT")
+    return Erasure(erasure_id, device_id, len(blocks), records)
+
+
+def compact(path: Path) -> None:
+    """Rewrite the DuckDB file into a fresh one (no free pages holding deleted bytes), then swap it in.
+    The store must be closed; no other process may hold the file."""
+    tmp = path.with_name(path.name + ".compact")
+    tmp.unlink(missing_ok=True)
+    try:
+        con = duckdb.connect(str(path))
+        try:
+            src = con.execute("SELECT current_database()").fetchone()
+            assert src is not None
+            con.execute(f"ATTACH '{tmp}' AS fresh")
+            con.execute(f'COPY FROM DATABASE "{src[0]}" TO fresh')
+            con.execute("DETACH fresh")
+        finally:
+            con.close()
+    except duckdb.Error as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot compact {path}: {exc}") from exc
+    os.replace(tmp, path)
+    wal = path.with_name(path.name + ".wal")
+    wal.unlink(missing_ok=True)
