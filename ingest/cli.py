@@ -215,7 +215,13 @@ def cmd_prove(args: argparse.Namespace) -> int:
         else:
             rows = select_rows(store, args.table, args.where, args.limit, args.sample)
         operator = load_or_create_key(cfg.path(cfg.ledger.key_path))
-        bundle = Prover(store, registry, _open_log(cfg, sign=True), operator).bundle(rows)
+        local = _open_log(cfg, sign=True)
+        witness = None
+        if cfg.ledger.backend == "evm":
+            from ingest.evm_ledger import EvmLedger
+
+            witness = EvmLedger(local, None, None, cfg.ledger.evm)
+        bundle = Prover(store, registry, local, operator, witness=witness).bundle(rows)
     except ProveError as exc:
         print(f"telematics prove: {exc}", file=sys.stderr)
         return 1

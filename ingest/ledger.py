@@ -50,19 +50,21 @@ class Receipt:
     index: int
     entry_hash: bytes
     time_ns: int
+    # EVM backend: the chain anchors covering this batch when it was anchored (see evm_ledger.py).
+    evm: list[dict[str, Any]] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "ledger": self.ledger,
-                "batch_no": self.batch_no,
-                "root": self.root.hex(),
-                "index": self.index,
-                "entry_hash": self.entry_hash.hex(),
-                "time_ns": self.time_ns,
-            },
-            sort_keys=True,
-        )
+        obj: dict[str, Any] = {
+            "ledger": self.ledger,
+            "batch_no": self.batch_no,
+            "root": self.root.hex(),
+            "index": self.index,
+            "entry_hash": self.entry_hash.hex(),
+            "time_ns": self.time_ns,
+        }
+        if self.evm:
+            obj["evm"] = self.evm
+        return json.dumps(obj, sort_keys=True)
 
 
 @dataclass
@@ -82,6 +84,10 @@ class Ledger(Protocol):
     def receipt(self, batch_no: int) -> Receipt | None: ...
 
     def verify(self) -> VerifyReport: ...
+
+    def sync(self, force: bool = False) -> None:
+        """Publish whatever is due (the EVM backend's checkpoint mode); a no-op elsewhere."""
+        ...
 
 
 _Entry = LedgerEntry
@@ -119,6 +125,9 @@ class MemoryLedger:
 
     def verify(self) -> VerifyReport:
         return VerifyReport(len(self._by_batch), True, [])
+
+    def sync(self, force: bool = False) -> None:
+        return None
 
 
 def load_or_create_key(path: Path) -> SigningKey:
@@ -241,6 +250,9 @@ class LocalLedger:
 
     def receipt(self, batch_no: int) -> Receipt | None:
         return self._by_batch.get(batch_no)
+
+    def sync(self, force: bool = False) -> None:
+        return None
 
     def verify(self, public_key: bytes | None = None) -> VerifyReport:
         return verify_log(

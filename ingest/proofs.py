@@ -7,12 +7,9 @@ bundle it writes with the same offline verifier a third party would use.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import msgspec
+from typing import Protocol
 
 from ingest.ledger import LocalLedger
 from ingest.registry import DeviceKey, Registry
@@ -32,6 +29,12 @@ from schemas.proof import (
 
 TABLES = ("driving_samples", "battery_samples")
 _ALIASES = {"driving": "driving_samples", "battery": "battery_samples"}
+
+
+class Witness(Protocol):
+    """Where chain anchors are recorded (the EVM backend)."""
+
+    def anchors_for(self, batch_no: int, log_index: int) -> list[EvmAnchor]: ...
 
 
 class ProveError(Exception):
@@ -92,11 +95,20 @@ def key_statement(key: DeviceKey, operator: SigningKey, as_of: int) -> KeyStatem
 
 
 class Prover:
-    def __init__(self, store: Store, registry: Registry, ledger: LocalLedger, operator: SigningKey) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        ledger: LocalLedger,
+        operator: SigningKey,
+        *,
+        witness: Witness | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.ledger = ledger
         self.operator = operator
+        self.witness = witness
 
     def bundle(self, rows: list[RowRef]) -> Bundle:
         if not rows:
@@ -251,11 +263,4 @@ class Prover:
         )
 
     def _evm_anchors(self, batch_no: int, index: int) -> list[EvmAnchor]:
-        row = self.store.con.execute("SELECT receipt FROM anchors WHERE batch_no = ?", [batch_no]).fetchone()
-        if row is None:
-            return []
-        rec: dict[str, Any] = json.loads(row[0])
-        out = []
-        for a in rec.get("evm", []) or []:
-            out.append(msgspec.convert(a, EvmAnchor))
-        return out
+        return self.witness.anchors_for(batch_no, index) if self.witness is not None else []
