@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -73,7 +74,8 @@ class AuditReport:
     erased_blocks: int = 0
     erased_records: int = 0
     erasures: list[tuple[int, str, int, int]] = field(default_factory=list)  # id, device, blocks, records
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    sub_seconds: dict[str, float] = field(default_factory=dict)  # parts of a stage
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,7 @@ class AuditReport:
             "findings": [{"kind": f.kind, "where": f.where, "detail": f.detail} for f in self.findings],
             "by_kind": self.by_kind(),
             "seconds": self.seconds,
+            "sub_seconds": self.sub_seconds,
         }
 
 
@@ -289,11 +292,13 @@ class Auditor:
         if not good:
             return bad
         ok_recs = [recs[i] for i in good]
-        values = list(zip(*(msgspec.structs.astuple(r) for r in ok_recs), strict=True))
-        take = pa.array(good, pa.int64())
+        fields = ("ts_ns", *(c for c, _, _ in cols))
+        values = [list(map(attrgetter(f), ok_recs)) for f in fields]  # column by column: no per-row tuples
+        whole = len(good) == len(recs)
+        take = None if whole else pa.array(good, pa.int64())
         specs = [("ts", pa.int64())] + [(c, typ) for c, _, typ in cols]
-        for (name, typ), col in zip(specs, values, strict=False):
-            stored = batch.column(name).take(take)
+        for (name, typ), col in zip(specs, values, strict=True):
+            stored = batch.column(name) if take is None else batch.column(name).take(take)
             signed = pa.array(col, typ)
             if stored.type != signed.type:
                 stored = stored.cast(signed.type)
@@ -315,43 +320,22 @@ class Auditor:
         con = self.con
         keys: dict[str, DeviceKey | None] = {}
         union = " UNION ALL ".join(f"SELECT device_id, block_seq, idx, leaf FROM {t}" for t in TABLES)
-        leaves_by_block: dict[tuple[str, int], list[bytes]] = {}
-        complete = {
-            (d, int(s))
-            for d, s in con.execute(
-                f"""SELECT b.device_id, b.seq FROM blocks b JOIN (SELECT device_id, block_seq, count(*) n,
-                    count(DISTINCT idx) u, max(idx) m FROM ({union}) GROUP BY ALL) r
-                    ON r.device_id = b.device_id AND r.block_seq = b.seq
-                    WHERE r.n = b.record_count AND r.u = r.n AND r.m = r.n - 1"""
-            ).fetchall()
-        }
-        reader = _reader(
-            con,
-            f"SELECT device_id, block_seq, leaf FROM ({union}) ORDER BY device_id, block_seq, idx",
-            500_000,
-        )
-        cur: tuple[str, int] | None = None
-        acc: list[bytes] = []
-        for batch in reader:
-            devs = batch.column(0).to_pylist()
-            seqs = batch.column(1).to_pylist()
-            leaves = batch.column(2).to_pylist()
-            for d, s, lf in zip(devs, seqs, leaves, strict=True):
-                k = (d, s)
-                if k != cur:
-                    if cur is not None and cur in complete:
-                        leaves_by_block[cur] = acc
-                    cur, acc = k, []
-                acc.append(lf)
-        if cur is not None and cur in complete:
-            leaves_by_block[cur] = acc
+        # Each block with its rows' leaves in leaf order (NULL unless the row set is exactly 0..count-1,
+        # which the rows stage reports otherwise).
         rows = con.execute(
-            "SELECT device_id, seq, block_hash, header, signature, key_id, boot, record_count,"
-            " epoch_ns(t_first), epoch_ns(t_last), merkle_root FROM blocks ORDER BY device_id, seq"
+            f"""WITH agg AS (SELECT device_id, block_seq, list(leaf ORDER BY idx) AS leaves, count(*) AS n,
+                    count(DISTINCT idx) AS u, max(idx) AS m FROM ({union}) GROUP BY ALL)
+            SELECT b.device_id, b.seq, b.block_hash, b.header, b.signature, b.key_id, b.boot, b.record_count,
+                   epoch_ns(b.t_first), epoch_ns(b.t_last), b.merkle_root,
+                   CASE WHEN a.n = b.record_count AND a.u = a.n AND a.m = a.n - 1 THEN a.leaves END
+            FROM blocks b LEFT JOIN agg a ON a.device_id = b.device_id AND a.block_seq = b.seq
+            ORDER BY b.device_id, b.seq"""
         ).fetchall()
+        t_sig = t_tree = 0.0
+        clock = time.perf_counter
         rep.blocks = len(rows)
         prev_dev, prev_seq, prev_hash = None, -1, ZERO_HASH
-        for dev, seq, bh, header, sig, key_id, boot, count, t0, t1, mroot in rows:
+        for dev, seq, bh, header, sig, key_id, boot, count, t0, t1, mroot, lv in rows:
             where = f"block {dev}/{seq}"
             header, bh, sig, mroot = bytes(header), bytes(bh), bytes(sig), bytes(mroot)
             real_hash = block_hash(header)
@@ -376,7 +360,10 @@ class Auditor:
                 rep.add("block_key", where, f"key {h.key_id} is not in the registry")
             else:
                 rep.signatures += 1
-                if not verify_block_signature(key.public_key, header, sig):
+                c0 = clock()
+                good_sig = verify_block_signature(key.public_key, header, sig)
+                t_sig += clock() - c0
+                if not good_sig:
                     rep.add("block_signature", where, f"signature does not verify with key {h.key_id}")
                 if key.device_id != h.device_id:
                     rep.add("block_key", where, f"key {h.key_id} belongs to device {key.device_id}")
@@ -384,15 +371,20 @@ class Auditor:
                     rep.add(
                         "block_key", where, f"block time outside key {h.key_id}'s validity {key.validity()}"
                     )
-            lv = leaves_by_block.get((dev, seq))
-            if lv is not None and merkle.root_from_leaf_hashes(lv) != h.root:
-                rep.add("block_root", where, "its rows' leaves do not reproduce the signed records root")
+            if lv is not None:
+                c0 = clock()
+                same = merkle.root_from_leaf_hashes(lv) == h.root
+                t_tree += clock() - c0
+                if not same:
+                    rep.add("block_root", where, "its rows' leaves do not reproduce the signed records root")
             # chain link to the previous stored (or erased) block of the same device
             if prev_dev == dev and seq == prev_seq + 1 and h.prev != prev_hash:
                 rep.add("chain_broken", where, f"prev does not match block {prev_seq}'s hash")
             elif prev_dev != dev and seq == 0 and h.prev != ZERO_HASH:
                 rep.add("chain_broken", where, "block 0 does not chain to the zero hash")
             prev_dev, prev_seq, prev_hash = dev, seq, bh  # a changed header is reported once, above
+        rep.sub_seconds["blocks.signatures"] = t_sig
+        rep.sub_seconds["blocks.trees"] = t_tree
 
     # -- batches ----------------------------------------------------------------------------------
     def _batches(self, rep: AuditReport) -> None:
