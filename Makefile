@@ -1,6 +1,6 @@
 # One command for the static checks: `make check` (ruff lint + format check + mypy strict).
 PY := .venv/bin
-SRC := schemas edge_agent ingest simulators tests
+SRC := schemas edge_agent ingest simulators tests bench
 
 .PHONY: check lint typecheck format test demo
 check: lint typecheck

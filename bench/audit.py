@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.runs):
         rep = Auditor(store, registry, ledger, operator.public_key).run()
         total_s = sum(rep.seconds.values())
-        print(f"run {i + 1}: {rep.records:,} records in {total_s:.2f}s, findings {len(rep.findings)}", file=sys.stderr)
+        print(
+            f"run {i + 1}: {rep.records:,} records in {total_s:.2f}s, findings {len(rep.findings)}",
+            file=sys.stderr,
+        )
         if best is None or total_s < sum(best.seconds.values()):
             best = rep
     assert best is not None
@@ -87,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         "audit_records_per_s": round(n / total_s),
         "hashing_seconds": round(hashing_s, 3),
         "hashing_records_per_s": round(n / hashing_s),
-        "stages_us_per_record": {k: round(v / n * 1e6, 3) for k, v in {**best.seconds, **best.sub_seconds}.items()},
+        "stages_us_per_record": {
+            k: round(v / n * 1e6, 3) for k, v in {**best.seconds, **best.sub_seconds}.items()
+        },
         "cpu_count": os.cpu_count(),
     }
     print()
-    print(f"| stage | seconds | µs/record |")
+    print("| stage | seconds | µs/record |")
     print("| --- | ---: | ---: |")
     for k, v in {**best.seconds, **best.sub_seconds}.items():
         print(f"| {k} | {v:.3f} | {v / n * 1e6:.3f} |")

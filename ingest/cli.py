@@ -302,7 +302,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 1
     registry = Registry(cfg.path(cfg.registry.path))
     try:
-        quiet = args.json
+        quiet = args.json or not sys.stderr.isatty()
         auditor = Auditor(
             store,
             registry,
