@@ -137,9 +137,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _open_log(cfg: Config, *, sign: bool = False) -> LocalLedger:
-    from ingest.ledger import LocalLedger, load_or_create_key
+    from ingest.ledger import LocalLedger, load_key
 
-    key = load_or_create_key(cfg.path(cfg.ledger.key_path)) if sign else None
+    key = load_key(cfg.path(cfg.ledger.key_path)) if sign else None
     return LocalLedger(
         cfg.path(cfg.ledger.path), key, origin=cfg.ledger.origin, checkpoint_every=cfg.ledger.checkpoint_every
     )
@@ -164,8 +164,12 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     if args.action == "checkpoint":
-        log = _open_log(cfg, sign=True)
-        print(log.checkpoint(), end="")
+        try:
+            log = _open_log(cfg, sign=True)
+            print(log.checkpoint(), end="")
+        except LedgerError as exc:
+            print(f"telematics ledger: {exc}", file=sys.stderr)
+            return 1
         return 0
     pub = _operator_pub(cfg, args.public_key)
     log = _open_log(cfg)
@@ -193,7 +197,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from ingest.ledger import load_or_create_key
+    from ingest.ledger import LedgerError, load_key
     from ingest.proofs import ProveError, Prover, RowRef, select_rows, table_name
     from ingest.registry import Registry
     from ingest.store import Store, StoreError
@@ -214,7 +218,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
             rows = [RowRef(table_name(args.table), args.device, args.seq, args.idx)]
         else:
             rows = select_rows(store, args.table, args.where, args.limit, args.sample)
-        operator = load_or_create_key(cfg.path(cfg.ledger.key_path))
+        operator = load_key(cfg.path(cfg.ledger.key_path))
         local = _open_log(cfg, sign=True)
         witness = None
         if cfg.ledger.backend == "evm":
@@ -222,7 +226,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
             witness = EvmLedger(local, None, None, cfg.ledger.evm)
         bundle = Prover(store, registry, local, operator, witness=witness).bundle(rows)
-    except ProveError as exc:
+    except (ProveError, LedgerError) as exc:
         print(f"telematics prove: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -345,7 +349,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     from ingest.erase import EraseError, compact, erase_device
-    from ingest.ledger import load_or_create_key
+    from ingest.ledger import LedgerError, load_key
     from ingest.store import Store, StoreError
 
     cfg = _cfg(args)
@@ -356,10 +360,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(f"telematics erase: {exc} (stop the ingest first: DuckDB allows one writer)", file=sys.stderr)
         return 1
     try:
-        e = erase_device(
-            store, load_or_create_key(cfg.path(cfg.ledger.key_path)), args.device, reason=args.reason
-        )
-    except EraseError as exc:
+        e = erase_device(store, load_key(cfg.path(cfg.ledger.key_path)), args.device, reason=args.reason)
+    except (EraseError, LedgerError) as exc:
         print(f"telematics erase: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -97,7 +97,7 @@ class BatchConsumer:
         await asyncio.to_thread(self.store.write_batch, rows)
         await self._dead_letter(p.rejections)
         if rows.blocks:
-            await self._anchor(batch_no, rows.root)
+            await self._anchor(batch_no, rows.root, len(rows.blocks))
         assert self.consumer is not None
         await self.consumer.commit(
             {TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in p.offsets.items()}
@@ -113,11 +113,11 @@ class BatchConsumer:
         self.proc.pending = type(p)()
         self.write_status()
 
-    async def _anchor(self, batch_no: int, root: bytes) -> None:
+    async def _anchor(self, batch_no: int, root: bytes, blocks: int) -> None:
         delay = self.cfg.ingest.retry_backoff_ms / 1000
         while True:
             try:
-                receipt = await asyncio.to_thread(self.ledger.anchor, batch_no, root)
+                receipt = await asyncio.to_thread(self.ledger.anchor, batch_no, root, blocks)
                 self.store.record_anchor(receipt)
                 return
             except LedgerConflict:
@@ -129,9 +129,9 @@ class BatchConsumer:
 
     async def recover(self) -> None:
         """Anchor batches stored by an earlier run that crashed before their receipt was recorded."""
-        for batch_no, root in self.store.unanchored():
+        for batch_no, root, blocks in self.store.unanchored():
             log.info("anchoring batch %d left unanchored by an earlier run", batch_no)
-            await self._anchor(batch_no, root)
+            await self._anchor(batch_no, root, blocks)
         self.counts = self.store.counts()
 
     async def _dead_letter(self, rejections: list[Any]) -> None:

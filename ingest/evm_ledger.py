@@ -22,8 +22,8 @@ second, different transaction for the same root: on restart the recorded bytes a
 
 Reorgs and finality: a recorded anchor is final for this backend once it has ``confirmations``
 blocks on top. On Ethereum mainnet choose a depth you accept as final (e.g. 64 blocks, two epochs),
-on PlatON its confirmation depth; ``verify-proof --rpc`` and ``audit --rpc`` re-check the recorded
-block hash, so a reorg that dropped an anchor is reported, never silently trusted.
+on PlatON its confirmation depth; ``verify-proof --rpc`` re-checks the recorded block hash, so a
+reorg that dropped an anchor is reported, never silently trusted.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from ingest.evm import (
     anchor_calldata,
 )
 from ingest.ledger import LedgerError, LocalLedger, Receipt, VerifyReport, _append_line
-from schemas.crypto import SigningKey
-from schemas.proof import TAG_EVM_ANCHOR, EvmAnchor, evm_anchor_bytes
+from schemas.crypto import TAG_EVM_ANCHOR, SigningKey
+from schemas.proof import EvmAnchor, evm_anchor_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ class EvmLedger:
                     self._witnessed_size = max(self._witnessed_size, a.number)
 
     # -- the Ledger Protocol ----------------------------------------------------------------------
-    def anchor(self, batch_no: int, root: bytes) -> Receipt:
-        r = self.log.anchor(batch_no, root)
+    def anchor(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
+        r = self.log.anchor(batch_no, root, blocks)
         if self.cfg.mode == "batch":
             a = self._publish("batch", batch_no, root)
             return _with_evm(r, [a])

@@ -2,7 +2,7 @@
 
 Local log entry (one JSON line per entry, ``ledger.jsonl``)::
 
-    entry_bytes = MessagePack [index, batch_no, root(32), prev(32), time_ns]
+    entry_bytes = MessagePack [index, batch_no, root(32), prev(32), time_ns, blocks]
     entry_hash  = SHA-256("vt/v1/ledger-entry" || 0x00 || entry_bytes)
     signature   = Ed25519(ingest key, "vt/v1/ledger-entry" || 0x00 || entry_bytes)
 
@@ -77,8 +77,9 @@ class VerifyReport:
 class Ledger(Protocol):
     name: str
 
-    def anchor(self, batch_no: int, root: bytes) -> Receipt:
-        """Anchor ``root`` for ``batch_no``; idempotent: the same pair returns the same receipt."""
+    def anchor(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
+        """Anchor ``root`` (a tree of ``blocks`` leaves) for ``batch_no``; idempotent: the same pair
+        returns the same receipt."""
         ...
 
     def receipt(self, batch_no: int) -> Receipt | None: ...
@@ -108,7 +109,7 @@ class MemoryLedger:
         self._by_batch: dict[int, Receipt] = {}
         self.down = False
 
-    def anchor(self, batch_no: int, root: bytes) -> Receipt:
+    def anchor(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
         if self.down:
             raise LedgerError("memory ledger is down")
         r = self._by_batch.get(batch_no)
@@ -128,6 +129,16 @@ class MemoryLedger:
 
     def sync(self, force: bool = False) -> None:
         return None
+
+
+def load_key(path: Path) -> SigningKey:
+    """The operator key, which must exist (commands other than the ingest never create one)."""
+    try:
+        return SigningKey.from_pem(path.read_bytes())
+    except FileNotFoundError:
+        raise LedgerError(
+            f"no operator key at {path} (check [ledger] key_path; the ingest creates it)"
+        ) from None
 
 
 def load_or_create_key(path: Path) -> SigningKey:
@@ -188,7 +199,7 @@ class LocalLedger:
                 self._append_leaf(eb, bytes.fromhex(obj["sig"]))
                 self._head = h
                 good += len(line)
-            if good != len(raw):
+            if good != len(raw) and self.key is not None:  # only the writer repairs; readers ignore
                 with open(self.path, "r+b") as f:
                     f.truncate(good)
         if self.checkpoint_path.exists():
@@ -200,7 +211,7 @@ class LocalLedger:
                 obj = json.loads(line)
                 self._checkpoints[int(obj["size"])] = str(obj["note"])
                 good += len(line)
-            if good != len(raw):
+            if good != len(raw) and self.key is not None:
                 with open(self.checkpoint_path, "r+b") as f:
                     f.truncate(good)
 
@@ -216,7 +227,7 @@ class LocalLedger:
             f.append((2 * n, merkle.node_hash(left, right)))
 
     # -- the Ledger Protocol ----------------------------------------------------------------------
-    def anchor(self, batch_no: int, root: bytes) -> Receipt:
+    def anchor(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
         r = self._by_batch.get(batch_no)
         if r is not None:
             if r.root != root:
@@ -224,7 +235,7 @@ class LocalLedger:
             return r
         if self.key is None:
             raise LedgerError("this ledger was opened read-only (no signing key)")
-        entry = _Entry(self._count, batch_no, root, self._head, time.time_ns())
+        entry = _Entry(self._count, batch_no, root, self._head, time.time_ns(), blocks)
         eb = _enc.encode(entry)
         h = tagged_hash(TAG_LEDGER_ENTRY, eb)
         sig = self.key.sign(_signing_input(eb))
@@ -234,6 +245,7 @@ class LocalLedger:
             "root": root.hex(),
             "prev": entry.prev.hex(),
             "time_ns": entry.time_ns,
+            "blocks": blocks,
             "entry": eb.hex(),
             "hash": h.hex(),
             "sig": sig.hex(),

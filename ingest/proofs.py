@@ -15,9 +15,8 @@ from ingest.ledger import LocalLedger
 from ingest.registry import DeviceKey, Registry
 from ingest.store import Store
 from schemas import merkle
-from schemas.crypto import SigningKey, leaf_salt
+from schemas.crypto import TAG_KEY_STATEMENT, SigningKey, leaf_salt
 from schemas.proof import (
-    TAG_KEY_STATEMENT,
     BatchProof,
     BlockProof,
     Bundle,

@@ -272,12 +272,13 @@ class Store:
         row = self.con.execute("SELECT coalesce(max(batch_no) + 1, 0) FROM batches").fetchone()
         return int(row[0]) if row else 0
 
-    def unanchored(self) -> list[tuple[int, bytes]]:
+    def unanchored(self) -> list[tuple[int, bytes, int]]:
+        """(batch_no, root, block_count) of stored batches without a ledger receipt."""
         rows = self.con.execute(
-            "SELECT b.batch_no, b.root FROM batches b LEFT JOIN anchors a USING (batch_no)"
+            "SELECT b.batch_no, b.root, b.block_count FROM batches b LEFT JOIN anchors a USING (batch_no)"
             " WHERE a.batch_no IS NULL ORDER BY b.batch_no"
         ).fetchall()
-        return [(int(n), bytes(r)) for n, r in rows]
+        return [(int(n), bytes(r), int(c)) for n, r, c in rows]
 
     def counts(self) -> dict[str, int]:
         q = """SELECT

@@ -20,6 +20,9 @@ TAG_LEAF_SALT = b"vt/v1/leaf-salt"
 TAG_BLOCK_SIG = b"vt/v1/block-sig"
 TAG_BLOCK_HASH = b"vt/v1/block-hash"
 TAG_LEDGER_ENTRY = b"vt/v1/ledger-entry"
+TAG_KEY_STATEMENT = b"vt/v1/key-statement"
+TAG_EVM_ANCHOR = b"vt/v1/evm-anchor"
+TAG_ERASURE = b"vt/v1/erasure"
 
 SEED_SIZE = 32
 HASH_SIZE = 32

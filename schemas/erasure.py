@@ -15,7 +15,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-TAG_ERASURE = b"vt/v1/erasure"
+from schemas.crypto import TAG_ERASURE
+
+__all__ = ["TAG_ERASURE", "ErasureStatement", "erasure_decoder", "erasure_encoder", "signing_input"]
 
 
 class ErasureStatement(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):

@@ -29,13 +29,19 @@ from msgspec import Meta
 from schemas import merkle
 from schemas.block import HexId16, HexId32, WireError, decode_header, decode_record
 from schemas.checkpoint import CheckpointError, open_checkpoint
-from schemas.crypto import TAG_LEDGER_ENTRY, block_hash, key_id_for, verify, verify_block_signature
+from schemas.crypto import (
+    TAG_EVM_ANCHOR,
+    TAG_KEY_STATEMENT,
+    TAG_LEDGER_ENTRY,
+    block_hash,
+    key_id_for,
+    verify,
+    verify_block_signature,
+)
 from schemas.records import BatterySample, DrivingSample
 
 FORMAT = "vt-proof/1"
 
-TAG_KEY_STATEMENT = b"vt/v1/key-statement"
-TAG_EVM_ANCHOR = b"vt/v1/evm-anchor"
 
 Hex = Annotated[str, Meta(pattern="^([0-9a-f]{2})*$")]
 Hex32 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
@@ -47,13 +53,15 @@ _enc = msgspec.msgpack.Encoder()
 
 
 class LedgerEntry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """One local-log entry, MessagePack ``[index, batch_no, root, prev, time_ns]``."""
+    """One local-log entry, MessagePack ``[index, batch_no, root, prev, time_ns, blocks]``: ``blocks`` is
+    the number of leaves of the batch tree, so the tree size a proof uses is signed too."""
 
     index: Uint
     batch_no: Uint
     root: Annotated[bytes, Meta(min_length=32, max_length=32)]
     prev: Annotated[bytes, Meta(min_length=32, max_length=32)]
     time_ns: Uint
+    blocks: Annotated[int, Meta(ge=1)]
 
 
 entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
@@ -283,6 +291,8 @@ def _batch(op: bytes, no: str, bp: BatchProof, cps: dict[str, bytes]) -> bytes:
         raise _Fail(f"ledger entry has index {e.index}, the proof says {bp.log_index}")
     if e.root.hex() != bp.root:
         raise _Fail("ledger entry root differs from the batch root")
+    if e.blocks != bp.block_count:
+        raise _Fail(f"ledger entry says {e.blocks} blocks, the proof says {bp.block_count}")
     if not verify(op, TAG_LEDGER_ENTRY + b"\x00" + eb, _hx(bp.entry_signature)):
         raise _Fail("ledger entry signature does not verify with the operator key")
     if bp.checkpoint not in cps:

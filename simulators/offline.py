@@ -105,7 +105,7 @@ def ingest_offline(
         rows = proc.build_rows(batch_no)
         store.write_batch(rows)
         if rows.blocks:
-            store.record_anchor(ledger.anchor(batch_no, rows.root))
+            store.record_anchor(ledger.anchor(batch_no, rows.root, len(rows.blocks)))
         stored += rows.record_count
         proc.pending = Pending()
         if progress:

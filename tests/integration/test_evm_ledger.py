@@ -171,11 +171,11 @@ def test_checkpoint_mode_amortizes_and_holds_when_down(tmp_path: Path) -> None:
         # raises, so the consumer would hold its offsets; after the node is back it goes out.
         node.stop()
         for i in range(7):
-            ledger.anchor(100 + i, bytes([i]) * 32)
+            ledger.anchor(100 + i, bytes([i]) * 32, 1)
         with pytest.raises(LedgerError):
-            ledger.anchor(107, bytes([7]) * 32)
+            ledger.anchor(107, bytes([7]) * 32, 1)
         node.restart()
-        ledger.anchor(107, bytes([7]) * 32)
+        ledger.anchor(107, bytes([7]) * 32, 1)
         assert max(n for k, n in ledger.anchors if k == "checkpoint") == 28
         # A reopened backend sees the same anchors (they were recorded durably).
         again = EvmLedger(local, None, None, evm_cfg)

@@ -111,7 +111,7 @@ def test_batch_stored_but_not_anchored_is_anchored_on_restart(env) -> None:  # t
         pass
 
     class CrashAfterStore(MemoryLedger):
-        def anchor(self, batch_no: int, root: bytes):  # type: ignore[no-untyped-def]
+        def anchor(self, batch_no: int, root: bytes, blocks: int):  # type: ignore[no-untyped-def]
             raise Crash("simulated crash between the DuckDB commit and the anchor")
 
     async def first_run() -> int:
@@ -142,7 +142,7 @@ def test_batch_stored_but_not_anchored_is_anchored_on_restart(env) -> None:  # t
         # The redelivered blocks of the stranded batch were recognised, not stored again.
         assert counts["duplicates"] >= 1
         roots = ledger.roots()
-        for batch_no, root in stranded:
+        for batch_no, root, _blocks in stranded:
             assert roots[batch_no] == root
         assert ledger.verify().ok
     finally:

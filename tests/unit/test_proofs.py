@@ -124,6 +124,7 @@ def test_bit_flips_name_what_broke(world: World) -> None:
     (no,) = b["batches"]
     assert "entry signature" in " ".join(broken(["batches", no, "entry_signature"]))
     assert "root" in broken(["batches", no, "root"])[0]
+    assert "ledger entry says" in broken(["batches", no, "block_count"])[0]
     (kid,) = b["keys"]
     assert "key statement signature" in broken(["keys", kid, "signature"])[0]
     assert any("key statement signature" in p for p in broken(["keys", kid, "valid_from"]))
