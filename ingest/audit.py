@@ -11,7 +11,8 @@ Stages (each timed in the report):
             with the registry key valid at the block's time, header fields = block columns; chain links
   batches   RFC 6962 root over each batch's block hashes (erased blocks keep theirs) = stored root
   ledger    every batch anchored, its ledger entry holds the same root, the log (hash chain,
-            signatures, checkpoints, consistency) verifies; erasure statements verify
+            signatures, checkpoints, consistency) verifies
+The erasure statements are checked first, so that the later stages know which blocks were erased.
 """
 
 from __future__ import annotations

@@ -271,6 +271,10 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     if args.rpc and not problems:
         from ingest.evm_ledger import check_anchors_on_chain
 
+        if not rep.anchors:
+            problems.append(
+                "--rpc: the bundle has no EVM anchor to check (made with the local ledger backend)"
+            )
         problems += check_anchors_on_chain(args.rpc, rep.anchors, confirmations=args.confirmations)
     for prob in problems:
         print(f"FAIL {prob}")

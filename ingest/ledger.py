@@ -230,7 +230,7 @@ class LocalLedger:
     def anchor(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
         r = self._by_batch.get(batch_no)
         if r is not None:
-            if r.root != root:
+            if r.root != root or self._entry_blocks(r.index) != blocks:
                 raise LedgerConflict(f"batch {batch_no} already anchored with root {r.root.hex()}")
             return r
         if self.key is None:
@@ -293,6 +293,9 @@ class LocalLedger:
         if not 0 <= size <= self._count:
             raise LedgerError(f"tree size {size} outside the log's {self._count} entries")
         return merkle.root_from_leaf_hashes(self._leaves[:size])
+
+    def _entry_blocks(self, index: int) -> int:
+        return _dec.decode(self._entries[index][0]).blocks
 
     def entry(self, index: int) -> tuple[bytes, bytes]:
         """Entry ``index``'s exact bytes and the ingest's signature over them."""

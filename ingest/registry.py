@@ -162,7 +162,8 @@ class Registry:
         at = now if at is None else at
         cur = self._db.execute(
             "UPDATE device_keys SET status='revoked', revoked_at=?,"
-            " valid_until = CASE WHEN valid_until IS NULL OR valid_until > ? THEN ? ELSE valid_until END"
+            " valid_until = CASE WHEN valid_until IS NULL OR valid_until > ? THEN max(?, valid_from)"
+            " ELSE valid_until END"
             " WHERE device_id=? AND status != 'revoked' AND (valid_until IS NULL OR valid_until > ?)",
             (now, at, at, device_id, at),
         )

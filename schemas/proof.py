@@ -8,14 +8,14 @@ The chain of custody for one record::
     raw, salt ──leaf──► block records root (inclusion path) ══ header.root
     header bytes ──Ed25519(device key)──► signature; key statement (operator-signed validity)
     block hash ──leaf──► batch root (inclusion path)
-    ledger entry [index, batch_no, batch root, prev, time] ──operator signature
+    ledger entry [index, batch_no, batch root, prev, time, blocks] ──operator signature
     entry ──leaf──► log root (inclusion path) ══ signed checkpoint (origin, size, root)
     optionally: batch root or checkpoint root in an EVM transaction's calldata
 
 Every field of a bundle is bound by one of these checks, so flipping any bit of a bundle makes
 verification fail, and the failure names the part that broke. That is why a bundle carries no
 decoded copy of a record: a float written in decimal can change in its last digit and still
-parse to the same number, so the values are shown by decoding ``raw`` (``verify-proof --show``).
+parse to the same number; the values are what ``raw`` decodes to.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ FORMAT = "vt-proof/1"
 Hex = Annotated[str, Meta(pattern="^([0-9a-f]{2})*$")]
 Hex32 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
 Hex64 = Annotated[str, Meta(pattern="^[0-9a-f]{128}$")]
-Uint = Annotated[int, Meta(ge=0)]
+Uint = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # bounded, so that re-encoding never overflows
 DecimalKey = Annotated[str, Meta(pattern="^(0|[1-9][0-9]*)$")]
 
 _enc = msgspec.msgpack.Encoder()
@@ -271,8 +271,8 @@ def _key(op: bytes, kid: str, ks: KeyStatement) -> KeyStatement:
         raise _Fail(f"statement is for key {ks.key_id}")
     if key_id_for(_hx(ks.public_key)) != kid:
         raise _Fail("public key does not hash to this key id")
-    if ks.valid_until is not None and ks.valid_until <= ks.valid_from:
-        raise _Fail("empty validity interval")
+    if ks.valid_until is not None and ks.valid_until < ks.valid_from:
+        raise _Fail("inverted validity interval")
     msg = TAG_KEY_STATEMENT + b"\x00" + ks.signed_bytes()
     if not verify(op, msg, _hx(ks.signature)):
         raise _Fail("key statement signature does not verify with the operator key")
@@ -353,7 +353,7 @@ def _record(r: RecordProof, headers: dict[str, Any]) -> bool:
     raw = _hx(r.raw)
     try:
         rec = decode_record(raw)
-    except (msgspec.DecodeError, WireError) as exc:
+    except (msgspec.DecodeError, WireError, ValueError) as exc:  # ValueError: invalid UTF-8 in a string
         raise _Fail(f"raw record does not decode ({exc})") from None
     want = "driving_samples" if isinstance(rec, DrivingSample) else "battery_samples"
     if r.table != want:

@@ -120,3 +120,15 @@ def agent_block_after(key: SigningKey, dev: str, t: int) -> bytes:
         t_last=t + 10**9,
         seed=bytes(32),
     ).to_wire()
+
+
+def test_revoking_before_a_rotation_empties_the_later_key(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    old, new = SigningKey.generate(), SigningKey.generate()
+    dev = reg.add(old.public_key).device_id
+    reg.rotate(dev, new.public_key, at=T0 + 10)
+    assert reg.revoke(dev, at=T0 + 5) == 2
+    keys = {k.key_id: k for k in reg.keys_of(dev)}
+    assert (keys[old.key_id].valid_from, keys[old.key_id].valid_until) == (0, T0 + 5)
+    assert (keys[new.key_id].valid_from, keys[new.key_id].valid_until) == (T0 + 10, T0 + 10)
+    assert not keys[new.key_id].covers(T0 + 10, T0 + 10)
