@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         total = args.vehicles * args.blocks * args.block_records
         bar = ProgressBar("building database (offline ingest)", total, unit=" records")
         t = time.perf_counter()
+        done = [0]
+
+        def progress(n: int) -> None:
+            done[0] += n
+            bar.update(done[0])
+
         ingest_offline(
             store,
             registry,
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             make_fleet(args.vehicles),
             blocks_per_vehicle=args.blocks,
             block_records=args.block_records,
-            progress=bar.update,
+            progress=progress,
         )
         bar.close()
         print(f"built {db} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
