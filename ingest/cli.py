@@ -14,10 +14,25 @@ from ingest.config import Config, load_config
 
 if TYPE_CHECKING:
     from ingest.ledger import LocalLedger
+    from ingest.store import Store
 
 
 def _cfg(args: argparse.Namespace) -> Config:
     return load_config(args.config)
+
+
+def _open_store(cfg: Config, command: str, *, read_only: bool = True) -> Store | None:
+    """The DuckDB store for a command that needs it to itself; None (reason printed) when it is busy."""
+    from ingest.store import Store, StoreError
+
+    try:
+        return Store(cfg.path(cfg.store.path), read_only=read_only)
+    except StoreError as exc:
+        print(
+            f"telematics {command}: {exc} (is the ingest running? DuckDB allows one writer or several readers)",
+            file=sys.stderr,
+        )
+        return None
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -200,14 +215,11 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from ingest.ledger import LedgerError, load_key
     from ingest.proofs import ProveError, Prover, RowRef, select_rows, table_name
     from ingest.registry import Registry
-    from ingest.store import Store, StoreError
     from schemas.proof import encode_bundle, verify_bundle
 
     cfg = _cfg(args)
-    try:
-        store = Store(cfg.path(cfg.store.path), read_only=True)
-    except StoreError as exc:
-        print(f"telematics prove: {exc} (stop the ingest first: DuckDB allows one writer)", file=sys.stderr)
+    store = _open_store(cfg, "prove")
+    if store is None:
         return 1
     registry = Registry(cfg.path(cfg.registry.path))
     try:
@@ -300,13 +312,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from ingest.audit import Auditor
     from ingest.registry import Registry
-    from ingest.store import Store, StoreError
 
     cfg = _cfg(args)
-    try:
-        store = Store(cfg.path(cfg.store.path), read_only=True)
-    except StoreError as exc:
-        print(f"telematics audit: {exc} (stop the ingest first: DuckDB allows one writer)", file=sys.stderr)
+    store = _open_store(cfg, "audit")
+    if store is None:
         return 1
     registry = Registry(cfg.path(cfg.registry.path))
     try:
@@ -354,14 +363,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_erase(args: argparse.Namespace) -> int:
     from ingest.erase import EraseError, compact, erase_device
     from ingest.ledger import LedgerError, load_key
-    from ingest.store import Store, StoreError
 
     cfg = _cfg(args)
     path = cfg.path(cfg.store.path)
-    try:
-        store = Store(path)
-    except StoreError as exc:
-        print(f"telematics erase: {exc} (stop the ingest first: DuckDB allows one writer)", file=sys.stderr)
+    store = _open_store(cfg, "erase", read_only=False)
+    if store is None:
         return 1
     try:
         e = erase_device(store, load_key(cfg.path(cfg.ledger.key_path)), args.device, reason=args.reason)
@@ -381,16 +387,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from ingest.store import Store, StoreError
-
     cfg = _cfg(args)
-    try:
-        store = Store(cfg.path(cfg.store.path), read_only=True)
-    except StoreError as exc:
-        print(
-            f"telematics query: {exc} (is the ingest running? DuckDB allows one writer or several readers)",
-            file=sys.stderr,
-        )
+    store = _open_store(cfg, "query")
+    if store is None:
         return 1
     try:
         cur = store.con.execute(args.sql)

@@ -45,7 +45,7 @@ from ingest.evm import (
     EvmSignedTx,
     anchor_calldata,
 )
-from ingest.ledger import LedgerError, LocalLedger, Receipt, VerifyReport, _append_line
+from ingest.ledger import LedgerError, LocalLedger, Receipt, VerifyReport, append_json_line
 from schemas.crypto import TAG_EVM_ANCHOR, SigningKey
 from schemas.proof import EvmAnchor, evm_anchor_bytes
 
@@ -218,7 +218,7 @@ class EvmLedger:
             root=root.hex(),
             signature=self.operator.sign(TAG_EVM_ANCHOR + b"\x00" + body).hex(),
         )
-        _append_line(
+        append_json_line(
             self.path, {"kind": kind, "number": number, "state": "confirmed", "anchor": _builtins(a)}
         )
         self.anchors[key] = a
@@ -227,7 +227,7 @@ class EvmLedger:
 
     def _record_pending(self, p: _Pending) -> None:
         s = p.signed
-        _append_line(
+        append_json_line(
             self.path,
             {
                 "kind": p.kind,

@@ -241,7 +241,6 @@ class Prover:
             cov = self.ledger.covering_checkpoint(rc.index)
             assert cov is not None
         size, note = cov
-        checkpoints[str(size)] = note
         eb, sig = self.ledger.entry(rc.index)
         for a in self._evm_anchors(batch_no, rc.index):
             evm[(a.kind, a.number)] = a
@@ -250,7 +249,7 @@ class Prover:
                 cp = self.ledger.checkpoints().get(a.number)
                 if cp is not None:
                     size, note = a.number, cp
-                    checkpoints[str(size)] = note
+        checkpoints[str(size)] = note
         return BatchProof(
             root=bytes(row[0]).hex(),
             block_count=block_count,

@@ -49,6 +49,34 @@ def root(leaves: Sequence[bytes]) -> bytes:
     return root_from_leaf_hashes([leaf_hash(d) for d in leaves])
 
 
+class MerkleFrontier:
+    """An RFC 6962 tree grown one leaf at a time: keeps only the roots of its perfect subtrees, left
+    to right (largest first), so appending and taking the root cost O(log n)."""
+
+    __slots__ = ("_nodes", "size")
+
+    def __init__(self) -> None:
+        self._nodes: list[tuple[int, bytes]] = []  # (subtree size, subtree root)
+        self.size = 0
+
+    def append(self, leaf: bytes) -> None:
+        """Add a leaf hash (already 0x00-prefixed and hashed)."""
+        nodes = self._nodes
+        nodes.append((1, leaf))
+        while len(nodes) >= 2 and nodes[-1][0] == nodes[-2][0]:
+            (n, right), (_, left) = nodes.pop(), nodes.pop()
+            nodes.append((2 * n, node_hash(left, right)))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._nodes:
+            return EMPTY_ROOT
+        acc = self._nodes[-1][1]
+        for _, h in reversed(self._nodes[:-1]):
+            acc = node_hash(h, acc)
+        return acc
+
+
 def _split(n: int) -> int:
     """Largest power of two strictly smaller than n (n >= 2)."""
     return 1 << ((n - 1).bit_length() - 1)

@@ -15,6 +15,8 @@ import msgspec
 
 from ingest.config import Config
 from ingest.consumer import read_status
+from ingest.registry import Registry
+from simulators.fleet import run_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,3 +114,22 @@ def wait_until(cfg: Config, pred: Any, timeout: float = 120, what: str = "condit
             return st
         time.sleep(0.1)
     raise TimeoutError(f"{what} not reached in {timeout}s; last status {st}")
+
+
+def publish(cfg: Config, vehicles: int, records: int, seed: int, registry: Registry) -> int:
+    """Drive ``vehicles`` simulated vehicles (keys and chains kept in ``<data_dir>/sim``, so a second call
+    continues them) for exactly ``records`` records each, registering their keys; all acknowledged."""
+    fleet = run_fleet(
+        mqtt=cfg.mqtt,
+        edge=cfg.edge,
+        keys_dir=cfg.path("sim"),
+        vehicles=vehicles,
+        ticks=10**6,
+        rate_hz=100.0,
+        seed=seed,
+        realtime=False,
+        records_per_vehicle=records,
+        register=lambda k: registry.add(k.public_key),
+    )
+    assert fleet.unacked == 0
+    return fleet.records

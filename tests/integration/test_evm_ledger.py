@@ -21,10 +21,9 @@ from ingest.proofs import Prover, RowRef
 from ingest.registry import Registry
 from ingest.store import Store
 from schemas.proof import encode_bundle, verify_bundle
-from simulators.fleet import run_fleet
 from simulators.offline import ingest_offline, make_fleet
 from tests.integration.evm_fixtures import anvil_node, dev_client
-from tests.integration.harness import wait_until, write_config
+from tests.integration.harness import publish, wait_until, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -46,22 +45,9 @@ def _evm_cfg(env, url: str) -> Config:  # type: ignore[no-untyped-def]
 def _publish(cfg: Config, records: int, seed: int) -> int:
     reg = Registry(cfg.path(cfg.registry.path))
     try:
-        fleet = run_fleet(
-            mqtt=cfg.mqtt,
-            edge=cfg.edge,
-            keys_dir=cfg.path("sim"),
-            vehicles=3,
-            ticks=10**6,
-            rate_hz=100.0,
-            seed=seed,
-            realtime=False,
-            records_per_vehicle=records,
-            register=lambda k: reg.add(k.public_key),
-        )
+        return publish(cfg, 3, records, seed, reg)
     finally:
         reg.close()
-    assert fleet.unacked == 0
-    return fleet.records
 
 
 async def _committed_total(cfg: Config) -> int:

@@ -14,26 +14,9 @@ from ingest.consumer import BatchConsumer
 from ingest.ledger import LocalLedger, MemoryLedger, load_or_create_key
 from ingest.registry import Registry
 from ingest.store import Store
-from simulators.fleet import run_fleet
+from tests.integration.harness import publish
 
 pytestmark = pytest.mark.integration
-
-
-def _publish(cfg, vehicles: int, records: int, seed: int, reg: Registry) -> int:  # type: ignore[no-untyped-def]
-    fleet = run_fleet(
-        mqtt=cfg.mqtt,
-        edge=cfg.edge,
-        keys_dir=cfg.path("sim"),
-        vehicles=vehicles,
-        ticks=10**6,
-        rate_hz=100.0,
-        seed=seed,
-        realtime=False,
-        records_per_vehicle=records,
-        register=lambda k: reg.add(k.public_key),
-    )
-    assert fleet.unacked == 0
-    return fleet.records
 
 
 def _unanchored(store: Store) -> list[tuple[int, bytes]]:
@@ -68,7 +51,7 @@ def test_ledger_down_holds_offsets_then_resumes(env) -> None:  # type: ignore[no
 
     async def scenario() -> None:
         task = asyncio.create_task(bc.run())
-        n = await asyncio.to_thread(_publish, cfg, 3, 300, 21, reg)
+        n = await asyncio.to_thread(publish, cfg, 3, 300, 21, reg)
         # The first batch is written to DuckDB, then the ledger refuses it: it must stay uncommitted.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not _unanchored(store):
@@ -117,7 +100,7 @@ def test_batch_stored_but_not_anchored_is_anchored_on_restart(env) -> None:  # t
     async def first_run() -> int:
         bc = BatchConsumer(cfg, store=store, ledger=CrashAfterStore(), registry=reg)
         task = asyncio.create_task(bc.run())
-        n = await asyncio.to_thread(_publish, cfg, 2, 200, 31, reg)
+        n = await asyncio.to_thread(publish, cfg, 2, 200, 31, reg)
         with contextlib.suppress(Crash):
             await asyncio.wait_for(task, 60)
         return n
