@@ -28,6 +28,20 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Unacknowledged QoS 1 messages in flight per client (paho's default of 20 is far too small).
     max_inflight: Annotated[int, Meta(ge=1, le=65535)] = 1000
     session_expiry_s: Annotated[int, Meta(ge=0)] = 86400
+    # Credentials. Empty username: the device id (the broker's ACL pattern `vehicles/%u/#`).
+    # The password is read from a file (a secret is a path, never a value); empty: no password.
+    username: str = ""
+    password_file: str = ""
+    # TLS: on when `tls` is true. `ca_file` verifies the broker (empty: the system CAs); a client
+    # certificate (`cert_file` + `key_file`) is optional, for brokers that require mutual TLS.
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # Reconnect with exponential backoff and full jitter: a random wait in
+    # [0, min(reconnect_max_s, reconnect_min_s * 2**attempt)].
+    reconnect_min_s: Annotated[float, Meta(gt=0)] = 0.5
+    reconnect_max_s: Annotated[float, Meta(gt=0)] = 60.0
 
 
 class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -15,6 +15,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import MqttConfig
+from edge_agent.mqtt_security import apply_security
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class MqttPublisher:
             client_id=client_id or device_id,
             protocol=mqtt.MQTTv5,
         )
+        apply_security(self._client, cfg, default_username=device_id)
         self._client.max_inflight_messages_set(cfg.max_inflight)
         self._client.max_queued_messages_set(0)
         self._client.will_set(state_topic(device_id), b"offline", qos=1, retain=True)

@@ -64,7 +64,42 @@ class BatterySample(msgspec.Struct, frozen=True, array_like=True, tag="b", tag_f
     charge_power_w: Annotated[float, Meta(ge=0.0, le=5e6)]
 
 
-Record = DrivingSample | BatterySample
+Hash32 = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Name = Annotated[str, Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9_.-]+$")]
+
+
+class TriggerEvent(msgspec.Struct, frozen=True, array_like=True, tag="t", tag_field="kind"):
+    """A collection trigger fired on the vehicle: it recorded ``rate_hz`` samples over
+    ``[window_start_ns, window_end_ns]``, the pre-trigger part coming from its ring buffer."""
+
+    ts_ns: TimestampNs  # when the condition became true
+    name: Name  # the trigger's name in the agent's configuration
+    signal: Annotated[str, Meta(min_length=1, max_length=128)]  # the VSS path it watches
+    value: Annotated[float, Meta(ge=-1e12, le=1e12)]  # that signal's value then, in VSS units
+    window_start_ns: TimestampNs
+    window_end_ns: TimestampNs
+    rate_hz: Annotated[float, Meta(gt=0.0, le=1000.0)]
+
+
+class SpoolDrop(msgspec.Struct, frozen=True, array_like=True, tag="x", tag_field="kind"):
+    """The vehicle's spool dropped the signed blocks ``first_seq ..= last_seq`` before the broker
+    acknowledged them (oldest first, when the spool was full or the blocks too old). The block
+    after the range chains to ``last_hash``; the first dropped block chained to ``prev``."""
+
+    ts_ns: TimestampNs
+    first_seq: Seq
+    last_seq: Seq
+    records: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    prev: Hash32
+    last_hash: Hash32
+    reason: Annotated[str, Meta(pattern="^(full|expired)$")]
+
+
+Sample = DrivingSample | BatterySample
+Record = DrivingSample | BatterySample | TriggerEvent | SpoolDrop
 
 DRIVING_FIELDS: tuple[str, ...] = DrivingSample.__struct_fields__
 BATTERY_FIELDS: tuple[str, ...] = BatterySample.__struct_fields__
+TRIGGER_FIELDS: tuple[str, ...] = TriggerEvent.__struct_fields__
+DROP_FIELDS: tuple[str, ...] = SpoolDrop.__struct_fields__
