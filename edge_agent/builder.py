@@ -14,8 +14,8 @@ from schemas.records import Record
 class BlockBuilder:
     """Collects records; a block closes at ``max_records`` or when it spans ``max_age_ns``.
 
-    Sealing advances the chain state and hands it to ``on_sealed`` (which persists it)
-    before the block is returned for publishing.
+    Sealing advances the chain state (and calls ``on_sealed`` with it, if given) before the
+    block is returned; the agent then commits block and state to its spool together.
     """
 
     def __init__(
@@ -25,7 +25,7 @@ class BlockBuilder:
         *,
         max_records: int,
         max_age_ns: int,
-        on_sealed: Callable[[ChainState], None],
+        on_sealed: Callable[[ChainState], None] | None = None,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.key = key
@@ -73,5 +73,6 @@ class BlockBuilder:
         self._records = []
         st.next_seq += 1
         st.head = block.hash
-        self._on_sealed(st)
+        if self._on_sealed is not None:
+            self._on_sealed(st)
         return block

@@ -15,7 +15,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, ConfigError, load_toml
 from edge_agent.keys import KeyFileError, device_id_of, generate_key_file, load_key_file
 from edge_agent.publisher import MqttPublisher, PublishError
-from edge_agent.state import StateStore
+from edge_agent.spool import Spool, SpoolError
 from schemas.records import Record
 
 
@@ -45,9 +45,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_toml(args.config, AgentConfig)
     key = load_key_file(cfg.edge.key_path)
     dev = cfg.edge.device_id or device_id_of(key)
+    spool = Spool(
+        cfg.edge.spool_path,
+        fsync=cfg.edge.fsync,
+        max_bytes=cfg.edge.spool_max_bytes,
+        max_age_s=cfg.edge.spool_max_age_s,
+    )
     pub = MqttPublisher(cfg.mqtt, dev)
-    pub.connect()
-    agent = Agent(key, cfg.edge, pub, StateStore(cfg.edge.state_path, fsync=cfg.edge.fsync), device_id=dev)
+    agent = Agent(key, cfg.edge, pub, spool, device_id=dev, max_inflight=cfg.mqtt.max_inflight)
+    pub.session = agent.session_messages()
+    pub.start()  # not connected yet: blocks wait in the spool
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -68,15 +75,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for r in until_stopped(source.samples()):
         agent.offer(r)
-    agent.flush()
-    ok = pub.close(timeout=30)
+    ok = agent.drain(timeout=30)
+    pub.close(timeout=5)
+    spool.close()
     st = agent.stats
     print(
-        f"edge-agent: published {st.records} records in {st.blocks} blocks (last seq {st.last_seq});"
-        f" {'all acknowledged' if ok else 'NOT all acknowledged'}",
+        f"edge-agent: sealed {st.records} records in {st.blocks} blocks (last seq {st.last_seq}),"
+        f" {st.live} published live, {st.replayed} replayed, {st.dropped_blocks} dropped by the spool;"
+        f" {'spool empty' if ok else f'{spool.count} blocks left in the spool for the next start'}",
         file=sys.stderr,
     )
-    return 0 if ok else 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args))
-    except (ConfigError, KeyFileError, PublishError) as exc:
+    except (ConfigError, KeyFileError, PublishError, SpoolError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
 

@@ -49,11 +49,18 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Empty: derived from the key (enrolment). After a key rotation, set it to the enrolment id:
     # the device keeps its id and its chain while it signs with the new key.
     device_id: Annotated[str, Meta(pattern="^([0-9a-f]{32})?$")] = ""
-    # Sequence number, chain head and boot counter; survives restarts.
-    state_path: str = "device.state"
+    # The spool (SQLite): chain state (boot counter, next sequence number, chain head) and every
+    # signed block the broker has not acknowledged yet. Survives SIGKILL and power loss.
+    spool_path: str = "spool.sqlite"
+    # Spool bounds: beyond them the oldest blocks are dropped (and the drop declared, signed, in a
+    # later block). 0 = no age limit.
+    spool_max_bytes: Annotated[int, Meta(ge=65536)] = 256 << 20
+    spool_max_age_s: Annotated[float, Meta(ge=0)] = 7 * 86400.0
+    # Backlog blocks published per call of the agent loop, after the live one.
+    replay_burst: Annotated[int, Meta(ge=1, le=10_000)] = 50
     block_max_records: Annotated[int, Meta(ge=1, le=10_000)] = 100
     block_max_age_ms: Annotated[int, Meta(ge=1)] = 1000
-    # fsync the state file after every block (turn off only for simulations).
+    # fsync every spool commit (turn off only for simulations).
     fsync: bool = True
     sample_rate_hz: Annotated[float, Meta(gt=0, le=1000)] = 10.0
 

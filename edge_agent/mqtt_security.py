@@ -1,4 +1,8 @@
-"""Credentials and TLS for a paho client, from the one ``MqttConfig`` (the agent and the bridge share it)."""
+"""Credentials and TLS for a paho client, from the one ``MqttConfig`` (the agent and the bridge share it).
+
+Every problem is a ConfigError raised before the client connects (fail at start), naming the
+config key and the file.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,26 @@ from edge_agent.config import ConfigError, MqttConfig
 
 
 def read_secret(path: str, what: str) -> str:
+    """A one-line secret file's content without surrounding whitespace; ``what`` names the config key."""
     p = Path(path)
     try:
         value = p.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"{what} file {p} cannot be read: {exc.strerror}") from exc
+        raise ConfigError(f"{what} {p} cannot be read: {exc.strerror}") from exc
     if not value:
-        raise ConfigError(f"{what} file {p} is empty")
+        raise ConfigError(f"{what} {p} is empty")
+    if "\n" in value:
+        raise ConfigError(f"{what} {p} has more than one line")
     return value
 
 
-def apply_security(client: mqtt.Client, cfg: MqttConfig, *, default_username: str | None) -> None:
-    """Set the username/password and TLS options on ``client`` before it connects.
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal and a daemon would hang there.
+    raise ConfigError("mqtt.key_file is encrypted; the client key must be stored without a passphrase")
 
-    Raises ConfigError (fail at start) when a configured file is missing or unusable."""
-    username = cfg.username or default_username
-    password = read_secret(cfg.password_file, "MQTT password") if cfg.password_file else None
-    if username or password:
-        client.username_pw_set(username, password)
-    if not cfg.tls:
-        return
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """A client context that verifies the broker's certificate and host name (TLS 1.2 or later)."""
     for name in ("ca_file", "cert_file", "key_file"):
         value = getattr(cfg, name)
         if value and not Path(value).is_file():
@@ -38,12 +42,43 @@ def apply_security(client: mqtt.Client, cfg: MqttConfig, *, default_username: st
     if bool(cfg.cert_file) != bool(cfg.key_file):
         raise ConfigError("mqtt.cert_file and mqtt.key_file go together (mutual TLS)")
     try:
-        client.tls_set(
-            ca_certs=cfg.ca_file or None,
-            certfile=cfg.cert_file or None,
-            keyfile=cfg.key_file or None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        # With a ca_file only that CA is trusted; without one, the system's CAs.
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ca_file or None)
     except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"mqtt.ca_file {cfg.ca_file} is not a usable CA certificate: {exc}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.cert_file:
+        try:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file, password=_no_passphrase)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"mqtt.cert_file {cfg.cert_file} / mqtt.key_file {cfg.key_file} are not a usable pair: {exc}"
+            ) from exc
+    return ctx
+
+
+def apply_security(client: mqtt.Client, cfg: MqttConfig, *, default_username: str | None) -> None:
+    """Set the username/password and TLS options on ``client`` before it connects.
+
+    ``default_username`` is used when ``mqtt.username`` is empty (the agent passes its device id).
+    Raises ConfigError (fail at start) when a configured file is missing or unusable, when a
+    password has no username, or when TLS files are set while ``mqtt.tls`` is off (the password
+    would otherwise travel in clear text to a broker the operator meant to reach over TLS)."""
+    username = cfg.username or default_username
+    password = None
+    if cfg.password_file:
+        password = read_secret(cfg.password_file, "mqtt.password_file")
+        if not username:
+            raise ConfigError(f"mqtt.password_file {cfg.password_file} is set but mqtt.username is empty")
+    if username:
+        client.username_pw_set(username, password)
+    if not cfg.tls:
+        for name in ("ca_file", "cert_file", "key_file"):
+            if getattr(cfg, name):
+                raise ConfigError(f"mqtt.{name} is set but mqtt.tls is false; set tls = true or clear it")
+        return
+    ctx = tls_context(cfg)
+    try:
+        client.tls_set_context(ctx)
+    except ValueError as exc:
         raise ConfigError(f"MQTT TLS setup failed: {exc}") from exc

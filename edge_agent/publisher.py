@@ -1,11 +1,20 @@
-"""Publishing blocks: a two-method Protocol, a paho-mqtt 2.x (MQTT 5) backend and an in-memory one."""
+"""Publishing blocks: a small Protocol, a paho-mqtt 2.x (MQTT 5) backend and an in-memory one.
+
+The publisher does not keep messages: the spool does. It publishes what the agent hands it,
+reports which messages the broker acknowledged (PUBACK) and which were lost with a
+connection, and the agent sends those again from the spool after the next connect.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
+import ssl
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
@@ -19,6 +28,10 @@ from edge_agent.mqtt_security import apply_security
 
 log = logging.getLogger(__name__)
 
+# MQTT 5 user property on a block replayed from the spool (not published live); the bridge
+# carries it to Kafka as a header and the ingest stores it in blocks.historical.
+HISTORICAL_PROPERTY = "vt-historical"
+
 
 def blocks_topic(device_id: str) -> str:
     return f"vehicles/{device_id}/blocks"
@@ -29,154 +42,284 @@ def state_topic(device_id: str) -> str:
 
 
 class PublishError(Exception):
-    """The broker refused or could not take a message; the caller keeps it and retries."""
+    """The broker cannot be reached or refused the connection at start."""
+
+
+@dataclass(frozen=True)
+class SessionMessages:
+    """What the publisher announces for connection number ``session``: a birth published on
+    connect and a last will the broker publishes if the connection is lost (both retained on
+    ``vehicles/<id>/state``), and the message of a clean shutdown."""
+
+    birth: Callable[[int], bytes]
+    death: Callable[[int], bytes]
+    shutdown: Callable[[int], bytes]
 
 
 class Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Queue one QoS 1 message; may block while too many are unacknowledged."""
+    @property
+    def connected(self) -> bool:
+        """True while messages can be handed over."""
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until every queued message is acknowledged; False on timeout."""
+    def publish(self, topic: str, payload: bytes, *, tag: int = -1, historical: bool = False) -> None:
+        """Hand one QoS 1 message over; ``tag`` comes back from ``take_acks``."""
+
+    def take_acks(self) -> tuple[list[int], list[int]]:
+        """(tags acknowledged by the broker, tags lost: in flight when a connection dropped, or
+        refused by the broker) since the last call."""
 
 
 class MemoryPublisher:
-    """In-memory publisher for unit tests and dry runs."""
+    """In-memory publisher for unit tests and dry runs; ``online = False`` simulates an outage."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes]] = []
+        self.historical: list[bool] = []
+        self.online = True
+        self._acked: list[int] = []
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    @property
+    def connected(self) -> bool:
+        return self.online
+
+    def publish(self, topic: str, payload: bytes, *, tag: int = -1, historical: bool = False) -> None:
+        assert self.online, "published while offline"
         self.messages.append((topic, payload))
+        self.historical.append(historical)
+        self._acked.append(tag)
 
-    def flush(self, timeout: float) -> bool:
-        return True
+    def take_acks(self) -> tuple[list[int], list[int]]:
+        acked, self._acked = self._acked, []
+        return acked, []
 
 
 class MqttPublisher:
-    """paho-mqtt 2.x, MQTT 5, QoS 1, persistent session (clean_start=False, session expiry > 0).
+    """paho-mqtt 2.x, MQTT 5, QoS 1, TLS and credentials from the config.
 
-    A retained "online" birth and an "offline" last will go to ``vehicles/<id>/state``.
-    Outstanding QoS 1 messages are bounded by ``max_inflight``: ``publish`` blocks beyond it.
+    A supervisor thread owns the connection: it connects, and after a lost connection or a
+    failed attempt waits a random time in [0, min(reconnect_max_s, reconnect_min_s * 2**n)]
+    (exponential backoff, full jitter) before it tries again with a new client. Messages in
+    flight on a dropped connection are reported lost: the agent re-sends them from its spool.
     """
 
-    def __init__(self, cfg: MqttConfig, device_id: str, *, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        device_id: str,
+        *,
+        client_id: str | None = None,
+        session: SessionMessages | None = None,
+    ) -> None:
         self.cfg = cfg
         self.device_id = device_id
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id or device_id,
-            protocol=mqtt.MQTTv5,
+        self.client_id = client_id or device_id
+        self.session = session
+        self.session_no = 0
+        self._lock = threading.Condition()
+        self._client: mqtt.Client | None = None
+        self._mids: dict[int, int] = {}  # mid -> tag, on the current connection
+        self._early: dict[int, bool] = {}  # acks that overtook publish(): mid -> success
+        self._acked: list[int] = []
+        self._lost: list[int] = []
+        self._connected = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error = ""
+        self.connects = 0
+        self.refused = 0
+        self.lost = 0
+        self._first = threading.Event()
+        self._make_client()  # fail at start on a bad TLS or credentials configuration
+
+    # -- connection supervisor --------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
         )
-        apply_security(self._client, cfg, default_username=device_id)
-        self._client.max_inflight_messages_set(cfg.max_inflight)
-        self._client.max_queued_messages_set(0)
-        self._client.will_set(state_topic(device_id), b"offline", qos=1, retain=True)
-        self._client.on_publish = self._on_publish
-        self._client.on_connect = self._on_connect
-        # Outstanding QoS 1 messages. The PUBACK callback may run before publish() has seen the
-        # mid, so early acks are parked in ``_early``. Never hold ``_cv`` while calling into paho:
-        # paho holds its own lock while it runs ``_on_publish``.
-        self._cv = threading.Condition()
-        self._mine: set[int] = set()
-        self._early: set[int] = set()
-        self._ignore: set[int] = set()
-        self._outstanding = 0
-        self._connected = threading.Event()
-        self.refused: list[tuple[int, str]] = []
-        self.acked = 0
-
-    # paho callbacks run on its network thread.
-    def _on_connect(
-        self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
-    ) -> None:
-        if rc.is_failure:
-            log.error("MQTT connect refused for %s: %s", self.device_id, rc)
-            return
-        # The PUBACK of this birth is read by this same thread, so it cannot overtake us.
-        info = client.publish(state_topic(self.device_id), b"online", qos=1, retain=True)
-        with self._cv:
-            self._ignore.add(info.mid)
-        self._connected.set()
-
-    def _on_publish(
-        self, client: mqtt.Client, userdata: object, mid: int, rc: ReasonCode, props: object
-    ) -> None:
-        with self._cv:
-            if mid in self._ignore:
-                self._ignore.discard(mid)
-                return
-            if rc.is_failure:
-                log.error("broker refused message %d from %s: %s", mid, self.device_id, rc)
-                self.refused.append((mid, str(rc)))
-            if mid in self._mine:
-                self._mine.discard(mid)
-                self._done_locked()
-            else:
-                self._early.add(mid)
-
-    def _done_locked(self) -> None:
-        self._outstanding -= 1
-        self.acked += 1
-        self._cv.notify_all()
+        apply_security(c, self.cfg, default_username=self.device_id)
+        c.max_inflight_messages_set(self.cfg.max_inflight)
+        c.max_queued_messages_set(0)
+        return c
 
     def connect(self, timeout: float = 10.0) -> None:
+        """Start the supervisor and wait for the first connection (PublishError after ``timeout``:
+        the supervisor keeps trying; call ``close`` to stop it)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._supervise, name=f"mqtt-{self.device_id}", daemon=True
+            )
+            self._thread.start()
+        if not self._first.wait(timeout):
+            raise PublishError(
+                f"MQTT broker {self.cfg.host}:{self.cfg.port} did not accept {self.device_id}"
+                f" within {timeout:.0f}s: {self.last_error or 'no answer'}"
+            )
+
+    def start(self) -> None:
+        """Start the supervisor without waiting: the agent spools until the broker is reachable."""
+        with contextlib.suppress(PublishError):
+            self.connect(timeout=0)
+
+    def _supervise(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            if self._run_connection():
+                attempt = 0
+            if self._stop.is_set():
+                break
+            cap = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2**attempt)
+            attempt = min(attempt + 1, 30)
+            self._stop.wait(random.uniform(0, cap))
+
+    def _run_connection(self) -> bool:
+        """One connection, from connect to loss; True if the broker accepted it."""
+        self.session_no += 1
+        n = self.session_no
+        client = self._make_client()
+        accepted = threading.Event()
+        gone = threading.Event()
+        if self.session is not None:
+            client.will_set(state_topic(self.device_id), self.session.death(n), qos=1, retain=True)
+
+        def on_connect(c: mqtt.Client, u: object, f: object, rc: ReasonCode, p: object) -> None:
+            if rc.is_failure:
+                self.last_error = f"connection refused: {rc}"
+                gone.set()
+                return
+            if self.session is not None:
+                c.publish(state_topic(self.device_id), self.session.birth(n), qos=1, retain=True)
+            accepted.set()
+
+        def on_disconnect(c: mqtt.Client, u: object, f: object, rc: ReasonCode, p: object) -> None:
+            if rc.is_failure:
+                self.last_error = f"disconnected: {rc}"
+            gone.set()
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_publish = self._on_publish
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.SessionExpiryInterval = 0  # the spool, not the broker session, keeps what is unsent
         try:
-            self._client.connect(
+            client.connect(
                 self.cfg.host,
                 self.cfg.port,
                 keepalive=self.cfg.keepalive_s,
-                clean_start=False,
+                clean_start=True,
                 properties=props,
             )
-        except OSError as exc:
-            raise PublishError(f"cannot reach MQTT broker {self.cfg.host}:{self.cfg.port}: {exc}") from exc
-        self._client.loop_start()
-        if not self._connected.wait(timeout):
-            self._client.loop_stop()
-            raise PublishError(f"MQTT broker {self.cfg.host}:{self.cfg.port} did not accept {self.device_id}")
+        except (OSError, ssl.SSLError) as exc:
+            self.last_error = f"cannot reach {self.cfg.host}:{self.cfg.port}: {exc}"
+            return False
+        client.loop_start()
+        ok = False
+        deadline = time.monotonic() + max(10.0, self.cfg.keepalive_s)
+        while not self._stop.is_set() and not gone.is_set():
+            if ok:
+                gone.wait(0.2)
+            elif accepted.wait(0.05):
+                ok = True
+                self.connects += 1
+                with self._lock:
+                    self._client = client
+                    self._connected = True
+                self._first.set()
+            elif time.monotonic() > deadline:
+                self.last_error = "no CONNACK from the broker"
+                break
+        with self._lock:
+            self._connected = False
+            self._client = None
+            lost = list(self._mids.values())
+            self._mids.clear()
+            self._early.clear()
+            self._lost.extend(lost)
+            self.lost += len(lost)
+            self._lock.notify_all()
+        if self._stop.is_set() and not gone.is_set():
+            with contextlib.suppress(Exception):
+                if self.session is not None and ok:
+                    info = client.publish(
+                        state_topic(self.device_id), self.session.shutdown(n), qos=1, retain=True
+                    )
+                    info.wait_for_publish(5)
+                client.disconnect()
+        client.loop_stop()
+        return ok
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        with self._cv:
-            while self._outstanding >= self.cfg.max_inflight:
-                self._cv.wait(1.0)
-            self._outstanding += 1
-        info = self._client.publish(topic, payload, qos=1)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            with self._cv:
-                self._outstanding -= 1
-            raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-        # MQTT_ERR_NO_CONN: paho keeps QoS 1 messages and resends them after it reconnects.
-        with self._cv:
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-                self._done_locked()
-            else:
-                self._mine.add(info.mid)
+    def _on_publish(self, client: mqtt.Client, u: object, mid: int, rc: ReasonCode, p: object) -> None:
+        with self._lock:
+            tag = self._mids.pop(mid, None)
+            if tag is None:
+                self._early[mid] = not rc.is_failure
+                return
+            self._settle(tag, not rc.is_failure, rc)
+
+    def _settle(self, tag: int, ok: bool, rc: object) -> None:
+        if ok:
+            self._acked.append(tag)
+        else:
+            log.error("broker refused message %d of %s: %s", tag, self.device_id, rc)
+            self.refused += 1
+            self._lost.append(tag)
+        self._lock.notify_all()
+
+    # -- the Publisher protocol -------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     @property
-    def outstanding(self) -> int:
-        with self._cv:
-            return self._outstanding
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._mids)
+
+    def publish(self, topic: str, payload: bytes, *, tag: int = -1, historical: bool = False) -> None:
+        with self._lock:
+            client = self._client
+        if client is None:
+            with self._lock:
+                self._lost.append(tag)
+                self.lost += 1
+            return
+        props = None
+        if historical:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = (HISTORICAL_PROPERTY, "1")
+        info = client.publish(topic, payload, qos=1, properties=props)
+        with self._lock:
+            if info.rc != mqtt.MQTT_ERR_SUCCESS or self._client is not client:
+                # Not on the wire, or its connection is already gone: the spool keeps it.
+                self._lost.append(tag)
+                self.lost += 1
+                return
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._mids[info.mid] = tag
+            else:
+                self._settle(tag, early, "refused")
+
+    def take_acks(self) -> tuple[list[int], list[int]]:
+        with self._lock:
+            acked, lost = self._acked, self._lost
+            self._acked, self._lost = [], []
+            return acked, lost
 
     def flush(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; False on timeout."""
         deadline = time.monotonic() + timeout
-        with self._cv:
-            while self._outstanding > 0:
+        with self._lock:
+            while self._mids:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cv.wait(min(left, 1.0))
+                self._lock.wait(min(left, 0.5))
         return True
 
     def close(self, timeout: float = 30.0) -> bool:
-        """Wait for acknowledgements, announce "offline" and disconnect cleanly."""
+        """Wait for acknowledgements, announce the shutdown and disconnect."""
         ok = self.flush(timeout)
-        info = self._client.publish(state_topic(self.device_id), b"offline", qos=1, retain=True)
-        with contextlib.suppress(RuntimeError, ValueError):
-            info.wait_for_publish(5)
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         return ok

@@ -30,15 +30,16 @@ import pyarrow.compute as pc
 
 from ingest.ledger import LocalLedger
 from ingest.registry import DeviceKey, Registry
-from ingest.store import BATTERY_COLUMNS, DRIVING_COLUMNS, Store
+from ingest.store import RECORD_TABLES, Store
 from schemas import merkle
 from schemas.block import WireError, decode_header
 from schemas.crypto import ZERO_HASH, block_hash, verify, verify_block_signature
 from schemas.erasure import TAG_ERASURE, erasure_decoder
-from schemas.records import BatterySample, DrivingSample
+from schemas.records import Record
 
-TABLES = {"driving_samples": DRIVING_COLUMNS, "battery_samples": BATTERY_COLUMNS}
-_list_decoder = msgspec.msgpack.Decoder(list[DrivingSample | BatterySample])
+TABLES = {t.name: t.columns for t in RECORD_TABLES}
+_KIND = {t.name: t.kind for t in RECORD_TABLES}
+_list_decoder = msgspec.msgpack.Decoder(list[Record])
 
 # Finding kinds, grouped by what they concern.
 ROW_KINDS = ("row_changed", "row_inserted", "row_missing", "row_without_block", "row_not_erased")
@@ -267,7 +268,7 @@ class Auditor:
                     recs = _list_decoder.decode(b"\xdd" + n.to_bytes(4, "big") + b"".join(raws))
                 except msgspec.DecodeError:
                     recs = [_decode_or_none(r) for r in raws]
-                kind = DrivingSample if t == "driving_samples" else BatterySample
+                kind = _KIND[t]
                 wrong = {i for i, r in enumerate(recs) if r is not None and type(r) is not kind}
                 bad = self._compare(batch, [None if i in wrong else r for i, r in enumerate(recs)], cols)
                 for i in wrong:
@@ -457,6 +458,6 @@ def _reader(con: Any, sql: str, rows: int) -> pa.RecordBatchReader:
 
 def _decode_or_none(raw: bytes) -> Any:
     try:
-        return msgspec.msgpack.decode(raw, type=DrivingSample | BatterySample)
+        return msgspec.msgpack.decode(raw, type=Record)
     except msgspec.DecodeError:
         return None

@@ -6,6 +6,10 @@ acknowledged the produce, and PUBACKs are sent in the order the messages arrived
 of the bridge therefore loses nothing: the broker redelivers every unacknowledged message,
 and the consumer recognises the ones Kafka already had as duplicates.
 
+Session messages (``vehicles/+/state``) travel the same way, so a vehicle's birth, blocks and
+death stay in order. A block the agent replayed from its spool carries the MQTT 5 user property
+``vt-historical``, forwarded as the Kafka header of the same name.
+
 Records are keyed by the device id from the topic, so each vehicle's blocks keep their order
 in one partition. Payloads too large for Kafka are not dropped: a marker with the payload's
 size, SHA-256 and first KiB goes to Kafka, and the consumer dead-letters it as "oversized".
@@ -32,12 +36,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_agent.publisher import HISTORICAL_PROPERTY
 from ingest.config import Config
-from ingest.processor import REJECT_HEADER
+from ingest.processor import HISTORICAL_HEADER, REJECT_HEADER
 
 log = logging.getLogger(__name__)
 
 BLOCKS_FILTER = "vehicles/+/blocks"
+STATE_FILTER = "vehicles/+/state"  # session births, deaths and shutdowns (schemas/session.py)
 
 
 @dataclass
@@ -78,8 +84,8 @@ class Bridge:
         if rc.is_failure:
             log.error("bridge: MQTT connect refused: %s", rc)
             return
-        topic = f"$share/{self.cfg.bridge.share_group}/{BLOCKS_FILTER}"
-        client.subscribe(topic, options=SubscribeOptions(qos=1))
+        share = f"$share/{self.cfg.bridge.share_group}/"
+        client.subscribe([(share + f, SubscribeOptions(qos=1)) for f in (BLOCKS_FILTER, STATE_FILTER)])
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.set)
 
@@ -123,6 +129,10 @@ class Bridge:
         payload = msg.payload
         self.stats.received += 1
         headers: list[tuple[str, bytes]] = [("mqtt-topic", msg.topic.encode())]
+        props = getattr(msg, "properties", None)
+        for name, value in getattr(props, "UserProperty", None) or ():
+            if name == HISTORICAL_PROPERTY:
+                headers.append((HISTORICAL_HEADER, value.encode()))
         if len(payload) > self.cfg.bridge.max_payload_bytes:
             self.stats.oversized += 1
             headers += [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from typing import TYPE_CHECKING
@@ -386,6 +387,58 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gaps(args: argparse.Namespace) -> int:
+    from ingest.gaps import gap_report
+
+    cfg = load_config(args.config)
+    store = _open_store(cfg, "gaps")
+    if store is None:
+        return 1
+    try:
+        segs = gap_report(store.con, args.device)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([{**vars(s), "blocks": s.blocks} for s in segs], indent=2))
+        return 0
+    if not segs:
+        print("no gaps: every device's blocks are stored from sequence 0 to its head")
+        return 0
+    print(f"{'device':32}  {'from':>8}  {'to':>8}  {'blocks':>6}  status")
+    for s in segs:
+        what = s.status
+        if s.status == "dropped_on_vehicle":
+            what += f" ({s.reason}; declared in block {s.declared_in}, {s.declared_records} records)"
+        print(f"{s.device_id:32}  {s.from_seq:8}  {s.to_seq:8}  {s.blocks:6}  {what}")
+    dropped = sum(s.blocks for s in segs if s.status == "dropped_on_vehicle")
+    missing = sum(s.blocks for s in segs if s.status == "missing")
+    print(
+        f"{dropped} blocks dropped on the vehicle (declared, signed), {missing} missing without a declaration"
+    )
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    store = _open_store(cfg, "sessions")
+    if store is None:
+        return 1
+    try:
+        where = "WHERE device_id = ?" if args.device else ""
+        rows = store.con.execute(
+            f"SELECT device_id, boot, session, started_at, first_seq, ended_at, end_reason, agent_version"
+            f" FROM sessions {where} ORDER BY device_id, boot, session LIMIT {int(args.limit)}",
+            [args.device] if args.device else [],
+        ).fetchall()
+    finally:
+        store.close()
+    print(f"{'device':32}  {'boot':>4}  {'sess':>4}  {'started (vehicle clock)':26}  {'from seq':>8}  end")
+    for dev, boot, sess, start, seq, end, reason, _ver in rows:
+        ended = f"{reason} at {end}" if reason else "open"
+        print(f"{dev:32}  {boot:4}  {sess:4}  {start!s:26}  {seq if seq is not None else '-':>8}  {ended}")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     store = _open_store(cfg, "query")
@@ -460,6 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-stack", action="store_true", help="leave the brokers running afterwards")
     p.set_defaults(fn=cmd_demo)
 
+    p = sub.add_parser("gaps", help="missing block sequence numbers per vehicle: declared drops vs missing")
+    p.add_argument("--device", help="one device id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_gaps)
+    p = sub.add_parser("sessions", help="vehicle sessions: births, deaths (connection lost) and shutdowns")
+    p.add_argument("--device", help="one device id")
+    p.add_argument("--limit", type=int, default=200)
+    p.set_defaults(fn=cmd_sessions)
     p = sub.add_parser("query", help="run one SQL statement on the DuckDB store (read-only)")
     p.add_argument("sql")
     p.set_defaults(fn=cmd_query)

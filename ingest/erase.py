@@ -26,7 +26,7 @@ from pathlib import Path
 
 import duckdb
 
-from ingest.store import Store, StoreError
+from ingest.store import TABLE_NAMES, Store, StoreError
 from schemas import merkle
 from schemas.crypto import SigningKey
 from schemas.erasure import ErasureStatement, erasure_encoder, signing_input
@@ -87,9 +87,9 @@ def erase_device(
             "INSERT INTO erasures VALUES (?, ?, make_timestamp_ns(?), ?, ?, ?, ?, ?)",
             [erasure_id, device_id, now, reason, len(blocks), records, sb, sig],
         )
-        for table in ("driving_samples", "battery_samples"):
+        for table in TABLE_NAMES:
             con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
-        for table in ("blocks", "devices", "gaps", "duplicates", "rejections"):
+        for table in ("blocks", "devices", "gaps", "duplicates", "rejections", "session_events"):
             con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
         con.execute("COMMIT")
     except duckdb.Error as exc:

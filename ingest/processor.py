@@ -20,14 +20,18 @@ import msgspec
 import pyarrow as pa
 
 from ingest.registry import DeviceKey, KeyRing
-from ingest.store import BATTERY_COLUMNS, DRIVING_COLUMNS, BatchRows, DeviceHead, Store
+from ingest.store import RECORD_TABLES, BatchRows, Columns, DeviceHead, Store
 from schemas.block import Envelope, OpenedBlock, Reason, WireError, decode_envelope, open_envelope
 from schemas.crypto import ZERO_HASH
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
-from schemas.records import BatterySample, DrivingSample
+from schemas.records import Record
+from schemas.session import SessionError, SignedSession, open_session, verify_session
 
 REJECT_HEADER = "vt-reject"  # set by the bridge on payloads it would not forward whole
-_record_list_decoder = msgspec.msgpack.Decoder(DrivingSample | BatterySample)
+HISTORICAL_HEADER = "vt-historical"  # set by the bridge on blocks the agent replayed from its spool
+_record_list_decoder = msgspec.msgpack.Decoder(Record)
+_TABLE_OF = {t.kind: t.name for t in RECORD_TABLES}
+RowMeta = tuple[str, int, int, bytes, bytes]  # device_id, block_seq, idx, raw, leaf
 
 
 class Message(Protocol):
@@ -67,11 +71,10 @@ class Pending:
     blocks: list[tuple[Any, ...]] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)
     block_index: dict[tuple[str, int], bytes] = field(default_factory=dict)
-    drv: list[DrivingSample] = field(default_factory=list)
-    drv_meta: list[tuple[str, int, int, bytes, bytes]] = field(default_factory=list)
-    bat: list[BatterySample] = field(default_factory=list)
-    bat_meta: list[tuple[str, int, int, bytes, bytes]] = field(default_factory=list)
+    rows: dict[str, list[Any]] = field(default_factory=lambda: {t.name: [] for t in RECORD_TABLES})
+    meta: dict[str, list[RowMeta]] = field(default_factory=lambda: {t.name: [] for t in RECORD_TABLES})
     gaps: list[tuple[Any, ...]] = field(default_factory=list)
+    sessions: list[tuple[Any, ...]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: list[tuple[Any, ...]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
@@ -108,7 +111,7 @@ class Processor:
         """Process one poll's messages. Registry entries are read once per poll, so a revocation
         takes effect at the next poll."""
         key_ids: set[str] = set()
-        envs: list[Envelope | WireError] = []
+        envs: list[Envelope | SignedSession | WireError] = []
         for m in messages:
             try:
                 env = self._decode(m)
@@ -120,7 +123,7 @@ class Processor:
         for m, decoded in zip(messages, envs, strict=True):
             self._process(m, decoded)
 
-    def _decode(self, m: Message) -> Envelope:
+    def _decode(self, m: Message) -> Envelope | SignedSession:
         value = m.value or b""
         marker = _header_value(m.headers, REJECT_HEADER)
         if marker is not None:
@@ -135,9 +138,14 @@ class Processor:
             )
         if len(value) > self.max_block_bytes:
             raise WireError(Reason.OVERSIZED, f"{len(value)} bytes > max_block_bytes {self.max_block_bytes}")
+        if (_header_value(m.headers, "mqtt-topic") or b"").endswith(b"/state"):
+            try:
+                return open_session(value)
+            except SessionError as exc:
+                raise WireError(Reason.DECODE, str(exc)) from None
         return decode_envelope(value)
 
-    def _process(self, m: Message, env: Envelope | WireError) -> None:
+    def _process(self, m: Message, env: Envelope | SignedSession | WireError) -> None:
         p = self.pending
         if p.messages == 0:
             p.started = time.monotonic()
@@ -147,11 +155,14 @@ class Processor:
         try:
             if isinstance(env, WireError):
                 raise env
-            self._accept(m, env)
+            if isinstance(env, SignedSession):
+                self._session(m, env)
+            else:
+                self._accept(m, env)
         except WireError as e:
-            self._reject(m, e, env if isinstance(env, Envelope) else None)
+            self._reject(m, e, env if not isinstance(env, WireError) else None)
 
-    def _reject(self, m: Message, e: WireError, env: Envelope | None) -> None:
+    def _reject(self, m: Message, e: WireError, env: Envelope | SignedSession | None) -> None:
         value = m.value or b""
         # Size and hash of the original payload: from the bridge's marker when it truncated it. The
         # headers are input too, so a malformed one falls back to what the message itself carries.
@@ -176,6 +187,46 @@ class Processor:
                 sha,
                 m.key.decode(errors="replace") if m.key else None,
                 env.key_id if env is not None else None,
+            )
+        )
+
+    def _session(self, m: Message, s: SignedSession) -> None:
+        """A birth, death or shutdown: verified with the device key, recorded in session_events."""
+        key = self._keys.get(s.key_id)
+        if key is None:
+            raise WireError(Reason.UNKNOWN_KEY, f"key {s.key_id} is not in the device registry")
+        try:
+            ev = verify_session(s, key.public_key)
+        except SessionError as exc:
+            raise WireError(Reason.SIGNATURE, str(exc)) from None
+        if not key.covers(ev.ts_ns, ev.ts_ns):
+            raise WireError(
+                Reason.REVOKED_KEY if key.status == "revoked" else Reason.KEY_VALIDITY,
+                f"session message of {key.device_id} stamped {ev.ts_ns} is outside key {key.key_id}'s"
+                f" validity {key.validity()}",
+            )
+        topic_dev = m.key.decode(errors="replace") if m.key is not None else None
+        if ev.device_id != key.device_id or (topic_dev is not None and topic_dev != ev.device_id):
+            raise WireError(
+                Reason.DEVICE_MISMATCH,
+                f"session of {ev.device_id} signed by {key.device_id}'s key on the topic of {topic_dev}",
+            )
+        ts_ms = getattr(m, "timestamp", None)
+        at = int(ts_ms) * 1_000_000 if isinstance(ts_ms, int) and ts_ms > 0 else time.time_ns()
+        self.pending.sessions.append(
+            (
+                ev.device_id,
+                ev.boot,
+                ev.session,
+                ev.event,
+                ev.key_id,
+                ev.ts_ns,
+                ev.next_seq,
+                ev.agent_version,
+                ev.schema_version,
+                msgspec.json.encode(ev.config).decode(),
+                m.value or b"",
+                at,
             )
         )
 
@@ -290,16 +341,15 @@ class Processor:
                 m.partition,
                 m.offset,
                 time.time_ns(),
+                _header_value(m.headers, HISTORICAL_HEADER) is not None,
             )
         )
         p.block_hashes.append(opened.hash)
+        rows, meta = p.rows, p.meta
         for i, (r, raw, leaf) in enumerate(zip(recs, env.records, opened.leaf_hashes, strict=True)):
-            if type(r) is DrivingSample:
-                p.drv.append(r)
-                p.drv_meta.append((dev, h.seq, i, raw, leaf))
-            else:
-                p.bat.append(r)
-                p.bat_meta.append((dev, h.seq, i, raw, leaf))
+            t = _TABLE_OF[type(r)]
+            rows[t].append(r)
+            meta[t].append((dev, h.seq, i, raw, leaf))
         p.records += h.count
 
     # -- at flush ---------------------------------------------------------------------------------
@@ -331,10 +381,14 @@ class Processor:
             batch_no=batch_no,
             root=root,
             created_at=time.time_ns(),
-            driving=_table(p.drv, p.drv_meta, DRIVING_COLUMNS),
-            battery=_table(p.bat, p.bat_meta, BATTERY_COLUMNS),
+            records={
+                t.name: _table(p.rows[t.name], p.meta[t.name], t.columns)
+                for t in RECORD_TABLES
+                if p.rows[t.name]
+            },
             blocks=blocks,
             gaps=p.gaps,
+            sessions=p.sessions,
             rejections=rej,
             duplicates=p.duplicates,
             heads={d: self.heads[d] for d in p.touched},
@@ -344,10 +398,7 @@ class Processor:
 
 def _explain(records: list[bytes]) -> str:
     """Name the first invalid record and field (the error path only; msgspec reports array positions)."""
-    fields = {
-        "d": ("kind", *DrivingSample.__struct_fields__),
-        "b": ("kind", *BatterySample.__struct_fields__),
-    }
+    fields = {t.kind.__struct_config__.tag: ("kind", *t.kind.__struct_fields__) for t in RECORD_TABLES}
     for i, raw in enumerate(records):
         try:
             _record_list_decoder.decode(raw)
@@ -367,13 +418,7 @@ class _Duplicate(Exception):
     pass
 
 
-def _table(
-    recs: list[Any],
-    meta: list[tuple[str, int, int, bytes, bytes]],
-    columns: list[tuple[str, str, pa.DataType]],
-) -> pa.Table | None:
-    if not recs:
-        return None
+def _table(recs: list[Any], meta: list[RowMeta], columns: Columns) -> pa.Table:
     values = list(zip(*(msgspec.structs.astuple(r) for r in recs), strict=True))
     dev, seq, idx, raw, leaf = zip(*meta, strict=True)
     arrays: dict[str, pa.Array] = {

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from ingest.ledger import LocalLedger
 from ingest.registry import DeviceKey, Registry
-from ingest.store import Store
+from ingest.store import TABLE_NAMES, Store
 from schemas import merkle
 from schemas.crypto import TAG_KEY_STATEMENT, SigningKey, leaf_salt
 from schemas.proof import (
@@ -26,8 +26,13 @@ from schemas.proof import (
     key_statement_bytes,
 )
 
-TABLES = ("driving_samples", "battery_samples")
-_ALIASES = {"driving": "driving_samples", "battery": "battery_samples"}
+TABLES = TABLE_NAMES
+_ALIASES = {
+    "driving": "driving_samples",
+    "battery": "battery_samples",
+    "triggers": "trigger_events",
+    "drops": "spool_drops",
+}
 
 
 class Witness(Protocol):
@@ -178,9 +183,10 @@ class Prover:
         bh, header, sig, seed, key_id, count, batch_no, batch_index = b
         seed = bytes(seed)
         raws = con.execute(
-            "SELECT idx, raw FROM driving_samples WHERE device_id = $1 AND block_seq = $2"
-            " UNION ALL SELECT idx, raw FROM battery_samples WHERE device_id = $1 AND block_seq = $2"
-            " ORDER BY idx",
+            " UNION ALL ".join(
+                f"SELECT idx, raw FROM {t} WHERE device_id = $1 AND block_seq = $2" for t in TABLES
+            )
+            + " ORDER BY idx",
             [r.device_id, r.block_seq],
         ).fetchall()
         if [int(i) for i, _ in raws] != list(range(count)):

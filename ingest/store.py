@@ -2,6 +2,7 @@
 
 Tables (see docs/DATA.md for every column and example queries):
   driving_samples, battery_samples  one row per record, with the exact record bytes (``raw``)
+  trigger_events, spool_drops       the same for the agent's own records: trigger windows, spool drops
   blocks                            one row per block: header bytes, signature, salt seed, batch position
   batches                           one row per batch: the RFC 6962 root over its block hashes
   anchors                           the ledger receipt of each batch
@@ -20,25 +21,79 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 
-from schemas.records import BATTERY_FIELDS, DRIVING_FIELDS
+from schemas.records import (
+    BATTERY_FIELDS,
+    DRIVING_FIELDS,
+    DROP_FIELDS,
+    TABLE_OF_KIND,
+    TRIGGER_FIELDS,
+    BatterySample,
+    DrivingSample,
+    SpoolDrop,
+    TriggerEvent,
+)
 
 _FLOAT = "DOUBLE"
+Columns = list[
+    tuple[str, str, pa.DataType]
+]  # (column, DuckDB type, Arrow type), after device_id/block_seq/idx/ts
 
-DRIVING_COLUMNS: list[tuple[str, str, pa.DataType]] = [
+DRIVING_COLUMNS: Columns = [
     (f, "SMALLINT" if f == "gear" else _FLOAT, pa.int16() if f == "gear" else pa.float64())
     for f in DRIVING_FIELDS
     if f != "ts_ns"
 ]
-BATTERY_COLUMNS: list[tuple[str, str, pa.DataType]] = [
+BATTERY_COLUMNS: Columns = [
     (f, "BOOLEAN" if f == "is_charging" else _FLOAT, pa.bool_() if f == "is_charging" else pa.float64())
     for f in BATTERY_FIELDS
     if f != "ts_ns"
 ]
+TRIGGER_COLUMNS: Columns = [
+    ("name", "VARCHAR", pa.string()),
+    ("signal", "VARCHAR", pa.string()),
+    ("value", _FLOAT, pa.float64()),
+    ("window_start_ns", "BIGINT", pa.int64()),
+    ("window_end_ns", "BIGINT", pa.int64()),
+    ("rate_hz", _FLOAT, pa.float64()),
+]
+DROP_COLUMNS: Columns = [
+    ("first_seq", "UBIGINT", pa.uint64()),
+    ("last_seq", "UBIGINT", pa.uint64()),
+    ("records", "UBIGINT", pa.uint64()),
+    ("prev", "BLOB", pa.binary()),
+    ("last_hash", "BLOB", pa.binary()),
+    ("reason", "VARCHAR", pa.string()),
+]
+assert [c for c, _, _ in TRIGGER_COLUMNS] == list(TRIGGER_FIELDS[1:])
+assert [c for c, _, _ in DROP_COLUMNS] == list(DROP_FIELDS[1:])
 
 
-def _sample_table(name: str, cols: list[tuple[str, str, pa.DataType]]) -> str:
+@dataclass(frozen=True)
+class RecordTable:
+    """Where one record kind is stored: one row per record, its columns in the record's field order."""
+
+    name: str
+    kind: type[msgspec.Struct]
+    columns: Columns
+
+
+# Every record kind and its table. Processor, audit, proofs and erasure all go through this list.
+RECORD_TABLES: tuple[RecordTable, ...] = tuple(
+    RecordTable(TABLE_OF_KIND[kind], kind, cols)
+    for kind, cols in (
+        (DrivingSample, DRIVING_COLUMNS),
+        (BatterySample, BATTERY_COLUMNS),
+        (TriggerEvent, TRIGGER_COLUMNS),
+        (SpoolDrop, DROP_COLUMNS),
+    )
+)
+TABLE_NAMES: tuple[str, ...] = tuple(t.name for t in RECORD_TABLES)
+
+
+def _sample_table(name: str, cols: Columns) -> str:
     body = ",\n    ".join(f"{c} {t}" for c, t, _ in cols)
     return f"""
 CREATE TABLE IF NOT EXISTS {name} (
@@ -53,8 +108,7 @@ CREATE TABLE IF NOT EXISTS {name} (
 
 
 DDL = (
-    _sample_table("driving_samples", DRIVING_COLUMNS)
-    + _sample_table("battery_samples", BATTERY_COLUMNS)
+    "".join(_sample_table(t.name, t.columns) for t in RECORD_TABLES)
     + """
 CREATE TABLE IF NOT EXISTS blocks (
     device_id      VARCHAR NOT NULL,
@@ -74,6 +128,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     kafka_partition INTEGER NOT NULL,
     kafka_offset   BIGINT NOT NULL,
     received_at    TIMESTAMP_NS NOT NULL,
+    historical     BOOLEAN NOT NULL,  -- replayed from the vehicle's spool, not published live
     PRIMARY KEY (device_id, seq)
 );
 CREATE TABLE IF NOT EXISTS batches (
@@ -108,6 +163,30 @@ CREATE TABLE IF NOT EXISTS gaps (
     detected_at TIMESTAMP_NS NOT NULL,
     PRIMARY KEY (device_id, from_seq)
 );
+CREATE TABLE IF NOT EXISTS session_events (
+    device_id      VARCHAR NOT NULL,
+    boot           UINTEGER NOT NULL,
+    session        UINTEGER NOT NULL,  -- MQTT connects since that boot
+    event          VARCHAR NOT NULL,   -- birth | death (last will: connection lost) | shutdown
+    key_id         VARCHAR NOT NULL,
+    ts             TIMESTAMP_NS NOT NULL,  -- vehicle clock: the connect (birth, death) or the stop
+    next_seq       UBIGINT NOT NULL,   -- the vehicle's next block sequence number then
+    agent_version  VARCHAR NOT NULL,
+    schema_version USMALLINT NOT NULL,
+    config         VARCHAR NOT NULL,   -- sampling configuration, JSON
+    message        BLOB NOT NULL,      -- the signed message exactly as received
+    received_at    TIMESTAMP_NS NOT NULL,  -- when the broker passed it on (Kafka timestamp)
+    PRIMARY KEY (device_id, boot, session, event)
+);
+CREATE VIEW IF NOT EXISTS sessions AS
+SELECT device_id, boot, session,
+       max(ts) FILTER (WHERE event = 'birth') AS started_at,
+       max(next_seq) FILTER (WHERE event = 'birth') AS first_seq,
+       max(received_at) FILTER (WHERE event <> 'birth') AS ended_at,
+       max(event) FILTER (WHERE event <> 'birth') AS end_reason,
+       any_value(agent_version) AS agent_version,
+       any_value(config) AS config
+FROM session_events GROUP BY device_id, boot, session;
 CREATE TABLE IF NOT EXISTS erasures (
     erasure_id  UBIGINT PRIMARY KEY,
     device_id   VARCHAR NOT NULL,
@@ -174,6 +253,7 @@ _BLOCK_TYPES: list[pa.DataType] = [
     pa.int32(),
     pa.int64(),
     pa.int64(),
+    pa.bool_(),
 ]
 _BLOCK_NAMES = [
     "device_id",
@@ -193,6 +273,7 @@ _BLOCK_NAMES = [
     "kafka_partition",
     "kafka_offset",
     "received_at",
+    "historical",
 ]
 _BLOCK_TIMESTAMPS = {"t_first", "t_last", "received_at"}
 
@@ -229,10 +310,10 @@ class BatchRows:
     batch_no: int
     root: bytes
     created_at: int
-    driving: pa.Table | None
-    battery: pa.Table | None
+    records: dict[str, pa.Table]  # record table name -> its new rows
     blocks: list[tuple[Any, ...]] = field(default_factory=list)
     gaps: list[tuple[Any, ...]] = field(default_factory=list)
+    sessions: list[tuple[Any, ...]] = field(default_factory=list)
     rejections: list[tuple[Any, ...]] = field(default_factory=list)
     duplicates: list[tuple[Any, ...]] = field(default_factory=list)
     heads: dict[str, DeviceHead] = field(default_factory=dict)
@@ -281,8 +362,8 @@ class Store:
         return [(int(n), bytes(r), int(c)) for n, r, c in rows]
 
     def counts(self) -> dict[str, int]:
-        q = """SELECT
-            (SELECT count(*) FROM driving_samples) + (SELECT count(*) FROM battery_samples),
+        q = f"""SELECT
+            {" + ".join(f"(SELECT count(*) FROM {t})" for t in TABLE_NAMES)},
             (SELECT count(*) FROM blocks), (SELECT count(*) FROM batches), (SELECT count(*) FROM anchors),
             (SELECT count(*) FROM rejections), (SELECT count(*) FROM duplicates), (SELECT count(*) FROM gaps)"""
         row = self.con.execute(q).fetchone()
@@ -295,8 +376,8 @@ class Store:
         con = self.con
         try:
             con.execute("BEGIN TRANSACTION")
-            for name, tbl in (("driving_samples", b.driving), ("battery_samples", b.battery)):
-                if tbl is not None and tbl.num_rows:
+            for name, tbl in b.records.items():
+                if tbl.num_rows:
                     con.register("_incoming", tbl)
                     cols = ", ".join(tbl.column_names)
                     con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
@@ -311,6 +392,12 @@ class Store:
                 )
             if b.gaps:
                 con.executemany("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, make_timestamp_ns(?))", b.gaps)
+            if b.sessions:
+                con.executemany(
+                    "INSERT OR IGNORE INTO session_events VALUES (?, ?, ?, ?, ?, make_timestamp_ns(?), ?, ?, ?, ?, ?,"
+                    " make_timestamp_ns(?))",
+                    b.sessions,
+                )
             if b.rejections:
                 con.executemany(
                     "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamp_ns(?))",

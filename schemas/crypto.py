@@ -23,6 +23,7 @@ TAG_LEDGER_ENTRY = b"vt/v1/ledger-entry"
 TAG_KEY_STATEMENT = b"vt/v1/key-statement"
 TAG_EVM_ANCHOR = b"vt/v1/evm-anchor"
 TAG_ERASURE = b"vt/v1/erasure"
+TAG_SESSION = b"vt/v1/session"
 
 SEED_SIZE = 32
 HASH_SIZE = 32

@@ -38,7 +38,7 @@ from schemas.crypto import (
     verify,
     verify_block_signature,
 )
-from schemas.records import BatterySample, DrivingSample
+from schemas.records import TABLE_OF_KIND
 
 FORMAT = "vt-proof/1"
 
@@ -355,10 +355,9 @@ def _record(r: RecordProof, headers: dict[str, Any]) -> bool:
         rec = decode_record(raw)
     except (msgspec.DecodeError, WireError, ValueError) as exc:  # ValueError: invalid UTF-8 in a string
         raise _Fail(f"raw record does not decode ({exc})") from None
-    want = "driving_samples" if isinstance(rec, DrivingSample) else "battery_samples"
+    want = TABLE_OF_KIND[type(rec)]
     if r.table != want:
         raise _Fail(f"a {type(rec).__name__} does not belong in {r.table}")
-    assert isinstance(rec, DrivingSample | BatterySample)
     hdr = headers.get(r.block)
     if hdr is None:
         raise _Fail(f"block {r.block[:16]}… is missing or invalid")

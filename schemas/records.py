@@ -99,6 +99,14 @@ class SpoolDrop(msgspec.Struct, frozen=True, array_like=True, tag="x", tag_field
 Sample = DrivingSample | BatterySample
 Record = DrivingSample | BatterySample | TriggerEvent | SpoolDrop
 
+# The DuckDB table each record kind is stored in (also named in proof bundles).
+TABLE_OF_KIND: dict[type, str] = {
+    DrivingSample: "driving_samples",
+    BatterySample: "battery_samples",
+    TriggerEvent: "trigger_events",
+    SpoolDrop: "spool_drops",
+}
+
 DRIVING_FIELDS: tuple[str, ...] = DrivingSample.__struct_fields__
 BATTERY_FIELDS: tuple[str, ...] = BatterySample.__struct_fields__
 TRIGGER_FIELDS: tuple[str, ...] = TriggerEvent.__struct_fields__

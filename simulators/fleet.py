@@ -17,7 +17,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig, MqttConfig
 from edge_agent.keys import generate_key_file, load_key_file
 from edge_agent.publisher import MqttPublisher, Publisher
-from edge_agent.state import StateStore
+from edge_agent.spool import Spool
 from schemas.crypto import SigningKey, device_id_for
 from simulators.vehicle import VehicleModel
 
@@ -94,8 +94,9 @@ def run_fleet(
                 key,
                 edge,
                 pub,
-                StateStore(keys_dir / f"{dev}.state", fsync=edge.fsync),
+                Spool(keys_dir / f"{dev}.spool", fsync=edge.fsync, max_bytes=edge.spool_max_bytes),
                 keep_hashes=keep_hashes,
+                max_inflight=mqtt.max_inflight,
             )
             model = VehicleModel(seed * 100_003 + i, start_ns=start_ns, rate_hz=rate_hz)
             fleet.append(Vehicle(i, key, dev, model, agent, pub))
@@ -123,15 +124,20 @@ def run_fleet(
                 break
         for v in fleet:
             v.agent.flush()
+        deadline = time.monotonic() + 60
         unacked = 0
         for v in fleet:
-            if isinstance(v.publisher, MqttPublisher) and not v.publisher.close(timeout=60):
-                unacked += v.publisher.outstanding
+            if not v.agent.drain(timeout=max(0.0, deadline - time.monotonic())):
+                unacked += v.agent.spool.count
+            if isinstance(v.publisher, MqttPublisher):
+                v.publisher.close(timeout=5)
+            v.agent.spool.close()
         seconds = time.monotonic() - t0
     except BaseException:
         for v in fleet:
             if isinstance(v.publisher, MqttPublisher):
                 v.publisher.close(timeout=1)
+            v.agent.spool.close()
         raise
     return FleetResult(
         vehicles=len(fleet),

@@ -13,7 +13,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
 from edge_agent.keys import KeyFileError, generate_key_file, load_key_file
 from edge_agent.publisher import MemoryPublisher, blocks_topic
-from edge_agent.state import StateStore
+from edge_agent.spool import Spool
 from schemas.block import decode_envelope, decode_header, open_envelope
 from schemas.crypto import ZERO_HASH, device_id_for
 from simulators.vehicle import VehicleModel
@@ -41,12 +41,13 @@ def test_load_refuses_world_readable_key(tmp_path: Path) -> None:
 def _run(tmp_path: Path, key_path: Path, n_ticks: int, cfg: EdgeConfig) -> tuple[Agent, MemoryPublisher]:
     key = load_key_file(key_path)
     pub = MemoryPublisher()
-    agent = Agent(key, cfg, pub, StateStore(tmp_path / "device.state", fsync=False))
+    agent = Agent(key, cfg, pub, Spool(tmp_path / "spool", fsync=False))
     model = VehicleModel(3, start_ns=1_700_000_000_000_000_000 + agent.state.boot * 10**12)
     for _ in range(n_ticks):
         for r in model.step():
             agent.offer(r)
-    agent.flush()
+    assert agent.drain(timeout=5)
+    agent.spool.close()
     return agent, pub
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
 from edge_agent.publisher import MemoryPublisher
-from edge_agent.state import StateStore
+from edge_agent.spool import Spool
 from ingest.audit import Auditor
 from ingest.ledger import LocalLedger
 from ingest.processor import Pending, Processor
@@ -34,7 +34,11 @@ def test_rotation_mid_run(tmp_path: Path) -> None:
     reg.add(old.public_key)
     pub = MemoryPublisher()
     agent = Agent(
-        old, EdgeConfig(block_max_records=10, fsync=False), pub, StateStore(tmp_path / "state"), device_id=dev
+        old,
+        EdgeConfig(block_max_records=10, fsync=False),
+        pub,
+        Spool(tmp_path / "spool", fsync=False),
+        device_id=dev,
     )
     model = VehicleModel(9, start_ns=T0)
     for _ in range(50):

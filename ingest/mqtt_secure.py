@@ -1,0 +1,561 @@
+"""A secured mosquitto: TLS listener, a password per device, an ACL that confines each device to its topics.
+
+The pieces, each usable alone:
+
+* a development / test PKI made with ``cryptography``: a CA, a server certificate for the broker's
+  names (``localhost``, ``127.0.0.1``, ``::1`` by default) and optional client certificates.
+  Production brokers get their certificate from the operator's CA (deploy/mosquitto/README.md);
+* the mosquitto configuration (the same shape as deploy/mosquitto/mosquitto.conf) and the ACL
+  (the same rules as deploy/mosquitto/acl);
+* password entries, added, replaced and deleted with ``mosquitto_passwd`` (the password goes to
+  its standard input, never onto a command line where ``ps`` would show it);
+* ``SecureMosquitto``: start, reload (SIGHUP) and stop such a broker, for tests and local trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ingest.stack import StackError, port_open
+
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+BRIDGE_USER = "bridge"
+
+
+class MqttSecurityError(Exception):
+    """A broker security file or tool is missing or unusable: the message names the file or tool."""
+
+
+# -- PKI -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertPair:
+    """A PEM certificate and its PEM private key (mode 0600)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class DevPki:
+    """A development CA and the broker's server certificate, in one directory."""
+
+    dir: Path
+    ca: CertPair
+    server: CertPair
+
+    def issue_client(self, name: str, *, days: int = 825) -> CertPair:
+        """A client certificate (CN = ``name``) for brokers that require mutual TLS."""
+        return issue_cert(self.ca, self.dir, name, client=True, days=days)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write a file that must not exist yet (a key or certificate is never silently replaced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError as exc:
+        raise MqttSecurityError(f"{path} exists already; refusing to overwrite it") from exc
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.UTC)
+    # Backdated a little so that a clock slightly behind still accepts a fresh certificate.
+    return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(
+        now + dt.timedelta(days=days)
+    )
+
+
+def create_ca(out_dir: str | Path, *, name: str = "telematics dev CA", days: int = 3650) -> CertPair:
+    """A self-signed CA (``ca.crt``, ``ca.key``) in ``out_dir``. For development and tests only."""
+    out = Path(out_dir)
+    key = _new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        _validity(x509.CertificateBuilder(), days)
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pair = CertPair(out / "ca.crt", out / "ca.key")
+    _write_new(pair.key, _key_pem(key), 0o600)
+    _write_new(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return pair
+
+
+def _load_ca(ca: CertPair) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+        key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise MqttSecurityError(f"CA {ca.cert} / {ca.key} cannot be loaded: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise MqttSecurityError(f"CA key {ca.key} is not an EC key")
+    return cert, key
+
+
+def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    return x509.SubjectAlternativeName(names)
+
+
+def issue_cert(
+    ca: CertPair,
+    out_dir: str | Path,
+    name: str,
+    *,
+    hosts: Sequence[str] = (),
+    client: bool = False,
+    days: int = 825,
+) -> CertPair:
+    """Issue ``<name>.crt`` / ``<name>.key`` in ``out_dir``, signed by ``ca``.
+
+    With ``hosts``: a server certificate whose subject alternative names are those DNS names and
+    IP addresses (clients check the name they dialled against them). With ``client``: a client
+    certificate. Both may be set."""
+    if not hosts and not client:
+        raise ValueError("issue_cert needs hosts (a server certificate) or client=True")
+    ca_cert, ca_key = _load_ca(ca)
+    key = _new_key()
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else []) + (
+        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    )
+    builder = (
+        _validity(x509.CertificateBuilder(), days)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if hosts:
+        builder = builder.add_extension(_san(hosts), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    out = Path(out_dir)
+    pair = CertPair(out / f"{name}.crt", out / f"{name}.key")
+    _write_new(pair.key, _key_pem(key), 0o600)
+    _write_new(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return pair
+
+
+def create_dev_pki(
+    out_dir: str | Path, *, hosts: Sequence[str] = DEFAULT_HOSTS, ca_name: str = "telematics dev CA"
+) -> DevPki:
+    """A CA and a server certificate (``server.crt``/``server.key``) for ``hosts`` in ``out_dir``."""
+    out = Path(out_dir)
+    ca = create_ca(out, name=ca_name)
+    server = issue_cert(ca, out, "server", hosts=hosts)
+    return DevPki(out, ca, server)
+
+
+# -- ACL and broker configuration ------------------------------------------------------------------------
+
+
+def acl_rules(bridge_users: Sequence[str] = (BRIDGE_USER,)) -> list[str]:
+    """The ACL lines (without comments) that deploy/mosquitto/acl holds."""
+    lines = ["pattern write vehicles/%u/#"]
+    for user in bridge_users:
+        _check_username(user)
+        lines += [f"user {user}", "topic read vehicles/#"]
+    return lines
+
+
+def acl_text(bridge_users: Sequence[str] = (BRIDGE_USER,)) -> str:
+    rules = acl_rules(bridge_users)
+    return "\n".join(
+        [
+            "# generated by ingest.mqtt_secure (the rules of deploy/mosquitto/acl)",
+            "# every user, i.e. every device: publish to its own subtree only, read nothing",
+            rules[0],
+            "# the ingest bridge: read every vehicle's topics (also through $share/<group>/...)",
+            *rules[1:],
+            "",
+        ]
+    )
+
+
+def write_acl(path: str | Path, bridge_users: Sequence[str] = (BRIDGE_USER,)) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(acl_text(bridge_users))
+    return p
+
+
+@dataclass(frozen=True)
+class SecureBrokerConfig:
+    """Where a secured mosquitto listens and which files it uses."""
+
+    state_dir: Path
+    tls_port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    password_file: Path
+    acl_file: Path
+    bind: str = "127.0.0.1"
+    # A plain listener on 127.0.0.1 for a bridge on the same host (passwords still required); None: none.
+    local_port: int | None = None
+    # Mutual TLS: clients must present a certificate from ca_file (and still log in with a password).
+    require_certificate: bool = False
+    # The client id becomes the username on the TLS listener: a device cannot take over another
+    # device's session (or disconnect it) by connecting with that device's client id.
+    username_as_clientid: bool = True
+
+    @property
+    def conf_path(self) -> Path:
+        return self.state_dir / "mosquitto.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "mosquitto.log"
+
+
+def secure_mosquitto_conf(c: SecureBrokerConfig) -> str:
+    """The mosquitto.conf for ``c``; mosquitto wants comments on their own lines."""
+    lines = [
+        "# generated by ingest.mqtt_secure; edits are overwritten",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {c.password_file}",
+        f"acl_file {c.acl_file}",
+        "persistence true",
+        f"persistence_location {c.state_dir}/",
+        "# write the persistence file after every change (it still acknowledges before it writes)",
+        "autosave_on_changes true",
+        "autosave_interval 1",
+        "# queue for offline persistent sessions (the bridge) without dropping",
+        "max_queued_messages 1000000",
+        "max_inflight_messages 0",
+        "persistent_client_expiration 7d",
+        f"log_dest file {c.log_path}",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+    ]
+    if os.geteuid() == 0:
+        lines += [
+            "# started as root (a test): keep root instead of dropping to the mosquitto user, which",
+            "# could not read the test's private directories",
+            "user root",
+        ]
+    lines += [
+        "# devices: TLS only",
+        f"listener {c.tls_port} {c.bind}",
+        "protocol mqtt",
+        f"cafile {c.ca_file}",
+        f"certfile {c.cert_file}",
+        f"keyfile {c.key_file}",
+        "tls_version tlsv1.2",
+        f"require_certificate {'true' if c.require_certificate else 'false'}",
+        f"use_username_as_clientid {'true' if c.username_as_clientid else 'false'}",
+    ]
+    if c.local_port is not None:
+        lines += [
+            "# the ingest bridge on the same host: loopback only, password and ACL still apply",
+            f"listener {c.local_port} 127.0.0.1",
+            "protocol mqtt",
+        ]
+    return "\n".join([*lines, ""])
+
+
+# -- password file ---------------------------------------------------------------------------------------
+
+
+def find_mosquitto_passwd() -> str:
+    cand = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(cand).exists():
+        raise MqttSecurityError(
+            "mosquitto_passwd is not installed (Debian: apt-get install -y mosquitto); it hashes broker passwords"
+        )
+    return cand
+
+
+def _check_username(username: str) -> None:
+    # ':' separates the password file's fields; '+', '#' and '/' make mosquitto refuse %u in the ACL.
+    bad = set(username) & set(":+#/\n\r\t ")
+    if not username or bad:
+        raise MqttSecurityError(
+            f"MQTT username {username!r} is empty or contains one of ': + # / whitespace'"
+        )
+
+
+def password_users(passwd_file: str | Path) -> set[str]:
+    """The usernames in a mosquitto password file (empty if the file does not exist)."""
+    try:
+        text = Path(passwd_file).read_text()
+    except FileNotFoundError:
+        return set()
+    return {line.split(":", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+@contextlib.contextmanager
+def _locked(passwd_file: Path) -> Iterator[None]:
+    # mosquitto_passwd rewrites the whole file: serialise concurrent enrolments on one host.
+    lock = passwd_file.with_name(passwd_file.name + ".lock")
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_passwd(argv: list[str], stdin: str, what: str) -> None:
+    try:
+        res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MqttSecurityError(f"mosquitto_passwd failed to {what}: {exc}") from exc
+    if res.returncode != 0:
+        out = (res.stderr or res.stdout).strip().replace("Password: ", "").replace("Reenter password: ", "")
+        raise MqttSecurityError(f"mosquitto_passwd failed to {what} (exit {res.returncode}): {out}")
+
+
+def set_password(passwd_file: str | Path, username: str, password: str, *, replace: bool = True) -> None:
+    """Add ``username`` to the broker's password file, or replace its password (``replace=True``).
+
+    A new file is created with mode 0600 (give the broker's group read access in production: 0640).
+    The broker reads the file at start and on SIGHUP."""
+    p = Path(passwd_file)
+    _check_username(username)
+    if not password or any(ch in password for ch in "\r\n"):
+        raise MqttSecurityError("an MQTT password must be one non-empty line")
+    tool = find_mosquitto_passwd()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(p):
+        if not replace and username in password_users(p):
+            raise MqttSecurityError(f"user {username} is already in {p}; refusing to replace its password")
+        if not p.exists():
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        # No -b: the password is typed twice on standard input instead of appearing in argv.
+        _run_passwd(
+            [tool, str(p), username], f"{password}\n{password}\n", f"set the password of {username} in {p}"
+        )
+    if username not in password_users(p):
+        raise MqttSecurityError(f"mosquitto_passwd did not add {username} to {p}")
+
+
+def delete_password(passwd_file: str | Path, username: str) -> bool:
+    """Remove ``username`` from the password file; False if it was not there."""
+    p = Path(passwd_file)
+    with _locked(p):
+        if username not in password_users(p):
+            return False
+        _run_passwd([find_mosquitto_passwd(), "-D", str(p), username], "", f"delete {username} from {p}")
+    return True
+
+
+# -- the broker process ----------------------------------------------------------------------------------
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class SecureMosquitto:
+    """A secured mosquitto started from ``SecureBrokerConfig`` (tests, local trials).
+
+    ``start`` raises StackError when it exits or does not listen in time; the message carries its
+    output and log. Use as a context manager, or call ``stop``."""
+
+    def __init__(
+        self, cfg: SecureBrokerConfig, *, mosquitto_bin: str | None = None, conf_text: str | None = None
+    ) -> None:
+        """``conf_text`` replaces the generated configuration (for example the production example
+        with its paths and ports rewritten); ``cfg`` still says which ports to wait for."""
+        self.cfg = cfg
+        self.conf_text = conf_text
+        self.bin = mosquitto_bin or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def out_path(self) -> Path:
+        return self.cfg.state_dir / "mosquitto.out"
+
+    def _ports(self) -> list[int]:
+        return [self.cfg.tls_port] + ([self.cfg.local_port] if self.cfg.local_port is not None else [])
+
+    def _fail(self, what: str) -> StackError:
+        return StackError(
+            f"secured mosquitto {what}; config {self.cfg.conf_path}\n"
+            f"--- {self.out_path}\n{_tail(self.out_path)}\n--- {self.cfg.log_path}\n{_tail(self.cfg.log_path)}"
+        )
+
+    def start(self, timeout: float = 10.0) -> SecureMosquitto:
+        if not Path(self.bin).exists():
+            raise StackError("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
+        for f in (
+            self.cfg.ca_file,
+            self.cfg.cert_file,
+            self.cfg.key_file,
+            self.cfg.password_file,
+            self.cfg.acl_file,
+        ):
+            if not Path(f).is_file():
+                raise StackError(f"secured mosquitto: {f} does not exist")
+        host = self.cfg.bind
+        for port in self._ports():
+            if port_open(host if port == self.cfg.tls_port else "127.0.0.1", port):
+                raise StackError(f"port {port} for the secured mosquitto is taken by another process")
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.conf_path.write_text(
+            self.conf_text if self.conf_text is not None else secure_mosquitto_conf(self.cfg)
+        )
+        with self.out_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.bin, "-c", str(self.cfg.conf_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        for port in self._ports():
+            h = host if port == self.cfg.tls_port else "127.0.0.1"
+            while not port_open(h, port, timeout=0.2):
+                if self.proc.poll() is not None:
+                    self.proc = None
+                    raise self._fail("exited at start")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise self._fail(f"does not listen on {h}:{port} after {timeout} s")
+                time.sleep(0.02)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads the password file and the ACL (not the listeners)."""
+        if not self.running or self.proc is None:
+            raise StackError("secured mosquitto is not running")
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+
+    def __enter__(self) -> SecureMosquitto:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ingest.mqtt_secure dev-pki --out DIR [--host NAME ...]``: a development PKI."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m ingest.mqtt_secure", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dev-pki", help="a development CA and broker certificate (not for production)")
+    d.add_argument("--out", required=True, help="directory for ca.crt, ca.key, server.crt, server.key")
+    d.add_argument(
+        "--host",
+        action="append",
+        help="a name or IP the clients dial (repeatable; default localhost, 127.0.0.1, ::1)",
+    )
+    d.add_argument(
+        "--client", action="append", default=[], help="also issue a client certificate with this CN"
+    )
+    args = p.parse_args(argv)
+    try:
+        pki = create_dev_pki(args.out, hosts=args.host or DEFAULT_HOSTS)
+        clients = [pki.issue_client(name) for name in args.client]
+    except MqttSecurityError as exc:
+        print(f"mqtt_secure: {exc}", file=sys.stderr)
+        return 1
+    for pair in (pki.ca, pki.server, *clients):
+        print(f"{pair.cert}  (key {pair.key}, mode 0600)")
+    print("broker: cafile/certfile/keyfile = ca.crt/server.crt/server.key; vehicles get ca.crt only")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""The simulator as a signal source: a ``VehicleModel``'s records as VSS signal updates.
+
+``SimulatedSignals`` steps the model and turns each step's records into ``SignalUpdate`` lists
+(VSS units, via ``record_to_updates``), one list per model tick, stamped with the model's own
+clock. Build the model with the rate the source should have (e.g. ``rate_hz=50`` so a 50 Hz trigger
+window sees distinct samples). The battery signals come every ``battery_every`` ticks of the model.
+
+A hard brake can be injected at ``hard_brake_at_s`` seconds after the first tick: for
+``brake_duration_s`` the driving signals are post-processed (the model itself is not touched) to a
+constant deceleration of ``brake_decel_mps2`` from the speed at the start of the brake, down to a
+standstill at most: longitudinal acceleration ``-brake_decel_mps2`` (0 once stopped), speed
+decreasing linearly, brake pedal at ``brake_pedal_pct``, accelerator released, gear 0 once stopped.
+The model does not know about it: after the brake the signals are the model's again, so the speed
+jumps back to what the model would have had. Everything else (position, yaw, battery) is the
+model's. If the vehicle is standing at that moment, nothing changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import msgspec
+
+from edge_agent.signals import SignalUpdate, record_to_updates
+from schemas.records import DrivingSample, Record
+from simulators.vehicle import VehicleModel
+
+
+class SimulatedSignals:
+    """``ticks`` steps of ``model`` as lists of signal updates; see the module docstring."""
+
+    def __init__(
+        self,
+        model: VehicleModel,
+        *,
+        ticks: int,
+        hard_brake_at_s: float | None = None,
+        brake_decel_mps2: float = 7.0,
+        brake_duration_s: float = 1.5,
+        brake_pedal_pct: float = 85.0,
+        realtime: bool = False,
+        vss_integers: bool = True,
+    ) -> None:
+        if ticks < 0 or brake_decel_mps2 <= 0.0 or brake_duration_s < 0.0:
+            raise ValueError("ticks must be >= 0, brake_decel_mps2 > 0 and brake_duration_s >= 0")
+        if not 0.0 <= brake_pedal_pct <= 100.0:
+            raise ValueError("brake_pedal_pct must be within 0 .. 100")
+        self._model, self._ticks, self._realtime = model, ticks, realtime
+        self._brake_at_s = hard_brake_at_s
+        self._decel, self._brake_len_ns = brake_decel_mps2, round(brake_duration_s * 1e9)
+        self._pedal = brake_pedal_pct
+        self._vss_integers = vss_integers
+        self._brake_start_ns = -1  # first tick of the brake, once reached
+        self._brake_v0 = 0.0
+
+    def updates(self) -> Iterator[list[SignalUpdate]]:
+        """One list of updates per model tick, in time order; paced to the wall clock if ``realtime``."""
+        start = time.monotonic()
+        first_ts: int | None = None
+        for k in range(self._ticks):
+            if self._realtime:
+                delay = start + k / self._model.rate_hz - time.monotonic()
+                if delay > 0.0:
+                    time.sleep(delay)
+            out: list[SignalUpdate] = []
+            for record in self._model.step():
+                if first_ts is None:
+                    first_ts = record.ts_ns
+                if self._brake_at_s is not None and isinstance(record, DrivingSample):
+                    record = self._brake(record, first_ts)
+                out.extend(record_to_updates(record, vss_integers=self._vss_integers))
+            yield out
+
+    def _brake(self, d: DrivingSample, first_ts: int) -> Record:
+        assert self._brake_at_s is not None
+        begin = first_ts + round(self._brake_at_s * 1e9)
+        if d.ts_ns < begin:
+            return d
+        if self._brake_start_ns < 0:
+            if d.speed_mps <= 0.0:  # standing: nothing to brake
+                self._brake_at_s = None
+                return d
+            self._brake_start_ns, self._brake_v0 = d.ts_ns, d.speed_mps
+        elapsed_ns = d.ts_ns - self._brake_start_ns
+        if elapsed_ns >= self._brake_len_ns:
+            return d
+        v = max(0.0, self._brake_v0 - self._decel * elapsed_ns / 1e9)
+        return msgspec.structs.replace(
+            d,
+            speed_mps=v,
+            accel_long_mps2=-self._decel if v > 0.0 else 0.0,
+            accel_pedal_pct=0.0,
+            brake_pedal_pct=self._pedal,
+            gear=d.gear if v > 0.0 else 0,
+        )
