@@ -95,6 +95,7 @@ class Agent:
         self._drop_ids: list[int] = []  # drops carried by the records pending in the builder
         self._acks: list[int] = []
         self._acks_at = time.monotonic()
+        self._hold_until = 0.0
         for d in spool.undeclared():
             self._declare(d)
 
@@ -178,11 +179,13 @@ class Agent:
             self._inflight.difference_update(acked)
             self._acks.extend(acked)
             self.stats.acked += len(acked)
+        now = time.monotonic()
         if lost:
             self._inflight.difference_update(lost)
             self._replay_from = min(self._replay_from, *lost)
             self._backlog = True
-        now = time.monotonic()
+            # Not delivered (no subscriber, refused, connection gone): retry later, not in a tight loop.
+            self._hold_until = now + self.cfg.retry_s
         # Acks are applied in groups: a lost delete only means one duplicate send, which ingest drops.
         if self._acks and (len(self._acks) >= 64 or now - self._acks_at >= 0.5 or fresh is None):
             self.spool.ack(self._acks)
@@ -205,7 +208,7 @@ class Agent:
                 self.stats.live += 1
             else:
                 self._backlog = True
-        if self._backlog:
+        if self._backlog and now >= self._hold_until:
             self._replay()
 
     def _replay(self) -> None:

@@ -11,9 +11,10 @@ and the DBC's physical values are in the VSS unit of that path (km/h for ``Vehic
 ``deploy/edge/ev.dbc`` is a sample.
 
 Value types follow the DBC: a one-bit unsigned signal with scale 1 and offset 0 is a ``bool``;
-a signal whose scale and offset are integers is an ``int`` (choices decode to their number, never
-to their label); anything else is a ``float`` rounded to the decimals of its scale and offset (so
-0.4 × 3 is 1.2, not 1.2000000000000002).
+an IEEE float signal (``SIG_VALTYPE_``) is a ``float``; an integer signal whose scale and offset
+are integers is an ``int`` (choices decode to their number, never to their label); anything else
+is a ``float`` rounded to the decimals of its scale and offset (so 0.4 × 3 is 1.2, not
+1.2000000000000002).
 
 Timestamps are the frame's receive time from the bus (SocketCAN: the kernel's), in ns since the
 Unix epoch. A frame without a timestamp, or with one that cannot be wall-clock time (before
@@ -83,7 +84,7 @@ class _Spec:
 
     path: str
     kind: type  # bool, int or float
-    ndigits: int  # decimals kept for floats
+    ndigits: int | None  # decimals kept for floats; None: IEEE float signals, kept whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,9 @@ def _spec(signal: Signal, path: str) -> _Spec:
     scale, offset = signal.scale, signal.offset
     if signal.length == 1 and not signal.is_signed and scale == 1 and offset == 0:
         return _Spec(path, bool, 0)
-    if not signal.is_float and float(scale).is_integer() and float(offset).is_integer():
+    if signal.is_float:
+        return _Spec(path, float, None)
+    if float(scale).is_integer() and float(offset).is_integer():
         return _Spec(path, int, 0)
     return _Spec(path, float, max(_decimals(scale), _decimals(offset)))
 
@@ -239,7 +242,8 @@ class CanSource:
             if spec is None:
                 stats.unmapped += 1
             elif spec.kind is float:
-                out.append((spec.path, round(float(value), spec.ndigits), ts_ns))
+                v = float(value)
+                out.append((spec.path, v if spec.ndigits is None else round(v, spec.ndigits), ts_ns))
             elif spec.kind is bool:
                 out.append((spec.path, bool(value), ts_ns))
             else:

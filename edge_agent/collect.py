@@ -28,6 +28,11 @@ trigger in ``stats.gap_skipped``; they are not counted as missing signals.
 
 Every record passes the privacy filter (if any) before it is returned: the agent signs what
 ``feed`` and ``tick`` return.
+
+Source time is assumed to move forward. Updates older than the value already held for their signal
+are ignored (``signal_stats.late``), and a ``tick`` or update far in the future moves the sampling
+grid there: a source whose clock jumps back is only sampled again once it passes that point. A
+``Collector`` is not thread-safe: call ``feed`` and ``tick`` from one thread.
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
+from edge_agent.inputs import SignalUpdate
 from edge_agent.signals import (
     BY_PATH,
     NEVER,
     RecordKind,
     SignalCache,
     SignalStats,
-    SignalUpdate,
     Snapshot,
     config_error,
 )
@@ -128,11 +133,16 @@ class CollectConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 @dataclass
 class CollectStats:
-    records: Counter[str] = field(default_factory=Counter)  # returned, per kind: driving, battery, trigger
-    skipped: Counter[str] = field(default_factory=Counter)  # samples not built (signal missing/stale), per kind
-    gap_skipped: Counter[str] = field(default_factory=Counter)  # points skipped, no fresh signal, per group/trigger
-    triggers: Counter[str] = field(default_factory=Counter)  # events fired, per trigger
-    suppressed: Counter[str] = field(default_factory=Counter)  # edges ignored (cooldown, open window)
+    # records returned, per kind: driving, battery, trigger
+    records: Counter[str] = field(default_factory=Counter)
+    # samples not built because a required signal was missing or stale, per kind
+    skipped: Counter[str] = field(default_factory=Counter)
+    # sampling points skipped because no signal at all was fresh, per group / trigger
+    gap_skipped: Counter[str] = field(default_factory=Counter)
+    # events fired, per trigger
+    triggers: Counter[str] = field(default_factory=Counter)
+    # rising edges ignored (cooldown, open window), per trigger
+    suppressed: Counter[str] = field(default_factory=Counter)
 
 
 def _period_ns(rate_hz: float) -> int:
@@ -273,10 +283,10 @@ class Collector:
     # -- sampling -------------------------------------------------------------------
 
     def _advance(self, limit: int, out: list[Record]) -> None:
-        if limit <= self._now or self._last_data < 0:
+        schedules = self._schedules
+        if limit <= self._now or self._last_data < 0 or not schedules:
             self._now = max(self._now, limit)
             return
-        schedules = self._schedules
         live_until = self._last_data + self.cache.max_age_ns
         stop = min(limit, live_until)
         while True:

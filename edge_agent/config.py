@@ -58,6 +58,9 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     spool_max_age_s: Annotated[float, Meta(ge=0)] = 7 * 86400.0
     # Backlog blocks published per call of the agent loop, after the live one.
     replay_burst: Annotated[int, Meta(ge=1, le=10_000)] = 50
+    # After a block was not delivered (no subscriber, refused, connection lost), wait this long
+    # before replaying again.
+    retry_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
     block_max_records: Annotated[int, Meta(ge=1, le=10_000)] = 100
     block_max_age_ms: Annotated[int, Meta(ge=1)] = 1000
     # fsync every spool commit (turn off only for simulations).

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # MQTT 5 user property on a block replayed from the spool (not published live); the bridge
 # carries it to Kafka as a header and the ingest stores it in blocks.historical.
 HISTORICAL_PROPERTY = "vt-historical"
+NO_MATCHING_SUBSCRIBERS = 16
 
 
 def blocks_topic(device_id: str) -> str:
@@ -65,8 +66,8 @@ class Publisher(Protocol):
         """Hand one QoS 1 message over; ``tag`` comes back from ``take_acks``."""
 
     def take_acks(self) -> tuple[list[int], list[int]]:
-        """(tags acknowledged by the broker, tags lost: in flight when a connection dropped, or
-        refused by the broker) since the last call."""
+        """(tags acknowledged by the broker, tags lost: in flight when a connection dropped,
+        refused by the broker, or with no subscriber to take them) since the last call."""
 
 
 class MemoryPublisher:
@@ -118,7 +119,7 @@ class MqttPublisher:
         self._lock = threading.Condition()
         self._client: mqtt.Client | None = None
         self._mids: dict[int, int] = {}  # mid -> tag, on the current connection
-        self._early: dict[int, bool] = {}  # acks that overtook publish(): mid -> success
+        self._early: dict[int, str] = {}  # acks that overtook publish(): mid -> outcome
         self._acked: list[int] = []
         self._lost: list[int] = []
         self._connected = False
@@ -127,6 +128,7 @@ class MqttPublisher:
         self.last_error = ""
         self.connects = 0
         self.refused = 0
+        self.unrouted = 0
         self.lost = 0
         self._first = threading.Event()
         self._make_client()  # fail at start on a bad TLS or credentials configuration
@@ -248,19 +250,25 @@ class MqttPublisher:
         return ok
 
     def _on_publish(self, client: mqtt.Client, u: object, mid: int, rc: ReasonCode, p: object) -> None:
+        # MQTT 5 PUBACK 16 "No matching subscribers" is a success code, but nobody took the
+        # message (the ingest bridge is not connected): it counts as not delivered.
+        outcome = "refused" if rc.is_failure else "unrouted" if rc.value == NO_MATCHING_SUBSCRIBERS else "ok"
         with self._lock:
             tag = self._mids.pop(mid, None)
             if tag is None:
-                self._early[mid] = not rc.is_failure
+                self._early[mid] = outcome
                 return
-            self._settle(tag, not rc.is_failure, rc)
+            self._settle(tag, outcome, rc)
 
-    def _settle(self, tag: int, ok: bool, rc: object) -> None:
-        if ok:
+    def _settle(self, tag: int, outcome: str, rc: object) -> None:
+        if outcome == "ok":
             self._acked.append(tag)
         else:
-            log.error("broker refused message %d of %s: %s", tag, self.device_id, rc)
-            self.refused += 1
+            if outcome == "refused":
+                log.error("broker refused message %d of %s: %s", tag, self.device_id, rc)
+                self.refused += 1
+            else:
+                self.unrouted += 1
             self._lost.append(tag)
         self._lock.notify_all()
 
@@ -297,7 +305,7 @@ class MqttPublisher:
             if early is None:
                 self._mids[info.mid] = tag
             else:
-                self._settle(tag, early, "refused")
+                self._settle(tag, early, early)
 
     def take_acks(self) -> tuple[list[int], list[int]]:
         with self._lock:

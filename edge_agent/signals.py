@@ -30,11 +30,9 @@ from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
 
+from edge_agent.inputs import SignalUpdate as SignalUpdate  # re-exported: the input contract
 from schemas.records import BatterySample, DrivingSample, Record
 
-# The input contract (edge_agent/inputs.py defines the same alias): (VSS path, value in VSS units,
-# timestamp in ns since the Unix epoch, UTC).
-SignalUpdate = tuple[str, float | int | bool, int]
 Value = float | int | bool
 RecordKind = Literal["driving", "battery"]
 ValueType = Literal["float", "int", "bool"]

@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_agent.mqtt_security import apply_security
 from edge_agent.publisher import HISTORICAL_PROPERTY
 from ingest.config import Config
 from ingest.processor import HISTORICAL_HEADER, REJECT_HEADER
@@ -71,7 +72,10 @@ class Bridge:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
+        apply_security(c, self.cfg.mqtt, default_username=None)
         c.max_inflight_messages_set(self.cfg.mqtt.max_inflight)
+        # paho reconnects by itself; with exponential backoff between these bounds.
+        c.reconnect_delay_set(self.cfg.mqtt.reconnect_min_s, self.cfg.mqtt.reconnect_max_s)  # type: ignore[arg-type]
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_disconnect = self._on_disconnect

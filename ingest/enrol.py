@@ -72,7 +72,7 @@ def agent_toml(
     return "\n".join(
         [
             f"# edge-agent configuration of device {device_id}, written by `python -m ingest.enrol`.",
-            f"# Files live in {v} on the vehicle; the agent's state in {st}.",
+            f"# Files live in {v} on the vehicle; the agent's spool in {st}.",
             "# Every other key keeps its default (see deploy/config/edge-agent.example.toml).",
             "",
             "[mqtt]",
@@ -88,7 +88,8 @@ def agent_toml(
             f"key_path = {_toml_str(f'{v}/{KEY_FILE}')}",
             "# The enrolment id; keep it after a key rotation so that the device keeps its chain.",
             f"device_id = {_toml_str(device_id)}",
-            f"state_path = {_toml_str(f'{st}/device.state')}",
+            "# Chain state and unacknowledged blocks (SQLite); the unit's StateDirectory.",
+            f"spool_path = {_toml_str(f'{st}/spool.sqlite')}",
             "",
         ]
     )
@@ -195,21 +196,20 @@ def enrol_device(
     return Enrolment(device_id, key_id, pub, bundle, bundle / AGENT_CONFIG, vehicle_dir)
 
 
-def instructions(e: Enrolment, passwd_file: str | Path) -> str:
+def instructions(e: Enrolment, passwd_file: str | Path, service_user: str = "edge-agent") -> str:
     v = e.vehicle_dir.rstrip("/") or "/"
+    b = e.bundle
     return "\n".join(
         [
-            f"enrolled device {e.device_id} (key {e.key_id}) into {e.bundle}",
-            f"  broker password file: {passwd_file} has the new user; reload the broker:"
+            f"enrolled device {e.device_id} (key {e.key_id}) into {b}",
+            f"  broker: {passwd_file} has user {e.device_id}; reload the broker to let it in:"
             " systemctl reload mosquitto (or kill -HUP its pid)",
-            "  registry: the public key is registered (telematics devices list)",
-            "copy to the vehicle, keeping the modes (the key and the password are 0600):",
-            f"  {e.bundle}/{KEY_FILE}       -> {v}/{KEY_FILE}",
-            f"  {e.bundle}/{PASSWORD_FILE}    -> {v}/{PASSWORD_FILE}",
-            f"  {e.bundle}/{CA_FILE}           -> {v}/{CA_FILE}",
-            f"  {e.bundle}/{AGENT_CONFIG}   -> {v}/{AGENT_CONFIG}",
-            f"then run: edge-agent --config {v}/{AGENT_CONFIG} run",
-            f"and delete {e.bundle} here once the vehicle has it (it holds the private key).",
+            "  registry: its public key is registered (telematics devices list)",
+            f"copy to the vehicle's {v} (as deploy/edge/install-pi.sh expects), e.g. from the copied bundle:",
+            f"  sudo install -m 0640 -o root -g {service_user} edge-agent.toml ca.crt {v}/",
+            f"  sudo install -m 0600 -o {service_user} -g {service_user} device.key mqtt.password {v}/",
+            f"then: sudo systemctl enable --now edge-agent  (edge-agent --config {v}/{AGENT_CONFIG} run)",
+            f"and delete {b} here once the vehicle has it: it holds the device's private key.",
         ]
     )
 

@@ -190,6 +190,21 @@ class Stack:
                 os.waitpid(pid, os.WNOHANG)
             self._pidfile(name).unlink(missing_ok=True)
 
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        """Stop one service gracefully (SIGTERM; mosquitto saves its persistence). `up` starts it again."""
+        pid = self._pid(name)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            raise StackError(f"{name} (pid {pid}) did not stop within {timeout:.0f}s")
+        self._pidfile(name).unlink(missing_ok=True)
+
     def kill(self, name: str) -> None:
         """SIGKILL one service (failure tests)."""
         pid = self._pid(name)

@@ -22,13 +22,19 @@ from collections.abc import Iterator
 
 import msgspec
 
-from edge_agent.signals import SignalUpdate, record_to_updates
+from edge_agent.inputs import SignalUpdate
+from edge_agent.signals import record_to_updates
 from schemas.records import DrivingSample, Record
 from simulators.vehicle import VehicleModel
 
 
 class SimulatedSignals:
-    """``ticks`` steps of ``model`` as lists of signal updates; see the module docstring."""
+    """``ticks`` steps of ``model`` as lists of signal updates; see the module docstring.
+
+    Two ways to consume it: ``updates()`` yields one list per tick (as fast as possible, or paced
+    to the wall clock with ``realtime=True``), and ``read(timeout)`` / ``close()`` make it an
+    ``edge_agent.inputs.SignalSource`` (``done`` tells when the ticks are used up).
+    """
 
     def __init__(
         self,
@@ -53,24 +59,55 @@ class SimulatedSignals:
         self._vss_integers = vss_integers
         self._brake_start_ns = -1  # first tick of the brake, once reached
         self._brake_v0 = 0.0
+        self._first_ts: int | None = None
+        self._k = 0  # next tick
+        self._t_start: float | None = None  # wall clock (monotonic) of tick 0, when paced
+
+    @property
+    def done(self) -> bool:
+        return self._k >= self._ticks
 
     def updates(self) -> Iterator[list[SignalUpdate]]:
         """One list of updates per model tick, in time order; paced to the wall clock if ``realtime``."""
-        start = time.monotonic()
-        first_ts: int | None = None
-        for k in range(self._ticks):
+        while not self.done:
             if self._realtime:
-                delay = start + k / self._model.rate_hz - time.monotonic()
+                delay = self._due() - time.monotonic()
                 if delay > 0.0:
                     time.sleep(delay)
-            out: list[SignalUpdate] = []
-            for record in self._model.step():
-                if first_ts is None:
-                    first_ts = record.ts_ns
-                if self._brake_at_s is not None and isinstance(record, DrivingSample):
-                    record = self._brake(record, first_ts)
-                out.extend(record_to_updates(record, vss_integers=self._vss_integers))
-            yield out
+            yield self._step()
+
+    def read(self, timeout: float) -> list[SignalUpdate]:
+        """The next tick's updates; when paced, waits for it at most ``timeout`` seconds (then ``[]``).
+        ``[]`` once ``done``."""
+        if self.done:
+            return []
+        if self._realtime:
+            delay = self._due() - time.monotonic()
+            if delay > timeout:
+                time.sleep(max(0.0, timeout))
+                return []
+            if delay > 0.0:
+                time.sleep(delay)
+        return self._step()
+
+    def close(self) -> None:
+        self._k = self._ticks
+
+    def _due(self) -> float:
+        if self._t_start is None:
+            self._t_start = time.monotonic()
+        return self._t_start + self._k / self._model.rate_hz
+
+    def _step(self) -> list[SignalUpdate]:
+        self._k += 1
+        out: list[SignalUpdate] = []
+        for record in self._model.step():
+            if self._first_ts is None:
+                self._first_ts = record.ts_ns
+            if self._brake_at_s is not None and isinstance(record, DrivingSample):
+                record = self._brake(record, self._first_ts)
+            out.extend(record_to_updates(record, vss_integers=self._vss_integers))
+        return out
 
     def _brake(self, d: DrivingSample, first_ts: int) -> Record:
         assert self._brake_at_s is not None

@@ -224,7 +224,12 @@ install_venv() {
         run python3 -m venv "$VENV"
     fi
     run "$VENV/bin/python" -m pip install --no-cache-dir --prefer-binary --upgrade "$req"
-    run "$VENV/bin/edge-agent" --help
+    # Smoke test: the entry point starts and its imports resolve.
+    if ((DRY_RUN)); then
+        run "$VENV/bin/edge-agent" --help
+    else
+        "$VENV/bin/edge-agent" --help >/dev/null
+    fi
     run install -m 0644 -o root -g root "$HERE/README.md" "$PREFIX/README.md"
 }
 

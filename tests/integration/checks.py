@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ingest.ledger import LocalLedger
 from ingest.registry import Registry
-from ingest.store import Store
+from ingest.store import TABLE_NAMES, Store
 from schemas.block import decode_header, records_root
 from schemas.crypto import block_hash, verify_block_signature
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
@@ -20,15 +20,14 @@ def recheck(store_path: Path, registry_path: Path, ledger_path: Path) -> dict[st
     try:
         con = s.con
         raws: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
-        for table in ("driving_samples", "battery_samples"):
+        for table in TABLE_NAMES:
             for dev, seq, idx, raw in con.execute(
                 f"SELECT device_id, block_seq, idx, raw FROM {table}"
             ).fetchall():
                 raws.setdefault((dev, int(seq)), []).append((int(idx), bytes(raw)))
         dup_rows = con.execute(
             "SELECT count(*) - count(DISTINCT (device_id, block_seq, idx)) FROM "
-            "(SELECT device_id, block_seq, idx FROM driving_samples UNION ALL "
-            " SELECT device_id, block_seq, idx FROM battery_samples)"
+            "(" + " UNION ALL ".join(f"SELECT device_id, block_seq, idx FROM {t}" for t in TABLE_NAMES) + ")"
         ).fetchone()
         assert dup_rows is not None and dup_rows[0] == 0, f"{dup_rows[0]} duplicated record rows"
         blocks = con.execute(

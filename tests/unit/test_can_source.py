@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import can
-import cantools
 import pytest
 
 from edge_agent.can_source import CanConfig, CanSource, encode_frames, load_database
@@ -134,7 +133,9 @@ def test_the_sample_dbc_maps_every_non_gnss_signal() -> None:
 
 
 @pytest.mark.parametrize("values", [DRIVING, CHARGING], ids=["driving", "charging"])
-def test_round_trip_is_exact_on_the_resolution_grid(pair: Pair, values: dict[str, float | int | bool]) -> None:
+def test_round_trip_is_exact_on_the_resolution_grid(
+    pair: Pair, values: dict[str, float | int | bool]
+) -> None:
     frames = encode_frames(pair.source, values, TS)
     assert len(frames) == 12
     pair.send(frames)
@@ -158,6 +159,7 @@ def test_round_trip_of_random_values_is_within_half_a_step(pair: Pair) -> None:
     for _ in range(50):
         values: dict[str, float | int | bool] = {}
         for path, sig in signals.items():
+            assert sig.minimum is not None and sig.maximum is not None
             if path in BOOLS:
                 values[path] = rng.random() < 0.5
             elif path in INTS:
@@ -172,9 +174,7 @@ def test_round_trip_of_random_values_is_within_half_a_step(pair: Pair) -> None:
 
 
 def test_values_off_the_grid_round_to_the_nearest_step(pair: Pair) -> None:
-    pair.send(
-        encode_frames(pair.source, {"Vehicle.Speed": 50.004, f"{TB}.CurrentCurrent": -0.26}, TS)
-    )
+    pair.send(encode_frames(pair.source, {"Vehicle.Speed": 50.004, f"{TB}.CurrentCurrent": -0.26}, TS))
     got = _by_path(pair.source.read(5.0))
     assert got["Vehicle.Speed"] == 50.0
     assert got[f"{TB}.CurrentCurrent"] == -0.3
@@ -200,10 +200,16 @@ def test_bad_frames_are_counted_not_raised(pair: Pair) -> None:
     (speed,) = encode_frames(pair.source, {"Vehicle.Speed": 10.0}, TS)
     pair.send(
         [
-            can.Message(arbitration_id=0x7FF, is_extended_id=False, data=b"\x01\x02", timestamp=TS),  # unknown id
+            can.Message(
+                arbitration_id=0x7FF, is_extended_id=False, data=b"\x01\x02", timestamp=TS
+            ),  # unknown id
             can.Message(arbitration_id=0xC8, is_extended_id=True, data=speed.data, timestamp=TS),
-            can.Message(arbitration_id=0xC8, is_extended_id=False, data=speed.data[:3], timestamp=TS),  # truncated
-            can.Message(arbitration_id=0xC8, is_extended_id=False, data=bytes(speed.data) + b"\x00", timestamp=TS),  # too long
+            can.Message(
+                arbitration_id=0xC8, is_extended_id=False, data=speed.data[:3], timestamp=TS
+            ),  # truncated
+            can.Message(
+                arbitration_id=0xC8, is_extended_id=False, data=bytes(speed.data) + b"\x00", timestamp=TS
+            ),  # too long
             can.Message(arbitration_id=0xC8, is_extended_id=False, is_remote_frame=True, dlc=4, timestamp=TS),
             can.Message(is_error_frame=True, timestamp=TS),
             speed,
@@ -283,7 +289,43 @@ def test_a_dbc_without_the_attribute_is_mapped_by_the_config(tmp_path: Path) -> 
         assert source.stats.unmapped == 1  # Rev
         # A bare database maps nothing without the attribute.
         with pytest.raises(KeyError, match=r"Vehicle\.Speed"):
-            encode_frames(cantools.database.load_file(dbc), {"Vehicle.Speed": 1.0}, None)
+            encode_frames(load_database(dbc), {"Vehicle.Speed": 1.0}, None)
+    finally:
+        source.close()
+        tx.shutdown()
+        rx.shutdown()
+
+
+def test_ieee_float_signals_are_not_rounded(tmp_path: Path) -> None:
+    dbc = tmp_path / "float.dbc"
+    dbc.write_text(
+        'VERSION ""\n\nNS_ :\n\nBS_:\n\nBU_: ECU\n\n'
+        "BO_ 2 Imu: 8 ECU\n"
+        ' SG_ Ax : 0|32@1- (1,0) [-1000|1000] "m/s2" Vector__XXX\n'
+        ' SG_ Yaw : 32|32@1- (1,0) [-1000|1000] "deg/s" Vector__XXX\n\n'
+        "SIG_VALTYPE_ 2 Ax : 1;\n"
+        "SIG_VALTYPE_ 2 Yaw : 1;\n"
+    )
+    channel = _channel()
+    tx = can.Bus(interface="virtual", channel=channel)
+    rx = can.Bus(interface="virtual", channel=channel)
+    cfg = CanConfig(
+        dbc_path=str(dbc),
+        interface="virtual",
+        channel=channel,
+        signals={"Ax": "Vehicle.Acceleration.Longitudinal", "Yaw": "Vehicle.AngularVelocity.Yaw"},
+    )
+    source = CanSource(cfg, bus=rx)
+    try:
+        for frame in encode_frames(
+            source, {"Vehicle.Acceleration.Longitudinal": -1.2345, "Vehicle.AngularVelocity.Yaw": 0.25}, None
+        ):
+            tx.send(frame)
+        got = _by_path(source.read(5.0))
+        assert got["Vehicle.Acceleration.Longitudinal"] == pytest.approx(-1.2345, rel=1e-7)  # float32
+        assert got["Vehicle.Acceleration.Longitudinal"] != -1.0
+        assert got["Vehicle.AngularVelocity.Yaw"] == 0.25
+        _check_types(got)
     finally:
         source.close()
         tx.shutdown()
@@ -296,7 +338,7 @@ def test_encode_frames_takes_a_database() -> None:
     assert frame.is_extended_id and frame.arbitration_id == 0x18FF50E5
     assert frame.timestamp == 5.0
     assert bytes(frame.data) == bytes([0x01]) + (740).to_bytes(2, "little")
-    with pytest.raises(KeyError, match="Vehicle.Nothing"):
+    with pytest.raises(KeyError, match=r"Vehicle\.Nothing"):
         encode_frames(db, {"Vehicle.Nothing": 1}, None)
 
 

@@ -14,6 +14,7 @@ from edge_agent.signals import (
     BY_PATH,
     CATALOG,
     CHARGE_POWER_PATH,
+    RecordKind,
     Signal,
     SignalCache,
     SignalUpdate,
@@ -151,15 +152,20 @@ def test_every_field_round_trips_ours_to_vss_to_ours(record: DrivingSample | Bat
     updates = record_to_updates(record, vss_integers=False)
     cache = SignalCache(AGE)
     assert cache.update(updates) == len(updates)
-    kind = "driving" if isinstance(record, DrivingSample) else "battery"
+    kind: RecordKind = "driving" if isinstance(record, DrivingSample) else "battery"
     lat_lon = (
-        isinstance(record, DrivingSample) and record.latitude_deg is not None and record.longitude_deg is not None
+        isinstance(record, DrivingSample)
+        and record.latitude_deg is not None
+        and record.longitude_deg is not None
     )
     rebuilt = cache.build(kind, record.ts_ns)
     assert rebuilt is not None
     for name in type(record).__struct_fields__:
         expected = getattr(record, name)
-        if name in ("latitude_deg", "longitude_deg", "altitude_m", "heading_deg", "h_accuracy_m") and not lat_lon:
+        if (
+            name in ("latitude_deg", "longitude_deg", "altitude_m", "heading_deg", "h_accuracy_m")
+            and not lat_lon
+        ):
             expected = None  # no position: the cache gives no partial GNSS fix
         assert _same(getattr(rebuilt, name), expected), name
     assert decode_record(encode_record(rebuilt)) == rebuilt  # within the ingest's bounds
@@ -171,7 +177,7 @@ def test_vss_to_ours_to_vss_round_trips(record: DrivingSample | BatterySample) -
     updates = record_to_updates(record)  # VSS integer types rounded
     cache = SignalCache(AGE)
     cache.update(updates)
-    kind = "driving" if isinstance(record, DrivingSample) else "battery"
+    kind: RecordKind = "driving" if isinstance(record, DrivingSample) else "battery"
     rebuilt = cache.build(kind, record.ts_ns)
     assert rebuilt is not None
     again = {p: v for p, v, _ in record_to_updates(rebuilt)}
@@ -199,7 +205,13 @@ def test_integer_vss_types_are_rounded_on_the_way_out() -> None:
         u for u in record_to_updates(driving()) if not u[0].endswith(("Latitude", "Longitude", "Altitude"))
     ]
     event = TriggerEvent(
-        ts_ns=T0, name="x", signal="Vehicle.Speed", value=1.0, window_start_ns=T0, window_end_ns=T0, rate_hz=1.0
+        ts_ns=T0,
+        name="x",
+        signal="Vehicle.Speed",
+        value=1.0,
+        window_start_ns=T0,
+        window_end_ns=T0,
+        rate_hz=1.0,
     )
     assert record_to_updates(event) == []
 
@@ -274,7 +286,8 @@ def test_late_updates_do_not_overwrite_newer_values() -> None:
     cache = SignalCache(AGE)
     cache.update([("Vehicle.Speed", 36.0, T0 + 10)])
     cache.update([("Vehicle.Speed", 72.0, T0)])
-    assert cache.get("Vehicle.Speed") == (pytest.approx(10.0), T0 + 10)
+    got = cache.get("Vehicle.Speed")
+    assert got is not None and got[0] == pytest.approx(10.0) and got[1] == T0 + 10
     assert cache.stats.late == {"Vehicle.Speed": 1}
 
 
@@ -298,10 +311,12 @@ def test_stale_signal_gives_no_record_and_gnss_becomes_none() -> None:
     assert fresh is not None and fresh.ts_ns == T0 + AGE and fresh.speed_mps == pytest.approx(12.5)
     later = T0 + AGE + 1
     gnss = ("Latitude", "Longitude", "Altitude", "Heading", "HorizontalAccuracy")
-    cache.update([u[:2] + (later,) for u in record_to_updates(driving()) if not u[0].endswith(gnss)])  # type: ignore[misc]
+    cache.update([(p, v, later) for p, v, _ in record_to_updates(driving()) if not p.endswith(gnss)])
     rec = cache.driving(later)
     assert rec is not None
-    assert (rec.latitude_deg, rec.longitude_deg, rec.altitude_m, rec.heading_deg, rec.h_accuracy_m) == (None,) * 5
+    assert (rec.latitude_deg, rec.longitude_deg, rec.altitude_m, rec.heading_deg, rec.h_accuracy_m) == (
+        None,
+    ) * 5
     cache.update([("Vehicle.Speed", 10.0, later + 1)])
     # everything but speed goes stale at later + AGE + 1
     assert cache.driving(later + AGE + 1) is None
@@ -322,7 +337,7 @@ def test_snapshot_is_frozen() -> None:
     snap = cache.snapshot()
     cache.update([("Vehicle.Powertrain.TractionBattery.StateOfCharge.Current", 60.0, T0 + 1)])
     old, new = cache.build("battery", T0 + 1, snap), cache.battery(T0 + 1)
-    assert old is not None and new is not None
+    assert isinstance(old, BatterySample) and new is not None
     assert old.soc_pct == 55.0 and new.soc_pct == 60.0
 
 
