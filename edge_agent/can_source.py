@@ -39,7 +39,7 @@ import msgspec
 from cantools.database.can import Database, Message, Signal
 from msgspec import Meta
 
-from edge_agent.config import ConfigError
+from edge_agent.errors import ConfigError
 from edge_agent.inputs import SignalUpdate
 
 # An empty path in `CanConfig.signals` drops a signal that the DBC maps.
@@ -55,7 +55,7 @@ _MIN_EPOCH_S = 946_684_800.0
 
 class CanConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The signal database (DBC; cantools also reads KCD, SYM and ARXML by file extension).
-    dbc_path: str
+    dbc_path: str = "ev.dbc"
     # A python-can interface name ("socketcan" on Linux, "virtual" for tests) and its channel.
     interface: str = "socketcan"
     channel: str = "can0"

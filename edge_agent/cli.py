@@ -7,16 +7,17 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, ConfigError, load_toml
+from edge_agent.inputs import SignalSource
 from edge_agent.keys import KeyFileError, device_id_of, generate_key_file, load_key_file
 from edge_agent.publisher import MqttPublisher, PublishError
+from edge_agent.runner import Runner, make_collector, model_rate_hz, sampling_summary
 from edge_agent.spool import Spool, SpoolError
-from schemas.records import Record
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -39,12 +40,42 @@ class _Stop:
         self.requested = True
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from simulators.vehicle import SimulatedSource, VehicleModel
+def _sources(
+    cfg: AgentConfig, args: argparse.Namespace
+) -> tuple[list[SignalSource], bool, Callable[[], bool]]:
+    """The configured signal sources, whether to tick the collector with the wall clock, and
+    a predicate telling when a finite source (the simulator with --duration) is used up."""
+    sources: list[SignalSource] = []
+    done: Callable[[], bool] = lambda: False  # noqa: E731
+    if cfg.source.kind == "simulator":
+        from simulators.signals import SimulatedSignals
+        from simulators.vehicle import VehicleModel
 
+        rate = model_rate_hz(cfg)
+        ticks = int(args.duration * rate) if args.duration else 2**62
+        model = VehicleModel(args.seed, start_ns=time.time_ns(), rate_hz=rate)
+        sim = SimulatedSignals(model, ticks=ticks, realtime=True, hard_brake_at_s=args.hard_brake_at)
+        sources.append(sim)
+        done = lambda: sim.done  # noqa: E731
+    else:
+        from edge_agent.can_source import CanSource
+
+        sources.append(CanSource(cfg.can))
+        if args.duration:
+            deadline = time.monotonic() + args.duration
+            done = lambda: time.monotonic() >= deadline  # noqa: E731
+    if cfg.source.gnss:
+        from edge_agent.gnss import NmeaSource
+
+        sources.append(NmeaSource.open(cfg.gnss))
+    return sources, cfg.source.kind != "simulator", done
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_toml(args.config, AgentConfig)
     key = load_key_file(cfg.edge.key_path)
     dev = cfg.edge.device_id or device_id_of(key)
+    sources, wall_clock, done = _sources(cfg, args)
     spool = Spool(
         cfg.edge.spool_path,
         fsync=cfg.edge.fsync,
@@ -52,29 +83,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_age_s=cfg.edge.spool_max_age_s,
     )
     pub = MqttPublisher(cfg.mqtt, dev)
-    agent = Agent(key, cfg.edge, pub, spool, device_id=dev, max_inflight=cfg.mqtt.max_inflight)
+    agent = Agent(
+        key,
+        cfg.edge,
+        pub,
+        spool,
+        device_id=dev,
+        max_inflight=cfg.mqtt.max_inflight,
+        sampling=sampling_summary(cfg),
+    )
     pub.session = agent.session_messages()
     pub.start()  # not connected yet: blocks wait in the spool
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    ticks = int(args.duration * cfg.edge.sample_rate_hz) if args.duration else 2**62
-    model = VehicleModel(args.seed, start_ns=time.time_ns(), rate_hz=cfg.edge.sample_rate_hz)
-    source = SimulatedSource(model, ticks=ticks, realtime=True)
     print(
-        f"edge-agent: device {dev} boot {agent.state.boot} from seq {agent.state.next_seq} "
-        f"-> {cfg.mqtt.host}:{cfg.mqtt.port}",
+        f"edge-agent: device {dev} boot {agent.state.boot} from seq {agent.state.next_seq}"
+        f" ({spool.count} blocks spooled) -> {cfg.mqtt.host}:{cfg.mqtt.port}, source {cfg.source.kind}",
         file=sys.stderr,
     )
-
-    def until_stopped(it: Iterator[Record]) -> Iterator[Record]:
-        for r in it:
-            if stop.requested:
-                return
-            yield r
-
-    for r in until_stopped(source.samples()):
-        agent.offer(r)
+    runner = Runner(agent, make_collector(cfg), sources, wall_clock_ticks=wall_clock)
+    try:
+        runner.run(lambda: stop.requested, done=done)
+    finally:
+        for src in sources:
+            src.close()
     ok = agent.drain(timeout=30)
     pub.close(timeout=5)
     spool.close()
@@ -95,9 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="create this vehicle's Ed25519 key (mode 0600, never overwrites)")
     p.add_argument("--out", help="key path (default: edge.key_path from the config)")
     p.set_defaults(fn=cmd_keygen)
-    p = sub.add_parser("run", help="sample, sign and publish (source: the built-in vehicle simulator)")
+    p = sub.add_parser("run", help="collect, sign, spool and publish (source: [source] in the config)")
     p.add_argument("--seed", type=int, default=1, help="simulator seed")
     p.add_argument("--duration", type=float, default=0, help="seconds to run (0: until SIGTERM)")
+    p.add_argument(
+        "--hard-brake-at", type=float, default=None, help="simulator: brake hard this many seconds in"
+    )
     p.set_defaults(fn=cmd_run)
     return ap
 

@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
 
+from edge_agent.can_source import CanConfig
+from edge_agent.collect import CollectConfig
+from edge_agent.errors import ConfigError
+from edge_agent.gnss import GnssConfig
+from edge_agent.privacy import PrivacyConfig
+
+__all__ = ["AgentConfig", "ConfigError", "EdgeConfig", "MqttConfig", "load_toml"]
+
 T = TypeVar("T")
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
-
-
-class ConfigError(Exception):
-    """Configuration is invalid: fail at start, naming the file and the key."""
 
 
 class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -68,9 +72,22 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sample_rate_hz: Annotated[float, Meta(gt=0, le=1000)] = 10.0
 
 
+class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Where signals come from: "simulator" (the built-in vehicle model, paced to the wall clock)
+    # or "can" (a CAN bus decoded with the DBC of [can]).
+    kind: Literal["simulator", "can"] = "simulator"
+    # Also read position from an NMEA 0183 GNSS receiver ([gnss]).
+    gnss: bool = False
+
+
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mqtt: MqttConfig = MqttConfig()
     edge: EdgeConfig = EdgeConfig()
+    source: SourceConfig = SourceConfig()
+    can: CanConfig = CanConfig()
+    gnss: GnssConfig = GnssConfig()
+    collect: CollectConfig = CollectConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
 
 def load_toml(path: str | Path | None, typ: type[T]) -> T:
