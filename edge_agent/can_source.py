@@ -31,19 +31,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
 import can
 import cantools
-import msgspec
 from cantools.database.can import Database, Message, Signal
-from msgspec import Meta
 
+from edge_agent.can_config import CanConfig
 from edge_agent.errors import ConfigError
 from edge_agent.inputs import SignalUpdate
 
-# An empty path in `CanConfig.signals` drops a signal that the DBC maps.
-VssPath = Annotated[str, Meta(pattern=r"^(Vehicle(\.[A-Za-z0-9_]+)+)?$", max_length=256)]
+__all__ = ["CanConfig", "CanSource", "CanStats", "encode_frames", "load_database"]
 
 VSS_ATTRIBUTE = "VSSPath"
 # `read` returns after this many frames even if more are waiting, so that a flooded bus cannot
@@ -53,18 +51,7 @@ MAX_FRAMES_PER_READ = 4096
 _MIN_EPOCH_S = 946_684_800.0
 
 
-class CanConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    # The signal database (DBC; cantools also reads KCD, SYM and ARXML by file extension).
-    dbc_path: str = "ev.dbc"
-    # A python-can interface name ("socketcan" on Linux, "virtual" for tests) and its channel.
-    interface: str = "socketcan"
-    channel: str = "can0"
-    # 0: leave the bitrate alone (SocketCAN sets it with `ip link set can0 type can bitrate ...`).
-    bitrate: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
-    # DBC signal name (or "Message.Signal") -> VSS path; wins over the DBC's VSSPath attribute.
-    signals: dict[str, VssPath] = {}
-
-
+# An empty path in `CanConfig.signals` drops a signal that the DBC maps.
 @dataclass(slots=True)
 class CanStats:
     """Counters since the source was opened. ``frames == decoded + unknown_id + errors``."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from edge_agent.can_source import CanConfig
+from edge_agent.can_config import CanConfig
 from edge_agent.collect import CollectConfig
 from edge_agent.errors import ConfigError
 from edge_agent.gnss import GnssConfig
