@@ -89,7 +89,10 @@ class Bridge:
             log.error("bridge: MQTT connect refused: %s", rc)
             return
         share = f"$share/{self.cfg.bridge.share_group}/"
-        client.subscribe([(share + f, SubscribeOptions(qos=1)) for f in (BLOCKS_FILTER, STATE_FILTER)])
+        # retainHandling=2: no retained messages at subscribe time (old births of any vehicle); the
+        # bridge forwards what is published while it is subscribed, and its session queues the rest.
+        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        client.subscribe([(share + f, opts) for f in (BLOCKS_FILTER, STATE_FILTER)])
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.set)
 
