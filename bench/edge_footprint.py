@@ -20,8 +20,9 @@ RssFile) are sampled once a second. The first ``--warmup`` seconds (interpreter 
 connection) are reported separately from the measured window of ``--duration`` seconds. CPU % is
 CPU time over wall time, in % of one core. An idle interpreter that only imports what the agent
 imports gives the baseline: RSS = interpreter + libraries + the agent's own working set. The
-simulator's model runs inside the agent process; its cost, and that of the collector and of block
-sealing, are measured in this process afterwards (no broker, no spool) to split the CPU figure.
+simulator's model runs inside the agent process: to split the CPU figure, the agent's main-thread
+stages (simulator, collector, block sealing, spool) are replayed afterwards in this process, paced to
+the wall clock like the agent paces them, each timed with the thread's CPU clock (no MQTT).
 
 Targets from the issue (<= 40 MiB RSS, <= 2 % of one core) are printed as PASS / MISS, never
 asserted: the exit code is 0 whatever the numbers are.
@@ -356,8 +357,9 @@ def can_unavailable() -> str | None:
     if importlib.util.find_spec("msgpack") is None:
         return (
             "python-can's udp_multicast interface needs the 'msgpack' package, which is not installed"
-            " (it is not a dependency of this project); python-can's 'virtual' interface is in-process"
-            " only and cannot feed the agent subprocess"
+            " (it is not a dependency of this project; to try it without touching the venv:"
+            " `pip install --target DIR msgpack` and PYTHONPATH=DIR); python-can's 'virtual'"
+            " interface is in-process only and cannot feed the agent subprocess"
         )
     import can
 
@@ -591,7 +593,8 @@ def summarize(
         if s.t - steady[i].t >= window_s * 0.9 and j > i:
             windows.append(cpu_pct(steady[i], s))
     (b0, r0, n0), (b1, r1, n1) = marks
-    writes = end.write_bytes - warm.write_bytes if end.write_bytes >= 0 <= warm.write_bytes else -1
+    readable = end.write_bytes >= 0 and warm.write_bytes >= 0
+    writes = end.write_bytes - warm.write_bytes if readable else -1
     return {
         "startup": {
             "seconds": round(warm.t, 1),
@@ -628,7 +631,7 @@ def summarize(
     }
 
 
-def args_can(result: dict[str, Any]) -> bool:
+def _is_can(result: dict[str, Any]) -> bool:
     return str(result["config"]["source"]).startswith("can")
 
 
@@ -641,7 +644,7 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"edge-agent footprint: source {result['config']['source']},"
         f" trigger {'on' if result['config']['trigger'] else 'off'},"
-        f" {'CAN feed' if args_can(result) else 'model'} {result['config']['model_rate_hz']:g} Hz,"
+        f" {'CAN feed' if _is_can(result) else 'model'} {result['config']['model_rate_hz']:g} Hz,"
         f" fsync {result['config']['fsync']};"
         f" {st['seconds']:.0f} s measured after {su['seconds']:.0f} s warm-up"
     )
