@@ -22,12 +22,12 @@ window, and published with the ``vt-historical`` property, so live data is never
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_agent.builder import BlockBuilder
 from edge_agent.config import EdgeConfig
 from edge_agent.publisher import Publisher, SessionMessages, blocks_topic
-from edge_agent.source import SampleSource
 from edge_agent.spool import PendingDrop, Spool
 from edge_agent.state import ChainState
 from schemas.block import Block
@@ -101,7 +101,7 @@ class Agent:
 
     # -- session messages (called on the publisher's thread) -------------------------------------
     def session_messages(self) -> SessionMessages:
-        def make(event: str) -> object:
+        def make(event: str) -> Callable[[int], bytes]:
             def build(session: int) -> bytes:
                 st = self.state
                 ev = SessionEvent(
@@ -120,7 +120,7 @@ class Agent:
 
             return build
 
-        return SessionMessages(make("birth"), make("death"), make("shutdown"))  # type: ignore[arg-type]
+        return SessionMessages(make("birth"), make("death"), make("shutdown"))
 
     # -- records in -------------------------------------------------------------------------------
     def offer(self, record: Record) -> None:
@@ -245,9 +245,3 @@ class Agent:
             self.spool.ack(self._acks)
             self._acks = []
         return self.spool.count == 0
-
-    def run(self, source: SampleSource) -> AgentStats:
-        for record in source.samples():
-            self.offer(record)
-        self.drain(timeout=60)
-        return self.stats

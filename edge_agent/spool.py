@@ -22,8 +22,9 @@ dropped or the agent restarts first. Ingest can therefore tell "dropped on the v
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,12 +82,9 @@ class Spool:
             self._db.executescript(_DDL)
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("COMMIT")
-            row = self._db.execute(
-                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM blocks"
-            ).fetchone()
+            self._resync()
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: {exc}") from exc
-        self.count, self.bytes = int(row[0]), int(row[1])
 
     def close(self) -> None:
         self._db.close()
@@ -229,30 +227,26 @@ class Spool:
             PendingDrop(i, SpoolDrop(ts, a, b, n, bytes(p), bytes(h), r)) for i, a, b, n, p, h, r, ts in rows
         ]
 
-    # -- helpers ----------------------------------------------------------------------------------
-    def _txn(self) -> _Txn:
-        return _Txn(self._db, self.path)
-
-
-class _Txn:
-    def __init__(self, db: sqlite3.Connection, path: str) -> None:
-        self.db = db
-        self.path = path
-
-    def __enter__(self) -> None:
+    # -- helpers ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[None]:
+        """One write transaction; SQLite errors become SpoolError. After a rollback the running
+        count and size are read back from the file."""
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: {exc}") from exc
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            self._resync()
+            if isinstance(exc, sqlite3.Error):
+                raise SpoolError(f"spool {self.path}: {exc}") from exc
+            raise
 
-    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            try:
-                self.db.execute("COMMIT")
-                return
-            except sqlite3.Error as err:
-                self.db.execute("ROLLBACK")
-                raise SpoolError(f"spool {self.path}: commit failed: {err}") from err
-        self.db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise SpoolError(f"spool {self.path}: {exc}") from exc
+    def _resync(self) -> None:
+        row = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM blocks").fetchone()
+        self.count, self.bytes = int(row[0]), int(row[1])

@@ -390,7 +390,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
 def cmd_gaps(args: argparse.Namespace) -> int:
     from ingest.gaps import gap_report
 
-    cfg = load_config(args.config)
+    cfg = _cfg(args)
     store = _open_store(cfg, "gaps")
     if store is None:
         return 1
@@ -419,7 +419,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = _cfg(args)
     store = _open_store(cfg, "sessions")
     if store is None:
         return 1

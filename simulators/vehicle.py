@@ -323,7 +323,7 @@ class VehicleModel:
 
 
 class SimulatedSource:
-    """A ``SampleSource`` over ``ticks`` steps of a model, paced in real time or not."""
+    """Records of ``ticks`` steps of a model, paced in real time or not."""
 
     def __init__(self, model: VehicleModel, *, ticks: int, realtime: bool = False) -> None:
         self._model, self._ticks, self._realtime = model, ticks, realtime
