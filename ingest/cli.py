@@ -97,10 +97,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ingest.service import ROLES, run_roles
 
     roles = [args.only] if args.only else list(ROLES)
-    asyncio.run(run_roles(_cfg(args), roles))
+    batch_log = Path(args.batch_log) if args.batch_log else None
+    asyncio.run(run_roles(_cfg(args), roles, batch_log=batch_log, passthrough=args.benchmark_passthrough))
     return 0
 
 
@@ -439,6 +442,16 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "e2e":
+        from bench.e2e import main as e2e_main
+
+        return e2e_main(args=args)
+    from bench.stages import main as stages_main
+
+    return stages_main(args.rest)
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     store = _open_store(cfg, "query")
@@ -486,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="run the MQTT->Kafka bridge and the verifying consumer")
     p.add_argument("--only", choices=["bridge", "consumer"], help="run one role only")
+    p.add_argument(
+        "--batch-log", help="append one JSON line per stored batch (size; built, committed, anchored times)"
+    )
+    # The load benchmark's baseline (bench/e2e.py): stores blocks WITHOUT verifying them. Not for use.
+    p.add_argument("--benchmark-passthrough", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_ingest)
 
     p = sub.add_parser("sim", help="drive N simulated vehicles through the real edge agent over MQTT")
@@ -512,6 +530,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep-stack", action="store_true", help="leave the brokers running afterwards")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser(
+        "bench", help="benchmarks: e2e (load through the real stack), stages (per-record costs)"
+    )
+    bsub = p.add_subparsers(dest="which", required=True)
+    from bench.e2e import build_parser as e2e_parser
+
+    e2e_parser(
+        bsub.add_parser(
+            "e2e",
+            help="the fleet simulator against the real local stack: throughput, latency, CPU, loss",
+            description="See docs/PERFORMANCE.md.",
+        )
+    )
+    st = bsub.add_parser("stages", help="per-record cost of each hot-path stage", add_help=False)
+    st.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("gaps", help="missing block sequence numbers per vehicle: declared drops vs missing")
     p.add_argument("--device", help="one device id")

@@ -51,11 +51,27 @@ def open_ledger(cfg: Config) -> Ledger:
 
 
 class BatchConsumer:
-    def __init__(self, cfg: Config, *, store: Store, ledger: Ledger, registry: Registry) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        store: Store,
+        ledger: Ledger,
+        registry: Registry,
+        batch_log: Path | None = None,
+        passthrough: bool = False,
+    ) -> None:
+        """``batch_log``: append one JSON line per flushed batch (its size and when it was built,
+        committed to DuckDB and anchored; the load benchmark reads it). ``passthrough``: the
+        benchmark's baseline only: blocks are stored without verification, Merkle work or anchors."""
         self.cfg = cfg
         self.store = store
         self.ledger = ledger
-        self.proc = Processor(store, registry, max_block_bytes=cfg.ingest.max_block_bytes)
+        self.passthrough = passthrough
+        self.proc = Processor(
+            store, registry, max_block_bytes=cfg.ingest.max_block_bytes, verify=not passthrough
+        )
+        self._batch_log = batch_log.open("a", buffering=1) if batch_log is not None else None
         self.status_path = cfg.path("ingest-status.json")
         self.counts = store.counts()
         self.consumer: AIOKafkaConsumer | None = None
@@ -65,6 +81,7 @@ class BatchConsumer:
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
         self.started_ns = time.time_ns()
+        self.partitions: list[int] = []  # assigned to this consumer now
 
     # -- the durability order ---------------------------------------------------------------------
     async def flush(self) -> None:
@@ -95,8 +112,9 @@ class BatchConsumer:
         batch_no = self.store.next_batch_no()
         rows = self.proc.build_rows(batch_no)
         await asyncio.to_thread(self.store.write_batch, rows)
+        committed_ns = time.time_ns()
         await self._dead_letter(p.rejections)
-        if rows.blocks:
+        if rows.blocks and not self.passthrough:
             await self._anchor(batch_no, rows.root, len(rows.blocks))
         assert self.consumer is not None
         await self.consumer.commit(
@@ -112,6 +130,21 @@ class BatchConsumer:
         c["gaps"] += len(rows.gaps)
         self.proc.pending = type(p)()
         self.write_status()
+        if self._batch_log is not None:
+            self._batch_log.write(
+                json.dumps(
+                    {
+                        "batch": batch_no,
+                        "records": rows.record_count,
+                        "blocks": len(rows.blocks),
+                        "messages": p.messages,
+                        "built_ns": rows.created_at,
+                        "committed_ns": committed_ns,
+                        "anchored_ns": time.time_ns(),
+                    }
+                )
+                + "\n"
+            )
 
     async def _anchor(self, batch_no: int, root: bytes, blocks: int) -> None:
         delay = self.cfg.ingest.retry_backoff_ms / 1000
@@ -155,7 +188,13 @@ class BatchConsumer:
         await asyncio.gather(*futs)
 
     def write_status(self) -> None:
-        status = dict(self.counts, pid=os.getpid(), updated_ns=time.time_ns(), started_ns=self.started_ns)
+        status: dict[str, Any] = dict(
+            self.counts,
+            pid=os.getpid(),
+            updated_ns=time.time_ns(),
+            started_ns=self.started_ns,
+            partitions=self.partitions,
+        )
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, self.status_path)
@@ -197,6 +236,8 @@ class BatchConsumer:
         finally:
             await self.consumer.stop()
             await self.producer.stop()
+            if self._batch_log is not None:
+                self._batch_log.close()
 
     async def _sync_ledger(self, force: bool = False) -> None:
         """Let the ledger publish what is due while idle (EVM checkpoint mode). Offsets of the batches
@@ -238,16 +279,26 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.bc._flush_or_rewind()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        self.bc.partitions = sorted(tp.partition for tp in assigned)
+        self.bc.write_status()
 
 
 class ConsumerService:
     """Owns the consumer's resources (store, registry, ledger) for one run."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, batch_log: Path | None = None, passthrough: bool = False) -> None:
         self.store = Store(cfg.path(cfg.store.path))
         self.registry = Registry(cfg.path(cfg.registry.path))
-        self.consumer = BatchConsumer(cfg, store=self.store, ledger=open_ledger(cfg), registry=self.registry)
+        if passthrough:
+            log.warning("PASS-THROUGH BENCHMARK MODE: blocks are stored without any verification")
+        self.consumer = BatchConsumer(
+            cfg,
+            store=self.store,
+            ledger=open_ledger(cfg),
+            registry=self.registry,
+            batch_log=batch_log,
+            passthrough=passthrough,
+        )
 
     async def run(self) -> None:
         try:

@@ -21,8 +21,16 @@ import pyarrow as pa
 
 from ingest.registry import DeviceKey, KeyRing
 from ingest.store import RECORD_TABLES, BatchRows, Columns, DeviceHead, Store
-from schemas.block import Envelope, OpenedBlock, Reason, WireError, decode_envelope, open_envelope
-from schemas.crypto import ZERO_HASH
+from schemas.block import (
+    Envelope,
+    OpenedBlock,
+    Reason,
+    WireError,
+    decode_envelope,
+    decode_header,
+    open_envelope,
+)
+from schemas.crypto import ZERO_HASH, block_hash
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import Record
 from schemas.session import SessionError, SignedSession, open_session, verify_session
@@ -93,7 +101,10 @@ def _header_value(headers: Any, name: str) -> bytes | None:
 
 
 class Processor:
-    def __init__(self, store: Store, keyring: KeyRing, *, max_block_bytes: int) -> None:
+    def __init__(self, store: Store, keyring: KeyRing, *, max_block_bytes: int, verify: bool = True) -> None:
+        """``verify=False`` is the benchmark's pass-through baseline only (``bench/e2e.py``): no
+        signature, no Merkle root, no leaf hashes (stored empty), no batch root. Never in production."""
+        self.verify = verify
         self.store = store
         self.keyring = keyring
         self.max_block_bytes = max_block_bytes
@@ -234,7 +245,7 @@ class Processor:
         key = self._keys.get(env.key_id)
         if key is None:
             raise WireError(Reason.UNKNOWN_KEY, f"key {env.key_id} is not in the device registry")
-        opened = open_envelope(env, key.public_key)
+        opened = open_envelope(env, key.public_key) if self.verify else _open_unverified(env)
         h = opened.header
         if not key.covers(h.t_first, h.t_last):
             # Judged after the signature: only the key's holder can have chosen these timestamps.
@@ -359,7 +370,7 @@ class Processor:
 
     def build_rows(self, batch_no: int) -> BatchRows:
         p = self.pending
-        root = root_from_leaf_hashes([leaf_hash(bh) for bh in p.block_hashes])
+        root = root_from_leaf_hashes([leaf_hash(bh) for bh in p.block_hashes]) if self.verify else ZERO_HASH
         blocks = [(*b[:12], batch_no, *b[13:]) for b in p.blocks]
         rej = [
             (
@@ -412,6 +423,12 @@ def _explain(records: list[bytes]) -> str:
                 name = None
             return f"record {i}" + (f" field {name}" if name else "") + f": {msg}"
     return "a record does not decode"
+
+
+def _open_unverified(env: Envelope) -> OpenedBlock:
+    """The pass-through baseline: the header decoded and hashed (for the chain), nothing verified."""
+    header = decode_header(env.header)
+    return OpenedBlock(header, block_hash(env.header), [b""] * len(env.records))
 
 
 class _Duplicate(Exception):

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from ingest.config import Config
@@ -20,7 +21,9 @@ class Role(Protocol):
     def stop(self) -> None: ...
 
 
-async def run_roles(cfg: Config, roles: Sequence[str]) -> None:
+async def run_roles(
+    cfg: Config, roles: Sequence[str], *, batch_log: Path | None = None, passthrough: bool = False
+) -> None:
     services: list[Role] = []
     if "bridge" in roles:
         from ingest.bridge import Bridge
@@ -29,7 +32,7 @@ async def run_roles(cfg: Config, roles: Sequence[str]) -> None:
     if "consumer" in roles:
         from ingest.consumer import ConsumerService
 
-        services.append(ConsumerService(cfg))
+        services.append(ConsumerService(cfg, batch_log=batch_log, passthrough=passthrough))
     loop = asyncio.get_running_loop()
 
     def stop_all() -> None:

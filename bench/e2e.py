@@ -1,0 +1,624 @@
+"""End-to-end load benchmark: the fleet simulator against the real local stack.
+
+    .venv/bin/telematics bench e2e --vehicles 200 --duration 60
+
+Three phases, each on a fresh stack (mosquitto, the Kafka-protocol broker, a bridge process, a
+consumer process, a new DuckDB file and ledger) in ``<out>/<phase>/``:
+
+``full``         the offered load (``--rate`` records/s) through the whole pipeline: every
+                 signature verified, every block's Merkle root recomputed, every batch anchored.
+``passthrough``  the same signed blocks through MQTT -> bridge -> Kafka -> DuckDB with signature,
+                 Merkle and anchor work switched off: the transport-and-storage baseline.
+``half``         a new fleet offering half of what ``full`` stored per second, paced in real time:
+                 the sample -> queryable latency at half of the maximum load.
+
+The fleet is generated ahead through the real edge code path and released on schedule
+(``simulators/load.py``). For every phase the report gives offered and stored records/s, blocks/s,
+batches/s, anchor lag, sample -> queryable latency (p50/p95/p99; a sample's time is when its
+vehicle took it on the schedule clock, it is queryable when its batch's DuckDB transaction
+committed), CPU per component (in cores), broker memory, and lost and duplicated records (every
+generated block is looked up by device, sequence number and block hash). Results go to
+``<out>/e2e.json``, ``<out>/e2e.md`` (the table) and ``<out>/e2e.png`` (throughput and latency
+over time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ingest.progress import ProgressBar
+
+if TYPE_CHECKING:  # the heavy imports wait until a benchmark runs (this module also builds CLI help)
+    from ingest.config import Config
+    from simulators.load import LoadFleet, Manifest, ReleaseStats
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PHASES = ("full", "passthrough", "half")
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    paced: bool
+    passthrough: bool
+    vehicles: int
+    generated_records: int
+    generated_blocks: int
+    stored_records: int = 0
+    stored_blocks: int = 0
+    lost_blocks: int = 0
+    lost_records: int = 0
+    duplicated_records: int = 0
+    unexpected_blocks: int = 0
+    rejections: int = 0
+    redelivered_blocks: int = 0  # recognised as duplicates at ingest and not stored again
+    batches: int = 0
+    anchored: int = 0
+    offered_rps: float = 0.0
+    stored_rps: float = 0.0
+    blocks_ps: float = 0.0
+    batches_ps: float = 0.0
+    seconds: float = 0.0  # t0 -> last batch committed
+    release_s: float = 0.0  # t0 -> last block published
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    anchor_lag_ms: dict[str, float] = field(default_factory=dict)
+    sim_lag_ms: dict[str, float] = field(default_factory=dict)
+    refused: int = 0
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    rss_mib: dict[str, float] = field(default_factory=dict)
+    timeline: list[dict[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _rss_mib(pid: int, key: str = "VmHWM") -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _write_config(path: Path, data: Path, args: argparse.Namespace) -> None:
+    path.write_text(
+        f"""# written by `telematics bench e2e`
+data_dir = "{data}"
+
+[mqtt]
+port = {_free_port()}
+
+[kafka]
+port = {_free_port()}
+partitions = {args.partitions}
+
+[bridge]
+client_id = "bench-bridge"
+max_pending = {args.bridge_pending}
+
+[ingest]
+batch_max_records = {args.batch_records}
+batch_max_age_ms = {args.batch_age_ms}
+poll_max_records = {args.poll_records}
+session_timeout_ms = 6000
+"""
+    )
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _stop(p: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _wait_file(path: Path, pid: int, key: str, timeout: float) -> None:
+    """Until ``path`` is written by ``pid`` and has a truthy ``key``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            st = json.loads(path.read_text())
+            if st.get("pid") == pid and st.get(key):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{path} not written by pid {pid} within {timeout:.0f}s")
+
+
+# -- one phase ------------------------------------------------------------------------------------
+
+
+def run_phase(
+    name: str,
+    fleet: LoadFleet,
+    manifests: list[Manifest],
+    args: argparse.Namespace,
+    *,
+    paced: bool,
+    passthrough: bool,
+) -> PhaseResult:
+    from ingest.config import load_config
+    from ingest.consumer import read_status
+    from ingest.registry import Registry
+    from ingest.stack import Stack
+
+    out = Path(args.out)
+    data = (out / name).resolve()
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    cfg_path = data / "telematics.toml"
+    _write_config(cfg_path, data, args)
+    cfg = load_config(cfg_path)
+    total = sum(m.records for m in manifests)
+    res = PhaseResult(
+        name,
+        paced,
+        passthrough,
+        vehicles=sum(len(m.keys) for m in manifests),
+        generated_records=total,
+        generated_blocks=sum(len(m.blocks) for m in manifests),
+    )
+    stack = Stack(cfg)
+    stack.up()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        reg = Registry(cfg.path(cfg.registry.path))
+        for m in manifests:
+            for dev, pub in m.keys:
+                reg.add(pub, device_id=dev, label="bench")
+        reg.close()
+        base = [sys.executable, "-m", "ingest.cli", "--config", str(cfg_path), "ingest"]
+        batch_log = data / "batches.jsonl"
+        consumer_argv = [*base, "--only", "consumer", "--batch-log", str(batch_log)]
+        if passthrough:
+            consumer_argv.append("--benchmark-passthrough")
+        consumer = _spawn(consumer_argv, data / "consumer.log")
+        bridge = _spawn([*base, "--only", "bridge"], data / "bridge.log")
+        procs = [consumer, bridge]
+        _wait_file(cfg.path("ingest-status.json"), consumer.pid, "partitions", 60)
+        _wait_file(cfg.path("bridge-status.json"), bridge.pid, "subscribed_ns", 60)
+        pids = {s.name: s.pid for s in stack.status()}
+        who = {
+            "simulator": fleet.pids,
+            "mosquitto": [pids["mosquitto"] or 0],
+            "kafka broker": [pids["tansu"] or 0],
+            "bridge": [bridge.pid],
+            "consumer": [consumer.pid],
+        }
+        cpu0 = {k: sum(_cpu_s(p) for p in v) for k, v in who.items()}
+        t0 = time.time_ns() + 300_000_000
+        fleet.release(host=cfg.mqtt.host, port=cfg.mqtt.port, t0_ns=t0, paced=paced)
+        bar = ProgressBar(name, total, unit=" records")
+        stats: list[ReleaseStats] | None = None
+        drain_s = max(120.0, 3 * args.duration)
+        deadline: float | None = None
+        stored = 0
+        st: dict[str, Any] = {}
+        while True:
+            got = fleet.poll_release(0.1)
+            if got is not None:
+                stats = got
+                deadline = time.monotonic() + drain_s
+            st = read_status(cfg) or {}
+            stored = int(st.get("records", 0))
+            bar.update(stored, f"published {sum(fleet.progress):,}")
+            done = (
+                stats is not None
+                and stored >= total
+                and (passthrough or st.get("anchored") == st.get("batches"))
+            )
+            if done:
+                break
+            for p, role in ((consumer, "consumer"), (bridge, "bridge")):
+                if p.poll() is not None:
+                    raise RuntimeError(f"the {role} exited with {p.returncode}; see {data / role}.log")
+            if deadline is not None and time.monotonic() > deadline:
+                res.notes.append(
+                    f"stopped waiting {drain_s:.0f}s after the last publish: {stored:,}/{total:,} stored"
+                )
+                break
+        bar.close()
+        t_end = time.time_ns()
+        cpu1 = {k: sum(_cpu_s(p) for p in v) for k, v in who.items()}
+        res.rss_mib = {k: round(sum(_rss_mib(p) for p in v), 1) for k, v in who.items() if k != "simulator"}
+        assert stats is not None
+    finally:
+        for p in procs:
+            _stop(p)
+        stack.down()
+
+    # -- analysis, from the batch log and the DuckDB file ------------------------------------------
+    batches = [json.loads(line) for line in batch_log.read_text().splitlines() if line.strip()]
+    last_commit = max((b["committed_ns"] for b in batches), default=t_end)
+    res.seconds = (last_commit - t0) / 1e9
+    wall = (t_end - t0) / 1e9
+    res.cpu_cores = {k: round((cpu1[k] - cpu0[k]) / wall, 3) for k in who}
+    res.cpu_cores["total"] = round(sum(res.cpu_cores.values()), 3)
+    res.release_s = max((s.seconds_published for s in stats), default=0.0)
+    res.offered_rps = total / res.release_s if res.release_s > 0 else 0.0
+    res.refused = sum(s.refused for s in stats)
+    if paced:
+        res.sim_lag_ms = {
+            "p50": max(s.lag_ms.get("p50", 0.0) for s in stats),
+            "p99": max(s.lag_ms.get("p99", 0.0) for s in stats),
+            "max": max(s.lag_ms.get("max", 0.0) for s in stats),
+        }
+    _analyse_store(res, data, cfg, manifests, batches, t0, fleet.epoch_ns if paced else None)
+    res.stored_rps = res.stored_records / res.seconds if res.seconds > 0 else 0.0
+    res.blocks_ps = res.stored_blocks / res.seconds if res.seconds > 0 else 0.0
+    res.batches_ps = res.batches / res.seconds if res.seconds > 0 else 0.0
+    _timeline(res, stats, batches, t0)
+    return res
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    v = sorted(values)
+
+    def q(p: float) -> float:
+        return round(v[min(len(v) - 1, int(p * len(v)))], 1)
+
+    return {"p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": round(v[-1], 1)}
+
+
+def _analyse_store(
+    res: PhaseResult,
+    data: Path,
+    cfg: Config,
+    manifests: list[Manifest],
+    batches: list[dict[str, Any]],
+    t0: int,
+    epoch_ns: int | None,
+) -> None:
+    import duckdb
+
+    from ingest.store import TABLE_NAMES
+
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{cfg.path(cfg.store.path)}' AS s (READ_ONLY)")
+    stored = {
+        (d, int(q)): (bytes(h), int(n))
+        for d, q, h, n in con.execute(
+            "SELECT device_id, seq, block_hash, record_count FROM s.blocks"
+        ).fetchall()
+    }
+    expected = 0
+    for m in manifests:
+        for dev, seq, h, n in m.blocks:
+            expected += 1
+            got = stored.pop((dev, seq), None)
+            if got is None or got[0] != h:
+                res.lost_blocks += 1
+                res.lost_records += n
+    res.unexpected_blocks = len(stored)
+    union = " UNION ALL ".join(f"SELECT device_id, block_seq, idx, ts FROM s.{t}" for t in TABLE_NAMES)
+    row = con.execute(
+        f"SELECT count(*), count(DISTINCT (device_id, block_seq, idx)) FROM ({union})"
+    ).fetchone()
+    assert row is not None
+    res.stored_records = int(row[0])
+    res.duplicated_records = int(row[0]) - int(row[1])
+    counts = con.execute(
+        "SELECT (SELECT count(*) FROM s.blocks), (SELECT count(*) FROM s.batches),"
+        " (SELECT count(*) FROM s.anchors), (SELECT count(*) FROM s.rejections),"
+        " (SELECT count(*) FROM s.duplicates)"
+    ).fetchone()
+    assert counts is not None
+    res.stored_blocks, res.batches, res.anchored, res.rejections, res.redelivered_blocks = map(int, counts)
+    if not res.passthrough:
+        res.anchor_lag_ms = _quantiles([(b["anchored_ns"] - b["committed_ns"]) / 1e6 for b in batches])
+    if epoch_ns is None or not batches:
+        con.close()
+        return
+    # Sample -> queryable: a sample taken at schedule time ts (t0 + ts - epoch on the wall clock)
+    # becomes queryable when its batch commits.
+    con.execute("CREATE TEMP TABLE bl (batch UBIGINT, committed_ns BIGINT)")
+    con.executemany("INSERT INTO bl VALUES (?, ?)", [(b["batch"], b["committed_ns"]) for b in batches])
+    shift = t0 - epoch_ns
+    lat = f"""
+        SELECT bl.committed_ns AS c, (bl.committed_ns - (epoch_ns(r.ts) + {shift})) / 1e6 AS ms
+        FROM ({union}) r JOIN s.blocks b ON b.device_id = r.device_id AND b.seq = r.block_seq
+        JOIN bl ON bl.batch = b.batch_no"""
+    q = con.execute(
+        f"SELECT quantile_cont(ms, 0.5), quantile_cont(ms, 0.95), quantile_cont(ms, 0.99), max(ms) FROM ({lat})"
+    ).fetchone()
+    assert q is not None
+    res.latency_ms = {k: round(float(v), 1) for k, v in zip(("p50", "p95", "p99", "max"), q, strict=True)}
+    per_s = con.execute(
+        f"SELECT (c - {t0}) // 1000000000 AS sec, quantile_cont(ms, 0.5), quantile_cont(ms, 0.99)"
+        f" FROM ({lat}) GROUP BY sec ORDER BY sec"
+    ).fetchall()
+    res.timeline = [{"t": float(s), "p50_ms": float(a), "p99_ms": float(b)} for s, a, b in per_s]
+    con.close()
+
+
+def _timeline(res: PhaseResult, stats: list[ReleaseStats], batches: list[dict[str, Any]], t0: int) -> None:
+    """Per second after t0: records published and stored (and latency, when measured)."""
+    by_sec: dict[int, dict[str, float]] = {int(p["t"]): dict(p) for p in res.timeline}
+    for s in stats:
+        for sec, n in enumerate(s.per_second):
+            by_sec.setdefault(sec, {"t": float(sec)})
+            by_sec[sec]["offered"] = by_sec[sec].get("offered", 0.0) + n
+    for b in batches:
+        sec = max(0, (b["committed_ns"] - t0) // 1_000_000_000)
+        by_sec.setdefault(sec, {"t": float(sec)})
+        by_sec[sec]["stored"] = by_sec[sec].get("stored", 0.0) + b["records"]
+    res.timeline = [
+        {"offered": 0.0, "stored": 0.0, **by_sec[s]}
+        for s in range(0, max(by_sec, default=-1) + 1)
+        if s in by_sec
+    ]
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def _fmt(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def table(results: list[PhaseResult], ratio: float | None) -> str:
+    cols = [r.name for r in results]
+    rows: list[tuple[str, list[str]]] = [
+        ("mode", ["pass-through (no verification)" if r.passthrough else "full" for r in results]),
+        ("vehicles", [str(r.vehicles) for r in results]),
+        ("records offered", [_fmt(r.generated_records) for r in results]),
+        ("offered records/s", [_fmt(r.offered_rps) for r in results]),
+        ("**stored records/s**", [f"**{_fmt(r.stored_rps)}**" for r in results]),
+        ("blocks/s", [_fmt(r.blocks_ps) for r in results]),
+        ("batches/s", [_fmt(r.batches_ps, 1) for r in results]),
+        ("latency p50 / p95 / p99 ms", [_lat(r.latency_ms) for r in results]),
+        ("anchor lag p50 / max ms", [_pair(r.anchor_lag_ms, "p50", "max") for r in results]),
+        ("simulator lag p99 ms", [_pair(r.sim_lag_ms, "p99") for r in results]),
+        ("lost / duplicated records", [f"{r.lost_records} / {r.duplicated_records}" for r in results]),
+        ("rejections", [str(r.rejections) for r in results]),
+        ("redelivered blocks (deduplicated)", [str(r.redelivered_blocks) for r in results]),
+    ]
+    for comp in ("simulator", "mosquitto", "kafka broker", "bridge", "consumer", "total"):
+        rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
+    for comp in ("mosquitto", "kafka broker", "bridge", "consumer"):
+        rows.append((f"peak RSS {comp} (MiB)", [_fmt(r.rss_mib.get(comp, 0)) for r in results]))
+    lines = ["| | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    lines += [f"| {k} | " + " | ".join(v) + " |" for k, v in rows]
+    if ratio is not None:
+        lines.append(f"\nfull / pass-through stored records/s: **{ratio:.2f}**")
+    return "\n".join(lines)
+
+
+def _lat(d: dict[str, float]) -> str:
+    return f"{d['p50']:,.0f} / {d['p95']:,.0f} / {d['p99']:,.0f}" if d else "-"
+
+
+def _pair(d: dict[str, float], *keys: str) -> str:
+    return " / ".join(f"{d[k]:,.0f}" for k in keys) if d else "-"
+
+
+def chart(results: list[PhaseResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True)
+    colors = {"full": "tab:blue", "passthrough": "tab:gray", "half": "tab:green"}
+    for r in results:
+        t = [p["t"] for p in r.timeline]
+        c = colors.get(r.name)
+        ax1.plot(t, [p["stored"] / 1000 for p in r.timeline], color=c, label=f"{r.name}: stored")
+        ax1.plot(t, [p["offered"] / 1000 for p in r.timeline], color=c, ls=":", label=f"{r.name}: offered")
+        lt = [p for p in r.timeline if "p99_ms" in p]
+        if lt:
+            ax2.plot([p["t"] for p in lt], [p["p50_ms"] for p in lt], color=c, ls=":", label=f"{r.name}: p50")
+            ax2.plot([p["t"] for p in lt], [p["p99_ms"] for p in lt], color=c, label=f"{r.name}: p99")
+    ax1.set_ylabel("thousand records/s")
+    ax1.set_title("Throughput per second (stored = committed to DuckDB)")
+    ax1.legend(fontsize=8, ncol=3)
+    ax1.grid(alpha=0.3)
+    ax2.set_ylabel("sample → queryable (ms)")
+    ax2.set_xlabel("seconds since the fleet started publishing")
+    ax2.set_title("Latency of the records stored in each second")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def verdict(results: list[PhaseResult]) -> list[str]:
+    out = []
+    for r in results:
+        if r.sim_lag_ms and r.sim_lag_ms.get("p99", 0) > 500:
+            out.append(
+                f"{r.name}: the simulator fell behind its schedule (p99 {r.sim_lag_ms['p99']:,.0f} ms late):"
+                " it, not the pipeline, limited the offered load; use more --procs or a lower --rate"
+            )
+        elif r.offered_rps > 0 and r.stored_rps < 0.95 * r.offered_rps:
+            busiest = max(
+                (k for k in r.cpu_cores if k not in ("total", "simulator")), key=lambda k: r.cpu_cores[k]
+            )
+            out.append(
+                f"{r.name}: the pipeline stored {r.stored_rps:,.0f} of {r.offered_rps:,.0f} records/s offered;"
+                f" busiest component: {busiest} ({r.cpu_cores[busiest]:.2f} cores of {os.cpu_count()})"
+            )
+        else:
+            out.append(f"{r.name}: the pipeline kept up with the offered load")
+        if r.lost_records or r.duplicated_records or r.unexpected_blocks:
+            out.append(
+                f"{r.name}: LOSS OR DUPLICATION: {r.lost_records} lost, {r.duplicated_records} duplicated"
+                f" records, {r.unexpected_blocks} unexpected blocks"
+            )
+    return out
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    ap = ap or argparse.ArgumentParser(
+        prog="telematics bench e2e", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--vehicles", type=int, default=200)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load per phase")
+    ap.add_argument(
+        "--rate", type=float, default=120_000, help="records/s offered in the full and pass-through phases"
+    )
+    ap.add_argument(
+        "--half-rate", type=float, help="records/s of the half phase (default: half of full's stored)"
+    )
+    ap.add_argument("--block-records", type=int, default=100, help="records per block (edge)")
+    ap.add_argument("--block-age-ms", type=int, default=500, help="a block closes after this span (edge)")
+    ap.add_argument("--batch-records", type=int, default=20_000, help="records per consumer batch")
+    ap.add_argument("--batch-age-ms", type=int, default=500, help="a batch is flushed after this age")
+    ap.add_argument("--poll-records", type=int, default=2000, help="Kafka messages per consumer poll")
+    ap.add_argument("--bridge-pending", type=int, default=5000, help="MQTT messages the bridge holds unacked")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--procs", type=int, default=2, help="simulator processes")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+    )
+    ap.add_argument("--out", default="bench/out/e2e", help="directory for data, logs and the report")
+    ap.add_argument(
+        "--smoke", action="store_true", help="a few seconds of tiny load (CI): checks the machinery"
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    if args is None:
+        args = build_parser().parse_args(argv)
+    if args.smoke:
+        args.vehicles, args.duration, args.rate, args.procs = 4, 3.0, 2000.0, 2
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    bad = [p for p in phases if p not in PHASES]
+    if bad:
+        print(f"bench e2e: unknown phase(s) {bad}; choose from {PHASES}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[PhaseResult] = []
+
+    from simulators.load import LoadFleet
+
+    def fleet_at(rate: float) -> tuple[LoadFleet, list[Manifest]]:
+        fleet = LoadFleet(
+            vehicles=args.vehicles,
+            rate=rate,
+            duration=args.duration,
+            block_records=args.block_records,
+            block_age_ms=args.block_age_ms,
+            procs=args.procs,
+            seed=args.seed,
+            work_dir=out / "spools",
+        )
+        n = int(rate * args.duration)
+        bar = ProgressBar("generating", n, unit=" records")
+        t = time.monotonic()
+        try:
+            manifests = fleet.wait_generated(lambda d: bar.update(d))
+        except BaseException:
+            fleet.close()
+            raise
+        bar.close()
+        took = time.monotonic() - t
+        recs = sum(m.records for m in manifests)
+        print(
+            f"generated {recs:,} records in {sum(len(m.blocks) for m in manifests):,} signed blocks"
+            f" from {args.vehicles} vehicles in {took:.1f}s ({args.procs} processes,"
+            f" {took * args.procs / max(1, recs) * 1e6:.1f} µs per record per process)",
+            file=sys.stderr,
+        )
+        return fleet, manifests
+
+    t_start = time.monotonic()
+    if "full" in phases or "passthrough" in phases:
+        fleet, manifests = fleet_at(args.rate)
+        try:
+            for name in ("full", "passthrough"):
+                if name in phases:
+                    r = run_phase(name, fleet, manifests, args, paced=True, passthrough=name == "passthrough")
+                    results.append(r)
+                    print(f"{name}: stored {r.stored_rps:,.0f} records/s", file=sys.stderr)
+        finally:
+            fleet.close()
+    if "half" in phases:
+        full = next((r for r in results if r.name == "full"), None)
+        rate = args.half_rate or (0.5 * full.stored_rps if full is not None else 0.5 * args.rate)
+        fleet, manifests = fleet_at(rate)
+        try:
+            results.append(run_phase("half", fleet, manifests, args, paced=True, passthrough=False))
+        finally:
+            fleet.close()
+    shutil.rmtree(out / "spools", ignore_errors=True)
+
+    full_r = next((r for r in results if r.name == "full"), None)
+    pt = next((r for r in results if r.name == "passthrough"), None)
+    ratio = full_r.stored_rps / pt.stored_rps if full_r and pt and pt.stored_rps else None
+    md = table(results, ratio)
+    lines = verdict(results)
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "args": {k: v for k, v in vars(args).items() if k != "fn"},
+        "phases": [asdict(r) for r in results],
+        "full_over_passthrough": ratio,
+        "verdict": lines,
+        "seconds": round(time.monotonic() - t_start, 1),
+    }
+    (out / "e2e.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "e2e.md").write_text(md + "\n\n" + "\n".join(f"- {v}" for v in lines) + "\n")
+    chart(results, out / "e2e.png")
+    print()
+    print(md)
+    print()
+    for v in lines:
+        print(f"- {v}")
+    print(f"\nreport: {out / 'e2e.md'}, {out / 'e2e.json'}, chart: {out / 'e2e.png'}")
+    ok = all(r.lost_records == 0 and r.duplicated_records == 0 and r.unexpected_blocks == 0 for r in results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

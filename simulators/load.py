@@ -1,0 +1,390 @@
+"""Load generation for the end-to-end benchmark: many vehicles per process, several processes.
+
+Each worker process owns a slice of the fleet and works in two steps.
+
+1. **Generate.** Every vehicle's model produces its samples and the real edge agent (block
+   builder, salted Merkle root, hash chain, Ed25519 signature, spool) seals them into signed
+   blocks, exactly as on a vehicle. The samples are stamped on a *schedule clock* that starts at
+   ``epoch_ns``. This is the vehicle side's whole per-record cost (about 10 µs per record here),
+   which a real fleet spreads over thousands of vehicles, so it is done before the measured run.
+2. **Release.** Each block is published over MQTT 5, QoS 1, at the moment its vehicle would have
+   sealed it: ``t0 + (t_last - epoch_ns)``, where ``t_last`` is its newest sample. Vehicles are
+   multiplexed over one connection per worker, each still on its own topic
+   ``vehicles/<device_id>/blocks``. A worker that cannot keep its schedule reports how late it
+   published (``lag``): a growing lag means the simulator, not the pipeline, is the bottleneck.
+
+``paced=False`` releases everything as fast as the broker acknowledges (a flood), bounded by the
+in-flight window.
+
+The parent talks to workers through ``LoadFleet``; the messages are plain tuples over a pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agent import Agent
+from edge_agent.config import EdgeConfig
+from edge_agent.publisher import MemoryPublisher, blocks_topic
+from edge_agent.spool import Spool
+from schemas.block import decode_envelope, decode_header
+from schemas.crypto import SigningKey, block_hash, device_id_for
+from simulators.vehicle import VehicleModel
+
+BATTERY_EVERY = 10  # one battery sample per 10 driving samples: 1.1 records per tick
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What one worker generates: ``vehicles`` vehicles, ``rate`` records/s in total, for ``duration`` s."""
+
+    worker: int
+    vehicles: int
+    rate: float
+    duration: float
+    block_records: int
+    block_age_ms: int
+    seed: int
+    epoch_ns: int
+    work_dir: str
+
+    @property
+    def tick_hz(self) -> float:
+        """Driving samples per second per vehicle (battery adds one per ``BATTERY_EVERY``)."""
+        return self.rate / self.vehicles / (1 + 1 / BATTERY_EVERY)
+
+
+@dataclass
+class Manifest:
+    """What a worker generated: the keys to register and every block, to check for loss later."""
+
+    worker: int
+    keys: list[tuple[str, bytes]]  # (device_id, public key)
+    blocks: list[tuple[str, int, bytes, int]]  # (device_id, seq, block hash, records)
+    records: int
+    payload_bytes: int
+    last_offset_ns: int  # release time of the last block, after t0
+    seconds: float  # generation time
+
+
+@dataclass
+class ReleaseStats:
+    worker: int
+    blocks: int = 0
+    records: int = 0
+    acked: int = 0
+    refused: int = 0  # PUBACK with a failure code or "no matching subscribers"
+    seconds: float = 0.0  # t0 -> every PUBACK received
+    seconds_published: float = 0.0  # t0 -> the last block published
+    cpu_s: float = 0.0
+    lag_ms: dict[str, float] = field(default_factory=dict)  # p50 / p99 / max of publish - due
+    per_second: list[int] = field(default_factory=list)  # records published in each second after t0
+
+
+def _generate(spec: LoadSpec, conn: Connection) -> tuple[Manifest, list[tuple[int, str, bytes, int]]]:
+    t = time.monotonic()
+    work = Path(spec.work_dir) / f"worker-{spec.worker}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    edge = EdgeConfig(
+        block_max_records=spec.block_records,
+        block_max_age_ms=spec.block_age_ms,
+        fsync=False,
+        spool_max_bytes=1 << 40,
+        spool_max_age_s=0,
+    )
+    ticks = max(1, round(spec.duration * spec.tick_hz))
+    keys: list[tuple[str, bytes]] = []
+    manifest: list[tuple[str, int, bytes, int]] = []
+    out: list[tuple[int, str, bytes, int]] = []  # (release offset ns, topic, payload, records)
+    records = payload_bytes = 0
+    last_report = 0.0
+    for v in range(spec.vehicles):
+        key = SigningKey.generate()
+        dev = device_id_for(key.public_key)
+        keys.append((dev, key.public_key))
+        pub = MemoryPublisher()
+        spool = Spool(work / f"{dev}.spool", fsync=False, max_bytes=edge.spool_max_bytes)
+        agent = Agent(key, edge, pub, spool)
+        model = VehicleModel(
+            spec.seed * 1_000_003 + spec.worker * 10_007 + v,
+            start_ns=spec.epoch_ns,
+            rate_hz=spec.tick_hz,
+            battery_every=BATTERY_EVERY,
+        )
+        for _ in range(ticks):
+            for rec in model.step():
+                agent.offer(rec)
+        agent.flush()
+        agent.drain(timeout=5)
+        spool.close()
+        topic = blocks_topic(dev)
+        for _, payload in pub.messages:
+            env = decode_envelope(payload)
+            h = decode_header(env.header)
+            manifest.append((dev, h.seq, block_hash(env.header), h.count))
+            out.append((h.t_last - spec.epoch_ns, topic, payload, h.count))
+            records += h.count
+            payload_bytes += len(payload)
+        now = time.monotonic()
+        if now - last_report > 0.5:
+            conn.send(("progress", records))
+            last_report = now
+    shutil.rmtree(work, ignore_errors=True)
+    out.sort(key=lambda b: b[0])
+    m = Manifest(
+        worker=spec.worker,
+        keys=keys,
+        blocks=manifest,
+        records=records,
+        payload_bytes=payload_bytes,
+        last_offset_ns=out[-1][0] if out else 0,
+        seconds=time.monotonic() - t,
+    )
+    return m, out
+
+
+def _release(
+    worker: int,
+    blocks: list[tuple[int, str, bytes, int]],
+    *,
+    host: str,
+    port: int,
+    t0_ns: int,
+    paced: bool,
+    window: int,
+    conn: Connection,
+) -> ReleaseStats:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    st = ReleaseStats(worker)
+    acked = [0]
+    refused = [0]
+    connected = threading.Event()
+
+    def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not rc.is_failure:
+            connected.set()
+
+    def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
+        # 16 = "no matching subscribers": a success code in MQTT 5, but nobody got the block.
+        if rc.is_failure or rc.value == 16:
+            refused[0] += 1
+        acked[0] += 1
+
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"load-{worker}-{os.getpid()}",
+        protocol=mqtt.MQTTv5,
+    )
+    client.max_inflight_messages_set(window)
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.connect(host, port, keepalive=60, clean_start=True)
+    client.loop_start()
+    if not connected.wait(30):
+        raise RuntimeError(f"load worker {worker}: no MQTT connection to {host}:{port}")
+    cpu0 = time.process_time()
+    lags: list[int] = []
+    per_second: list[int] = []
+    sent = 0
+    last_report = time.monotonic()
+    for offset, topic, payload, nrec in blocks:
+        due = t0_ns + offset
+        if paced:
+            ahead = due - time.time_ns()
+            if ahead > 1_000_000:
+                time.sleep(ahead / 1e9)
+        while sent - acked[0] >= window:
+            time.sleep(0.0005)
+        client.publish(topic, payload, qos=1)
+        now = time.time_ns()
+        sent += 1
+        st.records += nrec
+        if paced:
+            lags.append(now - due)
+        sec = max(0, (now - t0_ns) // 1_000_000_000)
+        while len(per_second) <= sec:
+            per_second.append(0)
+        per_second[sec] += nrec
+        if time.monotonic() - last_report > 0.25:
+            conn.send(("released", st.records))
+            last_report = time.monotonic()
+    st.seconds_published = (time.time_ns() - t0_ns) / 1e9
+    deadline = time.monotonic() + 120
+    while acked[0] < sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    st.seconds = (time.time_ns() - t0_ns) / 1e9
+    st.cpu_s = time.process_time() - cpu0
+    client.disconnect()
+    client.loop_stop()
+    st.blocks, st.acked, st.refused, st.per_second = sent, acked[0], refused[0], per_second
+    if lags:
+        lags.sort()
+        st.lag_ms = {
+            "p50": lags[len(lags) // 2] / 1e6,
+            "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] / 1e6,
+            "max": lags[-1] / 1e6,
+        }
+    return st
+
+
+def _worker_main(spec: LoadSpec, conn: Connection) -> None:
+    try:
+        manifest, blocks = _generate(spec, conn)
+        conn.send(("ready", manifest))
+        while True:
+            msg = conn.recv()
+            if msg[0] == "quit":
+                return
+            _, host, port, t0_ns, paced, window = msg
+            conn.send(
+                (
+                    "done",
+                    _release(
+                        spec.worker,
+                        blocks,
+                        host=host,
+                        port=port,
+                        t0_ns=t0_ns,
+                        paced=paced,
+                        window=window,
+                        conn=conn,
+                    ),
+                )
+            )
+    except Exception as exc:  # reported to the parent, which stops the run with it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class LoadError(Exception):
+    """A load worker failed; the message carries its error."""
+
+
+class LoadFleet:
+    """``procs`` worker processes sharing ``vehicles`` vehicles and ``rate`` records/s."""
+
+    def __init__(
+        self,
+        *,
+        vehicles: int,
+        rate: float,
+        duration: float,
+        block_records: int,
+        block_age_ms: int,
+        procs: int,
+        seed: int,
+        work_dir: Path,
+    ) -> None:
+        if vehicles < procs or procs < 1:
+            raise ValueError(
+                f"need at least one vehicle per process ({vehicles} vehicles, {procs} processes)"
+            )
+        if rate <= 0 or duration <= 0:
+            raise ValueError("rate and duration must be positive")
+        self.epoch_ns = time.time_ns()
+        ctx = mp.get_context("spawn")
+        self.specs = []
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        for w in range(procs):
+            n = vehicles // procs + (1 if w < vehicles % procs else 0)
+            spec = LoadSpec(
+                worker=w,
+                vehicles=n,
+                rate=rate * n / vehicles,
+                duration=duration,
+                block_records=block_records,
+                block_age_ms=block_age_ms,
+                seed=seed,
+                epoch_ns=self.epoch_ns,
+                work_dir=str(work_dir),
+            )
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker_main, args=(spec, child), name=f"load-{w}", daemon=True)
+            p.start()
+            self.specs.append(spec)
+            self.conns.append(parent)
+            self.procs.append(p)
+        self.progress = [0] * procs
+        self.manifests: list[Manifest] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(p.pid) for p in self.procs]
+
+    def _recv(self, w: int, timeout: float) -> tuple[Any, ...] | None:
+        c = self.conns[w]
+        if not c.poll(timeout):
+            if not self.procs[w].is_alive():
+                raise LoadError(f"load worker {w} exited with code {self.procs[w].exitcode}")
+            return None
+        msg: tuple[Any, ...] = c.recv()
+        if msg[0] == "error":
+            raise LoadError(f"load worker {w}: {msg[1]}")
+        return msg
+
+    def wait_generated(self, on_progress: Any = None) -> list[Manifest]:
+        got: dict[int, Manifest] = {}
+        while len(got) < len(self.conns):
+            for w in range(len(self.conns)):
+                if w in got:
+                    continue
+                msg = self._recv(w, 0.05)
+                if msg is None:
+                    continue
+                if msg[0] == "progress":
+                    self.progress[w] = msg[1]
+                elif msg[0] == "ready":
+                    got[w] = msg[1]
+                    self.progress[w] = msg[1].records
+            if on_progress is not None:
+                on_progress(sum(self.progress))
+        self.manifests = [got[w] for w in range(len(self.conns))]
+        return self.manifests
+
+    def release(self, *, host: str, port: int, t0_ns: int, paced: bool, window: int = 1000) -> None:
+        self.progress = [0] * len(self.conns)
+        for c in self.conns:
+            c.send(("release", host, port, t0_ns, paced, window))
+
+    def poll_release(self, timeout: float = 0.05) -> list[ReleaseStats] | None:
+        """Collect progress; the stats of every worker once all are done, else None."""
+        done: dict[int, ReleaseStats] = getattr(self, "_done", {})
+        self._done = done
+        for w in range(len(self.conns)):
+            if w in done:
+                continue
+            msg = self._recv(w, timeout / len(self.conns))
+            if msg is None:
+                continue
+            if msg[0] == "released":
+                self.progress[w] = msg[1]
+            elif msg[0] == "done":
+                done[w] = msg[1]
+                self.progress[w] = msg[1].records
+        if len(done) == len(self.conns):
+            self._done = {}
+            return [done[w] for w in range(len(self.conns))]
+        return None
+
+    def close(self) -> None:
+        for c, p in zip(self.conns, self.procs, strict=True):
+            if p.is_alive():
+                with contextlib.suppress(OSError):
+                    c.send(("quit",))
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
