@@ -56,6 +56,9 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "telematics.duckdb"
+    # DuckDB folds its write-ahead log into the file at this size. Larger: fewer, longer
+    # checkpoints and less re-compression (docs/PERFORMANCE.md); DuckDB's own default is 16.
+    checkpoint_threshold_mb: Annotated[int, Meta(ge=1, le=65536)] = 256
 
 
 class EvmConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -16,11 +17,14 @@ from aiokafka.structs import OffsetAndMetadata
 
 from ingest.config import Config, ConfigError
 from ingest.ledger import Ledger, LedgerConflict, LedgerError, LocalLedger, load_or_create_key
-from ingest.processor import Processor
+from ingest.processor import Pending, Processor
 from ingest.registry import Registry
-from ingest.store import Store, StoreError
+from ingest.store import BatchRows, Store, StoreError
 
 log = logging.getLogger(__name__)
+
+POLL_CHUNK = 64  # Kafka messages processed between checks of the batch limits
+GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
 
 
 def open_ledger(cfg: Config) -> Ledger:
@@ -78,6 +82,8 @@ class BatchConsumer:
         self.producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        self._inflight: asyncio.Task[None] | None = None  # the batch being stored (steps 2-6)
+        self._next_batch: int | None = None  # batch numbers are kept here while one is in flight
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
         self.started_ns = time.time_ns()
@@ -85,7 +91,8 @@ class BatchConsumer:
 
     # -- the durability order ---------------------------------------------------------------------
     async def flush(self) -> None:
-        """Write the pending batch. The durability order, and why each crash point is safe:
+        """Seal the pending batch and start writing it. The durability order, and why each crash
+        point is safe:
 
         1. batch root = RFC 6962 root over the batch's block hashes (in arrival order);
         2. ONE DuckDB transaction: records, blocks, the batch, gaps, rejections, duplicates and
@@ -95,46 +102,68 @@ class BatchConsumer:
         5. the ledger receipt is recorded in DuckDB (anchors);
         6. Kafka offsets are committed.
 
+        Steps 2-6 run in the background (``_store``) while the next batch is verified and built:
+        at most one batch is in flight, and a batch is sealed only after the previous one has
+        finished step 6, so batches are written, anchored and committed strictly in order.
+
         A crash before 2 leaves nothing: the messages are redelivered and processed again.
         A crash after 2 redelivers messages whose blocks are now stored: they are recognised
         as duplicates and never stored twice; rejections are keyed by Kafka position. On start,
         ``recover`` anchors every stored batch that has no receipt yet (after 2, before 5).
-        Store failure at 2: roll back, forget the batch, seek back to the committed offsets.
-        Ledger failure at 4: the batch stays stored and unanchored; retry with backoff and do
-        not commit offsets until it is anchored.
+        Store failure at 2: roll back, forget this batch and the one being built, seek back to
+        the committed offsets. Ledger failure at 4: the batch stays stored and unanchored; retry
+        with backoff and do not commit offsets until it is anchored.
         """
+        await self._settle()
         if self._recover_pending:
             await self.recover()
             self._recover_pending = False
         p = self.proc.pending
         if p.empty:
             return
-        batch_no = self.store.next_batch_no()
+        if self._next_batch is None:
+            self._next_batch = self.store.next_batch_no()
+        batch_no = self._next_batch
         rows = self.proc.build_rows(batch_no)
+        self.proc.seal()
+        if rows.blocks:
+            self._next_batch += 1
+        self._inflight = asyncio.create_task(self._store(rows, p))
+
+    async def _settle(self) -> None:
+        """Wait for the batch in flight (if any) to be stored, anchored and committed; re-raise
+        its failure."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
+
+    async def _store(self, rows: BatchRows, p: Pending) -> None:
+        """Steps 2-6 of ``flush`` for one sealed batch."""
         await asyncio.to_thread(self.store.write_batch, rows)
         committed_ns = time.time_ns()
         await self._dead_letter(p.rejections)
-        if rows.blocks and not self.passthrough:
-            await self._anchor(batch_no, rows.root, len(rows.blocks))
+        anchor = bool(rows.blocks) and not self.passthrough
+        if anchor:
+            await self._anchor(rows.batch_no, rows.root, len(rows.blocks))
         assert self.consumer is not None
         await self.consumer.commit(
             {TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in p.offsets.items()}
         )
+        self.proc.settled()
         c = self.counts
         c["records"] += rows.record_count
         c["blocks"] += len(rows.blocks)
         c["batches"] += 1 if rows.blocks else 0
-        c["anchored"] += 1 if rows.blocks else 0
+        c["anchored"] += 1 if anchor else 0
         c["rejections"] += len(rows.rejections)
         c["duplicates"] += len(rows.duplicates)
         c["gaps"] += len(rows.gaps)
-        self.proc.pending = type(p)()
         self.write_status()
         if self._batch_log is not None:
             self._batch_log.write(
                 json.dumps(
                     {
-                        "batch": batch_no,
+                        "batch": rows.batch_no,
                         "records": rows.record_count,
                         "blocks": len(rows.blocks),
                         "messages": p.messages,
@@ -150,8 +179,7 @@ class BatchConsumer:
         delay = self.cfg.ingest.retry_backoff_ms / 1000
         while True:
             try:
-                receipt = await asyncio.to_thread(self.ledger.anchor, batch_no, root, blocks)
-                self.store.record_anchor(receipt)
+                await asyncio.to_thread(self._anchor_and_record, batch_no, root, blocks)
                 return
             except LedgerConflict:
                 raise
@@ -159,6 +187,9 @@ class BatchConsumer:
                 log.warning("ledger unavailable for batch %d (%s); retrying in %.1fs", batch_no, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    def _anchor_and_record(self, batch_no: int, root: bytes, blocks: int) -> None:
+        self.store.record_anchor(self.ledger.anchor(batch_no, root, blocks))
 
     async def recover(self) -> None:
         """Anchor batches stored by an earlier run that crashed before their receipt was recorded."""
@@ -225,13 +256,18 @@ class BatchConsumer:
                     timeout_ms=min(200, ing.batch_max_age_ms), max_records=ing.poll_max_records
                 )
                 msgs = [m for part in batch.values() for m in part]
-                if msgs:
-                    self.proc.process_all(msgs)  # type: ignore[arg-type]
-                if self.proc.due(ing.batch_max_records, max_age):
-                    await self._flush_or_rewind()
-                elif not msgs:
-                    await self._sync_ledger()
-            await self._flush_or_rewind()
+                # In chunks, so a batch closes near batch_max_records whatever one poll brought.
+                for i in range(0, len(msgs), POLL_CHUNK):
+                    self.proc.process_all(msgs[i : i + POLL_CHUNK])  # type: ignore[arg-type]
+                    if self.proc.due(ing.batch_max_records, max_age) and not await self._flush_or_rewind():
+                        break  # rewound: the rest of this poll is fetched again
+                if not msgs:
+                    if self.proc.due(ing.batch_max_records, max_age):
+                        await self._flush_or_rewind()
+                    elif self._inflight is None or self._inflight.done():
+                        await self._flush_or_rewind(seal=False)  # settle the finished batch
+                        await self._sync_ledger()
+            await self._flush_or_rewind(wait=True)
             await self._sync_ledger(force=True)
         finally:
             await self.consumer.stop()
@@ -247,15 +283,24 @@ class BatchConsumer:
         except LedgerError as exc:
             log.warning("ledger checkpoint not published yet (%s); will retry", exc)
 
-    async def _flush_or_rewind(self) -> None:
+    async def _flush_or_rewind(self, *, wait: bool = False, seal: bool = True) -> bool:
+        """Flush (with ``wait``, also wait until the batch is committed; with ``seal=False`` only
+        settle the batch in flight); False if that failed and the consumer rewound to the
+        committed offsets."""
         async with self._flush_lock:
-            await self._flush_or_rewind_locked()
+            return await self._flush_or_rewind_locked(wait, seal)
 
-    async def _flush_or_rewind_locked(self) -> None:
+    async def _flush_or_rewind_locked(self, wait: bool, seal: bool) -> bool:
         try:
-            await self.flush()
+            if seal:
+                await self.flush()
+            if wait or not seal:
+                await self._settle()
+            return True
         except (StoreError, KafkaError) as exc:
             log.error("flush failed (%s); rewinding to the committed offsets", exc)
+            self._inflight = None
+            self._next_batch = None
             self._recover_pending = True
             self.proc.reset()
             assert self.consumer is not None
@@ -266,6 +311,7 @@ class BatchConsumer:
                 else:
                     self.consumer.seek(tp, committed)
             await asyncio.sleep(self.cfg.ingest.retry_backoff_ms / 1000)
+            return False
 
     def stop(self) -> None:
         self._stop.set()
@@ -276,7 +322,7 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.bc = bc
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.bc._flush_or_rewind()
+        await self.bc._flush_or_rewind(wait=True)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.bc.partitions = sorted(tp.partition for tp in assigned)
@@ -287,7 +333,13 @@ class ConsumerService:
     """Owns the consumer's resources (store, registry, ledger) for one run."""
 
     def __init__(self, cfg: Config, *, batch_log: Path | None = None, passthrough: bool = False) -> None:
-        self.store = Store(cfg.path(cfg.store.path))
+        # A batch allocates a few objects per record, nearly all freed together when it is written:
+        # collect the young generation less often, and never walk what exists at start.
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
+        self.store = Store(
+            cfg.path(cfg.store.path), checkpoint_threshold_mb=cfg.store.checkpoint_threshold_mb
+        )
         self.registry = Registry(cfg.path(cfg.registry.path))
         if passthrough:
             log.warning("PASS-THROUGH BENCHMARK MODE: blocks are stored without any verification")

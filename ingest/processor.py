@@ -110,12 +110,26 @@ class Processor:
         self.max_block_bytes = max_block_bytes
         self.heads: dict[str, DeviceHead] = store.heads()
         self.pending = Pending()
+        # Block hashes of the sealed batch being written (not yet visible in the store).
+        self.inflight: dict[tuple[str, int], bytes] = {}
         self._keys: dict[str, DeviceKey] = {}
 
     def reset(self) -> None:
-        """Forget the pending batch and reload chain heads from the store (after a failed flush)."""
+        """Forget the pending and in-flight batches and reload chain heads from the store (after a
+        failed flush)."""
         self.pending = Pending()
+        self.inflight = {}
         self.heads = self.store.heads()
+
+    def seal(self) -> None:
+        """The pending batch was built and is being written: start a new one. Until ``settled``,
+        its blocks still count as stored for duplicate detection."""
+        self.inflight = self.pending.block_index
+        self.pending = Pending()
+
+    def settled(self) -> None:
+        """The sealed batch is committed: the store answers for its blocks now."""
+        self.inflight = {}
 
     # -- per poll ---------------------------------------------------------------------------------
     def process_all(self, messages: list[Message]) -> None:
@@ -280,7 +294,7 @@ class Processor:
         self._append(m, env, opened, recs)
 
     def _stored_hash(self, device_id: str, seq: int) -> bytes | None:
-        got = self.pending.block_index.get((device_id, seq))
+        got = self.pending.block_index.get((device_id, seq)) or self.inflight.get((device_id, seq))
         return got if got is not None else self.store.block_hash_at(device_id, seq)
 
     def _chain(

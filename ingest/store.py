@@ -321,7 +321,12 @@ class BatchRows:
 
 
 class Store:
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, checkpoint_threshold_mb: int | None = None
+    ) -> None:
+        """``checkpoint_threshold_mb``: DuckDB folds its write-ahead log into the file once the log
+        is this large. Its default (16 MB) re-compresses partly filled row groups several times;
+        the consumer uses 256 MB (``[store] checkpoint_threshold_mb``, docs/PERFORMANCE.md)."""
         self.path = Path(path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,8 +336,14 @@ class Store:
             raise StoreError(f"cannot open DuckDB file {self.path}: {exc}") from exc
         if not read_only:
             self.con.execute(DDL)
+            if checkpoint_threshold_mb is not None:
+                self.con.execute(f"SET checkpoint_threshold = '{int(checkpoint_threshold_mb)}MB'")
+        # Batches are written on this cursor, from the consumer's writer thread, while the
+        # processor reads committed state on ``con`` (one DuckDB connection per thread).
+        self._w = self.con.cursor()
 
     def close(self) -> None:
+        self._w.close()
         self.con.close()
 
     # -- reads used by the consumer ---------------------------------------------------------------
@@ -373,7 +384,7 @@ class Store:
 
     # -- the one write transaction per batch ------------------------------------------------------
     def write_batch(self, b: BatchRows) -> None:
-        con = self.con
+        con = self._w
         try:
             con.execute("BEGIN TRANSACTION")
             for name, tbl in b.records.items():
@@ -409,13 +420,29 @@ class Store:
                     b.duplicates,
                 )
             if b.heads:
-                con.executemany(
-                    "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, make_timestamp_ns(?), make_timestamp_ns(?))",
-                    [
-                        (d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen)
-                        for d, h in b.heads.items()
-                    ],
+                # One statement from Arrow columns: executemany costs about 0.5 ms per row.
+                heads = list(b.heads.items())
+                con.register(
+                    "_incoming",
+                    pa.table(
+                        {
+                            "device_id": pa.array([d for d, _ in heads], pa.string()),
+                            "key_id": pa.array([h.key_id for _, h in heads], pa.string()),
+                            "last_seq": pa.array([h.last_seq for _, h in heads], pa.uint64()),
+                            "last_block_hash": pa.array([h.last_hash for _, h in heads], pa.binary()),
+                            "blocks": pa.array([h.blocks for _, h in heads], pa.uint64()),
+                            "records": pa.array([h.records for _, h in heads], pa.uint64()),
+                            "first_seen": pa.array([h.first_seen for _, h in heads], pa.int64()),
+                            "last_seen": pa.array([h.last_seen for _, h in heads], pa.int64()),
+                        }
+                    ),
                 )
+                con.execute(
+                    "INSERT OR REPLACE INTO devices SELECT device_id, key_id, last_seq, last_block_hash,"
+                    " blocks, records, make_timestamp_ns(first_seen), make_timestamp_ns(last_seen)"
+                    " FROM _incoming"
+                )
+                con.unregister("_incoming")
             con.execute("COMMIT")
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
@@ -424,7 +451,7 @@ class Store:
 
     def record_anchor(self, receipt: Any) -> None:
         try:
-            self.con.execute(
+            self._w.execute(
                 "INSERT OR IGNORE INTO anchors VALUES (?, ?, ?, ?, make_timestamp_ns(?), ?)",
                 [
                     receipt.batch_no,

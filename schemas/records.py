@@ -8,6 +8,9 @@ kind tag: ``"d"`` driving, ``"b"`` battery. Field order is the wire order and is
 frozen for schema version 1: new fields are only ever appended, with a default, and
 decoders ignore trailing fields they do not know (forward compatibility). The leaf
 hash covers the record bytes exactly as sent, so unknown fields are still signed.
+
+Records hold scalars only, so they can never be part of a reference cycle: ``gc=False`` keeps
+them out of the garbage collector, which would otherwise walk every record of a consumer batch.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]
 
 
-class DrivingSample(msgspec.Struct, frozen=True, array_like=True, tag="d", tag_field="kind"):
+class DrivingSample(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="d", tag_field="kind"):
     ts_ns: TimestampNs
     speed_mps: Annotated[float, Meta(ge=0.0, le=200.0)]
     accel_long_mps2: Annotated[float, Meta(ge=-200.0, le=200.0)]
@@ -44,7 +47,7 @@ class DrivingSample(msgspec.Struct, frozen=True, array_like=True, tag="d", tag_f
     odometer_m: Annotated[float, Meta(ge=0.0, le=1e10)]
 
 
-class BatterySample(msgspec.Struct, frozen=True, array_like=True, tag="b", tag_field="kind"):
+class BatterySample(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="b", tag_field="kind"):
     ts_ns: TimestampNs
     soc_pct: Percent
     soh_pct: Percent
@@ -69,7 +72,7 @@ Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Name = Annotated[str, Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9_.-]+$")]
 
 
-class TriggerEvent(msgspec.Struct, frozen=True, array_like=True, tag="t", tag_field="kind"):
+class TriggerEvent(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="t", tag_field="kind"):
     """A collection trigger fired on the vehicle: it recorded ``rate_hz`` samples over
     ``[window_start_ns, window_end_ns]``, the pre-trigger part coming from its ring buffer."""
 
@@ -82,7 +85,7 @@ class TriggerEvent(msgspec.Struct, frozen=True, array_like=True, tag="t", tag_fi
     rate_hz: Annotated[float, Meta(gt=0.0, le=1000.0)]
 
 
-class SpoolDrop(msgspec.Struct, frozen=True, array_like=True, tag="x", tag_field="kind"):
+class SpoolDrop(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="x", tag_field="kind"):
     """The vehicle's spool dropped the signed blocks ``first_seq ..= last_seq`` before the broker
     acknowledged them (oldest first, when the spool was full or the blocks too old). The block
     after the range chains to ``last_hash``; the first dropped block chained to ``prev``."""

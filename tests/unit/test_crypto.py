@@ -30,6 +30,34 @@ def test_rfc8032_test1_verify_and_bit_flips() -> None:
     assert not crypto.verify(RFC8032_PUBLIC, b"\x00", RFC8032_SIG)
 
 
+def test_libsodium_and_openssl_verifiers_agree_on_every_bit_flip() -> None:
+    """The ingest verifies with libsodium (PyNaCl, installed with the ingest extra); the vehicle
+    and any verifier without PyNaCl use OpenSSL. They must agree on honest signatures and on
+    every single-bit corruption of signature, key and message."""
+    assert crypto.VERIFIER == "libsodium"  # the ingest extra is installed in the test environment
+    key = crypto.SigningKey.from_seed(RFC8032_SECRET)
+    msg = crypto.signing_input(b"\x9a\x01header bytes of a block")
+    sig = key.sign(msg)
+    cases = [(key.public_key, msg, sig), (RFC8032_PUBLIC, b"", RFC8032_SIG)]
+    for pk, m, s in list(cases):
+        for i in range(len(s) * 8):
+            cases.append((pk, m, _flip(s, i)))
+        for i in range(len(pk) * 8):
+            cases.append((_flip(pk, i), m, s))
+        for i in range(0, len(m) * 8, 3):
+            cases.append((pk, _flip(m, i), s))
+    results = [(crypto._verify_sodium(*c), crypto._verify_openssl(*c)) for c in cases]
+    assert results[0] == results[1] == (True, True)
+    assert all(a == b for a, b in results), [i for i, (a, b) in enumerate(results) if a != b]
+    assert sum(a for a, _ in results) == 2  # only the two honest signatures verify
+
+
+def _flip(b: bytes, bit: int) -> bytes:
+    out = bytearray(b)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
 def test_block_signature_is_domain_separated() -> None:
     key = crypto.SigningKey.from_seed(RFC8032_SECRET)
     header = b"\x9a\x01some header bytes"
