@@ -447,6 +447,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from bench.e2e import main as e2e_main
 
         return e2e_main(args=args)
+    if args.which == "knobs":
+        from bench.knobs import main as knobs_main
+
+        return knobs_main(args=args)
     from bench.stages import main as stages_main
 
     return stages_main(args.rest)
@@ -541,6 +545,15 @@ def build_parser() -> argparse.ArgumentParser:
         bsub.add_parser(
             "e2e",
             help="the fleet simulator against the real local stack: throughput, latency, CPU, loss",
+            description="See docs/PERFORMANCE.md.",
+        )
+    )
+    from bench.knobs import build_parser as knobs_parser
+
+    knobs_parser(
+        bsub.add_parser(
+            "knobs",
+            help="the maximum e2e throughput per vehicles, block size and batch size (one table each)",
             description="See docs/PERFORMANCE.md.",
         )
     )
