@@ -64,7 +64,7 @@ from schemas.block import (
 from schemas.crypto import SigningKey, signing_input, verify_block_signature
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import Record
-from simulators.offline import START_NS, make_fleet
+from simulators.offline import START_NS, OfflineMessage, make_fleet
 from simulators.vehicle import VehicleModel
 
 # Sizes for --quick: enough for several batches, small enough for a unit test.
@@ -77,18 +77,6 @@ FLEET_SEED = 1  # make_fleet's default: the model-step stage rebuilds the same v
 # ================================================================================================
 # Data (not timed)
 # ================================================================================================
-
-
-@dataclass
-class _Msg:
-    """The part of a Kafka ConsumerRecord the Processor reads (ingest.processor.Message)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[()] = ()
 
 
 @dataclass
@@ -134,7 +122,7 @@ def build_corpus(vehicles: int, blocks: int, block_records: int, batch_records: 
     signers: list[SigningKey] = []
     for i in range(blocks):
         v = fleet[i % vehicles]
-        messages.append(_Msg("bench", 0, i, v.device_id.encode(), v.next_block(block_records)))
+        messages.append(OfflineMessage("bench", 0, i, v.device_id.encode(), v.next_block(block_records)))
         signers.append(v.key)
         bar.update(i + 1)
     bar.close()

@@ -275,17 +275,38 @@ _BLOCK_NAMES = [
     "received_at",
     "historical",
 ]
-_BLOCK_TIMESTAMPS = {"t_first", "t_last", "received_at"}
+_DEVICE_NAMES = [
+    "device_id",
+    "key_id",
+    "last_seq",
+    "last_block_hash",
+    "blocks",
+    "records",
+    "first_seen",
+    "last_seen",
+]
+_DEVICE_TYPES: list[pa.DataType] = [
+    pa.string(),
+    pa.string(),
+    pa.uint64(),
+    pa.binary(),
+    pa.uint64(),
+    pa.uint64(),
+    pa.int64(),
+    pa.int64(),
+]
+_TIMESTAMPS = {"t_first", "t_last", "received_at", "first_seen", "last_seen"}  # ns since epoch
 
 
-def _blocks_table(rows: list[tuple[Any, ...]]) -> pa.Table:
-    """Block rows as Arrow columns, in the DDL's column order (one INSERT per batch, not per block)."""
+def _rows_table(rows: list[tuple[Any, ...]], names: list[str], types: list[pa.DataType]) -> pa.Table:
+    """Rows as Arrow columns, in the DDL's column order: one INSERT per batch, not one per row
+    (``executemany`` costs about 0.5 ms per row)."""
     cols = list(zip(*rows, strict=True))
     arrays = []
-    for name, typ, col in zip(_BLOCK_NAMES, _BLOCK_TYPES, cols, strict=True):
+    for name, typ, col in zip(names, types, cols, strict=True):
         arr = pa.array(col, typ)
-        arrays.append(arr.cast(pa.timestamp("ns")) if name in _BLOCK_TIMESTAMPS else arr)
-    return pa.table(arrays, names=_BLOCK_NAMES)
+        arrays.append(arr.cast(pa.timestamp("ns")) if name in _TIMESTAMPS else arr)
+    return pa.table(arrays, names=names)
 
 
 class StoreError(Exception):
@@ -394,7 +415,7 @@ class Store:
                     con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
                     con.unregister("_incoming")
             if b.blocks:
-                con.register("_incoming", _blocks_table(b.blocks))
+                con.register("_incoming", _rows_table(b.blocks, _BLOCK_NAMES, _BLOCK_TYPES))
                 con.execute("INSERT INTO blocks SELECT * FROM _incoming")
                 con.unregister("_incoming")
                 con.execute(
@@ -420,28 +441,12 @@ class Store:
                     b.duplicates,
                 )
             if b.heads:
-                # One statement from Arrow columns: executemany costs about 0.5 ms per row.
-                heads = list(b.heads.items())
-                con.register(
-                    "_incoming",
-                    pa.table(
-                        {
-                            "device_id": pa.array([d for d, _ in heads], pa.string()),
-                            "key_id": pa.array([h.key_id for _, h in heads], pa.string()),
-                            "last_seq": pa.array([h.last_seq for _, h in heads], pa.uint64()),
-                            "last_block_hash": pa.array([h.last_hash for _, h in heads], pa.binary()),
-                            "blocks": pa.array([h.blocks for _, h in heads], pa.uint64()),
-                            "records": pa.array([h.records for _, h in heads], pa.uint64()),
-                            "first_seen": pa.array([h.first_seen for _, h in heads], pa.int64()),
-                            "last_seen": pa.array([h.last_seen for _, h in heads], pa.int64()),
-                        }
-                    ),
-                )
-                con.execute(
-                    "INSERT OR REPLACE INTO devices SELECT device_id, key_id, last_seq, last_block_hash,"
-                    " blocks, records, make_timestamp_ns(first_seen), make_timestamp_ns(last_seen)"
-                    " FROM _incoming"
-                )
+                heads = [
+                    (d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen)
+                    for d, h in b.heads.items()
+                ]
+                con.register("_incoming", _rows_table(heads, _DEVICE_NAMES, _DEVICE_TYPES))
+                con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")
                 con.unregister("_incoming")
             con.execute("COMMIT")
         except duckdb.Error as exc:

@@ -318,6 +318,7 @@ class LoadFleet:
             self.procs.append(p)
         self.progress = [0] * procs
         self.manifests: list[Manifest] = []
+        self._done: dict[int, ReleaseStats] = {}  # workers that finished the current release
 
     @property
     def pids(self) -> list[int]:
@@ -360,8 +361,7 @@ class LoadFleet:
 
     def poll_release(self, timeout: float = 0.05) -> list[ReleaseStats] | None:
         """Collect progress; the stats of every worker once all are done, else None."""
-        done: dict[int, ReleaseStats] = getattr(self, "_done", {})
-        self._done = done
+        done = self._done
         for w in range(len(self.conns)):
             if w in done:
                 continue

@@ -21,7 +21,7 @@ START_NS = 1_700_000_000_000_000_000
 
 
 @dataclass
-class _Msg:
+class OfflineMessage:
     topic: str
     partition: int
     offset: int
@@ -92,7 +92,7 @@ def ingest_offline(
     proc = Processor(store, registry, max_block_bytes=4 * 1024 * 1024)
     offset = 0
     stored = 0
-    msgs: list[_Msg] = []
+    msgs: list[OfflineMessage] = []
 
     def flush() -> None:
         nonlocal stored, msgs
@@ -114,7 +114,9 @@ def ingest_offline(
     per_batch = max(1, batch_records // block_records)
     for _ in range(blocks_per_vehicle):
         for v in fleet:
-            msgs.append(_Msg("offline", 0, offset, v.device_id.encode(), v.next_block(block_records)))
+            msgs.append(
+                OfflineMessage("offline", 0, offset, v.device_id.encode(), v.next_block(block_records))
+            )
             offset += 1
             if len(msgs) >= per_batch:
                 flush()
