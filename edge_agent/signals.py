@@ -31,7 +31,7 @@ from typing import Any, Final, Literal, NamedTuple
 import msgspec
 
 from edge_agent.inputs import SignalUpdate as SignalUpdate  # re-exported: the input contract
-from schemas.records import BatterySample, DrivingSample, Record
+from schemas.records import MAX_TIMESTAMP_NS, BatterySample, DrivingSample, Record
 
 Value = float | int | bool
 RecordKind = Literal["driving", "battery"]
@@ -43,7 +43,7 @@ Snapshot = tuple[tuple[Value | None, ...], tuple[int, ...]]
 TB: Final = "Vehicle.Powertrain.TractionBattery"
 CHARGE_POWER_PATH: Final = f"{TB}.Charging.ChargePower"  # project extension, W
 _DEG: Final = math.pi / 180.0
-MAX_TS_NS: Final = 2**63 - 1
+MAX_TS_NS: Final = MAX_TIMESTAMP_NS  # what a record can carry (schemas/records.py)
 NEVER: Final = -(2**63)  # timestamp of a signal never received
 _MAX_COUNTED_UNKNOWN: Final = 256  # distinct unknown paths counted by name; the rest as "<other>"
 
@@ -169,7 +169,7 @@ class SignalStats:
     bad_value: Counter[str] = field(default_factory=Counter)  # wrong type, NaN or infinite, per path
     out_of_range: Counter[str] = field(default_factory=Counter)  # outside the record field's range
     late: Counter[str] = field(default_factory=Counter)  # older than the value already held
-    bad_update: int = 0  # not a (path, value, ts) tuple, or ts not an int in 0 .. 2**63 - 1
+    bad_update: int = 0  # not a (path, value, ts) tuple, or ts not an int in 0 .. MAX_TS_NS
     missing: Counter[str] = field(default_factory=Counter)  # record not built: never received
     stale: Counter[str] = field(default_factory=Counter)  # record not built: older than max_age_ns
 

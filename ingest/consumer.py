@@ -19,7 +19,7 @@ from ingest.config import Config, ConfigError
 from ingest.ledger import Ledger, LedgerConflict, LedgerError, LocalLedger, load_or_create_key
 from ingest.processor import Pending, Processor
 from ingest.registry import Registry
-from ingest.store import BatchRows, Store, StoreError
+from ingest.store import BatchRows, Store, StoreContentError, StoreError, Unstorable
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class BatchConsumer:
         self._next_batch: int | None = None  # batch numbers are kept here while one is in flight
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
+        # Why the pipeline holds (an infrastructure failure: store or Kafka), shown in the status file
+        # until a batch commits again: {"since_ns", "retries", "error"}.
+        self.stalled: dict[str, Any] | None = None
         self.started_ns = time.time_ns()
         self.partitions: list[int] = []  # assigned to this consumer now
 
@@ -139,7 +142,13 @@ class BatchConsumer:
 
     async def _store(self, rows: BatchRows, p: Pending) -> None:
         """Steps 2-6 of ``flush`` for one sealed batch."""
-        await asyncio.to_thread(self.store.write_batch, rows)
+        try:
+            await asyncio.to_thread(self.store.write_batch, rows)
+        except StoreContentError as exc:
+            found = await asyncio.to_thread(self.store.find_unstorable, rows)
+            if not found:
+                raise StoreError(f"{exc} (no single block or session message is refused on its own)") from exc
+            raise _Unstorable(found) from exc
         committed_ns = time.time_ns()
         await self._dead_letter(p.rejections)
         anchor = bool(rows.blocks) and not self.passthrough
@@ -150,6 +159,8 @@ class BatchConsumer:
             {TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in p.offsets.items()}
         )
         self.proc.settled()
+        self.proc.quarantine_prune(p.offsets)
+        self.stalled = None
         c = self.counts
         c["records"] += rows.record_count
         c["blocks"] += len(rows.blocks)
@@ -225,6 +236,7 @@ class BatchConsumer:
             updated_ns=time.time_ns(),
             started_ns=self.started_ns,
             partitions=self.partitions,
+            stalled=self.stalled,
         )
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
@@ -297,24 +309,57 @@ class BatchConsumer:
             if wait or not seal:
                 await self._settle()
             return True
+        except _Unstorable as exc:
+            # The content is at fault, not the infrastructure: the messages the store refuses are
+            # dead-lettered when they come round again, everything else is stored. No backoff.
+            for u in exc.found:
+                log.warning(
+                    "dead-lettering %s/%d/%d as unstorable: %s", u.topic, u.partition, u.offset, u.detail
+                )
+                self.proc.quarantine[(u.topic, u.partition, u.offset)] = (u.identity, u.detail)
+            await self._rewind()
+            return False
         except (StoreError, KafkaError) as exc:
-            log.error("flush failed (%s); rewinding to the committed offsets", exc)
-            self._inflight = None
-            self._next_batch = None
-            self._recover_pending = True
-            self.proc.reset()
-            assert self.consumer is not None
-            for tp in self.consumer.assignment():
-                committed = await self.consumer.committed(tp)
-                if committed is None:
-                    await self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, committed)
+            now = time.time_ns()
+            st = self.stalled or {"since_ns": now, "retries": 0}
+            self.stalled = {**st, "retries": st["retries"] + 1, "error": str(exc)[:500]}
+            log.error(
+                "PIPELINE HELD: flush failed (%s); nothing is committed, rewinding to the committed offsets"
+                " and retrying in %.1fs (attempt %d, since %.0fs)",
+                exc,
+                self.cfg.ingest.retry_backoff_ms / 1000,
+                self.stalled["retries"],
+                (now - self.stalled["since_ns"]) / 1e9,
+            )
+            self.write_status()
+            await self._rewind()
             await asyncio.sleep(self.cfg.ingest.retry_backoff_ms / 1000)
             return False
 
+    async def _rewind(self) -> None:
+        """Forget the batches being built and stored and seek back to the committed offsets."""
+        self._inflight = None
+        self._next_batch = None
+        self._recover_pending = True
+        self.proc.reset()
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+
     def stop(self) -> None:
         self._stop.set()
+
+
+class _Unstorable(StoreError):
+    """Messages of a sealed batch the store refuses on their own (``Store.find_unstorable``)."""
+
+    def __init__(self, found: list[Unstorable]) -> None:
+        super().__init__(f"{len(found)} message(s) the store refuses")
+        self.found = found
 
 
 class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]

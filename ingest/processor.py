@@ -77,12 +77,14 @@ class Pending:
     messages: int = 0
     records: int = 0
     blocks: list[tuple[Any, ...]] = field(default_factory=list)
+    block_sources: list[tuple[str, int, int]] = field(default_factory=list)  # Kafka position per block
     block_hashes: list[bytes] = field(default_factory=list)
     block_index: dict[tuple[str, int], bytes] = field(default_factory=dict)
     rows: dict[str, list[Any]] = field(default_factory=lambda: {t.name: [] for t in RECORD_TABLES})
     meta: dict[str, list[RowMeta]] = field(default_factory=lambda: {t.name: [] for t in RECORD_TABLES})
     gaps: list[tuple[Any, ...]] = field(default_factory=list)
     sessions: list[tuple[Any, ...]] = field(default_factory=list)
+    session_sources: list[tuple[str, int, int]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: list[tuple[Any, ...]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
@@ -113,6 +115,15 @@ class Processor:
         # Block hashes of the sealed batch being written (not yet visible in the store).
         self.inflight: dict[tuple[str, int], bytes] = {}
         self._keys: dict[str, DeviceKey] = {}
+        # Messages the store refused (Store.find_unstorable): Kafka position -> (block hash, or SHA-256
+        # of a session message; why). Kept across ``reset`` so that exactly that message, when it is
+        # redelivered at that position, is dead-lettered as ``unstorable`` instead of stored.
+        self.quarantine: dict[tuple[str, int, int], tuple[bytes, str]] = {}
+
+    def quarantine_prune(self, committed: dict[tuple[str, int], int]) -> None:
+        """Forget quarantined positions below the committed offsets: they are never redelivered."""
+        for pos in [q for q in self.quarantine if q[2] < committed.get((q[0], q[1]), 0)]:
+            del self.quarantine[pos]
 
     def reset(self) -> None:
         """Forget the pending and in-flight batches and reload chain heads from the store (after a
@@ -167,7 +178,7 @@ class Processor:
             try:
                 return open_session(value)
             except SessionError as exc:
-                raise WireError(Reason.DECODE, str(exc)) from None
+                raise WireError(Reason(exc.reason), str(exc)) from None
         return decode_envelope(value)
 
     def _process(self, m: Message, env: Envelope | SignedSession | WireError) -> None:
@@ -186,6 +197,11 @@ class Processor:
                 self._accept(m, env)
         except WireError as e:
             self._reject(m, e, env if not isinstance(env, WireError) else None)
+
+    def _quarantined(self, m: Message, identity: bytes) -> None:
+        q = self.quarantine.get((m.topic, m.partition, m.offset))
+        if q is not None and q[0] == identity:
+            raise WireError(Reason.UNSTORABLE, q[1])
 
     def _reject(self, m: Message, e: WireError, env: Envelope | SignedSession | None) -> None:
         value = m.value or b""
@@ -223,7 +239,7 @@ class Processor:
         try:
             ev = verify_session(s, key.public_key)
         except SessionError as exc:
-            raise WireError(Reason.SIGNATURE, str(exc)) from None
+            raise WireError(Reason(exc.reason), str(exc)) from None
         if not key.covers(ev.ts_ns, ev.ts_ns):
             raise WireError(
                 Reason.REVOKED_KEY if key.status == "revoked" else Reason.KEY_VALIDITY,
@@ -236,8 +252,11 @@ class Processor:
                 Reason.DEVICE_MISMATCH,
                 f"session of {ev.device_id} signed by {key.device_id}'s key on the topic of {topic_dev}",
             )
+        if self.quarantine:
+            self._quarantined(m, hashlib.sha256(m.value or b"").digest())
         ts_ms = getattr(m, "timestamp", None)
         at = int(ts_ms) * 1_000_000 if isinstance(ts_ms, int) and ts_ms > 0 else time.time_ns()
+        self.pending.session_sources.append((m.topic, m.partition, m.offset))
         self.pending.sessions.append(
             (
                 ev.device_id,
@@ -287,6 +306,8 @@ class Processor:
         tss = [r.ts_ns for r in recs]
         if min(tss) < h.t_first or max(tss) > h.t_last:
             raise WireError(Reason.HEADER, f"record timestamps outside [t_first, t_last] of block {h.seq}")
+        if self.quarantine:
+            self._quarantined(m, opened.hash)
         try:
             self._chain(m, h.device_id, h.seq, h.prev, opened, key)
         except _Duplicate:
@@ -369,6 +390,7 @@ class Processor:
                 _header_value(m.headers, HISTORICAL_HEADER) is not None,
             )
         )
+        p.block_sources.append((m.topic, m.partition, m.offset))
         p.block_hashes.append(opened.hash)
         rows, meta = p.rows, p.meta
         for i, (r, raw, leaf) in enumerate(zip(recs, env.records, opened.leaf_hashes, strict=True)):
@@ -418,6 +440,8 @@ class Processor:
             duplicates=p.duplicates,
             heads={d: self.heads[d] for d in p.touched},
             record_count=p.records,
+            block_sources=p.block_sources,
+            session_sources=p.session_sources,
         )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +314,28 @@ class StoreError(Exception):
     """The store could not write a batch: retry it without committing Kafka offsets."""
 
 
+class StoreContentError(StoreError):
+    """The store refused a value of the batch (a conversion, range or constraint error): the batch's
+    content, not the infrastructure, is at fault. ``Store.find_unstorable`` names the messages."""
+
+
+# DuckDB errors caused by the values written, not by the database: a bad value, a constraint, invalid
+# input. Everything else (I/O, out of memory, a transaction conflict, an internal error) is
+# infrastructure: the batch is retried and the pipeline holds, loudly.
+_CONTENT_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException)
+
+
+@dataclass(frozen=True)
+class Unstorable:
+    """A message whose rows the store refused on their own: dead-lettered as ``unstorable``."""
+
+    topic: str
+    partition: int
+    offset: int
+    identity: bytes  # the block hash, or SHA-256 of a session message: what exactly was refused
+    detail: str
+
+
 @dataclass
 class DeviceHead:
     key_id: str
@@ -339,6 +362,9 @@ class BatchRows:
     duplicates: list[tuple[Any, ...]] = field(default_factory=list)
     heads: dict[str, DeviceHead] = field(default_factory=dict)
     record_count: int = 0
+    # Kafka (topic, partition, offset) of each block and session row, in the same order.
+    block_sources: list[tuple[str, int, int]] = field(default_factory=list)
+    session_sources: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 class Store:
@@ -405,54 +431,132 @@ class Store:
 
     # -- the one write transaction per batch ------------------------------------------------------
     def write_batch(self, b: BatchRows) -> None:
+        """One transaction: every row of the batch, or nothing. A value the store refuses raises
+        ``StoreContentError``; any other failure ``StoreError``."""
         con = self._w
         try:
             con.execute("BEGIN TRANSACTION")
-            for name, tbl in b.records.items():
-                if tbl.num_rows:
-                    con.register("_incoming", tbl)
-                    cols = ", ".join(tbl.column_names)
-                    con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
-                    con.unregister("_incoming")
-            if b.blocks:
-                con.register("_incoming", _rows_table(b.blocks, _BLOCK_NAMES, _BLOCK_TYPES))
-                con.execute("INSERT INTO blocks SELECT * FROM _incoming")
-                con.unregister("_incoming")
-                con.execute(
-                    "INSERT INTO batches VALUES (?, ?, ?, ?, make_timestamp_ns(?))",
-                    [b.batch_no, b.root, len(b.blocks), b.record_count, b.created_at],
-                )
-            if b.gaps:
-                con.executemany("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, make_timestamp_ns(?))", b.gaps)
-            if b.sessions:
-                con.executemany(
-                    "INSERT OR IGNORE INTO session_events VALUES (?, ?, ?, ?, ?, make_timestamp_ns(?), ?, ?, ?, ?, ?,"
-                    " make_timestamp_ns(?))",
-                    b.sessions,
-                )
-            if b.rejections:
-                con.executemany(
-                    "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamp_ns(?))",
-                    b.rejections,
-                )
-            if b.duplicates:
-                con.executemany(
-                    "INSERT OR IGNORE INTO duplicates VALUES (?, ?, ?, ?, ?, ?, make_timestamp_ns(?))",
-                    b.duplicates,
-                )
-            if b.heads:
-                heads = [
-                    (d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen)
-                    for d, h in b.heads.items()
-                ]
-                con.register("_incoming", _rows_table(heads, _DEVICE_NAMES, _DEVICE_TYPES))
-                con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")
-                con.unregister("_incoming")
+            self._insert(con, b)
             con.execute("COMMIT")
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
-            raise StoreError(f"batch {b.batch_no} not written to {self.path}: {exc}") from exc
+            cls = StoreContentError if isinstance(exc, _CONTENT_ERRORS) else StoreError
+            raise cls(f"batch {b.batch_no} not written to {self.path}: {exc}") from exc
+
+    def _insert(self, con: Any, b: BatchRows) -> None:
+        for name, tbl in b.records.items():
+            if tbl.num_rows:
+                con.register("_incoming", tbl)
+                cols = ", ".join(tbl.column_names)
+                con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
+                con.unregister("_incoming")
+        if b.blocks:
+            con.register("_incoming", _rows_table(b.blocks, _BLOCK_NAMES, _BLOCK_TYPES))
+            con.execute("INSERT INTO blocks SELECT * FROM _incoming")
+            con.unregister("_incoming")
+            con.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, make_timestamp_ns(?))",
+                [b.batch_no, b.root, len(b.blocks), b.record_count, b.created_at],
+            )
+        if b.gaps:
+            con.executemany("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, make_timestamp_ns(?))", b.gaps)
+        if b.sessions:
+            con.executemany(
+                "INSERT OR IGNORE INTO session_events VALUES (?, ?, ?, ?, ?, make_timestamp_ns(?), ?, ?, ?, ?, ?,"
+                " make_timestamp_ns(?))",
+                b.sessions,
+            )
+        if b.rejections:
+            con.executemany(
+                "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamp_ns(?))",
+                b.rejections,
+            )
+        if b.duplicates:
+            con.executemany(
+                "INSERT OR IGNORE INTO duplicates VALUES (?, ?, ?, ?, ?, ?, make_timestamp_ns(?))",
+                b.duplicates,
+            )
+        if b.heads:
+            heads = [
+                (d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen)
+                for d, h in b.heads.items()
+            ]
+            con.register("_incoming", _rows_table(heads, _DEVICE_NAMES, _DEVICE_TYPES))
+            con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")
+            con.unregister("_incoming")
+
+    # -- a batch the store refused ----------------------------------------------------------------
+    def find_unstorable(self, b: BatchRows) -> list[Unstorable]:
+        """The block and session messages of ``b`` whose rows the store refuses on their own, found
+        by bisection: each probe writes a subset in a transaction that is always rolled back, so
+        about 2·log2(n) probes find one culprit among n messages. Empty if no message fails alone
+        (then the batch as a whole, or the database, is at fault)."""
+        units = [("block", i) for i in range(len(b.blocks))] + [
+            ("session", i) for i in range(len(b.sessions))
+        ]
+        found: list[Unstorable] = []
+
+        def bisect(part: list[tuple[str, int]], err: str | None) -> None:
+            if err is None:
+                err = self._probe(b, part)
+                if err is None:
+                    return
+            if len(part) == 1:
+                kind, i = part[0]
+                if kind == "block":
+                    (topic, partition, offset), ident = b.block_sources[i], b.blocks[i][2]
+                else:
+                    (topic, partition, offset), ident = (
+                        b.session_sources[i],
+                        sha256(b.sessions[i][10]).digest(),
+                    )
+                found.append(
+                    Unstorable(topic, partition, offset, ident, f"the store refuses this {kind}: {err}")
+                )
+                return
+            mid = len(part) // 2
+            bisect(part[:mid], None)
+            bisect(part[mid:], None)
+
+        bisect(units, None)
+        return found
+
+    def _probe(self, b: BatchRows, units: list[tuple[str, int]]) -> str | None:
+        """Write the rows of ``units`` in a transaction and roll it back: the store's error, or None."""
+        blocks = [b.blocks[i] for kind, i in units if kind == "block"]
+        keys = {(blk[0], blk[1]) for blk in blocks}
+        records = {}
+        for name, tbl in b.records.items():
+            mask = [
+                (d, q) in keys
+                for d, q in zip(
+                    tbl.column("device_id").to_pylist(), tbl.column("block_seq").to_pylist(), strict=True
+                )
+            ]
+            records[name] = tbl.filter(pa.array(mask, pa.bool_()))
+        part = BatchRows(
+            batch_no=b.batch_no,
+            root=b.root,
+            created_at=b.created_at,
+            records=records,
+            blocks=blocks,
+            sessions=[b.sessions[i] for kind, i in units if kind == "session"],
+        )
+        con = self._w
+        try:
+            con.execute("BEGIN TRANSACTION")
+            self._insert(con, part)
+            return None
+        except _CONTENT_ERRORS as exc:
+            return str(exc)
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"batch {b.batch_no}: probing which rows the store refuses failed: {exc}"
+            ) from exc
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
 
     def record_anchor(self, receipt: Any) -> None:
         try:

@@ -19,7 +19,7 @@ from msgspec import Meta
 
 from schemas import crypto
 from schemas.merkle import root_from_leaf_hashes
-from schemas.records import SCHEMA_VERSION, Record
+from schemas.records import MAX_TIMESTAMP_NS, SCHEMA_VERSION, Record
 
 ENVELOPE_VERSION = 1
 MAX_RECORDS_PER_BLOCK = 10_000
@@ -29,7 +29,7 @@ HexId16 = Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
 HexId32 = Annotated[str, Meta(pattern="^[0-9a-f]{32}$")]
 U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
 U64 = Annotated[int, Meta(ge=0)]  # MessagePack integers stop at 2**64 - 1
-I64 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+TimeNs = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_NS)]  # see schemas/records.py
 
 
 class Reason(enum.StrEnum):
@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     RECORD = "bad_record"
     SEQ_CONFLICT = "seq_conflict"
     CHAIN = "chain_broken"
+    UNSTORABLE = "unstorable"
 
 
 class WireError(Exception):
@@ -66,8 +67,8 @@ class BlockHeader(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_f
     seq: U64
     prev: Hash32
     count: Annotated[int, Meta(ge=1, le=MAX_RECORDS_PER_BLOCK)]
-    t_first: I64
-    t_last: I64
+    t_first: TimeNs
+    t_last: TimeNs
     root: Hash32
 
 

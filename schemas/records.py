@@ -22,7 +22,11 @@ from msgspec import Meta
 
 SCHEMA_VERSION = 1
 
-TimestampNs = Annotated[int, Meta(ge=0, le=2**63 - 1, description="ns since Unix epoch, UTC")]
+# The largest timestamp: 2^63 - 2 ns (2262-04-11). 2^63 - 1 is excluded because the store (DuckDB's
+# TIMESTAMP_NS) reserves it for 'infinity' and cannot hold it as a time: a value the store cannot
+# hold is refused here, at decode, with a reason, never discovered when a batch fails to commit.
+MAX_TIMESTAMP_NS = 2**63 - 2
+TimestampNs = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_NS, description="ns since Unix epoch, UTC")]
 Percent = Annotated[float, Meta(ge=0.0, le=100.0)]
 Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]

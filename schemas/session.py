@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.crypto import TAG_SESSION, SigningKey, verify
+from schemas.records import MAX_TIMESTAMP_NS
 
 SESSION_VERSION = 1
 EVENTS = ("birth", "death", "shutdown")
@@ -29,7 +30,7 @@ class SessionEvent(msgspec.Struct, frozen=True, array_like=True):
     key_id: Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
     boot: Annotated[int, Meta(ge=0, le=2**32 - 1)]
     session: Annotated[int, Meta(ge=1, le=2**32 - 1)]  # connects since this boot
-    ts_ns: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    ts_ns: Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_NS)]
     next_seq: Annotated[int, Meta(ge=0, le=2**63 - 1)]  # the next block's sequence number
     agent_version: Annotated[str, Meta(max_length=64)]
     schema_version: Annotated[int, Meta(ge=1, le=255)]
@@ -50,7 +51,13 @@ _event_dec = msgspec.msgpack.Decoder(SessionEvent)
 
 
 class SessionError(ValueError):
-    """A session message that does not decode or verify."""
+    """A session message that does not decode or verify. ``reason`` is the rejection reason the ingest
+    records (schemas/WIRE.md section 13): ``decode_error`` (envelope or signed body does not decode),
+    ``bad_signature``, or ``bad_header`` (the body's key id is not the envelope's)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def sign_session(key: SigningKey, event: SessionEvent) -> bytes:
@@ -65,20 +72,20 @@ def open_session(payload: bytes) -> SignedSession:
     try:
         s = _signed_dec.decode(payload)
     except msgspec.DecodeError as exc:
-        raise SessionError(f"not a session message: {exc}") from exc
+        raise SessionError("decode_error", f"not a session message: {exc}") from exc
     if s.v != SESSION_VERSION:
-        raise SessionError(f"session message version {s.v} is not supported")
+        raise SessionError("decode_error", f"session message version {s.v} is not supported")
     return s
 
 
 def verify_session(s: SignedSession, public_key: bytes) -> SessionEvent:
     """Verify the signature, then decode the body; its key id must be the envelope's."""
     if not verify(public_key, TAG_SESSION + b"\x00" + s.body, s.sig):
-        raise SessionError(f"session signature does not verify with key {s.key_id}")
+        raise SessionError("bad_signature", f"session signature does not verify with key {s.key_id}")
     try:
         ev = _event_dec.decode(s.body)
     except msgspec.DecodeError as exc:
-        raise SessionError(f"session body does not decode: {exc}") from exc
+        raise SessionError("decode_error", f"signed session body does not decode: {exc}") from exc
     if ev.key_id != s.key_id:
-        raise SessionError(f"session body key id {ev.key_id} != envelope key id {s.key_id}")
+        raise SessionError("bad_header", f"session body key id {ev.key_id} != envelope key id {s.key_id}")
     return ev
