@@ -99,11 +99,16 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ingest.ledger import LedgerConflict, LedgerDamaged
     from ingest.service import ROLES, run_roles
 
     roles = [args.only] if args.only else list(ROLES)
     batch_log = Path(args.batch_log) if args.batch_log else None
-    asyncio.run(run_roles(_cfg(args), roles, batch_log=batch_log, passthrough=args.benchmark_passthrough))
+    try:
+        asyncio.run(run_roles(_cfg(args), roles, batch_log=batch_log, passthrough=args.benchmark_passthrough))
+    except (LedgerConflict, LedgerDamaged) as exc:
+        print(f"telematics ingest: stopped: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from ingest.config import Config, ConfigError
-from ingest.ledger import Ledger, LedgerConflict, LedgerError, LocalLedger, load_or_create_key
+from ingest.ledger import Ledger, LedgerConflict, LedgerDamaged, LedgerError, LocalLedger, load_or_create_key
 from ingest.processor import Pending, Processor
 from ingest.registry import Registry
 from ingest.store import BatchRows, Store, StoreContentError, StoreError, Unstorable
@@ -192,12 +192,34 @@ class BatchConsumer:
             try:
                 await asyncio.to_thread(self._anchor_and_record, batch_no, root, blocks)
                 return
-            except LedgerConflict:
+            except (LedgerConflict, LedgerDamaged) as exc:
+                self._fatal(exc)
                 raise
             except LedgerError as exc:
                 log.warning("ledger unavailable for batch %d (%s); retrying in %.1fs", batch_no, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    def _fatal(self, exc: Exception) -> None:
+        """Record in the status file why the consumer stops without committing."""
+        log.critical("STOPPING: %s", exc)
+        self.stalled = {"since_ns": time.time_ns(), "retries": 0, "error": str(exc)[:500], "fatal": True}
+        self.write_status()
+
+    def check_ledger(self) -> None:
+        """Every anchor the store recorded must be in the ledger, naming the same entry: a ledger that
+        vanished, shrank or was replaced stops the consumer before it anchors anything."""
+        anchors = self.store.anchor_entries()
+        wrong = [(n, i) for n, i, h in anchors if (r := self.ledger.receipt(n)) is None or r.entry_hash != h]
+        if wrong:
+            n, i = wrong[0]
+            exc = LedgerDamaged(
+                f"the store records {len(anchors)} ledger anchors but {len(wrong)} of them are not in the ledger"
+                f" {self.cfg.path(self.cfg.ledger.path)} as recorded (first: batch {n}, entry {i}): restore the"
+                " ledger from a backup; the consumer will not start a new one"
+            )
+            self._fatal(exc)
+            raise exc
 
     def _anchor_and_record(self, batch_no: int, root: bytes, blocks: int) -> None:
         self.store.record_anchor(self.ledger.anchor(batch_no, root, blocks))
@@ -259,6 +281,7 @@ class BatchConsumer:
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([k.blocks_topic], listener=_FlushOnRevoke(self))
+        await asyncio.to_thread(self.check_ledger)
         await self.recover()
         self.write_status()
         max_age = ing.batch_max_age_ms / 1000

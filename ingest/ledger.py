@@ -42,6 +42,13 @@ class LedgerConflict(LedgerError):
     """The ledger already holds a different root for this batch: a bug or tampering, never retried."""
 
 
+class LedgerDamaged(LedgerError):
+    """The log file vanished, shrank, was replaced, changed behind the writer's back, holds a line that
+    does not read, or disagrees with the anchors the store recorded. Never retried and never repaired
+    by starting a new log: anchoring stops (Kafka offsets stay uncommitted) until the operator
+    restores the file."""
+
+
 @dataclass(frozen=True)
 class Receipt:
     ledger: str
@@ -177,40 +184,97 @@ class LocalLedger:
         self._leaves: list[bytes] = []  # RFC 6962 leaf hashes of the entries
         self._tree = merkle.MerkleFrontier()
         self._checkpoints: dict[int, str] = {}  # tree size -> signed note
+        self._file: tuple[int, int, int] | None = None  # (st_dev, st_ino, size) as last written
         self._load()
 
     def _load(self) -> None:
+        """Read the log and its checkpoints. A torn last line (no newline: never acknowledged) is
+        dropped, and the writer truncates it. The writer refuses to open a log with any other damage
+        (LedgerDamaged): a line that does not read, or an entry that does not follow the one before.
+        A reader skips unreadable lines and lists them in ``self.damage``; the audit and ``ledger
+        verify`` report every problem."""
+        self.damage: list[str] = []
         if self.path.exists():
             raw = self.path.read_bytes()
             good = 0
-            for line in raw.splitlines(keepends=True):
+            for lineno, line in enumerate(raw.splitlines(keepends=True), 1):
                 if not line.endswith(b"\n"):
                     break  # a torn last write: never acknowledged, so dropped below
-                obj = json.loads(line)
-                eb = bytes.fromhex(obj["entry"])
-                entry = entry_decoder.decode(eb)
-                h = bytes.fromhex(obj["hash"])
+                good += len(line)
+                try:
+                    eb, h, sig, entry = _read_entry_line(line)
+                except ValueError as exc:
+                    self.damage.append(f"{self.path.name} line {lineno}: {exc}")
+                    continue
+                if entry.index != self.size or entry.prev != self._head:
+                    self.damage.append(
+                        f"{self.path.name} line {lineno}: entry {entry.index} does not follow entry {self.size - 1}"
+                    )
                 self._by_batch[entry.batch_no] = Receipt(
                     self.name, entry.batch_no, entry.root, entry.index, h, entry.time_ns
                 )
-                self._append_leaf(eb, bytes.fromhex(obj["sig"]))
+                self._append_leaf(eb, sig)
                 self._head = h
-                good += len(line)
-            if good != len(raw) and self.key is not None:  # only the writer repairs; readers ignore
-                with open(self.path, "r+b") as f:
+            if good != len(raw) and self.key is not None and not self.damage:
+                with open(self.path, "r+b") as f:  # only the writer repairs a torn tail; readers ignore it
                     f.truncate(good)
         if self.checkpoint_path.exists():
             raw = self.checkpoint_path.read_bytes()
             good = 0
-            for line in raw.splitlines(keepends=True):
+            for lineno, line in enumerate(raw.splitlines(keepends=True), 1):
                 if not line.endswith(b"\n"):
                     break
-                obj = json.loads(line)
-                self._checkpoints[int(obj["size"])] = str(obj["note"])
                 good += len(line)
-            if good != len(raw) and self.key is not None:
+                try:
+                    obj = json.loads(line)
+                    size, note = int(obj["size"]), str(obj["note"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    self.damage.append(
+                        f"{self.checkpoint_path.name} line {lineno}: unreadable checkpoint ({exc})"
+                    )
+                    continue
+                self._checkpoints[size] = note
+            if good != len(raw) and self.key is not None and not self.damage:
                 with open(self.checkpoint_path, "r+b") as f:
                     f.truncate(good)
+        if self.damage and self.key is not None:
+            raise LedgerDamaged(
+                f"{self.damage[0]}: the ledger log is damaged; restore {self.path} from a backup"
+                " (`telematics ledger verify` lists every problem); anchoring is stopped"
+            )
+        self._remember_file()
+
+    def _remember_file(self) -> None:
+        """The log file's identity and size as this writer left it (checked before each append)."""
+        try:
+            st = os.stat(self.path)
+            self._file = (st.st_dev, st.st_ino, st.st_size)
+        except FileNotFoundError:
+            self._file = None
+
+    def _check_file(self) -> None:
+        """The file must be exactly the one this writer wrote: it never recreates a vanished log."""
+        try:
+            st = os.stat(self.path)
+            now = (st.st_dev, st.st_ino, st.st_size)
+        except FileNotFoundError:
+            now = None
+        if now == self._file:
+            return
+        if self._file is None:
+            what = "appeared while the ingest was writing a new log"
+        elif now is None:
+            what = f"vanished (it held {self.size} entries)"
+        elif now[:2] != self._file[:2]:
+            what = "was replaced by another file"
+        elif now[2] < self._file[2]:
+            what = f"shrank from {self._file[2]} to {now[2]} bytes"
+        else:
+            what = f"grew from {self._file[2]} to {now[2]} bytes behind the writer's back (a second writer?)"
+        raise LedgerDamaged(
+            f"ledger log {self.path} {what}: anchoring stopped, Kafka offsets are held; restore the file"
+            " from a backup (or stop the other writer) and restart the ingest"
+        )
 
     def _append_leaf(self, eb: bytes, sig: bytes) -> None:
         self._entries.append((eb, sig))
@@ -227,6 +291,7 @@ class LocalLedger:
             return r
         if self.key is None:
             raise LedgerError("this ledger was opened read-only (no signing key)")
+        self._check_file()
         entry = LedgerEntry(self.size, batch_no, root, self._head, time.time_ns(), blocks)
         eb = _enc.encode(entry)
         h = tagged_hash(TAG_LEDGER_ENTRY, eb)
@@ -243,6 +308,7 @@ class LocalLedger:
             "sig": sig.hex(),
         }
         append_json_line(self.path, line)
+        self._remember_file()
         r = Receipt(self.name, batch_no, root, entry.index, h, entry.time_ns)
         self._by_batch[batch_no] = r
         self._head = h
@@ -334,6 +400,36 @@ def append_json_line(path: Path, obj: dict[str, Any]) -> None:
         raise LedgerError(f"cannot append to {path}: {exc}") from exc
 
 
+_READABLE = ("index", "batch_no", "root", "prev", "time_ns", "blocks")  # plain copies of the signed fields
+
+
+def _read_entry_line(line: bytes) -> tuple[bytes, bytes, bytes, LedgerEntry]:
+    """(entry bytes, entry hash, signature, entry) of one log line; ValueError names what is wrong."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise ValueError("not a JSON line") from None
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    out = []
+    for k, n in (("entry", None), ("hash", 32), ("sig", 64)):
+        v = obj.get(k)
+        if not isinstance(v, str):
+            raise ValueError(f"field {k!r} missing or not a string")
+        try:
+            b = bytes.fromhex(v)
+        except ValueError:
+            raise ValueError(f"field {k!r} is not hex") from None
+        if n is not None and len(b) != n:
+            raise ValueError(f"field {k!r} is {len(b)} bytes, not {n}")
+        out.append(b)
+    try:
+        entry = entry_decoder.decode(out[0])
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"entry does not decode ({exc})") from None
+    return out[0], out[1], out[2], entry
+
+
 def _read_pub(path: Path) -> bytes:
     cand = [path.with_name("ingest.key.pub"), path.with_suffix(".pub")]
     for c in cand:
@@ -357,13 +453,10 @@ def verify_log(path: Path, public_key: bytes, *, origin: str = DEFAULT_ORIGIN) -
         lines = []
     for lineno, line in enumerate(lines, 1):
         try:
+            eb, h, sig, entry = _read_entry_line(line)
             obj = json.loads(line)
-            eb = bytes.fromhex(obj["entry"])
-            entry = entry_decoder.decode(eb)
-            h = bytes.fromhex(obj["hash"])
-            sig = bytes.fromhex(obj["sig"])
-        except (ValueError, KeyError, msgspec.DecodeError) as exc:
-            problems.append(f"line {lineno}: unreadable entry ({exc})")
+        except ValueError as exc:
+            problems.append(f"line {lineno}: {exc}")
             prev = b""
             n += 1
             leaves.append(b"")
@@ -377,12 +470,18 @@ def verify_log(path: Path, public_key: bytes, *, origin: str = DEFAULT_ORIGIN) -
             problems.append(f"line {lineno}: entry hash mismatch (entry {entry.index})")
         if not verify(public_key, _signing_input(eb), sig):
             problems.append(f"line {lineno}: bad signature (entry {entry.index})")
-        if (obj.get("batch_no"), obj.get("root"), obj.get("index")) != (
-            entry.batch_no,
-            entry.root.hex(),
-            entry.index,
-        ):
-            problems.append(f"line {lineno}: readable fields differ from the signed entry")
+        readable = {k: obj.get(k) for k in _READABLE}
+        signed = {
+            "index": entry.index,
+            "batch_no": entry.batch_no,
+            "root": entry.root.hex(),
+            "prev": entry.prev.hex(),
+            "time_ns": entry.time_ns,
+            "blocks": entry.blocks,
+        }
+        if readable != signed:
+            diff = ", ".join(k for k in _READABLE if readable[k] != signed[k])
+            problems.append(f"line {lineno}: readable fields differ from the signed entry ({diff})")
         if entry.batch_no in seen:
             problems.append(f"line {lineno}: batch {entry.batch_no} anchored twice")
         seen.add(entry.batch_no)
@@ -407,7 +506,7 @@ def _verify_checkpoints(cp_path: Path, leaves: list[bytes], public_key: bytes, o
         where = f"{cp_path.name} line {lineno}"
         try:
             cp = open_checkpoint(str(json.loads(line)["note"]), origin, public_key)
-        except (ValueError, KeyError, CheckpointError) as exc:
+        except (ValueError, KeyError, TypeError, CheckpointError) as exc:
             problems.append(f"{where}: unreadable or unsigned checkpoint ({exc})")
             continue
         if cp.origin != origin:

@@ -419,6 +419,13 @@ class Store:
         ).fetchall()
         return [(int(n), bytes(r), int(c)) for n, r, c in rows]
 
+    def anchor_entries(self) -> list[tuple[int, int, bytes]]:
+        """(batch_no, ledger entry index, entry hash) of every recorded anchor."""
+        rows = self.con.execute(
+            "SELECT batch_no, entry_index, entry_hash FROM anchors ORDER BY batch_no"
+        ).fetchall()
+        return [(int(n), int(i), bytes(h)) for n, i, h in rows]
+
     def counts(self) -> dict[str, int]:
         q = f"""SELECT
             {" + ".join(f"(SELECT count(*) FROM {t})" for t in TABLE_NAMES)},
