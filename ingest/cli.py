@@ -395,8 +395,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso(ns: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="seconds")
+
+
 def cmd_gaps(args: argparse.Namespace) -> int:
-    from ingest.gaps import gap_report
+    from ingest.gaps import broker_resets, gap_report
 
     cfg = _cfg(args)
     store = _open_store(cfg, "gaps")
@@ -404,19 +410,38 @@ def cmd_gaps(args: argparse.Namespace) -> int:
         return 1
     try:
         segs = gap_report(store.con, args.device)
+        resets = broker_resets(store.con)
     finally:
         store.close()
     if args.json:
-        print(json.dumps([{**vars(s), "blocks": s.blocks} for s in segs], indent=2))
+        print(
+            json.dumps(
+                {
+                    "gaps": [{**vars(s), "blocks": s.blocks} for s in segs],
+                    "broker_resets": [vars(r) for r in resets],
+                },
+                indent=2,
+            )
+        )
         return 0
+    for r in resets:
+        print(
+            f"ALARM: the broker's log of {r.topic}/{r.partition} went backwards ({r.kind}: expected offset"
+            f" {r.expected_offset}, broker at {r.broker_offset}) at {_iso(r.detected_at)}: acknowledged"
+            " messages may be lost; gaps below may be broker losses"
+        )
     if not segs:
-        print("no gaps: every device's blocks are stored from sequence 0 to its head")
+        print(
+            "no gaps: every device's blocks are stored from sequence 0 to its head and to what its sessions announced"
+        )
         return 0
     print(f"{'device':32}  {'from':>8}  {'to':>8}  {'blocks':>6}  status")
     for s in segs:
         what = s.status
         if s.status == "dropped_on_vehicle":
             what += f" ({s.reason}; declared in block {s.declared_in}, {s.declared_records} records)"
+        if s.tail:
+            what += " (after the last stored block; announced by a session message)"
         print(f"{s.device_id:32}  {s.from_seq:8}  {s.to_seq:8}  {s.blocks:6}  {what}")
     dropped = sum(s.blocks for s in segs if s.status == "dropped_on_vehicle")
     missing = sum(s.blocks for s in segs if s.status == "missing")

@@ -91,6 +91,10 @@ class BatchConsumer:
         self.stalled: dict[str, Any] | None = None
         self.started_ns = time.time_ns()
         self.partitions: list[int] = []  # assigned to this consumer now
+        # The next offset each assigned partition must deliver: a smaller one, or a high-water mark
+        # below it, means the broker's log went backwards (acknowledged messages may be lost).
+        self._expect: dict[TopicPartition, int] = {}
+        self.alarms: list[dict[str, Any]] = []  # the latest broker resets, for the status file
 
     # -- the durability order ---------------------------------------------------------------------
     async def flush(self) -> None:
@@ -259,6 +263,7 @@ class BatchConsumer:
             started_ns=self.started_ns,
             partitions=self.partitions,
             stalled=self.stalled,
+            alarms=self.alarms,
         )
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
@@ -290,6 +295,7 @@ class BatchConsumer:
                 batch = await self.consumer.getmany(
                     timeout_ms=min(200, ing.batch_max_age_ms), max_records=ing.poll_max_records
                 )
+                await self._watch_positions(batch)
                 msgs = [m for part in batch.values() for m in part]
                 # In chunks, so a batch closes near batch_max_records whatever one poll brought.
                 for i in range(0, len(msgs), POLL_CHUNK):
@@ -309,6 +315,59 @@ class BatchConsumer:
             await self.producer.stop()
             if self._batch_log is not None:
                 self._batch_log.close()
+
+    # -- broker log resets -------------------------------------------------------------------------
+    async def _watch_positions(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Raise an alarm within one poll when a partition's log went backwards: the broker delivered
+        an offset below the next expected one (it reset the consumer's position, or reuses positions
+        that acknowledged messages held), or its high-water mark is below it (it lost messages). In
+        the second case the consumer would wait for an offset the new log reaches only later, and
+        skip every message before it: it reads the partition again from its beginning instead
+        (what was stored already is recognised as duplicates)."""
+        assert self.consumer is not None
+        for tp, msgs in batch.items():
+            exp = self._expect.get(tp)
+            if msgs and exp is not None and msgs[0].offset < exp:
+                self._alarm(tp, "offsets_regressed", exp, msgs[0].offset)
+            if msgs:
+                self._expect[tp] = msgs[-1].offset + 1
+        for tp, exp in list(self._expect.items()):
+            hw = self.consumer.highwater(tp)
+            if hw is not None and hw < exp:
+                self._alarm(tp, "log_truncated", exp, hw)
+                del self._expect[tp]
+                await self.consumer.seek_to_beginning(tp)
+
+    def _alarm(self, tp: TopicPartition, kind: str, expected: int, got: int) -> None:
+        now = time.time_ns()
+        log.critical(
+            "BROKER LOG WENT BACKWARDS on %s/%d (%s): expected offset %d, broker at %d; acknowledged"
+            " messages may be lost: see `telematics gaps` for the vehicles concerned",
+            tp.topic,
+            tp.partition,
+            kind,
+            expected,
+            got,
+        )
+        try:
+            self.store.record_broker_reset(tp.topic, tp.partition, kind, expected, got, now)
+        except StoreError as exc:
+            log.error("%s", exc)
+        self.counts["broker_resets"] = self.counts.get("broker_resets", 0) + 1
+        a = {"kind": kind, "topic": tp.topic, "partition": tp.partition, "expected": expected, "broker": got}
+        self.alarms = [*self.alarms, {**a, "at_ns": now}][-10:]
+        self.write_status()
+
+    async def _expect_committed(self, tps: Any) -> None:
+        """Expect each partition to deliver from its committed offset next (after an assignment or
+        our own seek back)."""
+        assert self.consumer is not None
+        for tp in tps:
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                self._expect.pop(tp, None)
+            else:
+                self._expect[tp] = committed
 
     async def _sync_ledger(self, force: bool = False) -> None:
         """Let the ledger publish what is due while idle (EVM checkpoint mode). Offsets of the batches
@@ -372,6 +431,7 @@ class BatchConsumer:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+        await self._expect_committed(self.consumer.assignment())
 
     def stop(self) -> None:
         self._stop.set()
@@ -393,6 +453,8 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.bc._flush_or_rewind(wait=True)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.bc._expect = {}
+        await self.bc._expect_committed(assigned)
         self.bc.partitions = sorted(tp.partition for tp in assigned)
         self.bc.write_status()
 

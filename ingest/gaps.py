@@ -8,11 +8,21 @@ numbers into two kinds:
 * ``dropped_on_vehicle``: the spool dropped them (full or expired) and said so, signed;
 * ``missing``: nobody said anything. Lost in transit, still in a vehicle's spool waiting to be
   replayed, or held back by a vehicle that is offline.
+
+Missing numbers are found below each device's highest stored block, and also **above** it: every
+signed session message (birth, death, shutdown) carries the vehicle's ``next_seq``, so a loss at
+the end of a vehicle's stream shows as soon as the vehicle next connects or stops, even when no
+later block arrives. Such a tail range has ``tail=True``; until the vehicle's spool replays it, it
+may also be blocks that are simply not sent yet.
+
+A Kafka-protocol broker that lost acknowledged messages (its log went backwards) is reported by
+the consumer in ``broker_resets`` (``broker_resets`` below): every gap on such a partition may be a
+broker loss rather than a vehicle's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -25,6 +35,7 @@ class GapSegment:
     reason: str = ""  # for a drop: "full" or "expired"
     declared_in: int | None = None  # the block whose SpoolDrop record declared it
     declared_records: int | None = None  # records the vehicle said the dropped range held
+    tail: bool = False  # above the highest stored block: announced by a session message's next_seq
 
     @property
     def blocks(self) -> int:
@@ -43,6 +54,16 @@ def gap_report(con: Any, device_id: str | None = None) -> list[GapSegment]:
             WHERE seq > coalesce(prev + 1, 0) ORDER BY device_id, a""",
         params,
     ).fetchall()
+    tails = con.execute(
+        f"""WITH have AS (SELECT device_id, max(seq) AS head FROM
+                            (SELECT device_id, seq FROM blocks {where}
+                             UNION ALL SELECT device_id, seq FROM erased_blocks {where}) GROUP BY device_id),
+            said AS (SELECT device_id, max(next_seq) AS next_seq FROM session_events {where} GROUP BY device_id)
+            SELECT said.device_id, coalesce(have.head + 1, 0) AS a, said.next_seq - 1 AS b
+            FROM said LEFT JOIN have USING (device_id)
+            WHERE said.next_seq > coalesce(have.head + 1, 0) ORDER BY said.device_id""",
+        params,
+    ).fetchall()
     declared: dict[str, list[tuple[int, int, str, int, int]]] = {}
     for dev, a, b, reason, blk, n in con.execute(
         f"""SELECT device_id, first_seq, last_seq, any_value(reason), min(block_seq), any_value(records)
@@ -53,7 +74,30 @@ def gap_report(con: Any, device_id: str | None = None) -> list[GapSegment]:
     out: list[GapSegment] = []
     for dev, a, b in missing:
         out.extend(_split(dev, int(a), int(b), declared.get(dev, [])))
+    for dev, a, b in tails:
+        out.extend(replace(g, tail=True) for g in _split(dev, int(a), int(b), declared.get(dev, [])))
+    out.sort(key=lambda g: (g.device_id, g.from_seq))
     return out
+
+
+@dataclass(frozen=True)
+class BrokerReset:
+    """The consumer saw a partition's log go backwards: acknowledged messages may be lost there."""
+
+    topic: str
+    partition: int
+    kind: str  # "offsets_regressed" | "log_truncated"
+    expected_offset: int  # the next offset the consumer expected
+    broker_offset: int  # the offset the broker delivered, or its high-water mark
+    detected_at: int  # ns since the epoch
+
+
+def broker_resets(con: Any) -> list[BrokerReset]:
+    rows = con.execute(
+        "SELECT kafka_topic, kafka_partition, kind, expected_offset, broker_offset, epoch_ns(detected_at)"
+        " FROM broker_resets ORDER BY detected_at"
+    ).fetchall()
+    return [BrokerReset(str(t), int(p), str(k), int(e), int(b), int(d)) for t, p, k, e, b, d in rows]
 
 
 def _split(dev: str, a: int, b: int, drops: list[tuple[int, int, str, int, int]]) -> list[GapSegment]:

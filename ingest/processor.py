@@ -187,7 +187,7 @@ class Processor:
             p.started = time.monotonic()
         p.messages += 1
         tp = (m.topic, m.partition)
-        p.offsets[tp] = max(p.offsets.get(tp, 0), m.offset + 1)
+        p.offsets[tp] = m.offset + 1  # the last message's: after a seek back it may be lower
         try:
             if isinstance(env, WireError):
                 raise env

@@ -8,8 +8,9 @@ Tables (see docs/DATA.md for every column and example queries):
   anchors                           the ledger receipt of each batch
   devices                           chain head per device (last sequence number and block hash)
   gaps                              sequence gaps detected per device
-  rejections                        every dead-lettered message, keyed by its Kafka position
-  duplicates                        every redelivered identical block, keyed by its Kafka position
+  rejections                        every dead-lettered message, keyed by its Kafka position and payload hash
+  duplicates                        every redelivered identical block, keyed by its Kafka position and hash
+  broker_resets                     partitions whose log went backwards (acknowledged messages may be lost)
   erasures, erased_blocks           signed erasure statements and the block hashes they keep
 """
 
@@ -220,7 +221,16 @@ CREATE TABLE IF NOT EXISTS rejections (
     payload_size    BIGINT NOT NULL,
     payload_sha256  BLOB NOT NULL,
     received_at     TIMESTAMP_NS NOT NULL,
-    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset)
+    -- the position AND the payload: a broker that lost its log reuses positions for new messages
+    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, payload_sha256)
+);
+CREATE TABLE IF NOT EXISTS broker_resets (
+    kafka_topic     VARCHAR NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    kind            VARCHAR NOT NULL,  -- offsets_regressed | log_truncated
+    expected_offset BIGINT NOT NULL,   -- the next offset the consumer expected
+    broker_offset   BIGINT NOT NULL,   -- the offset the broker delivered, or its high-water mark
+    detected_at     TIMESTAMP_NS NOT NULL
 );
 CREATE TABLE IF NOT EXISTS duplicates (
     kafka_topic     VARCHAR NOT NULL,
@@ -230,7 +240,7 @@ CREATE TABLE IF NOT EXISTS duplicates (
     seq             UBIGINT NOT NULL,
     block_hash      BLOB NOT NULL,
     received_at     TIMESTAMP_NS NOT NULL,
-    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset)
+    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, block_hash)
 );
 """
 )
@@ -383,11 +393,32 @@ class Store:
             raise StoreError(f"cannot open DuckDB file {self.path}: {exc}") from exc
         if not read_only:
             self.con.execute(DDL)
+            self._migrate()
             if checkpoint_threshold_mb is not None:
                 self.con.execute(f"SET checkpoint_threshold = '{int(checkpoint_threshold_mb)}MB'")
         # Batches are written on this cursor, from the consumer's writer thread, while the
         # processor reads committed state on ``con`` (one DuckDB connection per thread).
         self._w = self.con.cursor()
+
+    def _migrate(self) -> None:
+        """Stores written before rejections and duplicates were keyed by payload too: re-key them."""
+        keys = dict(
+            self.con.execute(
+                "SELECT table_name, constraint_column_names FROM duckdb_constraints()"
+                " WHERE constraint_type = 'PRIMARY KEY' AND table_name IN ('rejections', 'duplicates')"
+            ).fetchall()
+        )
+        for table, extra in (("rejections", "payload_sha256"), ("duplicates", "block_hash")):
+            if extra in keys.get(table, [extra]):
+                continue
+            ddl = DDL[DDL.index(f"CREATE TABLE IF NOT EXISTS {table} (") :]
+            ddl = ddl[: ddl.index(");") + 2].replace(f"EXISTS {table} (", f"EXISTS {table}_rekeyed (")
+            self.con.execute("BEGIN TRANSACTION")
+            self.con.execute(ddl)
+            self.con.execute(f"INSERT INTO {table}_rekeyed SELECT * FROM {table}")
+            self.con.execute(f"DROP TABLE {table}")
+            self.con.execute(f"ALTER TABLE {table}_rekeyed RENAME TO {table}")
+            self.con.execute("COMMIT")
 
     def close(self) -> None:
         self._w.close()
@@ -426,14 +457,36 @@ class Store:
         ).fetchall()
         return [(int(n), int(i), bytes(h)) for n, i, h in rows]
 
+    def record_broker_reset(
+        self, topic: str, partition: int, kind: str, expected: int, got: int, at_ns: int
+    ) -> None:
+        """Record at once (not with the batch, which may be rolled back) that a partition went backwards."""
+        try:
+            self.con.execute(
+                "INSERT INTO broker_resets VALUES (?, ?, ?, ?, ?, make_timestamp_ns(?))",
+                [topic, partition, kind, expected, got, at_ns],
+            )
+        except duckdb.Error as exc:
+            raise StoreError(f"broker reset on {topic}/{partition} not recorded: {exc}") from exc
+
     def counts(self) -> dict[str, int]:
         q = f"""SELECT
             {" + ".join(f"(SELECT count(*) FROM {t})" for t in TABLE_NAMES)},
             (SELECT count(*) FROM blocks), (SELECT count(*) FROM batches), (SELECT count(*) FROM anchors),
-            (SELECT count(*) FROM rejections), (SELECT count(*) FROM duplicates), (SELECT count(*) FROM gaps)"""
+            (SELECT count(*) FROM rejections), (SELECT count(*) FROM duplicates), (SELECT count(*) FROM gaps),
+            (SELECT count(*) FROM broker_resets)"""
         row = self.con.execute(q).fetchone()
         assert row is not None
-        keys = ("records", "blocks", "batches", "anchored", "rejections", "duplicates", "gaps")
+        keys = (
+            "records",
+            "blocks",
+            "batches",
+            "anchored",
+            "rejections",
+            "duplicates",
+            "gaps",
+            "broker_resets",
+        )
         return dict(zip(keys, (int(x) for x in row), strict=True))
 
     # -- the one write transaction per batch ------------------------------------------------------

@@ -196,3 +196,35 @@ def test_quarantine_matches_the_exact_message_only(tmp_path: Path) -> None:
     finally:
         store.close()
         reg.close()
+
+
+def test_a_reused_kafka_position_keeps_both_rejections(parts: Any) -> None:
+    """A broker that lost its log hands out positions again: a new message rejected at a position an
+    earlier rejection holds is stored too (before the fix it was silently skipped)."""
+    store, reg, _ = parts
+    proc = _proc(store, reg)
+    for batch_no, junk in enumerate((b"\xc1 first", b"\xc1 second")):
+        proc.process_all([Msg("blocks", 0, 7, None, junk)])
+        store.write_batch(proc.build_rows(batch_no))
+        proc.pending = type(proc.pending)()
+    proc.process_all([Msg("blocks", 0, 7, None, b"\xc1 second")])  # a true redelivery: once
+    store.write_batch(proc.build_rows(2))
+    assert store.counts()["rejections"] == 2
+
+
+def test_session_next_seq_reveals_a_loss_at_the_end_of_a_stream(parts: Any) -> None:
+    from ingest.gaps import gap_report
+
+    store, reg, _ = parts
+    dev = Dev()
+    proc = _proc(store, reg, dev)
+    _feed(proc, *[(dev.id, dev.block([drive(T0 + i)]), b"blocks") for i in range(3)])
+    store.write_batch(proc.build_rows(0))
+    assert gap_report(store.con) == []
+    # The vehicle sealed blocks 3..5, which never arrived; it reconnects and announces next_seq 6.
+    proc.pending = type(proc.pending)()
+    ev = SessionEvent("birth", dev.id, dev.key.key_id, 1, 2, T0 + 100, 6, "test", 1, {})
+    _feed(proc, (dev.id, sign_session(dev.key, ev), b"state"))
+    store.write_batch(proc.build_rows(1))
+    [g] = gap_report(store.con)
+    assert (g.from_seq, g.to_seq, g.status, g.tail) == (3, 5, "missing", True)

@@ -270,7 +270,7 @@ def test_bad_input_is_counted_and_ignored() -> None:
         "Vehicle.Powertrain.Transmission.CurrentGear": 1,
         "Vehicle.Chassis.Accelerator.PedalPosition": 1,
     }
-    assert s.bad_update == 7
+    assert s.bad_update == 8
     assert cache.driving(T0) is not None
 
 
