@@ -481,6 +481,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from bench.knobs import main as knobs_main
 
         return knobs_main(args=args)
+    if args.which == "rejections":
+        from bench.rejections import main as rejections_main
+
+        return rejections_main(args=args)
     from bench.stages import main as stages_main
 
     return stages_main(args.rest)
@@ -584,6 +588,15 @@ def build_parser() -> argparse.ArgumentParser:
         bsub.add_parser(
             "knobs",
             help="the maximum e2e throughput per vehicles, block size and batch size (one table each)",
+            description="See docs/PERFORMANCE.md.",
+        )
+    )
+    from bench.rejections import build_parser as rejections_parser
+
+    rejections_parser(
+        bsub.add_parser(
+            "rejections",
+            help="rejected junk vs accepted blocks through the real consumer: messages/s and CPU per message",
             description="See docs/PERFORMANCE.md.",
         )
     )

@@ -282,7 +282,11 @@ class BatchConsumer:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=5)
+        # Dead letters go out a batch at a time: large producer batches (the default 16 KB made
+        # rejecting junk slower than accepting blocks, docs/PERFORMANCE.md).
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=k.bootstrap, acks="all", linger_ms=5, max_batch_size=1024 * 1024
+        )
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([k.blocks_topic], listener=_FlushOnRevoke(self))

@@ -35,6 +35,7 @@ from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import Record
 from schemas.session import SessionError, SignedSession, open_session, verify_session
 
+DEAD_LETTER_HEAD = 1024  # bytes of an oversized payload kept for the dead-letter topic
 REJECT_HEADER = "vt-reject"  # set by the bridge on payloads it would not forward whole
 HISTORICAL_HEADER = "vt-historical"  # set by the bridge on blocks the agent replayed from its spool
 _record_list_decoder = msgspec.msgpack.Decoder(Record)
@@ -223,7 +224,9 @@ class Processor:
                 e.reason,
                 e.detail,
                 m.key,
-                value,
+                # An oversized payload is kept as its first KiB (like the bridge's marker), so junk
+                # never holds more than that in memory per message while its batch is built.
+                value[:DEAD_LETTER_HEAD] if e.reason == Reason.OVERSIZED else value,
                 size,
                 sha,
                 m.key.decode(errors="replace") if m.key else None,
@@ -401,8 +404,11 @@ class Processor:
 
     # -- at flush ---------------------------------------------------------------------------------
     def due(self, max_records: int, max_age_s: float) -> bool:
+        """A rejected or duplicate message counts as one record: a batch of junk closes as soon as a
+        batch of records would, so junk is written in batches of the same size."""
         p = self.pending
-        return p.messages > 0 and (p.records >= max_records or time.monotonic() - p.started >= max_age_s)
+        n = p.records + len(p.rejections) + len(p.duplicates)
+        return p.messages > 0 and (n >= max_records or time.monotonic() - p.started >= max_age_s)
 
     def build_rows(self, batch_no: int) -> BatchRows:
         p = self.pending
