@@ -6,10 +6,13 @@ Stages (each timed in the report):
             positions missing from a block (deleted), rows of erased blocks left behind
   leaves    SHA-256(0x00 || salt || raw) recomputed inside DuckDB (vectorized, all cores) and compared
             with the leaf verified at ingest: names the row whose raw bytes changed
-  values    every raw record decoded and compared with its columns: names the row and column changed
+  values    every raw record decoded and compared with its columns, floats bit for bit (-0.0 is not
+            0.0): names the row and column changed
   blocks    records root from the row leaves = the signed header root; header hash, Ed25519 signature
             with the registry key valid at the block's time, header fields = block columns; chain links
-  batches   RFC 6962 root over each batch's block hashes (erased blocks keep theirs) = stored root
+  devices   each chain head (last sequence number and hash, block and record counts) = its stored blocks
+  batches   RFC 6962 root over each batch's block hashes (erased blocks keep theirs) = stored root,
+            record count = the sum of its blocks' signed counts
   ledger    every batch anchored, its ledger entry holds the same root, the log (hash chain,
             signatures, checkpoints, consistency) verifies
 The erasure statements are checked first, so that the later stages know which blocks were erased.
@@ -17,6 +20,7 @@ The erasure statements are checked first, so that the later stages know which bl
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -44,7 +48,9 @@ _list_decoder = msgspec.msgpack.Decoder(list[Record])
 # Finding kinds, grouped by what they concern.
 ROW_KINDS = ("row_changed", "row_inserted", "row_missing", "row_without_block", "row_not_erased")
 BLOCK_KINDS = ("block_root", "block_header", "block_signature", "block_key", "block_missing", "chain_broken")
+DEVICE_KINDS = ("device_head",)
 BATCH_KINDS = (
+    "batch_count",
     "batch_root",
     "batch_missing",
     "anchor_missing",
@@ -143,6 +149,7 @@ class Auditor:
             ("leaves", self._leaves),
             ("values", self._values),
             ("blocks", self._blocks),
+            ("devices", self._devices),
             ("batches", self._batches),
             ("ledger", self._ledger),
         ):
@@ -304,6 +311,9 @@ class Auditor:
             signed = pa.array(col, typ)
             if stored.type != signed.type:
                 stored = stored.cast(signed.type)
+            if pa.types.is_floating(typ):
+                # Bit for bit: 0.0 == -0.0 as numbers, but they are different signed values.
+                stored, signed = stored.view(pa.int64()), signed.view(pa.int64())
             diff = pc.fill_null(pc.not_equal(stored, signed), True)
             both_null = pc.and_(pc.is_null(stored), pc.is_null(signed))
             diff = pc.and_not(diff, both_null)
@@ -311,9 +321,10 @@ class Auditor:
                 for j in pc.indices_nonzero(diff).to_pylist():
                     i = good[j]
                     prev = bad.get(i)
-                    msg = (
-                        f"column {name} = {stored[j].as_py()!r}, the signed record says {signed[j].as_py()!r}"
-                    )
+                    a, b = stored[j].as_py(), signed[j].as_py()
+                    if pa.types.is_floating(typ):
+                        a, b = (_float(x) for x in (a, b))
+                    msg = f"column {name} = {a!r}, the signed record says {b!r}"
                     bad[i] = msg if prev is None else prev + "; " + msg
         return bad
 
@@ -388,28 +399,73 @@ class Auditor:
         rep.sub_seconds["blocks.signatures"] = t_sig
         rep.sub_seconds["blocks.trees"] = t_tree
 
+    # -- device chain heads -----------------------------------------------------------------------
+    def _devices(self, rep: AuditReport) -> None:
+        """Each device's chain head (``devices``) against its stored blocks: the highest sequence
+        number and its hash, the block and record counts. A head ahead of the blocks means blocks
+        were deleted (or the head written beyond them); a consistent deletion of the newest blocks
+        from the store, the ledger and its checkpoints is visible only against a checkpoint kept
+        elsewhere (``telematics ledger verify --since``)."""
+        for dev, what, detail in self.con.execute(
+            """WITH b AS (SELECT device_id, max(seq) AS last_seq, arg_max(block_hash, seq) AS last_hash,
+                                 count(*) AS blocks, sum(record_count) AS records FROM blocks GROUP BY ALL)
+            SELECT coalesce(d.device_id, b.device_id),
+                   CASE WHEN d.device_id IS NULL THEN 'missing' WHEN b.device_id IS NULL THEN 'orphan'
+                        ELSE 'differs' END,
+                   concat_ws(', ',
+                       CASE WHEN d.last_seq <> b.last_seq THEN
+                           printf('last_seq %d, newest stored block %d', d.last_seq, b.last_seq) END,
+                       CASE WHEN d.last_seq = b.last_seq AND d.last_block_hash <> b.last_hash THEN
+                           'last_block_hash is not the newest block''s hash' END,
+                       CASE WHEN d.blocks <> b.blocks THEN printf('blocks %d, %d stored', d.blocks, b.blocks) END,
+                       CASE WHEN d.records <> b.records THEN
+                           printf('records %d, %d in stored blocks', d.records, b.records) END)
+            FROM devices d FULL JOIN b ON d.device_id = b.device_id
+            WHERE d.device_id IS NULL OR b.device_id IS NULL OR d.last_seq <> b.last_seq
+               OR d.last_block_hash <> b.last_hash OR d.blocks <> b.blocks OR d.records <> b.records
+            ORDER BY 1"""
+        ).fetchall():
+            where = f"device {dev}"
+            if what == "missing":
+                rep.add("device_head", where, "has stored blocks but no chain head")
+            elif what == "orphan":
+                if not any(d == dev for d, _ in self._erased):
+                    rep.add("device_head", where, "has a chain head but no stored block")
+            else:
+                rep.add("device_head", where, detail)
+
     # -- batches ----------------------------------------------------------------------------------
     def _batches(self, rep: AuditReport) -> None:
         con = self.con
         stored = {
-            int(n): (bytes(r), int(c))
-            for n, r, c in con.execute("SELECT batch_no, root, block_count FROM batches").fetchall()
+            int(n): (bytes(r), int(c), int(rc))
+            for n, r, c, rc in con.execute(
+                "SELECT batch_no, root, block_count, record_count FROM batches"
+            ).fetchall()
         }
         rep.batches = len(stored)
         members: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
-        for n, i, h in con.execute(
-            "SELECT batch_no, batch_index, block_hash FROM blocks"
-            " UNION ALL SELECT batch_no, batch_index, block_hash FROM erased_blocks ORDER BY 1, 2"
+        records: dict[int, int] = defaultdict(int)
+        for n, i, h, rc in con.execute(
+            "SELECT batch_no, batch_index, block_hash, record_count FROM blocks"
+            " UNION ALL SELECT batch_no, batch_index, block_hash, record_count FROM erased_blocks ORDER BY 1, 2"
         ).fetchall():
             members[int(n)].append((int(i), bytes(h)))
+            records[int(n)] += int(rc)
         for n in sorted(set(members) - set(stored)):
             rep.add(
                 "batch_missing",
                 f"batch {n}",
                 f"{len(members[n])} stored blocks belong to a batch that is not stored",
             )
-        for n, (root, count) in sorted(stored.items()):
+        for n, (root, count, n_records) in sorted(stored.items()):
             where = f"batch {n}"
+            if records.get(n, 0) != n_records:
+                rep.add(
+                    "batch_count",
+                    where,
+                    f"records column says {n_records}, its blocks' signed counts add up to {records.get(n, 0)}",
+                )
             m = members.get(n, [])
             idx = [i for i, _ in m]
             if idx != list(range(count)):
@@ -429,7 +485,8 @@ class Auditor:
     def _ledger(self, rep: AuditReport) -> None:
         con = self.con
         anchors = {
-            int(n): bytes(h) for n, h in con.execute("SELECT batch_no, entry_hash FROM anchors").fetchall()
+            int(n): (bytes(h), int(i))
+            for n, h, i in con.execute("SELECT batch_no, entry_hash, entry_index FROM anchors").fetchall()
         }
         rep.anchors = len(anchors)
         roots = {int(n): bytes(r) for n, r in con.execute("SELECT batch_no, root FROM batches").fetchall()}
@@ -442,12 +499,16 @@ class Auditor:
                 rep.add("ledger_entry_missing", where, "the ledger has no entry for this batch")
             elif rc.root != root:
                 rep.add("ledger_root", where, "the ledger entry holds another root")
-            elif n in anchors and anchors[n] != rc.entry_hash:
+            elif n in anchors and anchors[n] != (rc.entry_hash, rc.index):
                 rep.add("ledger_root", where, "the recorded receipt names another ledger entry")
         for n in sorted(set(self.ledger.roots()) - set(roots)):
             rep.add("batch_missing", f"batch {n}", "anchored in the ledger but not stored")
         for p in self.ledger.verify(self.operator_key).problems:
             rep.add("ledger_log", str(self.ledger.path.name), p)
+
+
+def _float(bits: int | None) -> float | None:
+    return None if bits is None else struct.unpack("<d", struct.pack("<q", bits))[0]  # type: ignore[no-any-return]
 
 
 def _reader(con: Any, sql: str, rows: int) -> pa.RecordBatchReader:

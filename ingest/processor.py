@@ -10,6 +10,7 @@ break / gap). Accepted blocks are appended to the pending batch in columnar form
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import time
@@ -444,7 +445,8 @@ class Processor:
             sessions=p.sessions,
             rejections=rej,
             duplicates=p.duplicates,
-            heads={d: self.heads[d] for d in p.touched},
+            # Copies: the live heads move on while the writer thread stores this batch.
+            heads={d: copy.copy(self.heads[d]) for d in p.touched},
             record_count=p.records,
             block_sources=p.block_sources,
             session_sources=p.session_sources,
