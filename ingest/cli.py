@@ -58,7 +58,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from ingest.registry import Registry, RegistryError
 
     cfg = _cfg(args)
-    reg = Registry(cfg.path(cfg.registry.path))
+    try:
+        reg = Registry(cfg.path(cfg.registry.path))
+    except RegistryError as exc:
+        print(f"telematics devices: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.action == "add":
             if args.key_file:
@@ -104,10 +108,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     roles = [args.only] if args.only else list(ROLES)
     batch_log = Path(args.batch_log) if args.batch_log else None
+    from ingest.registry import RegistryError
+    from ingest.store import StoreError
+
     try:
         asyncio.run(run_roles(_cfg(args), roles, batch_log=batch_log, passthrough=args.benchmark_passthrough))
-    except (LedgerConflict, LedgerDamaged) as exc:
+    except (LedgerConflict, LedgerDamaged, RegistryError) as exc:
         print(f"telematics ingest: stopped: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(
+            f"telematics ingest: {exc} (is another `telematics ingest` running on this store?)",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        print(f"telematics ingest: {exc} (is the data directory writable?)", file=sys.stderr)
         return 1
     return 0
 

@@ -18,7 +18,7 @@ from aiokafka.structs import OffsetAndMetadata
 from ingest.config import Config, ConfigError
 from ingest.ledger import Ledger, LedgerConflict, LedgerDamaged, LedgerError, LocalLedger, load_or_create_key
 from ingest.processor import Pending, Processor
-from ingest.registry import Registry
+from ingest.registry import Registry, RegistryError
 from ingest.store import BatchRows, Store, StoreContentError, StoreError, Unstorable
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,11 @@ class BatchConsumer:
                 msgs = [m for part in batch.values() for m in part]
                 # In chunks, so a batch closes near batch_max_records whatever one poll brought.
                 for i in range(0, len(msgs), POLL_CHUNK):
-                    self.proc.process_all(msgs[i : i + POLL_CHUNK])  # type: ignore[arg-type]
+                    try:
+                        self.proc.process_all(msgs[i : i + POLL_CHUNK])  # type: ignore[arg-type]
+                    except RegistryError as exc:
+                        await self._hold(exc)
+                        break  # rewound: the rest of this poll is fetched again
                     if self.proc.due(ing.batch_max_records, max_age) and not await self._flush_or_rewind():
                         break  # rewound: the rest of this poll is fetched again
                 if not msgs:
@@ -406,21 +410,37 @@ class BatchConsumer:
             await self._rewind()
             return False
         except (StoreError, KafkaError) as exc:
-            now = time.time_ns()
-            st = self.stalled or {"since_ns": now, "retries": 0}
-            self.stalled = {**st, "retries": st["retries"] + 1, "error": str(exc)[:500]}
-            log.error(
-                "PIPELINE HELD: flush failed (%s); nothing is committed, rewinding to the committed offsets"
-                " and retrying in %.1fs (attempt %d, since %.0fs)",
-                exc,
-                self.cfg.ingest.retry_backoff_ms / 1000,
-                self.stalled["retries"],
-                (now - self.stalled["since_ns"]) / 1e9,
-            )
-            self.write_status()
+            self._stall(exc)
             await self._rewind()
             await asyncio.sleep(self.cfg.ingest.retry_backoff_ms / 1000)
             return False
+
+    def _stall(self, exc: Exception) -> None:
+        """Say loudly (log and status file) that an infrastructure failure holds the pipeline."""
+        now = time.time_ns()
+        st = self.stalled or {"since_ns": now, "retries": 0}
+        self.stalled = {**st, "retries": st["retries"] + 1, "error": str(exc)[:500]}
+        log.error(
+            "PIPELINE HELD: %s; nothing is committed, rewinding to the committed offsets"
+            " and retrying in %.1fs (attempt %d, since %.0fs)",
+            exc,
+            self.cfg.ingest.retry_backoff_ms / 1000,
+            self.stalled["retries"],
+            (now - self.stalled["since_ns"]) / 1e9,
+        )
+        self.write_status()
+
+    async def _hold(self, exc: Exception) -> None:
+        """An input the processor needs is unavailable (the registry): let the batch in flight
+        finish, forget the one being built, rewind, back off."""
+        async with self._flush_lock:
+            try:
+                await self._settle()
+            except (StoreError, KafkaError) as inflight_exc:
+                log.error("the batch in flight failed too (%s)", inflight_exc)
+            self._stall(exc)
+            await self._rewind()
+        await asyncio.sleep(self.cfg.ingest.retry_backoff_ms / 1000)
 
     async def _rewind(self) -> None:
         """Forget the batches being built and stored and seek back to the committed offsets."""

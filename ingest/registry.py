@@ -16,8 +16,10 @@ does not protect against.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -77,13 +79,41 @@ class KeyRing(Protocol):
     def lookup(self, key_ids: set[str]) -> dict[str, DeviceKey]: ...
 
 
+BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's lock on the registry
+
+
+@contextlib.contextmanager
+def _db_errors(path: Path, what: str) -> Iterator[None]:
+    """SQLite failures as RegistryError, naming the file and what to do."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        hint = (
+            f"another process holds a lock on it for more than {BUSY_TIMEOUT_S:g} s; try again"
+            if "locked" in str(exc) or "busy" in str(exc)
+            else "check that the file and its directory are writable"
+        )
+        raise RegistryError(f"device registry {path}: cannot {what} ({exc}): {hint}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise RegistryError(f"device registry {path}: cannot {what} ({exc}): is it a registry file?") from exc
+
+
 class Registry:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryError(f"device registry {self.path}: cannot create its directory ({exc})") from exc
+        with _db_errors(self.path, "open it"):
+            self._open()
+
+    def _open(self) -> None:
+        self._db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         self._db.executescript(_TABLE)
         cols = {r[1] for r in self._db.execute("PRAGMA table_info(device_keys)")}
         if "valid_from" not in cols:  # a registry written before validity intervals existed
@@ -106,6 +136,10 @@ class Registry:
         valid_from: int = 0,
     ) -> DeviceKey:
         """Register a key. ``device_id`` defaults to the id derived from this key (enrolment)."""
+        with _db_errors(self.path, "register a key"):
+            return self._add(public_key, label, device_id, valid_from)
+
+    def _add(self, public_key: bytes, label: str | None, device_id: str | None, valid_from: int) -> DeviceKey:
         dev = device_id or device_id_for(public_key)
         kid = key_id_for(public_key)
         now = time.time_ns()
@@ -125,6 +159,10 @@ class Registry:
         """Retire the device's active key(s) at ``at`` (default: now) and register the new key as
         valid from ``at``, in one transaction. Blocks stamped before ``at`` keep verifying against
         the old key; blocks signed with the old key from ``at`` on are rejected."""
+        with _db_errors(self.path, "rotate a key"):
+            return self._rotate(device_id, new_public_key, at)
+
+    def _rotate(self, device_id: str, new_public_key: bytes, at: int | None) -> DeviceKey:
         at = time.time_ns() if at is None else at
         active = [k for k in self.keys_of(device_id) if k.active]
         if not active:
@@ -158,6 +196,10 @@ class Registry:
     def revoke(self, device_id: str, *, at: int | None = None) -> int:
         """Revoke every key of a device still trusted at ``at`` (default: now): blocks stamped from
         ``at`` on are rejected. Returns how many keys were revoked."""
+        with _db_errors(self.path, "revoke keys"):
+            return self._revoke(device_id, at)
+
+    def _revoke(self, device_id: str, at: int | None) -> int:
         now = time.time_ns()
         at = now if at is None else at
         cur = self._db.execute(
@@ -180,6 +222,10 @@ class Registry:
         return [DeviceKey(*r) for r in rows]
 
     def lookup(self, key_ids: set[str]) -> dict[str, DeviceKey]:
+        with _db_errors(self.path, "read keys"):
+            return self._lookup(key_ids)
+
+    def _lookup(self, key_ids: set[str]) -> dict[str, DeviceKey]:
         if not key_ids:
             return {}
         ids = list(key_ids)
