@@ -110,6 +110,8 @@ def _rss_mib(pid: int, key: str = "VmHWM") -> float:
 
 
 def _write_config(path: Path, data: Path, args: argparse.Namespace) -> None:
+    from ingest.stack import SEAWEEDFS_PORT_FLAGS, free_port_block
+
     path.write_text(
         f"""# written by `telematics bench e2e`
 data_dir = "{data}"
@@ -124,6 +126,10 @@ partitions = {args.partitions}
 [bridge]
 client_id = "bench-bridge"
 max_pending = {args.bridge_pending}
+
+[stack]
+kafka_storage = "{args.kafka_storage}"
+s3_port = {free_port_block(len(SEAWEEDFS_PORT_FLAGS))}
 
 [ingest]
 batch_max_records = {args.batch_records}
@@ -219,7 +225,8 @@ def run_phase(
         who = {
             "simulator": fleet.pids,
             "mosquitto": [pids["mosquitto"] or 0],
-            "kafka broker": [pids["tansu"] or 0],
+            # with kafka_storage = "s3", the S3 server it keeps its log in counts as part of it
+            "kafka broker": [pids["tansu"] or 0, *([pids["seaweedfs"] or 0] if "seaweedfs" in pids else [])],
             "bridge": [bridge.pid],
             "consumer": [consumer.pid],
         }
@@ -530,6 +537,13 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--poll-records", type=int, default=2000, help="Kafka messages per consumer poll")
     ap.add_argument("--bridge-pending", type=int, default=5000, help="MQTT messages the bridge holds unacked")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument(
+        "--kafka-storage",
+        choices=("memory", "s3"),
+        default="memory",
+        help="the local Kafka-protocol broker's storage: memory (as measured in docs/PERFORMANCE.md; "
+        "loses acknowledged messages if it stops) or s3 (the stack's durable default, on SeaweedFS)",
+    )
     ap.add_argument("--procs", type=int, default=2, help="simulator processes")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(

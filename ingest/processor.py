@@ -78,6 +78,7 @@ class Pending:
     started: float = 0.0
     messages: int = 0
     records: int = 0
+    size: int = 0  # payload bytes of the messages in this batch
     blocks: list[tuple[Any, ...]] = field(default_factory=list)
     block_sources: list[tuple[str, int, int]] = field(default_factory=list)  # Kafka position per block
     block_hashes: list[bytes] = field(default_factory=list)
@@ -188,6 +189,7 @@ class Processor:
         if p.messages == 0:
             p.started = time.monotonic()
         p.messages += 1
+        p.size += len(m.value or b"")
         tp = (m.topic, m.partition)
         p.offsets[tp] = m.offset + 1  # the last message's: after a seek back it may be lower
         try:
@@ -404,12 +406,15 @@ class Processor:
         p.records += h.count
 
     # -- at flush ---------------------------------------------------------------------------------
-    def due(self, max_records: int, max_age_s: float) -> bool:
+    def due(self, max_records: int, max_age_s: float, max_bytes: int = 1 << 62) -> bool:
         """A rejected or duplicate message counts as one record: a batch of junk closes as soon as a
-        batch of records would, so junk is written in batches of the same size."""
+        batch of records would, so junk is written in batches of the same size. A batch also closes
+        at ``max_bytes`` of payload, the bound on what it holds in memory."""
         p = self.pending
         n = p.records + len(p.rejections) + len(p.duplicates)
-        return p.messages > 0 and (n >= max_records or time.monotonic() - p.started >= max_age_s)
+        return p.messages > 0 and (
+            n >= max_records or p.size >= max_bytes or time.monotonic() - p.started >= max_age_s
+        )
 
     def build_rows(self, batch_no: int) -> BatchRows:
         p = self.pending

@@ -48,6 +48,7 @@ class Reason(enum.StrEnum):
     SEQ_CONFLICT = "seq_conflict"
     CHAIN = "chain_broken"
     UNSTORABLE = "unstorable"
+    QUOTA = "quota_exceeded"
 
 
 class WireError(Exception):

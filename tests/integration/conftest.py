@@ -1,4 +1,5 @@
-"""Integration fixtures: the real local stack (mosquitto + Tansu), started by the project's own code.
+"""Integration fixtures: the real local stack (SeaweedFS + Tansu on it + mosquitto), started by the
+project's own code.
 
 A service that cannot start is a test error, never a skip.
 """
@@ -8,16 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ingest.config import Config
-from ingest.stack import Stack, ensure_topics
+from ingest.stack import SEAWEEDFS_PORT_FLAGS, Stack, ensure_topics, free_port_block
 from tests.integration.harness import IngestProc, write_config
 
 
@@ -27,12 +34,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stack_config(base: Path, **stack: Any) -> Config:
+    """A stack config under ``base`` on free ports (the S3 server's ten included), durable by default.
+
+    The brokers' ports come from below the ephemeral range, so a restarted broker finds them free."""
+    return msgspec.convert(
+        {
+            "data_dir": str(base),
+            "mqtt": {"port": free_port_block(1)},
+            "kafka": {"port": free_port_block(1)},
+            "stack": {"s3_port": free_port_block(len(SEAWEEDFS_PORT_FLAGS)), **stack},
+        },
+        Config,
+    )
+
+
 @pytest.fixture(scope="session")
 def stack_cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
-    base = tmp_path_factory.mktemp("stack")
-    cfg = msgspec.convert(
-        {"data_dir": str(base), "mqtt": {"port": free_port()}, "kafka": {"port": free_port()}}, Config
-    )
+    cfg = stack_config(tmp_path_factory.mktemp("stack"))
     stack = Stack(cfg)
     stack.up()
     try:
@@ -83,3 +102,26 @@ class TestEnv:
         for p in self.procs:
             with contextlib.suppress(Exception):
                 p.stop()
+        if any(p.role == "bridge" for p in self.procs):
+            end_mqtt_session(self.cfg, self.cfg.bridge.client_id)
+
+
+def end_mqtt_session(cfg: Config, client_id: str) -> None:
+    """Discard a persistent MQTT session and its queue (a finished test's bridge).
+
+    Otherwise the shared mosquitto keeps queueing every later test's blocks for it, and its
+    persistence file, rewritten after every change, grows with each test."""
+    done = threading.Event()
+    c = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+    )
+    c.on_connect = lambda *_a: done.set()
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    c.connect(cfg.mqtt.host, cfg.mqtt.port, clean_start=True, properties=props)
+    c.loop_start()
+    try:
+        assert done.wait(10), f"could not end the MQTT session {client_id}"
+    finally:
+        c.disconnect()
+        c.loop_stop()

@@ -1,4 +1,6 @@
-"""(c) SIGKILL the consumer or the bridge mid-run and restart it: exactly the expected rows, no duplicates."""
+"""(c) SIGKILL the consumer, the bridge, the Kafka-protocol broker or mosquitto mid-run and restart it
+(the brokers through the stack, with their durable storage): every acknowledged block stored exactly
+once, no duplicates, no gaps."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import time
 import pytest
 
 from ingest.consumer import read_status
+from ingest.gaps import gap_report
 from ingest.registry import Registry
+from ingest.stack import Stack
 from ingest.store import Store
 from simulators.fleet import FleetResult, run_fleet
 from tests.integration.checks import recheck
@@ -20,8 +24,8 @@ VEHICLES = 8
 RECORDS = 2500
 
 
-@pytest.mark.parametrize("role", ["consumer", "bridge"])
-def test_sigkill_mid_run_loses_and_duplicates_nothing(env, role: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("role", ["consumer", "bridge", "tansu", "mosquitto", "all"])
+def test_sigkill_mid_run_loses_and_duplicates_nothing(env, stack_cfg, role: str) -> None:  # type: ignore[no-untyped-def]
     cfg = env.cfg
     procs = {"consumer": env.start("consumer"), "bridge": env.start("bridge")}
     reg = Registry(cfg.path(cfg.registry.path))
@@ -52,10 +56,18 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(env, role: str) -> None:  
     t.start()
     # Kill while data is flowing: after the first batches are stored, well before the end.
     wait_until(cfg, lambda s: s["records"] >= 2000, timeout=60, what="first batches stored")
-    procs[role].kill()
     killed_at = (read_status(cfg) or {}).get("records", 0)
-    time.sleep(1.5)  # the vehicles keep publishing meanwhile
-    procs[role] = env.start(role)
+    # "all": a kill loop, each service in turn while the fleet keeps publishing.
+    for victim in ["consumer", "tansu", "bridge", "mosquitto"] if role == "all" else [role]:
+        if victim in procs:
+            procs[victim].kill()
+            time.sleep(1.5)  # the vehicles keep publishing meanwhile
+            procs[victim] = env.start(victim)
+        else:
+            stack = Stack(stack_cfg)
+            stack.kill(victim)
+            time.sleep(1.5)
+            stack.up()  # restarts the dead broker on its durable data
     t.join(120)
     assert not errors, errors
     fleet = result[0]
@@ -81,6 +93,11 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(env, role: str) -> None:  
             stored.setdefault(dev, []).append(bytes(bh))
         assert stored == fleet.block_hashes
         assert s.con.execute("SELECT count(*) FROM rejections").fetchone() == (0,)
-        assert s.con.execute("SELECT count(*) FROM gaps").fetchone() == (0,)
+        if role in ("consumer", "bridge"):
+            assert s.con.execute("SELECT count(*) FROM gaps").fetchone() == (0,)
+        else:
+            # A broker restart makes vehicles replay their spool after live blocks, so a gap may be
+            # detected and filled later (the gaps table logs detections); nothing may stay missing.
+            assert gap_report(s.con) == []
     finally:
         s.close()
