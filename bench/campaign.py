@@ -48,6 +48,7 @@ port = {_free_port()}
 [stack]
 kafka_storage = "{args.kafka_storage}"
 s3_port = {free_port_block(len(SEAWEEDFS_PORT_FLAGS))}
+mosquitto_save = "second"
 
 [edge]
 fsync = false

@@ -129,6 +129,8 @@ max_pending = {args.bridge_pending}
 
 [stack]
 kafka_storage = "{args.kafka_storage}"
+# a snapshot per second: per change, mosquitto rewrites its whole queue each time (docs/PRODUCTION.md)
+mosquitto_save = "second"
 s3_port = {free_port_block(len(SEAWEEDFS_PORT_FLAGS))}
 
 [ingest]

@@ -123,6 +123,10 @@ class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kafka_storage: Literal["s3", "memory"] = "s3"
     # The local S3 API (SeaweedFS) on 127.0.0.1:s3_port; its internal ports are s3_port+1 .. +9.
     s3_port: Annotated[int, Meta(ge=1, le=65535 - 9)] = 8333
+    # mosquitto's snapshot of queued messages: "change" after every change (a SIGKILL loses no
+    # acknowledged message, but the whole snapshot is rewritten per change, which collapses under a
+    # deep queue), or "second" once a second (up to a second of acknowledged messages at risk).
+    mosquitto_save: Literal["change", "second"] = "change"
 
 
 class SimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -110,7 +110,7 @@ def mosquitto_conf(cfg: Config, state: Path) -> str:
         "persistence true",
         f"persistence_location {state}/",
         "# write the persistence file after every change (it still acknowledges before it writes)",
-        "autosave_on_changes true",
+        f"autosave_on_changes {'true' if cfg.stack.mosquitto_save == 'change' else 'false'}",
         "autosave_interval 1",
         "# queue for offline persistent sessions (the bridge) without dropping",
         "max_queued_messages 1000000",
