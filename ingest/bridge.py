@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -132,6 +133,11 @@ class Bridge:
         self._quota_on = b.device_quota_msgs_per_s > 0 or b.device_quota_bytes_per_s > 0
         self._refused: dict[bytes, _Refused] = {}
         self._warned: dict[bytes, float] = {}
+        # Payload bytes received from MQTT and not yet handed to the producer (max_pending_bytes):
+        # the paho thread waits on this condition while they are over the cap.
+        self._room = threading.Condition()
+        self._inbox_bytes = 0
+        self._gate_open = True
 
     # -- MQTT side (paho network thread) ----------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -185,7 +191,26 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
+        size = len(msg.payload)
+        cap = self.cfg.bridge.max_pending_bytes
+        with self._room:
+            # Backpressure: stop reading (mosquitto keeps the messages it has not had acknowledged).
+            while self._gate_open and self._inbox_bytes > 0 and self._inbox_bytes + size > cap:
+                self._room.wait(0.2)
+            self._inbox_bytes += size
         self._loop.call_soon_threadsafe(self._inbox.put_nowait, msg)
+
+    def _handed_over(self, size: int) -> None:
+        with self._room:
+            self._inbox_bytes -= size
+            self._room.notify_all()
+
+    def _close_gate(self, open_: bool) -> None:
+        with self._room:
+            self._gate_open = open_
+            if open_:
+                self._inbox_bytes = 0
+            self._room.notify_all()
 
     def _connect(self) -> mqtt.Client:
         m = self.cfg.mqtt
@@ -309,6 +334,7 @@ class Bridge:
                 if msg is None or failure:
                     break
                 pending.append((msg.mid, msg.qos, await self._produce(producer, msg)))
+                self._handed_over(len(msg.payload))
                 wake.set()
             await self._report_quota(producer, all_=True)
             if not failure:
@@ -342,6 +368,7 @@ class Bridge:
                 # Unforwarded messages of an earlier session are redelivered by the broker: start empty.
                 self._inbox = asyncio.Queue()
                 self._refused = {}
+                self._close_gate(True)
                 if self._stop.is_set():
                     break
                 client = await asyncio.to_thread(self._connect)
@@ -356,6 +383,7 @@ class Bridge:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
+                self._close_gate(False)  # a paho thread waiting for room goes on, so it can stop
                 if client is not None:
                     client.disconnect()
                     client.loop_stop()

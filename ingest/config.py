@@ -40,6 +40,9 @@ class BridgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_payload_bytes: Annotated[int, Meta(ge=1024)] = 900_000
     # MQTT messages received but not yet acknowledged by Kafka.
     max_pending: Annotated[int, Meta(ge=1)] = 5000
+    # ... and their payload bytes not yet handed to the Kafka producer: beyond this the bridge stops
+    # reading from mosquitto until the producer caught up (the bridge's memory cap under a flood).
+    max_pending_bytes: Annotated[int, Meta(ge=1 << 20)] = 64 << 20
     # Per-device quota (the device id of the MQTT topic), a token bucket per device: on average at
     # most this many messages and bytes a second, in bursts of up to burst_s seconds' worth. Messages
     # over it are not forwarded: the bridge reports them to Kafka, a marker per device every
