@@ -272,6 +272,8 @@ class BatchConsumer:
     # -- the loop ---------------------------------------------------------------------------------
     async def run(self) -> None:
         k, ing = self.cfg.kafka, self.cfg.ingest
+        # Before joining the group: a consumer whose ledger lost anchors takes no partition.
+        await asyncio.to_thread(self.check_ledger)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=k.bootstrap,
             group_id=ing.group_id,
@@ -290,7 +292,6 @@ class BatchConsumer:
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([k.blocks_topic], listener=_FlushOnRevoke(self))
-        await asyncio.to_thread(self.check_ledger)
         await self.recover()
         self.write_status()
         max_age = ing.batch_max_age_ms / 1000

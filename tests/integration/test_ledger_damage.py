@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
 
 from ingest.registry import Registry
 from tests.integration.checks import recheck
-from tests.integration.harness import publish, wait_until
+from tests.integration.harness import REPO, publish, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +45,24 @@ def test_deleted_ledger_stops_the_consumer_and_is_never_recreated(env) -> None: 
 
     # A restart without the file refuses too (the store remembers the anchors).
     env.procs.remove(consumer)
-    with pytest.raises(RuntimeError, match="not in the ledger"):
-        env.start("consumer")
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "--config",
+            str(env.config_path),
+            "ingest",
+            "--only",
+            "consumer",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "not in the ledger" in again.stderr.strip().splitlines()[-1]
     assert not ledger_path.exists()
 
     # The operator restores the file: ingestion resumes, nothing lost or doubled.
