@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from ingest.bridge import refused_count
     from ingest.config import load_config
     from ingest.consumer import read_status
     from ingest.registry import Registry
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
             over_quota = sum(
-                int(d.removeprefix("flagged by the bridge: ").split(" messages")[0])
+                refused_count(d)
                 for (d,) in s.con.execute(
                     "SELECT detail FROM rejections WHERE reason = 'quota_exceeded'"
                 ).fetchall()

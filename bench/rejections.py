@@ -27,12 +27,12 @@ import json
 import os
 import resource
 import shutil
-import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.e2e import _free_port
 from ingest.progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -56,12 +56,6 @@ class Phase:
         return self.cpu_s / self.messages * 1e6 if self.messages else 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _config(data: Path, topic: str, args: argparse.Namespace) -> Config:
     import msgspec
 
@@ -71,6 +65,7 @@ def _config(data: Path, topic: str, args: argparse.Namespace) -> Config:
         {
             "data_dir": str(data),
             "mqtt": {"port": args.mqtt_port},
+            "stack": {"s3_port": args.s3_port},
             "kafka": {
                 "port": args.kafka_port,
                 "blocks_topic": topic,
@@ -225,12 +220,13 @@ async def _drain(cfg: Config, name: str, total: int, counter: str) -> Phase:
 
 def run(args: argparse.Namespace) -> list[Phase]:
     from ingest.registry import Registry
-    from ingest.stack import Stack, ensure_topics
+    from ingest.stack import SEAWEEDFS_PORT_FLAGS, Stack, ensure_topics, free_port_block
 
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     args.mqtt_port, args.kafka_port = _free_port(), _free_port()
+    args.s3_port = free_port_block(len(SEAWEEDFS_PORT_FLAGS))
     accept_cfg = _config(out / "accept", "bench-accept", args)
     reject_cfg = _config(out / "reject", "bench-reject", args)
     args.max_block_bytes = accept_cfg.ingest.max_block_bytes

@@ -66,6 +66,12 @@ class BridgeStats:
     over_quota_bytes: int = 0
 
 
+def refused_count(detail: str) -> int:
+    """How many messages a stored ``quota_exceeded`` rejection stands for: its detail, as the
+    consumer stores a marker's (``flagged by the bridge: <N> messages (...)``), starts with the count."""
+    return int(detail.removeprefix("flagged by the bridge: ").split(" messages", 1)[0])
+
+
 class Quotas:
     """A token bucket per device for messages and bytes (pure: the caller passes the time)."""
 

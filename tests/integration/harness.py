@@ -105,6 +105,25 @@ class IngestProc:
             raise
 
 
+def run_cli(config_path: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``telematics --config CONFIG ARGS...`` in a subprocess, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "--config", str(config_path), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=check,
+    )
+
+
+def error_line(out: subprocess.CompletedProcess[str]) -> str:
+    """The last line a failed command printed on stderr; it must have failed without a traceback."""
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    return out.stderr.strip().splitlines()[-1]
+
+
 def wait_until(cfg: Config, pred: Any, timeout: float = 120, what: str = "condition") -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     st: dict[str, Any] = {}

@@ -5,8 +5,6 @@ the status file, the store and `telematics gaps` show; ingestion goes on."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from ingest.registry import Registry
 from ingest.stack import ensure_topics
 from ingest.store import Store
-from tests.integration.harness import REPO, publish, wait_until
+from tests.integration.harness import publish, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +60,5 @@ def test_broker_log_reset_raises_an_alarm_and_ingestion_goes_on(env) -> None:  #
     finally:
         s.close()
     assert rows and {t for t, _ in rows} == {cfg.kafka.blocks_topic}
-    out = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "--config", str(env.config_path), "gaps"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    ).stdout
+    out = run_cli(env.config_path, "gaps", check=True).stdout
     assert "ALARM: the broker's log of" in out and "went backwards" in out

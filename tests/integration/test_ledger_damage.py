@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
 
 from ingest.registry import Registry
 from tests.integration.checks import recheck
-from tests.integration.harness import REPO, publish, wait_until
+from tests.integration.harness import error_line, publish, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,24 +43,8 @@ def test_deleted_ledger_stops_the_consumer_and_is_never_recreated(env) -> None: 
 
     # A restart without the file refuses too (the store remembers the anchors).
     env.procs.remove(consumer)
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ingest.cli",
-            "--config",
-            str(env.config_path),
-            "ingest",
-            "--only",
-            "consumer",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    assert again.returncode == 1 and "Traceback" not in again.stderr
-    assert "not in the ledger" in again.stderr.strip().splitlines()[-1]
+    again = run_cli(env.config_path, "ingest", "--only", "consumer")
+    assert "not in the ledger" in error_line(again)
     assert not ledger_path.exists()
 
     # The operator restores the file: ingestion resumes, nothing lost or doubled.

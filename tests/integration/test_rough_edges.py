@@ -4,38 +4,19 @@ consumer on the same store, a registry locked by another process while ingest ru
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
 from ingest.registry import BUSY_TIMEOUT_S, Registry
-from tests.integration.harness import REPO
+from tests.integration.harness import error_line, run_cli
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_second_consumer_on_the_same_store_says_so(env) -> None:  # type: ignore[no-untyped-def]
     env.start("consumer")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ingest.cli",
-            "--config",
-            str(env.config_path),
-            "ingest",
-            "--only",
-            "consumer",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    assert out.returncode == 1
-    assert "Traceback" not in out.stderr
-    assert "another `telematics ingest` running" in out.stderr.strip().splitlines()[-1]
+    out = run_cli(env.config_path, "ingest", "--only", "consumer")
+    assert "another `telematics ingest` running" in error_line(out)
 
 
 def test_ingest_on_a_locked_registry_says_so_in_one_line(env) -> None:  # type: ignore[no-untyped-def]
@@ -47,26 +28,10 @@ def test_ingest_on_a_locked_registry_says_so_in_one_line(env) -> None:  # type: 
     holder.execute("PRAGMA locking_mode=EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ingest.cli",
-                "--config",
-                str(env.config_path),
-                "ingest",
-                "--only",
-                "consumer",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-        )
+        out = run_cli(env.config_path, "ingest", "--only", "consumer")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    last = out.stderr.strip().splitlines()[-1]
+    last = error_line(out)
     assert "device registry" in last and "lock" in last and "try again" in last, out.stderr
     assert f"more than {BUSY_TIMEOUT_S:g} s" in last  # a bounded wait (it was 30 s, then a traceback)

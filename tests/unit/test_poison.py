@@ -14,19 +14,12 @@ import pytest
 from ingest.processor import Processor
 from ingest.registry import Registry
 from ingest.store import DRIVING_COLUMNS, Store, StoreContentError, _sample_table
-from schemas.block import build_block, encode_record
+from schemas.block import build_block
 from schemas.crypto import TAG_SESSION, ZERO_HASH, SigningKey, device_id_for
-from schemas.records import MAX_TIMESTAMP_NS, DrivingSample
+from schemas.records import MAX_TIMESTAMP_NS
 from schemas.session import SESSION_VERSION, SessionEvent, SignedSession, sign_session
+from simulators.hostile import T0, drive
 from tests.unit.kafka import Msg
-
-T0 = 1_700_000_000_000_000_000
-
-
-def drive(ts: int, speed: float = 10.0) -> bytes:
-    return encode_record(
-        DrivingSample(ts, speed, 0.0, 0.0, 0.0, 0.0, None, None, None, None, None, 0.0, 0.0, 0.0, 1, 0.0)
-    )
 
 
 class Dev:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ingest.registry import BUSY_TIMEOUT_S, Registry, RegistryError
 from schemas.crypto import SigningKey
+from tests.integration.harness import error_line, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,30 +41,12 @@ def test_devices_add_on_a_locked_registry_says_so_in_one_line(tmp_path: Path) ->
     cfg.write_text(f'data_dir = "{tmp_path}"\n')
     holder = _locked(tmp_path / "registry.sqlite")
     try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ingest.cli",
-                "--config",
-                str(cfg),
-                "devices",
-                "add",
-                "--public-key",
-                "11" * 32,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-        )
+        out = run_cli(cfg, "devices", "add", "--public-key", "11" * 32)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert out.returncode == 1
-    assert "Traceback" not in out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "lock" in lines[0] and "try again" in lines[0], out.stderr
+    line = error_line(out)
+    assert len(out.stderr.strip().splitlines()) == 1 and "lock" in line and "try again" in line, out.stderr
 
 
 def test_not_a_registry_file(tmp_path: Path) -> None:
