@@ -7,7 +7,7 @@ of ``--vehicles`` vehicles drives through the real edge code path at 10 Hz with 
 in real time, while ``--attackers`` registered devices publish ``--frames`` hostile frames of every
 kind (``simulators/hostile.py``) as fast as mosquitto takes them, ``--oversized-mb`` of them in
 oversized payloads. Reported: every frame accounted for (rejections by reason, duplicates, quota
-markers), honest records stored exactly once, the honest fleet's delay (sample -> stored, from the
+markers, frames mosquitto refused above its packet limit), honest records stored exactly once, the honest fleet's delay (sample -> stored, from the
 batch log), and each process's peak RSS, against the caps documented in docs/PERFORMANCE.md.
 Results: ``<out>/campaign.json`` and ``<out>/campaign.md``.
 """
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ingest.stack import Stack
     from ingest.store import Store
     from simulators.fleet import run_fleet
-    from simulators.hostile import Attacker, campaign
+    from simulators.hostile import REFUSED_AT_BROKER, Attacker, campaign, publish_refused
 
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             attackers,
             10**9,
             rng,
+            broker_max=cfg.bridge.max_packet_bytes,
             bridge_max=cfg.bridge.max_payload_bytes,
             consumer_max=cfg.ingest.max_block_bytes,
         ):
@@ -149,7 +150,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         c.loop_start()
         bar = ProgressBar("attacking", len(frames), unit=" frames")
         infos = []
+        at_door: Counter[bool] = Counter()
         for i, f in enumerate(frames):
+            if f.expect == REFUSED_AT_BROKER:
+                at_door[publish_refused(cfg.mqtt.host, cfg.mqtt.port, f, f"oversize-{i}")] += 1
+                bar.update(i + 1)
+                continue
             infos.append(c.publish(f.topic, f.payload, qos=1))
             if len(infos) >= 2000:
                 for info in infos:
@@ -220,7 +226,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             s.close()
         accounted = (
-            sum(reasons.values()) + over_quota + int(dups) + len([f for f in frames if f.expect == "stored"])
+            sum(reasons.values())
+            + over_quota
+            + int(dups)
+            + len([f for f in frames if f.expect == "stored"])
+            + at_door[True]
         )
         lat = _latencies(out / "batches.jsonl")
     finally:
@@ -235,6 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "expected": dict(expect),
         "rejections_by_reason": dict(reasons),
         "over_quota_frames": over_quota,
+        # frames above the packet limit: closed unacknowledged by the broker / acknowledged (must be 0)
+        "refused_by_broker": at_door[True],
+        "not_refused_by_broker": at_door[False],
         "duplicates": int(dups),
         "frames_accounted": accounted,
         "honest_records_expected": n_honest,
@@ -274,7 +287,8 @@ def _table(r: dict[str, Any]) -> str:
     lines = [
         f"frames {r['frames']:,} ({r['oversized_mb']:.0f} MiB oversized) in {r['attack_seconds']:.1f} s;"
         f" accounted {r['frames_accounted']:,} (rejected {sum(r['rejections_by_reason'].values()):,}, over quota"
-        f" {r['over_quota_frames']:,}, duplicates {r['duplicates']:,}, stored {r['attacker_blocks_stored']:,});"
+        f" {r['over_quota_frames']:,}, refused by the broker {r['refused_by_broker']:,},"
+        f" duplicates {r['duplicates']:,}, stored {r['attacker_blocks_stored']:,});"
         f" honest records {r['records_stored']:,}/{r['honest_records_expected']:,},"
         f" duplicated rows {r['duplicated_rows']}; honest data stored {r['honest_drain_s']:.1f} s after its last block"
         if r["honest_drain_s"] is not None

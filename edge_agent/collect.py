@@ -56,7 +56,8 @@ from edge_agent.signals import (
     Snapshot,
     config_error,
 )
-from schemas.records import Name, Record, TriggerEvent
+from schemas.patterns import Name
+from schemas.records import Record, TriggerEvent
 
 if TYPE_CHECKING:
     from edge_agent.privacy import PrivacyFilter

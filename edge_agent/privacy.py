@@ -46,7 +46,8 @@ import msgspec
 from msgspec import Meta
 
 from edge_agent.signals import config_error
-from schemas.records import DrivingSample, Name, Record
+from schemas.patterns import Name
+from schemas.records import DrivingSample, Record
 
 EARTH_RADIUS_M: Final = 6_371_000.0
 M_PER_DEG: Final = EARTH_RADIUS_M * math.pi / 180.0

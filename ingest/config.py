@@ -18,6 +18,9 @@ from edge_agent.config import ConfigError, EdgeConfig, MqttConfig, Port, load_to
 __all__ = ["Config", "ConfigError", "load_config"]
 
 CONFIG_ENV = "TELEMATICS_CONFIG"
+# An MQTT PUBLISH packet is its payload plus the topic, packet id and properties: the broker's packet
+# limit (mosquitto max_packet_size) leaves this much room above [bridge] max_payload_bytes.
+MQTT_PACKET_OVERHEAD = 64 * 1024
 
 
 class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,6 +40,8 @@ class BridgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     share_group: str = "ingest"
     # Payloads above this are not forwarded whole: a marker goes to Kafka instead, so the
     # consumer dead-letters them with reason "oversized" (Kafka's default message limit is 1 MB).
+    # The broker refuses packets above max_packet_bytes before reading them (MQTT 5 reason 0x95
+    # "packet too large", the sender is disconnected), so such frames never take broker memory.
     max_payload_bytes: Annotated[int, Meta(ge=1024)] = 900_000
     # MQTT messages received but not yet acknowledged by Kafka.
     max_pending: Annotated[int, Meta(ge=1)] = 5000
@@ -52,6 +57,11 @@ class BridgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device_quota_bytes_per_s: Annotated[float, Meta(ge=0)] = 5_000_000.0
     device_quota_burst_s: Annotated[float, Meta(gt=0)] = 10.0
     quota_report_ms: Annotated[int, Meta(ge=10)] = 250
+
+    @property
+    def max_packet_bytes(self) -> int:
+        """The MQTT packet limit the broker enforces (mosquitto ``max_packet_size``)."""
+        return self.max_payload_bytes + MQTT_PACKET_OVERHEAD
 
 
 class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ingest.config import BridgeConfig
 from ingest.stack import StackError, port_open
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -272,6 +273,8 @@ class SecureBrokerConfig:
     # The client id becomes the username on the TLS listener: a device cannot take over another
     # device's session (or disconnect it) by connecting with that device's client id.
     username_as_clientid: bool = True
+    # The broker's packet limit: [bridge] max_packet_bytes of the pipeline's config.
+    max_packet_bytes: int = BridgeConfig().max_packet_bytes
 
     @property
     def conf_path(self) -> Path:
@@ -303,6 +306,8 @@ def secure_mosquitto_conf(c: SecureBrokerConfig) -> str:
         "max_queued_messages 1000000",
         "max_inflight_messages 0",
         "persistent_client_expiration 7d",
+        "# refuse packets above [bridge] max_payload_bytes plus the topic and properties (MQTT 5 0x95)",
+        f"max_packet_size {c.max_packet_bytes}",
         f"log_dest file {c.log_path}",
         "log_type error",
         "log_type warning",

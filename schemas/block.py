@@ -19,14 +19,13 @@ from msgspec import Meta
 
 from schemas import crypto
 from schemas.merkle import root_from_leaf_hashes
+from schemas.patterns import HexId16, HexId32
 from schemas.records import MAX_TIMESTAMP_NS, SCHEMA_VERSION, Record
 
 ENVELOPE_VERSION = 1
 MAX_RECORDS_PER_BLOCK = 10_000
 
 Hash32 = Annotated[bytes, Meta(min_length=32, max_length=32)]
-HexId16 = Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
-HexId32 = Annotated[str, Meta(pattern="^[0-9a-f]{32}$")]
 U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
 U64 = Annotated[int, Meta(ge=0)]  # MessagePack integers stop at 2**64 - 1
 TimeNs = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_NS)]  # see schemas/records.py

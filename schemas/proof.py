@@ -27,7 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas import merkle
-from schemas.block import HexId16, HexId32, WireError, decode_header, decode_record
+from schemas.block import WireError, decode_header, decode_record
 from schemas.checkpoint import CheckpointError, open_checkpoint
 from schemas.crypto import (
     TAG_EVM_ANCHOR,
@@ -38,16 +38,13 @@ from schemas.crypto import (
     verify,
     verify_block_signature,
 )
+from schemas.patterns import DecimalKey, Hex, Hex32, Hex64, HexId16, HexId32
 from schemas.records import TABLE_OF_KIND
 
 FORMAT = "vt-proof/1"
 
 
-Hex = Annotated[str, Meta(pattern="^([0-9a-f]{2})*$")]
-Hex32 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
-Hex64 = Annotated[str, Meta(pattern="^[0-9a-f]{128}$")]
 Uint = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # bounded, so that re-encoding never overflows
-DecimalKey = Annotated[str, Meta(pattern="^(0|[1-9][0-9]*)$")]
 
 _enc = msgspec.msgpack.Encoder()
 

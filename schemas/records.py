@@ -20,6 +20,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from schemas.patterns import Name, whole
+
 SCHEMA_VERSION = 1
 
 # The largest timestamp: 2^63 - 2 ns (2262-04-11). 2^63 - 1 is excluded because the store (DuckDB's
@@ -73,7 +75,6 @@ class BatterySample(msgspec.Struct, frozen=True, array_like=True, gc=False, tag=
 
 Hash32 = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-Name = Annotated[str, Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9_.-]+$")]
 
 
 class TriggerEvent(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="t", tag_field="kind"):
@@ -100,7 +101,7 @@ class SpoolDrop(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="x",
     records: Annotated[int, Meta(ge=0, le=2**63 - 1)]
     prev: Hash32
     last_hash: Hash32
-    reason: Annotated[str, Meta(pattern="^(full|expired)$")]
+    reason: Annotated[str, Meta(pattern=whole("full|expired"))]
 
 
 Sample = DrivingSample | BatterySample

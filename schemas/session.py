@@ -1,4 +1,5 @@
-"""Session messages: what a vehicle announces on ``vehicles/<id>/state`` (docs/EDGE.md).
+"""Session messages: what a vehicle announces on ``vehicles/<id>/state`` (schemas/WIRE.md 12.4,
+docs/EDGE.md).
 
 On every MQTT connect the agent publishes a **birth**; the broker publishes the agent's
 **death** (its last will, registered with that connect) if the connection is lost, and a clean
@@ -16,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.crypto import TAG_SESSION, SigningKey, verify
+from schemas.patterns import HexId16, HexId32, whole
 from schemas.records import MAX_TIMESTAMP_NS
 
 SESSION_VERSION = 1
@@ -25,9 +27,9 @@ ConfigValue = str | int | float | bool
 
 
 class SessionEvent(msgspec.Struct, frozen=True, array_like=True):
-    event: Annotated[str, Meta(pattern="^(birth|death|shutdown)$")]
-    device_id: Annotated[str, Meta(pattern="^[0-9a-f]{32}$")]
-    key_id: Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
+    event: Annotated[str, Meta(pattern=whole("birth|death|shutdown"))]
+    device_id: HexId32
+    key_id: HexId16
     boot: Annotated[int, Meta(ge=0, le=2**32 - 1)]
     session: Annotated[int, Meta(ge=1, le=2**32 - 1)]  # connects since this boot
     ts_ns: Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_NS)]
@@ -40,7 +42,7 @@ class SessionEvent(msgspec.Struct, frozen=True, array_like=True):
 
 class SignedSession(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
     v: int
-    key_id: Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
+    key_id: HexId16
     body: Annotated[bytes, Meta(max_length=16_384)]
     sig: Annotated[bytes, Meta(min_length=64, max_length=64)]
 

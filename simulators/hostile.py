@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgspec
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from schemas.block import (
     Block,
@@ -37,7 +40,12 @@ class Frame:
     kind: str  # what this frame is
     topic: str
     payload: bytes
-    expect: str  # rejection reason, or "duplicate"
+    expect: str  # rejection reason, "duplicate", "stored", or REFUSED_AT_BROKER
+
+
+# The broker disconnects the sender of a packet above its limit (MQTT 5 reason 0x95, "packet too
+# large") before reading it: the frame never reaches the pipeline, and the sender knows.
+REFUSED_AT_BROKER = "packet_too_large"
 
 
 def drive(ts: int, speed: float = 10.0) -> bytes:
@@ -120,7 +128,9 @@ class Attacker:
         sig = self.key.sign(TAG_SESSION + b"\x00" + body)
         return msgspec.msgpack.encode(SignedSession(SESSION_VERSION, self.key.key_id, body, sig))
 
-    def frames(self, rng: random.Random, *, bridge_max: int, consumer_max: int, other: str) -> list[Frame]:
+    def frames(
+        self, rng: random.Random, *, broker_max: int, bridge_max: int, consumer_max: int, other: str
+    ) -> list[Frame]:
         """One frame of every kind (``other``: another registered device's id, for topic theft)."""
         out: list[Frame] = []
         add = out.append
@@ -245,6 +255,7 @@ class Attacker:
             add(Frame("seq_conflict", self.blocks, conflict.to_wire(), "seq_conflict"))
         add(Frame("chain_broken", self.blocks, self.block(prev=os.urandom(32)).to_wire(), "chain_broken"))
         # -- sizes ------------------------------------------------------------------------------------
+        add(Frame("oversized_at_broker", self.blocks, b"\xc1" + rng.randbytes(broker_max), REFUSED_AT_BROKER))
         add(Frame("oversized_at_bridge", self.blocks, b"\xc1" + rng.randbytes(bridge_max), "oversized"))
         add(Frame("oversized_at_consumer", self.blocks, b"\xc1" + rng.randbytes(consumer_max), "oversized"))
         # -- session messages ---------------------------------------------------------------------------
@@ -272,7 +283,13 @@ def _header(b: Block, **over: object) -> BlockHeader:
 
 
 def campaign(
-    attackers: list[Attacker], rounds: int, rng: random.Random, *, bridge_max: int, consumer_max: int
+    attackers: list[Attacker],
+    rounds: int,
+    rng: random.Random,
+    *,
+    broker_max: int,
+    bridge_max: int,
+    consumer_max: int,
 ) -> Iterator[Frame]:
     """``rounds`` rounds; in each, every attacker sends one honest block then one frame of every kind
     (another attacker's topic stands in for a stolen one)."""
@@ -280,4 +297,34 @@ def campaign(
         for i, a in enumerate(attackers):
             yield a.honest()
             other = attackers[(i + 1) % len(attackers)].id
-            yield from a.frames(rng, bridge_max=bridge_max, consumer_max=consumer_max, other=other)
+            yield from a.frames(
+                rng, broker_max=broker_max, bridge_max=bridge_max, consumer_max=consumer_max, other=other
+            )
+
+
+def publish_refused(host: str, port: int, frame: Frame, client_id: str, timeout_s: float = 30.0) -> bool:
+    """Publish ``frame`` (QoS 1) on an MQTT 5 connection of its own named ``client_id``: True when
+    the broker closed it without acknowledging the frame. (The sender may see the broker's
+    DISCONNECT with reason 0x95, or only the closed socket if that came first while it
+    was still writing; the broker logs "Client <id> disconnected due to oversize packet".)"""
+    gone: list[int] = []
+    c = mqtt.Client(
+        client_id=client_id, callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5
+    )
+    c.on_disconnect = lambda _c, _u, _f, rc, _p: gone.append(int(rc.value))
+    c.connect(host, port)
+    info = c.publish(frame.topic, frame.payload, qos=1)
+
+    def acknowledged() -> bool:
+        try:
+            return info.is_published()
+        except (RuntimeError, ValueError):  # the write already failed: the connection was lost
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    while not gone and info.rc == 0 and not acknowledged() and time.monotonic() < deadline:
+        c.loop(0.1)  # no loop thread: nothing reconnects and re-sends the frame
+    if gone or info.rc != 0:
+        return not acknowledged()
+    c.disconnect()
+    return False

@@ -1,6 +1,7 @@
 """The adversarial campaign, CI size: hostile devices send every kind of malformed or malicious frame
 (simulators/hostile.py) beside an honest fleet, through mosquitto, the bridge, Kafka and the consumer.
-Every frame is accounted for (stored, dead-lettered with its reason, or counted as a duplicate), the
+Every frame is accounted for (stored, dead-lettered with its reason, counted as a duplicate, or
+refused by mosquitto with "packet too large" before it took any memory), the
 honest fleet's records are all stored exactly once, and no service restarts."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import uuid
 from collections import Counter
 
 import paho.mqtt.client as mqtt
@@ -15,8 +17,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.registry import Registry
+from ingest.stack import Stack
 from ingest.store import Store
-from simulators.hostile import Attacker, campaign
+from simulators.hostile import REFUSED_AT_BROKER, Attacker, campaign, publish_refused
 from tests.integration.checks import recheck
 from tests.integration.harness import publish, wait_until
 from tests.integration.test_rejections import read_dead_letters
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.integration
 ROUNDS = 3
 
 
-def test_every_hostile_frame_is_accounted_and_honest_data_is_whole(env) -> None:  # type: ignore[no-untyped-def]
+def test_every_hostile_frame_is_accounted_and_honest_data_is_whole(env, stack_cfg) -> None:  # type: ignore[no-untyped-def]
     cfg = env.cfg
     consumer, bridge = env.start("consumer"), env.start("bridge")
     pids = (consumer.proc.pid, bridge.proc.pid)
@@ -39,6 +42,7 @@ def test_every_hostile_frame_is_accounted_and_honest_data_is_whole(env) -> None:
             attackers,
             ROUNDS,
             random.Random(11),
+            broker_max=cfg.bridge.max_packet_bytes,
             bridge_max=cfg.bridge.max_payload_bytes,
             consumer_max=cfg.ingest.max_block_bytes,
         )
@@ -52,8 +56,13 @@ def test_every_hostile_frame_is_accounted_and_honest_data_is_whole(env) -> None:
     c.max_inflight_messages_set(100)
     c.connect(cfg.mqtt.host, cfg.mqtt.port)
     c.loop_start()
+    refused: dict[str, bool] = {}
     for f in frames:
-        c.publish(f.topic, f.payload, qos=1).wait_for_publish(30)
+        if f.expect == REFUSED_AT_BROKER:
+            cid = f"oversize-{uuid.uuid4().hex}"
+            refused[cid] = publish_refused(cfg.mqtt.host, cfg.mqtt.port, f, cid)
+        else:
+            c.publish(f.topic, f.payload, qos=1).wait_for_publish(30)
     c.loop_stop()
     c.disconnect()
     t.join(120)
@@ -61,6 +70,10 @@ def test_every_hostile_frame_is_accounted_and_honest_data_is_whole(env) -> None:
     assert honest, "the honest fleet did not finish"
     n_honest = honest[0] + sum(b.header.count for a in attackers for b in a.stored)
 
+    # the broker refused every frame above its packet limit without acknowledging it, and says so
+    assert len(refused) == expect.pop(REFUSED_AT_BROKER) and all(refused.values())
+    log = (Stack(stack_cfg).state / "mosquitto.log").read_text()
+    assert all(f"Client {cid} disconnected due to oversize packet" in log for cid in refused)
     rejected = sum(v for k, v in expect.items() if k not in ("stored", "duplicate"))
     st = wait_until(
         cfg,

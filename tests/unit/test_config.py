@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import msgspec
 import pytest
 
 from edge_agent.config import AgentConfig, ConfigError, load_toml
-from ingest.config import Config, load_config
+from ingest.config import BridgeConfig, Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +48,11 @@ def test_bad_value_names_the_field(tmp_path: Path) -> None:
     p.write_text("[mqtt]\nport = 70000\n")
     with pytest.raises(ConfigError, match=r"mqtt\.port"):
         load_config(p)
+
+
+@pytest.mark.parametrize("path", ["deploy/mosquitto/mosquitto.conf", "deploy/compose.yaml"])
+def test_deployed_broker_packet_limit_is_the_bridges(path: str) -> None:
+    """The shipped mosquitto configs refuse exactly what the bridge could not forward."""
+    text = (ROOT / path).read_text()
+    limits = re.findall(r"(?m)^\s*max_packet_size (\d+)$", text)
+    assert limits == [str(BridgeConfig().max_packet_bytes)]

@@ -9,7 +9,7 @@ from pathlib import Path
 from ingest.processor import Processor
 from ingest.registry import Registry
 from ingest.store import Store
-from simulators.hostile import Attacker, Frame, campaign
+from simulators.hostile import REFUSED_AT_BROKER, Attacker, Frame, campaign
 from tests.unit.kafka import Msg
 
 
@@ -20,10 +20,15 @@ def test_each_frame_kind_has_its_expected_outcome(tmp_path: Path) -> None:
         for a in attackers:
             reg.add(a.key.public_key)
         proc = Processor(store, reg, max_block_bytes=4096)
-        frames = list(campaign(attackers, 2, random.Random(7), bridge_max=8192, consumer_max=4096))
+        frames = list(
+            campaign(attackers, 2, random.Random(7), broker_max=9216, bridge_max=8192, consumer_max=4096)
+        )
         kinds = {f.kind for f in frames}
-        assert len(kinds) >= 35
+        assert len(kinds) >= 38
         for off, f in enumerate(frames):
+            if f.expect == REFUSED_AT_BROKER:  # never reaches the pipeline (the campaign checks the broker)
+                assert len(f.payload) > 9216
+                continue
             _feed(proc, off, f)
             got = _outcome(proc, off)
             assert got == f.expect, (f.kind, got, proc.pending.rejections[-1:])

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -278,3 +280,24 @@ def test_compact_keeps_everything_else(tmp_path: Path) -> None:
     w.store = Store(w.store.path)
     assert w.store.counts() == counts
     assert w.audit().ok
+
+
+def test_a_newline_after_an_id_is_not_the_id(world: World) -> None:
+    """Ids match whole strings (WIRE.md section 1): "<id>\\n" makes the bundle malformed, whether in
+    a field or as an object key (before, the newline passed the format and only a later check, if
+    any, noticed)."""
+    (row,) = select_rows(world.store, "driving", None, 1, sample=True)
+    b = json.loads(world.bundle([row]))
+    kid, bh, no = next(iter(b["keys"])), next(iter(b["blocks"])), next(iter(b["batches"]))
+
+    def field(o: Any) -> None:
+        o["records"][0]["device_id"] += "\n"
+
+    def key_of(table: str, k: str) -> Callable[[Any], None]:
+        return lambda o: o[table].__setitem__(k + "\n", o[table].pop(k))
+
+    for change in (field, key_of("keys", kid), key_of("blocks", bh), key_of("batches", no)):
+        obj = json.loads(json.dumps(b))
+        change(obj)
+        rep = verify_bundle(json.dumps(obj).encode(), operator_key=world.operator.public_key)
+        assert len(rep.problems) == 1 and rep.problems[0].startswith("bundle: not a vt-proof/1 bundle")

@@ -47,6 +47,7 @@ from schemas.block import (
 )
 from schemas.export_jsonschema import TYPES, export, main, render
 from schemas.records import BatterySample, DrivingSample, Record
+from schemas.session import SessionError, SessionEvent, SignedSession, open_session, verify_session
 from simulators.vehicle import VehicleModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +131,9 @@ REQUIRED_IN_DOC = {
     "block_hash",
     "envelope",
     "batch_root",
+    "session_signing_input",
+    "session_signature",
+    "session_message",
 }
 
 
@@ -155,7 +159,7 @@ def test_annotated_dumps_in_wire_md_equal_the_vector() -> None:
             hexes.append(h)
         assert "".join(hexes) == vector_value(name), name
         found.add(name)
-    assert {"header_bytes", "record_bytes[0]", "record_bytes[1]", "envelope"} <= found
+    assert {"header_bytes", "record_bytes[0]", "record_bytes[1]", "envelope", "session_body"} <= found
 
 
 def _doc_value(text: str) -> Any:
@@ -289,6 +293,10 @@ def mp(obj: object) -> bytes:
         else:
             head = b"\xdd" + struct.pack(">I", n)
         return head + b"".join(mp(x) for x in obj)
+    if isinstance(obj, dict):  # only a session message's config (section 12.4)
+        n = len(obj)
+        head = bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack(">H", n)
+        return head + b"".join(mp(k) + mp(v) for k, v in obj.items())
     raise TypeError(type(obj))
 
 
@@ -392,10 +400,74 @@ def test_doc_field_tables_match_the_msgspec_types() -> None:
 
 
 def test_doc_header_and_envelope_tables_match_the_msgspec_types() -> None:
-    for heading, typ in (("## 8. Block header", BlockHeader), ("## 10. Envelope", Envelope)):
-        table = _first_table(DOC.split(heading, 1)[1])
+    session = DOC.split("### 12.4 Session messages", 1)[1]
+    tables = [
+        (_first_table(DOC.split("## 8. Block header", 1)[1]), BlockHeader),
+        (_first_table(DOC.split("## 10. Envelope", 1)[1]), Envelope),
+        (_first_table(session), SignedSession),
+        (_first_table(session.split("`session_body` is the MessagePack", 1)[1]), SessionEvent),
+    ]
+    for table, typ in tables:
         names = [line.strip("|").split("|")[1].strip() for line in table.split("\n")[2:]]
-        assert names == list(typ.__struct_fields__), heading
+        assert names == list(typ.__struct_fields__), typ
+
+
+def tp_session(secret: bytes, inputs: dict[str, Any]) -> dict[str, bytes]:
+    """A session message from WIRE.md section 12.4: body array of 10, then the signed envelope."""
+    pub = tp_public_key(secret)
+    device_id = tp_tagged("vt/v1/device-id", pub)[:16].hex()
+    key_id = tp_tagged("vt/v1/key-id", pub)[:8].hex()
+    i = inputs
+    body = mp(
+        [
+            i["event"],
+            device_id,
+            key_id,
+            i["boot"],
+            i["session"],
+            i["ts_ns"],
+            i["next_seq"],
+            i["agent_version"],
+            i["schema_version"],
+            i["config"],
+        ]
+    )
+    signing_input = b"vt/v1/session\x00" + body
+    sig = Ed25519PrivateKey.from_private_bytes(secret).sign(signing_input)
+    return {
+        "session_body": body,
+        "session_signing_input": signing_input,
+        "session_signature": sig,
+        "session_message": mp([1, key_id, body, sig]),
+    }
+
+
+def test_third_party_session_message_is_the_vector_and_is_accepted() -> None:
+    secret = bytes.fromhex(VECTOR["inputs"]["ed25519_secret_key"])
+    got = tp_session(secret, VECTOR["inputs"]["session"])
+    for name, value in got.items():
+        assert value.hex() == VECTOR["outputs"][name], name
+    pub = tp_public_key(secret)
+    ev = verify_session(open_session(got["session_message"]), pub)
+    assert (ev.event, ev.device_id, ev.config) == (
+        "birth",
+        VECTOR["outputs"]["device_id"],
+        VECTOR["inputs"]["session"]["config"],
+    )
+    # config entries in another order, and a trailing unknown body field: still accepted (12.4)
+    inputs = dict(VECTOR["inputs"]["session"], config={"privacy": True, "block_max_records": 100})
+    again = tp_session(secret, inputs)
+    body = again["session_body"]
+    longer = bytes([body[0] + 1]) + body[1:] + mp("future")
+    sig = Ed25519PrivateKey.from_private_bytes(secret).sign(b"vt/v1/session\x00" + longer)
+    ev = verify_session(open_session(mp([1, ev.key_id, longer, sig])), pub)
+    assert ev.config == {"privacy": True, "block_max_records": 100}
+    # an id followed by a newline is not the id; a map where an id is due is no id either
+    for bad in ({"event": "birth\n"}, {"agent_version": {"x": 1}}):
+        b2 = tp_session(secret, dict(VECTOR["inputs"]["session"], **bad))
+        with pytest.raises(SessionError) as exc:
+            verify_session(open_session(b2["session_message"]), pub)
+        assert exc.value.reason == "decode_error"
 
 
 def test_third_party_reproduces_the_vector_byte_for_byte() -> None:
@@ -555,8 +627,10 @@ def test_decoders_accept_what_wire_md_says() -> None:
     # Wider-than-needed widths: int64 for gear -1, array32 header, str8 for the tag.
     wide = [b"\xd9\x01d", *chunks[1:gear], b"\xd3" + struct.pack(">q", -1), *chunks[gear + 1 :]]
     assert decode_record(b"\xdd\x00\x00\x00\x11" + b"".join(wide)) == base
-    # Trailing unknown record fields are ignored.
+    # Trailing unknown record fields are ignored, whatever their type (a map, an extension).
     assert decode_record(mp([*arr, 1, "future", None])) == base
+    assert decode_record(msgspec.msgpack.encode([*arr, {"a": [1, {"b": None}]}])) == base
+    assert decode_record(msgspec.msgpack.encode([*arr, msgspec.msgpack.Ext(1, b"x")])) == base
 
 
 @pytest.mark.parametrize(
@@ -619,6 +693,8 @@ def test_header_and_envelope_are_closed() -> None:
     assert reason(envelope([*header[:2], "0" * 16, *header[3:]])) == Reason.HEADER
     assert reason(envelope([*header[:6], 3, *header[7:]])) == Reason.MERKLE
     assert reason(envelope([*header[:7], TS0 + 1, TS0, root])) == Reason.HEADER
+    # Patterns match whole strings (section 1): an id followed by a newline is a bad header.
+    assert reason(envelope([header[0], device_id + "\n", *header[2:]])) == Reason.HEADER
     # Envelope: unknown trailing field, another version, trailing bytes, str records -> decode_error.
     hb, sig = _sign(secret, header)
     for payload in (
@@ -627,6 +703,7 @@ def test_header_and_envelope_are_closed() -> None:
         mp([1, key_id, hb, sig, seed, records]) + b"\xc0",
         mp([1, key_id, hb, sig, seed, ["not bin"]]),
         mp([1, key_id, hb, sig, seed, []]),
+        mp([1, key_id + "\n", hb, sig, seed, records]),
     ):
         with pytest.raises(WireError) as exc:
             decode_envelope(payload)

@@ -1,4 +1,5 @@
-"""Generate tests/vectors/block_v1.json: the worked example of schemas/WIRE.md.
+"""Generate tests/vectors/block_v1.json: the worked example of schemas/WIRE.md (a block, and the
+birth session message of the same device).
 
 Every value is produced by our own code (schemas/). The output is deterministic: the
 key is RFC 8032 test 1, the salt seed is bytes(range(32)), the records are fixed and
@@ -24,6 +25,7 @@ from schemas import crypto
 from schemas.block import build_block, encode_record, leaf_hashes
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import BatterySample, DrivingSample, Record
+from schemas.session import SessionEvent, sign_session
 
 VECTOR_PATH = Path(__file__).with_name("block_v1.json")
 
@@ -75,6 +77,21 @@ RECORDS: list[Record] = [
 ]
 
 
+# The birth the agent publishes when it connects before sealing this block (WIRE.md 12.4).
+SESSION = SessionEvent(
+    event="birth",
+    device_id="",  # filled in from the key
+    key_id="",
+    boot=BOOT,
+    session=1,
+    ts_ns=1_699_999_999_000_000_000,
+    next_seq=SEQ,
+    agent_version="0.1.0",
+    schema_version=1,
+    config={"block_max_records": 100, "block_max_age_ms": 1000, "privacy": True},
+)
+
+
 def record_to_json(record: Record) -> dict[str, Any]:
     """Kind tag first, then the fields in wire order."""
     kind = "d" if isinstance(record, DrivingSample) else "b"
@@ -99,6 +116,9 @@ def build_vector() -> dict[str, Any]:
     )
     h = block.header
     leaves = leaf_hashes(SALT_SEED, record_bytes)
+    birth = msgspec.structs.replace(SESSION, device_id=device_id, key_id=key.key_id)
+    session_message = sign_session(key, birth)
+    signed = msgspec.msgpack.decode(session_message)
     batch_leaf = leaf_hash(block.hash)
     return {
         "description": (
@@ -112,6 +132,9 @@ def build_vector() -> dict[str, Any]:
             "seq": SEQ,
             "prev": PREV.hex(),
             "records": [record_to_json(r) for r in RECORDS],
+            "session": {
+                k: v for k, v in msgspec.structs.asdict(SESSION).items() if k not in ("device_id", "key_id")
+            },
         },
         "outputs": {
             "public_key": key.public_key.hex(),
@@ -141,6 +164,11 @@ def build_vector() -> dict[str, Any]:
             # A batch holding only this block: leaf data = block hash.
             "batch_leaf_hash": batch_leaf.hex(),
             "batch_root": root_from_leaf_hashes([batch_leaf]).hex(),
+            # The session message (WIRE.md 12.4): body, what is signed, the whole payload.
+            "session_body": signed[2].hex(),
+            "session_signing_input": (crypto.TAG_SESSION + b"\x00" + signed[2]).hex(),
+            "session_signature": signed[3].hex(),
+            "session_message": session_message.hex(),
         },
     }
 
