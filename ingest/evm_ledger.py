@@ -45,7 +45,7 @@ from ingest.evm import (
     EvmSignedTx,
     anchor_calldata,
 )
-from ingest.ledger import LedgerError, LocalLedger, Receipt, VerifyReport, append_json_line
+from ingest.ledger import LedgerConflict, LedgerError, LocalLedger, Receipt, VerifyReport, append_json_line
 from schemas.crypto import TAG_EVM_ANCHOR, SigningKey
 from schemas.proof import EvmAnchor, evm_anchor_bytes
 
@@ -176,7 +176,7 @@ class EvmLedger:
         done = self.anchors.get(key)
         if done is not None:
             if done.root != root.hex():
-                raise LedgerError(f"{kind} {number} was anchored on chain with another root")
+                raise LedgerConflict(f"{kind} {number} was anchored on chain with another root ({done.root})")
             return done
         if self.client is None or self.operator is None:
             raise LedgerError("this EVM ledger was opened read-only")

@@ -25,14 +25,10 @@ from schemas.proof import (
     RecordProof,
     key_statement_bytes,
 )
+from schemas.records import RECORD_KINDS
 
 TABLES = TABLE_NAMES
-_ALIASES = {
-    "driving": "driving_samples",
-    "battery": "battery_samples",
-    "triggers": "trigger_events",
-    "drops": "spool_drops",
-}
+_ALIASES = {k.short: k.table for k in RECORD_KINDS}
 
 
 class Witness(Protocol):
@@ -140,7 +136,7 @@ class Prover:
             raw = bytes(row[0])
             records.append(
                 RecordProof(
-                    table=r.table,  # type: ignore[arg-type]
+                    table=r.table,
                     device_id=r.device_id,
                     block_seq=r.block_seq,
                     idx=r.idx,

@@ -38,10 +38,12 @@ from schemas.crypto import (
     verify,
     verify_block_signature,
 )
-from schemas.patterns import DecimalKey, Hex, Hex32, Hex64, HexId16, HexId32
-from schemas.records import TABLE_OF_KIND
+from schemas.patterns import DecimalKey, Hex, Hex32, Hex64, HexId16, HexId32, whole
+from schemas.records import RECORD_KINDS, TABLE_OF_KIND
 
 FORMAT = "vt-proof/1"
+# The table of a proven row: one of the record kinds' tables.
+RecordTableName = Annotated[str, Meta(pattern=whole("|".join(k.table for k in RECORD_KINDS)))]
 
 
 Uint = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # bounded, so that re-encoding never overflows
@@ -135,7 +137,7 @@ def evm_anchor_bytes(
 
 
 class RecordProof(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    table: Literal["driving_samples", "battery_samples"]
+    table: RecordTableName
     device_id: HexId32
     block_seq: Uint
     idx: Uint

@@ -15,7 +15,7 @@ them out of the garbage collector, which would otherwise walk every record of a 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -107,13 +107,28 @@ class SpoolDrop(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="x",
 Sample = DrivingSample | BatterySample
 Record = DrivingSample | BatterySample | TriggerEvent | SpoolDrop
 
-# The DuckDB table each record kind is stored in (also named in proof bundles).
-TABLE_OF_KIND: dict[type, str] = {
-    DrivingSample: "driving_samples",
-    BatterySample: "battery_samples",
-    TriggerEvent: "trigger_events",
-    SpoolDrop: "spool_drops",
-}
+
+class RecordKind(NamedTuple):
+    """One record kind. The store, the proof format and the prover derive their table lists from
+    :data:`RECORD_KINDS`, so a new kind is added here once."""
+
+    type: type[Record]
+    table: str  # the ingest's table for it, also the ``table`` of a proof bundle (PROOFS.md 3)
+    short: str  # its name on the command line (``telematics prove --table driving``)
+
+    @property
+    def tag(self) -> str:
+        """The kind tag on the wire (WIRE.md 5)."""
+        return str(self.type.__struct_config__.tag)
+
+
+RECORD_KINDS: tuple[RecordKind, ...] = (
+    RecordKind(DrivingSample, "driving_samples", "driving"),
+    RecordKind(BatterySample, "battery_samples", "battery"),
+    RecordKind(TriggerEvent, "trigger_events", "triggers"),
+    RecordKind(SpoolDrop, "spool_drops", "drops"),
+)
+TABLE_OF_KIND: dict[type, str] = {k.type: k.table for k in RECORD_KINDS}
 
 DRIVING_FIELDS: tuple[str, ...] = DrivingSample.__struct_fields__
 BATTERY_FIELDS: tuple[str, ...] = BatterySample.__struct_fields__

@@ -154,3 +154,31 @@ def test_failed_flush_reset_reloads_heads(setup: Any) -> None:
     assert dev.id not in proc.heads and proc.pending.empty
     feed((dev.blocks[0].to_wire(), k))
     assert len(proc.pending.blocks) == 1
+
+
+def test_a_stored_batch_holds_the_heads_of_its_own_blocks(setup: Any, tmp_path: Path) -> None:
+    """The writer stores batch N while the processor already verifies batch N+1 (consumer: the
+    write runs in a thread). A crash after N's commit must leave `devices` at N's last block: the
+    heads in N's rows are a snapshot, not the processor's live objects."""
+    store, dev, proc, feed = setup
+    k = dev.id.encode()
+    feed(*((dev.block(s).to_wire(), k) for s in range(3)))
+    rows = proc.build_rows(store.next_batch_no())  # batch N: blocks 0-2
+    proc.pending = type(proc.pending)()
+    feed(*((dev.block(s).to_wire(), k) for s in range(3, 5)))  # batch N+1 moves the live head on
+    store.write_batch(rows)  # ... before N is written; then "crash": N+1 is never written
+    head = store.heads()[dev.id]
+    (last, n) = store.con.execute(
+        "SELECT max(seq), count(*) FROM blocks WHERE device_id = ?", [dev.id]
+    ).fetchone()  # type: ignore[misc]
+    assert (
+        (head.last_seq, head.last_hash, head.blocks)
+        == (last, dev.blocks[2].hash, n)
+        == (2, dev.blocks[2].hash, 3)
+    )
+    # a restarted processor takes the stored head: blocks 3-4 redelivered chain on and are stored
+    again = Processor(store, proc.keyring, max_block_bytes=512 * 1024)
+    again.process_all([Msg("t", 0, 100 + s, k, dev.blocks[s].to_wire()) for s in range(3, 5)])
+    assert not again.pending.rejections and not again.pending.duplicates and not again.pending.gaps
+    store.write_batch(again.build_rows(store.next_batch_no()))
+    assert store.heads()[dev.id].last_seq == 4 and store.counts()["blocks"] == 5

@@ -46,7 +46,7 @@ from schemas.block import (
     open_envelope,
 )
 from schemas.export_jsonschema import TYPES, export, main, render
-from schemas.records import BatterySample, DrivingSample, Record
+from schemas.records import RECORD_KINDS, BatterySample, DrivingSample, Record
 from schemas.session import SessionError, SessionEvent, SignedSession, open_session, verify_session
 from simulators.vehicle import VehicleModel
 
@@ -239,7 +239,7 @@ def doc_layout(heading: str) -> tuple[str, list[DocField]]:
     table = _first_table(section)
     fields = []
     for line in table.split("\n")[2:]:
-        _, name, typ, rng, _ = [c.strip() for c in line.strip("|").split("|")]
+        _, name, typ, rng, _ = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))]
         lo = hi = None
         if "…" in rng:
             a, b = rng.split("…")
@@ -251,6 +251,8 @@ def doc_layout(heading: str) -> tuple[str, list[DocField]]:
 
 TP_DRIVING = doc_layout("### 5.1 `DrivingSample`")
 TP_BATTERY = doc_layout("### 5.2 `BatterySample`")
+TP_TRIGGER = doc_layout("### 5.3 `TriggerEvent`")
+TP_DROP = doc_layout("### 5.4 `SpoolDrop`")
 
 
 def mp(obj: object) -> bytes:
@@ -379,7 +381,10 @@ def tp_block(
 
 
 def test_doc_field_tables_match_the_msgspec_types() -> None:
-    for (tag, fields), typ in ((TP_DRIVING, DrivingSample), (TP_BATTERY, BatterySample)):
+    layouts = {"d": TP_DRIVING, "b": TP_BATTERY, "t": TP_TRIGGER, "x": TP_DROP}
+    assert sorted(layouts) == sorted(k.tag for k in RECORD_KINDS)  # every kind is specified
+    for kind in RECORD_KINDS:
+        (tag, fields), typ = layouts[kind.tag], kind.type
         info = mi.type_info(typ)
         assert isinstance(info, mi.StructType) and info.tag == tag
         assert [f.name for f in fields] == [f.name for f in info.fields]
@@ -391,12 +396,24 @@ def test_doc_field_tables_match_the_msgspec_types() -> None:
             if nullable:
                 assert doc.type == "float or nil", doc
                 t = next(x for x in t.types if not isinstance(x, mi.NoneType))
-            expected_type = {mi.FloatType: "float", mi.IntType: "integer", mi.BoolType: "bool"}[type(t)]
+            expected_type = {
+                mi.FloatType: "float",
+                mi.IntType: "integer",
+                mi.BoolType: "bool",
+                mi.StrType: "str",
+                mi.BytesType: "bin",
+            }[type(t)]
             assert doc.type == (expected_type + " or nil" if nullable else expected_type), doc
-            if isinstance(t, mi.BoolType):
-                assert doc.lo is None and doc.hi is None
-            else:
+            if isinstance(t, mi.FloatType) and t.gt is not None:  # "above 0, at most 1000"
+                assert doc.lo is None and f"above {t.gt:g}, at most {t.le:g}" in DOC, doc
+            elif isinstance(t, mi.FloatType | mi.IntType) and (t.ge, t.le) != (None, None):
                 assert (doc.lo, doc.hi) == (t.ge, t.le), doc
+            elif isinstance(t, mi.StrType | mi.BytesType):
+                length = "exactly {0} bytes" if t.min_length == t.max_length else "{0} to {1} characters"
+                if t.max_length is not None:
+                    assert length.format(t.min_length or 0, t.max_length) in DOC, doc
+            else:
+                assert doc.lo is None and doc.hi is None, doc
 
 
 def test_doc_header_and_envelope_tables_match_the_msgspec_types() -> None:
