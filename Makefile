@@ -1,9 +1,10 @@
-# One command for the static checks: `make check` (ruff lint + format check + mypy strict).
+# One command for the static checks: `make check` (ruff lint + format check + mypy strict + the
+# import layering of pyproject.toml's [tool.importlinter]).
 PY := .venv/bin
-SRC := schemas edge_agent ingest simulators tests bench
+SRC := schemas common edge_agent ingest devtools simulators tests bench
 
-.PHONY: check lint typecheck format test demo
-check: lint typecheck
+.PHONY: check lint typecheck layers format test demo
+check: lint typecheck layers
 
 lint:
 	$(PY)/ruff check $(SRC)
@@ -11,6 +12,9 @@ lint:
 
 typecheck:
 	$(PY)/mypy
+
+layers:
+	$(PY)/lint-imports
 
 format:
 	$(PY)/ruff format $(SRC)

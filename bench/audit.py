@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ingest.audit import Auditor
-from ingest.ledger import LocalLedger
-from ingest.progress import ProgressBar
-from ingest.registry import Registry
-from ingest.store import Store
+from common.progress import ProgressBar
+from ingest.ledger.local import LocalLedger
+from ingest.ops.audit import Auditor
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.crypto import SigningKey
 from simulators.offline import ingest_offline, make_fleet
 

@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import _free_port, _rss_mib, _spawn, _stop, _wait_file
-from ingest.progress import ProgressBar
+from common.progress import ProgressBar
+from ingest import wiring
 
 # The memory each process must stay under during the campaign (MiB); docs/PERFORMANCE.md.
 CAPS_MIB = {"consumer": 1024, "bridge": 512, "mosquitto": 1024, "tansu": 512, "seaweedfs": 1024}
 
 
 def _config(path: Path, data: Path, args: argparse.Namespace) -> None:
-    from ingest.stack import SEAWEEDFS_PORT_FLAGS, free_port_block
+    from devtools.stack import SEAWEEDFS_PORT_FLAGS, free_port_block
 
     path.write_text(
         f"""# written by `telematics bench campaign`
@@ -60,12 +61,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from ingest.bridge import refused_count
+    from devtools.stack import Stack
     from ingest.config import load_config
-    from ingest.consumer import read_status
-    from ingest.registry import Registry
-    from ingest.stack import Stack
-    from ingest.store import Store
+    from ingest.pipeline.bridge import refused_count
+    from ingest.wiring import read_status
     from simulators.fleet import run_fleet
     from simulators.hostile import REFUSED_AT_BROKER, Attacker, campaign, publish_refused
 
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     procs = []
     peak: dict[str, float] = {}
     try:
-        reg = Registry(cfg.path(cfg.registry.path))
+        reg = wiring.open_registry(cfg)
         attackers = [Attacker() for _ in range(args.attackers)]
         for a in attackers:
             reg.add(a.key.public_key)
@@ -112,8 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         bridge = _spawn([*base, "--only", "bridge"], out / "bridge.log")
         procs = [consumer, bridge]
-        _wait_file(cfg.path("ingest-status.json"), consumer.pid, "partitions", 60)
-        _wait_file(cfg.path("bridge-status.json"), bridge.pid, "subscribed_ns", 60)
+        _wait_file(wiring.paths(cfg).ingest_status, consumer.pid, "partitions", 60)
+        _wait_file(wiring.paths(cfg).bridge_status, bridge.pid, "subscribed_ns", 60)
         pids = {s.name: s.pid or 0 for s in stack.status()}
         who = {"consumer": consumer.pid, "bridge": bridge.pid, **pids}
         stop = threading.Event()
@@ -194,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for p in procs:
             _stop(p)
         reg.close()
-        s = Store(cfg.path(cfg.store.path), read_only=True)
+        s = wiring.open_store(cfg, read_only=True)
         try:
             reasons = Counter(
                 {

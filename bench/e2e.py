@@ -38,7 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ingest.progress import ProgressBar
+from common.progress import ProgressBar
+from ingest import wiring
 
 if TYPE_CHECKING:  # the heavy imports wait until a benchmark runs (this module also builds CLI help)
     from ingest.config import Config
@@ -110,7 +111,7 @@ def _rss_mib(pid: int, key: str = "VmHWM") -> float:
 
 
 def _write_config(path: Path, data: Path, args: argparse.Namespace) -> None:
-    from ingest.stack import SEAWEEDFS_PORT_FLAGS, free_port_block
+    from devtools.stack import SEAWEEDFS_PORT_FLAGS, free_port_block
 
     path.write_text(
         f"""# written by `telematics bench e2e`
@@ -183,10 +184,9 @@ def run_phase(
     paced: bool,
     passthrough: bool,
 ) -> PhaseResult:
+    from devtools.stack import Stack
     from ingest.config import load_config
-    from ingest.consumer import read_status
-    from ingest.registry import Registry
-    from ingest.stack import Stack
+    from ingest.wiring import read_status
 
     out = Path(args.out)
     data = (out / name).resolve()
@@ -208,7 +208,7 @@ def run_phase(
     stack.up()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        reg = Registry(cfg.path(cfg.registry.path))
+        reg = wiring.open_registry(cfg)
         for m in manifests:
             for dev, pub in m.keys:
                 reg.add(pub, device_id=dev, label="bench")
@@ -221,8 +221,8 @@ def run_phase(
         consumer = _spawn(consumer_argv, data / "consumer.log")
         bridge = _spawn([*base, "--only", "bridge"], data / "bridge.log")
         procs = [consumer, bridge]
-        _wait_file(cfg.path("ingest-status.json"), consumer.pid, "partitions", 60)
-        _wait_file(cfg.path("bridge-status.json"), bridge.pid, "subscribed_ns", 60)
+        _wait_file(wiring.paths(cfg).ingest_status, consumer.pid, "partitions", 60)
+        _wait_file(wiring.paths(cfg).bridge_status, bridge.pid, "subscribed_ns", 60)
         pids = {s.name: s.pid for s in stack.status()}
         who = {
             "simulator": fleet.pids,
@@ -320,10 +320,10 @@ def _analyse_store(
 ) -> None:
     import duckdb
 
-    from ingest.store import TABLE_NAMES
+    from ingest.storage.store import TABLE_NAMES
 
     con = duckdb.connect()
-    con.execute(f"ATTACH '{cfg.path(cfg.store.path)}' AS s (READ_ONLY)")
+    con.execute(f"ATTACH '{wiring.paths(cfg).store}' AS s (READ_ONLY)")
     stored = {
         (d, int(q)): (bytes(h), int(n))
         for d, q, h, n in con.execute(

@@ -54,14 +54,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from common.progress import ProgressBar
 from edge_agent.builder import BlockBuilder
 from edge_agent.collect import CollectConfig, Collector, TriggerConfig
+from edge_agent.sources.simulated import SimulatedSignals
+from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
-from ingest.progress import ProgressBar
 from schemas.block import decode_envelope, decode_record
 from schemas.crypto import SigningKey, device_id_for
-from simulators.signals import SimulatedSignals
-from simulators.vehicle import VehicleModel
+from schemas.transport import BLOCKS_FILTER, STATE_FILTER
 
 REPO = Path(__file__).resolve().parent.parent
 DBC = REPO / "deploy" / "edge" / "ev.dbc"
@@ -92,8 +93,8 @@ IMPORT_LADDER = (
     "paho.mqtt.client",
     "edge_agent.cli",
 )
-IMPORT_LADDER_SIM = ("simulators.signals",)
-IMPORT_LADDER_CAN = ("can", "cantools", "edge_agent.can_source", "can.interfaces.udp_multicast")
+IMPORT_LADDER_SIM = ("edge_agent.sources.simulated",)
+IMPORT_LADDER_CAN = ("can", "cantools", "edge_agent.sources.can", "can.interfaces.udp_multicast")
 _LADDER_SCRIPT = """
 import importlib, json, os, sys, time
 def status():
@@ -316,7 +317,7 @@ class Subscriber:
             raise BenchError(f"the subscriber did not get its subscription on 127.0.0.1:{port}")
 
     def _on_connect(self, c: mqtt.Client, u: object, f: object, rc: object, p: object) -> None:
-        c.subscribe([("vehicles/+/blocks", 1), ("vehicles/+/state", 1)])
+        c.subscribe([(BLOCKS_FILTER, 1), (STATE_FILTER, 1)])
 
     def _on_subscribe(self, c: mqtt.Client, u: object, mid: int, rcs: object, p: object) -> None:
         self._ready.set()
@@ -385,7 +386,7 @@ class CanFeeder(threading.Thread):
         super().__init__(name="can-feeder", daemon=True)
         import can
 
-        from edge_agent.can_source import CanConfig, CanSource
+        from edge_agent.sources.can import CanConfig, CanSource
 
         self.bus = can.Bus(interface="udp_multicast", channel=CAN_GROUP)
         # A source over our own bus gives encode_frames the DBC's signal plans; it never reads.
@@ -398,7 +399,7 @@ class CanFeeder(threading.Thread):
         self.errors = 0
 
     def run(self) -> None:
-        from edge_agent.can_source import encode_frames
+        from edge_agent.sources.can import encode_frames
 
         while not self.stop.is_set():
             updates = self.sim.read(0.05)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.e2e import _free_port
-from ingest.progress import ProgressBar
+from common.progress import ProgressBar
+from ingest import wiring
 
 if TYPE_CHECKING:
     from ingest.config import Config
@@ -80,9 +81,9 @@ def _config(data: Path, topic: str, args: argparse.Namespace) -> Config:
 
 def _honest(args: argparse.Namespace) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
     """(Kafka key, payload) of ``--messages`` honest blocks, and the public keys to register."""
+    from edge_agent.sources.vehicle import VehicleModel
     from schemas.block import build_block, encode_record
     from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
-    from simulators.vehicle import VehicleModel
 
     keys = [SigningKey.generate() for _ in range(args.vehicles)]
     models = [VehicleModel(i, start_ns=1_700_000_000_000_000_000) for i in range(args.vehicles)]
@@ -189,13 +190,14 @@ async def _produce(cfg: Config, msgs: list[tuple[bytes, bytes]]) -> None:
 
 async def _drain(cfg: Config, name: str, total: int, counter: str) -> Phase:
     """Run the real consumer until ``counter`` in its counts reaches ``total``."""
-    from ingest.consumer import BatchConsumer, open_ledger
-    from ingest.registry import Registry
-    from ingest.store import Store
+    from ingest.pipeline.consumer import BatchConsumer
+    from ingest.wiring import open_ledger, paths
 
-    store = Store(cfg.path(cfg.store.path))
-    reg = Registry(cfg.path(cfg.registry.path))
-    bc = BatchConsumer(cfg, store=store, ledger=open_ledger(cfg), registry=reg)
+    store = wiring.open_store(cfg)
+    reg = wiring.open_registry(cfg)
+    bc = BatchConsumer(
+        cfg, store=store, ledger=open_ledger(cfg), registry=reg, status_path=paths(cfg).ingest_status
+    )
     bar = ProgressBar(name, total, unit=" msgs")
     base = bc.counts[counter]
     task = asyncio.create_task(bc.run())
@@ -219,8 +221,7 @@ async def _drain(cfg: Config, name: str, total: int, counter: str) -> Phase:
 
 
 def run(args: argparse.Namespace) -> list[Phase]:
-    from ingest.registry import Registry
-    from ingest.stack import SEAWEEDFS_PORT_FLAGS, Stack, ensure_topics, free_port_block
+    from devtools.stack import SEAWEEDFS_PORT_FLAGS, Stack, ensure_topics, free_port_block
 
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace) -> list[Phase]:
         ):
             cfg.path(".").mkdir(parents=True, exist_ok=True)
             asyncio.run(ensure_topics(cfg, time.monotonic() + 30))
-            reg = Registry(cfg.path(cfg.registry.path))
+            reg = wiring.open_registry(cfg)
             for pub in pubs:
                 reg.add(pub)
             reg.close()

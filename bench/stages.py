@@ -45,12 +45,15 @@ from typing import Any
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ingest import processor as _processor  # private helpers: used only in _decode_records, _arrow_tables
-from ingest.ledger import LocalLedger
-from ingest.processor import Message, Pending, Processor
-from ingest.progress import ProgressBar
-from ingest.registry import Registry
-from ingest.store import RECORD_TABLES, BatchRows, Store
+from common.progress import ProgressBar
+from edge_agent.sources.vehicle import VehicleModel
+from ingest.ledger.local import LocalLedger
+from ingest.pipeline import (
+    processor as _processor,  # private helpers: used only in _decode_records, _arrow_tables
+)
+from ingest.pipeline.processor import Message, Pending, Processor
+from ingest.storage.registry import Registry
+from ingest.storage.store import RECORD_TABLES, BatchRows, Store
 from schemas.block import (
     BlockHeader,
     Envelope,
@@ -65,7 +68,6 @@ from schemas.crypto import SigningKey, signing_input, verify_block_signature
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import Record
 from simulators.offline import START_NS, OfflineMessage, make_fleet
-from simulators.vehicle import VehicleModel
 
 # Sizes for --quick: enough for several batches, small enough for a unit test.
 QUICK = {"vehicles": 4, "blocks": 40, "block_records": 20, "batch_records": 200, "repeat": 1}
@@ -179,7 +181,7 @@ def _consumer_state(c: Corpus, work: Path) -> tuple[Store, Registry]:
 
 
 # ================================================================================================
-# Processor internals: the ONLY place that reaches into ingest.processor's private helpers. If
+# Processor internals: the ONLY place that reaches into ingest.pipeline.processor's private helpers. If
 # they are renamed or replaced, adapt these two functions to what Processor does now.
 # ================================================================================================
 
@@ -343,7 +345,7 @@ def stage_anchor(c: Corpus) -> Timing:
 
 
 def stage_consumer_total(c: Corpus) -> Timing:
-    # What ingest.consumer does per poll and per flush, minus Kafka (and the dead-letter producer,
+    # What ingest.pipeline.consumer does per poll and per flush, minus Kafka (and the dead-letter producer,
     # idle here: nothing is rejected). Returns the records actually stored, counted in DuckDB.
     with tempfile.TemporaryDirectory(prefix="bench-stages-consumer-") as tmp:
         store, registry = _consumer_state(c, Path(tmp) / "consumer")
@@ -460,7 +462,9 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="bench.stages", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="telematics bench stages",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
         "--vehicles", type=int, help=f"simulated vehicles, round robin (default {DEFAULTS['vehicles']})"

@@ -25,15 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from common.config import EdgeConfig
 from edge_agent.builder import BlockBuilder
-from edge_agent.config import EdgeConfig
-from edge_agent.publisher import Publisher, SessionMessages, blocks_topic
+from edge_agent.publisher import Publisher, SessionMessages
 from edge_agent.spool import PendingDrop, Spool
 from edge_agent.state import ChainState
 from schemas.block import Block
 from schemas.crypto import SigningKey, device_id_for
 from schemas.records import SCHEMA_VERSION, Record
 from schemas.session import ConfigValue, SessionEvent, sign_session
+from schemas.transport import blocks_topic
 
 AGENT_VERSION = "0.1.0"
 

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from common.config import ConfigError, load_toml
+from common.keys import KeyFileError, device_id_of, generate_key_file, load_key_file
 from edge_agent.agent import Agent
-from edge_agent.config import AgentConfig, ConfigError, load_toml
+from edge_agent.config import AgentConfig
 from edge_agent.inputs import SignalSource
-from edge_agent.keys import KeyFileError, device_id_of, generate_key_file, load_key_file
 from edge_agent.publisher import MqttPublisher, PublishError
 from edge_agent.runner import Runner, make_collector, model_rate_hz, sampling_summary
 from edge_agent.spool import Spool, SpoolError
@@ -48,8 +49,8 @@ def _sources(
     sources: list[SignalSource] = []
     done: Callable[[], bool] = lambda: False  # noqa: E731
     if cfg.source.kind == "simulator":
-        from simulators.signals import SimulatedSignals
-        from simulators.vehicle import VehicleModel
+        from edge_agent.sources.simulated import SimulatedSignals
+        from edge_agent.sources.vehicle import VehicleModel
 
         rate = model_rate_hz(cfg)
         ticks = int(args.duration * rate) if args.duration else 2**62
@@ -58,14 +59,14 @@ def _sources(
         sources.append(sim)
         done = lambda: sim.done  # noqa: E731
     else:
-        from edge_agent.can_source import CanSource
+        from edge_agent.sources.can import CanSource
 
         sources.append(CanSource(cfg.can))
         if args.duration:
             deadline = time.monotonic() + args.duration
             done = lambda: time.monotonic() >= deadline  # noqa: E731
     if cfg.source.gnss:
-        from edge_agent.gnss import NmeaSource
+        from edge_agent.sources.gnss import NmeaSource
 
         sources.append(NmeaSource.open(cfg.gnss))
     return sources, cfg.source.kind != "simulator", done

@@ -23,23 +23,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.config import MqttConfig
-from edge_agent.mqtt_security import apply_security
+from common.config import MqttConfig
+from common.mqtt_tls import apply_security
+from schemas.transport import HISTORICAL_PROPERTY, state_topic
 
 log = logging.getLogger(__name__)
 
 # MQTT 5 user property on a block replayed from the spool (not published live); the bridge
 # carries it to Kafka as a header and the ingest stores it in blocks.historical.
-HISTORICAL_PROPERTY = "vt-historical"
 NO_MATCHING_SUBSCRIBERS = 16
-
-
-def blocks_topic(device_id: str) -> str:
-    return f"vehicles/{device_id}/blocks"
-
-
-def state_topic(device_id: str) -> str:
-    return f"vehicles/{device_id}/state"
 
 
 class PublishError(Exception):

@@ -140,7 +140,7 @@ assert {s.field for s in CATALOG if s.optional} == set(_GNSS_FIELDS)
 @functools.cache
 def _config_error_type() -> type[Exception]:
     # Imported late: edge_agent.config embeds the collect and privacy configs, which use this.
-    from edge_agent.errors import ConfigError
+    from common.config import ConfigError
 
     class SignalConfigError(ConfigError, ValueError):
         """A ``ConfigError``; also a ``ValueError`` so msgspec reports the key path while decoding."""

@@ -1,5 +1,6 @@
-"""`telematics`: everything off the vehicle (stack, devices, ingest, sim, demo, query, prove,
-verify-proof, audit, erase, ledger)."""
+"""`telematics`: everything off the vehicle (devices, ingest, query, gaps, sessions, prove,
+verify-proof, audit, erase, ledger), plus the command groups other installed packages register under
+the ``telematics.commands`` entry point group (the developer tools: stack, sim, demo, bench)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import asyncio
 import json
 import logging
 import sys
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from edge_agent.config import ConfigError
+from common.config import ConfigError
+from ingest import wiring
 from ingest.config import Config, load_config
 
 if TYPE_CHECKING:
-    from ingest.ledger import LocalLedger
-    from ingest.store import Store
+    from ingest.ledger.local import LocalLedger
+    from ingest.storage.store import Store
+
+
+# Where other packages add commands: an entry point whose object is ``register(subparsers)``.
+COMMAND_GROUP = "telematics.commands"
 
 
 def _cfg(args: argparse.Namespace) -> Config:
@@ -24,10 +31,10 @@ def _cfg(args: argparse.Namespace) -> Config:
 
 def _open_store(cfg: Config, command: str, *, read_only: bool = True) -> Store | None:
     """The DuckDB store for a command that needs it to itself; None (reason printed) when it is busy."""
-    from ingest.store import Store, StoreError
+    from ingest.storage.store import StoreError
 
     try:
-        return Store(cfg.path(cfg.store.path), read_only=read_only)
+        return wiring.open_store(cfg, read_only=read_only)
     except StoreError as exc:
         print(
             f"telematics {command}: {exc} (is the ingest running? DuckDB allows one writer or several readers)",
@@ -36,34 +43,13 @@ def _open_store(cfg: Config, command: str, *, read_only: bool = True) -> Store |
         return None
 
 
-def cmd_stack(args: argparse.Namespace) -> int:
-    from ingest.stack import Stack, StackError
-
-    stack = Stack(_cfg(args))
-    try:
-        if args.action == "up":
-            statuses = stack.up()
-        elif args.action == "down":
-            stack.down()
-            statuses = stack.status()
-        else:
-            statuses = stack.status()
-    except StackError as exc:
-        print(f"telematics stack {args.action}: {exc}", file=sys.stderr)
-        return 1
-    for s in statuses:
-        state = "healthy" if s.healthy else ("running" if s.running else "stopped")
-        print(f"{s.name:<10} {state:<8} {s.endpoint:<22} pid={s.pid or '-'}  log={s.log}")
-    return 0 if args.action == "down" or all(s.healthy for s in statuses) else 1
-
-
 def cmd_devices(args: argparse.Namespace) -> int:
-    from edge_agent.keys import load_key_file
-    from ingest.registry import Registry, RegistryError
+    from common.keys import load_key_file
+    from ingest.storage.registry import RegistryError
 
     cfg = _cfg(args)
     try:
-        reg = Registry(cfg.path(cfg.registry.path))
+        reg = wiring.open_registry(cfg)
     except RegistryError as exc:
         print(f"telematics devices: {exc}", file=sys.stderr)
         return 1
@@ -107,16 +93,18 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ingest.ledger import LedgerConflict, LedgerDamaged
-    from ingest.service import ROLES, run_roles
+    from ingest.ledger.base import LedgerConflict, LedgerDamaged
+    from ingest.pipeline.service import ROLES, run_roles
 
     roles = [args.only] if args.only else list(ROLES)
     batch_log = Path(args.batch_log) if args.batch_log else None
-    from ingest.registry import RegistryError
-    from ingest.store import StoreError
+    from ingest.storage.registry import RegistryError
+    from ingest.storage.store import StoreError
 
     try:
-        asyncio.run(run_roles(_cfg(args), roles, batch_log=batch_log, passthrough=args.benchmark_passthrough))
+        cfg = _cfg(args)
+        services = wiring.roles(cfg, roles, batch_log=batch_log, passthrough=args.benchmark_passthrough)
+        asyncio.run(run_roles(services, roles))
     except (LedgerConflict, LedgerDamaged, RegistryError) as exc:
         print(f"telematics ingest: stopped: {exc}", file=sys.stderr)
         return 1
@@ -132,79 +120,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sim(args: argparse.Namespace) -> int:
-    from ingest.progress import ProgressBar
-    from ingest.registry import Registry
-    from simulators.fleet import run_fleet
-
-    cfg = _cfg(args)
-    reg = Registry(cfg.path(cfg.registry.path)) if args.register else None
-    ticks = int(args.duration * args.rate)
-    bar = ProgressBar("simulating", ticks, unit=" ticks")
-    try:
-        res = run_fleet(
-            mqtt=cfg.mqtt,
-            edge=cfg.edge,
-            keys_dir=cfg.path(cfg.sim.keys_dir),
-            vehicles=args.vehicles,
-            ticks=ticks,
-            rate_hz=args.rate,
-            seed=args.seed,
-            realtime=not args.fast,
-            records_per_vehicle=args.records_per_vehicle,
-            register=(lambda key: reg.add(key.public_key, label="sim")) if reg else None,
-            progress=lambda d, t: bar.update(d),
-        )
-    finally:
-        bar.close()
-        if reg:
-            reg.close()
-    print(
-        f"published {res.records} records in {res.blocks} blocks from {res.vehicles} vehicles"
-        f" in {res.seconds:.1f}s ({res.records_per_s:,.0f} records/s); unacknowledged: {res.unacked}"
-    )
-    return 0 if res.unacked == 0 else 1
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from ingest.demo import run_demo
-
-    return run_demo(
-        _cfg(args),
-        config_path=args.config,
-        vehicles=args.vehicles,
-        duration=args.duration,
-        rate=args.rate,
-        seed=args.seed,
-        keep_stack=args.keep_stack,
-    )
-
-
 def _open_log(cfg: Config, *, sign: bool = False) -> LocalLedger:
-    from ingest.ledger import LocalLedger, load_key
-
-    key = load_key(cfg.path(cfg.ledger.key_path)) if sign else None
-    return LocalLedger(
-        cfg.path(cfg.ledger.path), key, origin=cfg.ledger.origin, checkpoint_every=cfg.ledger.checkpoint_every
-    )
-
-
-def _operator_pub(cfg: Config, given: str | None) -> bytes:
-    """The operator (ingest) public key: hex, a file holding hex, or the .pub beside the key."""
-    from pathlib import Path
-
-    if given:
-        p = Path(given)
-        text = p.read_text().strip() if p.exists() else given.strip()
-        return bytes.fromhex(text)
-    pub = cfg.path(cfg.ledger.key_path + ".pub")
-    if not pub.exists():
-        raise ConfigError(f"no operator public key at {pub}: pass --operator-key")
-    return bytes.fromhex(pub.read_text().strip())
+    return wiring.open_log(cfg, wiring.operator_key(cfg) if sign else None)
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from ingest.ledger import LedgerError, verify_extension
+    from ingest.ledger.base import LedgerError
+    from ingest.ledger.local import verify_extension
 
     cfg = _cfg(args)
     if args.action == "checkpoint":
@@ -215,14 +137,14 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             print(f"telematics ledger: {exc}", file=sys.stderr)
             return 1
         return 0
-    pub = _operator_pub(cfg, args.public_key)
+    pub = wiring.operator_public_key(cfg, args.public_key)
     log = _open_log(cfg)
     report = log.verify(pub)
     for p in report.problems:
         print(p)
     cps = log.checkpoints()
     print(
-        f"ledger {cfg.path(cfg.ledger.path)}: {report.entries} entries, {len(cps)} checkpoints"
+        f"ledger {log.location}: {report.entries} entries, {len(cps)} checkpoints"
         f" (latest size {max(cps, default=0)}), {'OK' if report.ok else 'INVALID'}"
     )
     ok = report.ok
@@ -241,16 +163,15 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from ingest.ledger import LedgerError, load_key
-    from ingest.proofs import ProveError, Prover, RowRef, select_rows, table_name
-    from ingest.registry import Registry
+    from ingest.ledger.base import LedgerError
+    from ingest.ops.proofs import ProveError, Prover, RowRef, select_rows, table_name
     from schemas.proof import encode_bundle, verify_bundle
 
     cfg = _cfg(args)
     store = _open_store(cfg, "prove")
     if store is None:
         return 1
-    registry = Registry(cfg.path(cfg.registry.path))
+    registry = wiring.open_registry(cfg)
     try:
         if args.device is not None:
             if args.seq is None or args.idx is None or not args.table:
@@ -259,13 +180,9 @@ def cmd_prove(args: argparse.Namespace) -> int:
             rows = [RowRef(table_name(args.table), args.device, args.seq, args.idx)]
         else:
             rows = select_rows(store, args.table, args.where, args.limit, args.sample)
-        operator = load_key(cfg.path(cfg.ledger.key_path))
-        local = _open_log(cfg, sign=True)
-        witness = None
-        if cfg.ledger.backend == "evm":
-            from ingest.evm_ledger import EvmLedger
-
-            witness = EvmLedger(local, None, None, cfg.ledger.evm)
+        operator = wiring.operator_key(cfg)
+        local = wiring.open_log(cfg, operator)
+        witness = wiring.open_witness(cfg, local)
         bundle = Prover(store, registry, local, operator, witness=witness).bundle(rows)
     except (ProveError, LedgerError) as exc:
         print(f"telematics prove: {exc}", file=sys.stderr)
@@ -310,7 +227,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     rep = verify_bundle(data, operator_key=pinned)
     problems = list(rep.problems)
     if args.rpc and not problems:
-        from ingest.evm_ledger import check_anchors_on_chain
+        from ingest.ledger.evm import check_anchors_on_chain
 
         if not rep.anchors:
             problems.append(
@@ -339,21 +256,20 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     import json
 
-    from ingest.audit import Auditor
-    from ingest.registry import Registry
+    from ingest.ops.audit import Auditor
 
     cfg = _cfg(args)
     store = _open_store(cfg, "audit")
     if store is None:
         return 1
-    registry = Registry(cfg.path(cfg.registry.path))
+    registry = wiring.open_registry(cfg)
     try:
         quiet = args.json or not sys.stderr.isatty()
         auditor = Auditor(
             store,
             registry,
             _open_log(cfg),
-            _operator_pub(cfg, args.operator_key),
+            wiring.operator_public_key(cfg, args.operator_key),
             progress=None if quiet else (lambda stage: print(f"audit: {stage}…", file=sys.stderr)),
         )
         rep = auditor.run()
@@ -390,16 +306,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from ingest.erase import EraseError, compact, erase_device
-    from ingest.ledger import LedgerError, load_key
+    from ingest.ledger.base import LedgerError
+    from ingest.ops.erase import EraseError, compact, erase_device
 
     cfg = _cfg(args)
-    path = cfg.path(cfg.store.path)
+    path = wiring.paths(cfg).store
     store = _open_store(cfg, "erase", read_only=False)
     if store is None:
         return 1
     try:
-        e = erase_device(store, load_key(cfg.path(cfg.ledger.key_path)), args.device, reason=args.reason)
+        e = erase_device(store, wiring.operator_key(cfg), args.device, reason=args.reason)
     except (EraseError, LedgerError) as exc:
         print(f"telematics erase: {exc}", file=sys.stderr)
         return 1
@@ -422,7 +338,7 @@ def _iso(ns: int) -> str:
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    from ingest.gaps import broker_resets, gap_report
+    from ingest.ops.gaps import broker_resets, gap_report
 
     cfg = _cfg(args)
     store = _open_store(cfg, "gaps")
@@ -492,28 +408,6 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.which == "e2e":
-        from bench.e2e import main as e2e_main
-
-        return e2e_main(args=args)
-    if args.which == "knobs":
-        from bench.knobs import main as knobs_main
-
-        return knobs_main(args=args)
-    if args.which == "rejections":
-        from bench.rejections import main as rejections_main
-
-        return rejections_main(args=args)
-    if args.which == "campaign":
-        from bench.campaign import main as campaign_main
-
-        return campaign_main(args=args)
-    from bench.stages import main as stages_main
-
-    return stages_main(args.rest)
-
-
 def cmd_query(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     store = _open_store(cfg, "query")
@@ -535,10 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", help="TOML config (default: $TELEMATICS_CONFIG, else embedded defaults)")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("stack", help="start, stop or inspect the local mosquitto + Kafka-protocol broker")
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.set_defaults(fn=cmd_stack)
 
     p = sub.add_parser("devices", help="the device registry")
     dsub = p.add_subparsers(dest="action", required=True)
@@ -567,75 +457,6 @@ def build_parser() -> argparse.ArgumentParser:
     # The load benchmark's baseline (bench/e2e.py): stores blocks WITHOUT verifying them. Not for use.
     p.add_argument("--benchmark-passthrough", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_ingest)
-
-    p = sub.add_parser("sim", help="drive N simulated vehicles through the real edge agent over MQTT")
-    p.add_argument("--vehicles", type=int, default=10)
-    p.add_argument("--duration", type=float, default=10.0, help="simulated seconds")
-    p.add_argument("--rate", type=float, default=10.0, help="driving samples per second per vehicle")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--fast", action="store_true", help="as fast as possible instead of real time")
-    p.add_argument(
-        "--records-per-vehicle", type=int, help="stop each vehicle after exactly this many records"
-    )
-    p.add_argument(
-        "--no-register",
-        dest="register",
-        action="store_false",
-        help="do not add the vehicles' keys to the registry",
-    )
-    p.set_defaults(fn=cmd_sim)
-
-    p = sub.add_parser("demo", help="stack up, ingest, simulate a fleet, wait for anchoring, summarize")
-    p.add_argument("--vehicles", type=int, default=20)
-    p.add_argument("--duration", type=float, default=30.0)
-    p.add_argument("--rate", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--keep-stack", action="store_true", help="leave the brokers running afterwards")
-    p.set_defaults(fn=cmd_demo)
-
-    p = sub.add_parser(
-        "bench", help="benchmarks: e2e (load through the real stack), stages (per-record costs)"
-    )
-    bsub = p.add_subparsers(dest="which", required=True)
-    from bench.e2e import build_parser as e2e_parser
-
-    e2e_parser(
-        bsub.add_parser(
-            "e2e",
-            help="the fleet simulator against the real local stack: throughput, latency, CPU, loss",
-            description="See docs/PERFORMANCE.md.",
-        )
-    )
-    from bench.knobs import build_parser as knobs_parser
-
-    knobs_parser(
-        bsub.add_parser(
-            "knobs",
-            help="the maximum e2e throughput per vehicles, block size and batch size (one table each)",
-            description="See docs/PERFORMANCE.md.",
-        )
-    )
-    from bench.rejections import build_parser as rejections_parser
-
-    rejections_parser(
-        bsub.add_parser(
-            "rejections",
-            help="rejected junk vs accepted blocks through the real consumer: messages/s and CPU per message",
-            description="See docs/PERFORMANCE.md.",
-        )
-    )
-    from bench.campaign import build_parser as campaign_parser
-
-    campaign_parser(
-        bsub.add_parser(
-            "campaign",
-            help="hostile frames beside an honest fleet: accounting, delay and peak memory per process",
-            description="See docs/PERFORMANCE.md.",
-        )
-    )
-    st = bsub.add_parser("stages", help="per-record cost of each hot-path stage", add_help=False)
-    st.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("gaps", help="missing block sequence numbers per vehicle: declared drops vs missing")
     p.add_argument("--device", help="one device id")
@@ -690,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--compact", action="store_true", help="then rewrite the DuckDB file so no deleted bytes remain"
     )
     p.set_defaults(fn=cmd_erase)
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError:  # a command group whose package is not installed
+            continue
+        register(sub)
     return ap
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from edge_agent.config import ConfigError, EdgeConfig, MqttConfig, Port, load_toml
+from common.config import ConfigError, EdgeConfig, MqttConfig, Port, load_toml
 
 __all__ = ["Config", "ConfigError", "load_config"]
 

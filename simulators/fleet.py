@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.config import EdgeConfig, MqttConfig
+from common.keys import generate_key_file, load_key_file
 from edge_agent.agent import Agent
-from edge_agent.config import EdgeConfig, MqttConfig
-from edge_agent.keys import generate_key_file, load_key_file
 from edge_agent.publisher import MqttPublisher, Publisher
+from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
 from schemas.crypto import SigningKey, device_id_for
-from simulators.vehicle import VehicleModel
 
 Progress = Callable[[int, int], None]
 

@@ -30,6 +30,7 @@ from schemas.block import (
 from schemas.crypto import TAG_SESSION, ZERO_HASH, SigningKey, device_id_for
 from schemas.records import MAX_TIMESTAMP_NS, DrivingSample
 from schemas.session import SESSION_VERSION, SessionEvent, SignedSession, sign_session
+from schemas.transport import blocks_topic, state_topic
 
 T0 = 1_700_000_000_000_000_000
 INF = 2**63 - 1  # the store's "infinity": outside every timestamp range of the contract
@@ -72,11 +73,11 @@ class Attacker:
 
     @property
     def blocks(self) -> str:
-        return f"vehicles/{self.id}/blocks"
+        return blocks_topic(self.id)
 
     @property
     def state(self) -> str:
-        return f"vehicles/{self.id}/state"
+        return state_topic(self.id)
 
     def _records(self, n: int = 3) -> list[bytes]:
         self.t += 1000
@@ -242,7 +243,7 @@ class Attacker:
         add(
             Frame(
                 "topic_of_another_device",
-                f"vehicles/{other}/blocks",
+                blocks_topic(other),
                 self.block().to_wire(),
                 "device_mismatch",
             )

@@ -32,13 +32,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from common.config import EdgeConfig
 from edge_agent.agent import Agent
-from edge_agent.config import EdgeConfig
-from edge_agent.publisher import MemoryPublisher, blocks_topic
+from edge_agent.publisher import MemoryPublisher
+from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
 from schemas.block import decode_envelope, decode_header
 from schemas.crypto import SigningKey, block_hash, device_id_for
-from simulators.vehicle import VehicleModel
+from schemas.transport import blocks_topic
 
 BATTERY_EVERY = 10  # one battery sample per 10 driving samples: 1.1 records per tick
 

@@ -9,13 +9,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ingest.ledger import Ledger
-from ingest.processor import Pending, Processor
-from ingest.registry import Registry
-from ingest.store import Store
+from edge_agent.sources.vehicle import VehicleModel
+from ingest.ledger.base import Ledger
+from ingest.pipeline.processor import Pending, Processor
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.block import build_block, decode_record, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
-from simulators.vehicle import VehicleModel
 
 START_NS = 1_700_000_000_000_000_000
 

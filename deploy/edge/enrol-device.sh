@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Enrol one vehicle (key, MQTT password, registry entry, edge-agent.toml): a thin wrapper around
-# `python -m ingest.enrol`; every argument is passed on. Run it on the ingest host.
+# `python -m ingest.ops.enrol`; every argument is passed on. Run it on the ingest host.
 #   deploy/edge/enrol-device.sh --config /etc/telematics/telematics.toml --out bundles/van-17 \
 #     --passwd-file /etc/mosquitto/passwd --broker-host mqtt.example.net --ca-file /etc/mosquitto/certs/ca.crt
 # Then reload the broker (systemctl reload mosquitto) and copy the bundle to the vehicle.
@@ -13,4 +13,4 @@ if [ -z "$python" ]; then
 fi
 # Relative paths stay relative to the caller's directory: import from the repository, do not cd there.
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m ingest.enrol "$@"
+exec "$python" -m ingest.ops.enrol "$@"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ingest.ledger import LocalLedger
-from ingest.registry import Registry
-from ingest.store import TABLE_NAMES, Store
+from ingest.ledger.local import LocalLedger
+from ingest.storage.registry import Registry
+from ingest.storage.store import TABLE_NAMES, Store
 from schemas.block import decode_header, records_root
 from schemas.crypto import block_hash, verify_block_signature
 from schemas.merkle import leaf_hash, root_from_leaf_hashes

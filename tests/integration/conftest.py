@@ -23,8 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from devtools.stack import SEAWEEDFS_PORT_FLAGS, Stack, ensure_topics, free_port_block
 from ingest.config import Config
-from ingest.stack import SEAWEEDFS_PORT_FLAGS, Stack, ensure_topics, free_port_block
 from tests.integration.harness import IngestProc, write_config
 
 

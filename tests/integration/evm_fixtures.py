@@ -1,4 +1,4 @@
-"""A real anvil node for EVM tests, started by the project's own ``ingest.anvil``.
+"""A real anvil node for EVM tests, started by the project's own ``devtools.anvil``.
 
 A missing anvil is an error (``AnvilError`` names ``deploy/evm/install.sh``), never a skip.
 """
@@ -9,8 +9,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingest.anvil import ANVIL_DEV_KEY_0, Anvil
-from ingest.evm import EvmClient
+from devtools.anvil import ANVIL_DEV_KEY_0, Anvil
+from ingest.ledger.evm_client import EvmClient
 
 
 @contextlib.contextmanager

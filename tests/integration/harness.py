@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 
 from ingest.config import Config
-from ingest.consumer import read_status
-from ingest.registry import Registry
+from ingest.storage.registry import Registry
+from ingest.wiring import read_status
 from simulators.fleet import run_fleet
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,17 +21,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.config import MqttConfig
-from edge_agent.mqtt_security import apply_security
-from ingest.mqtt_secure import (
-    BRIDGE_USER,
-    DevPki,
-    SecureBrokerConfig,
-    SecureMosquitto,
-    create_dev_pki,
-    set_password,
-    write_acl,
-)
+from common.config import MqttConfig
+from common.mqtt_tls import apply_security
+from devtools.secure_broker import DevPki, SecureBrokerConfig, SecureMosquitto, create_dev_pki
+from ingest.ops.broker_auth import BRIDGE_USER, set_password, write_acl
 
 TIMEOUT = 3.0
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ingest.registry import Registry
-from ingest.stack import ensure_topics
-from ingest.store import Store
+from devtools.stack import ensure_topics
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from tests.integration.harness import publish, run_cli, wait_until
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.registry import Registry
-from ingest.stack import Stack
-from ingest.store import Store
+from devtools.stack import Stack
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from simulators.hostile import REFUSED_AT_BROKER, Attacker, campaign, publish_refused
 from tests.integration.checks import recheck
 from tests.integration.harness import publish, wait_until

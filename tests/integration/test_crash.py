@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from ingest.consumer import read_status
-from ingest.gaps import gap_report
-from ingest.registry import Registry
-from ingest.stack import Stack
-from ingest.store import Store
+from devtools.stack import Stack
+from ingest.ops.gaps import gap_report
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
+from ingest.wiring import read_status
 from simulators.fleet import FleetResult, run_fleet
 from tests.integration.checks import recheck
 from tests.integration.harness import wait_until

@@ -15,17 +15,17 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from common.config import EdgeConfig, MqttConfig
+from common.keys import generate_key_file
+from devtools.stack import Stack
 from edge_agent.agent import Agent
-from edge_agent.config import EdgeConfig, MqttConfig
-from edge_agent.keys import generate_key_file
 from edge_agent.publisher import MqttPublisher
+from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
-from ingest.gaps import gap_report
-from ingest.registry import Registry
-from ingest.stack import Stack
-from ingest.store import Store
+from ingest.ops.gaps import gap_report
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.crypto import SigningKey, device_id_for
-from simulators.vehicle import VehicleModel
 from tests.integration.checks import recheck
 from tests.integration.harness import REPO, wait_until
 

@@ -14,18 +14,18 @@ import can
 import msgspec
 import pytest
 
+from common.config import EdgeConfig
 from edge_agent.agent import Agent
-from edge_agent.can_source import CanConfig, CanSource, encode_frames
 from edge_agent.collect import CollectConfig, Collector, TriggerConfig
-from edge_agent.config import EdgeConfig
 from edge_agent.publisher import MqttPublisher
 from edge_agent.runner import Runner
+from edge_agent.sources.can import CanConfig, CanSource, encode_frames
+from edge_agent.sources.simulated import SimulatedSignals
+from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
-from ingest.registry import Registry
-from ingest.store import Store
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.crypto import SigningKey, device_id_for
-from simulators.signals import SimulatedSignals
-from simulators.vehicle import VehicleModel
 from tests.integration.checks import recheck
 from tests.integration.harness import REPO, wait_until
 

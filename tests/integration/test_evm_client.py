@@ -11,8 +11,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from ingest.anvil import ANVIL_DEFAULT_CHAIN_ID, ANVIL_DEV_ADDRESS_0, ANVIL_DEV_KEY_0, Anvil
-from ingest.evm import (
+from devtools.anvil import ANVIL_DEFAULT_CHAIN_ID, ANVIL_DEV_ADDRESS_0, ANVIL_DEV_KEY_0, Anvil
+from ingest.ledger.evm_client import (
     ANCHOR_KIND_BATCH,
     ANCHOR_KIND_CHECKPOINT,
     EvmClient,

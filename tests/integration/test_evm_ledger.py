@@ -12,14 +12,15 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ingest.anvil import ANVIL_DEV_KEY_0
-from ingest.audit import Auditor
+from devtools.anvil import ANVIL_DEV_KEY_0
 from ingest.config import Config, EvmConfig
-from ingest.evm_ledger import EvmLedger, check_anchors_on_chain
-from ingest.ledger import LedgerError, LocalLedger, load_or_create_key
-from ingest.proofs import Prover, RowRef
-from ingest.registry import Registry
-from ingest.store import Store
+from ingest.ledger.base import LedgerError, load_or_create_key
+from ingest.ledger.evm import EvmLedger, check_anchors_on_chain
+from ingest.ledger.local import LocalLedger
+from ingest.ops.audit import Auditor
+from ingest.ops.proofs import Prover, RowRef
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.proof import encode_bundle, verify_bundle
 from simulators.offline import ingest_offline, make_fleet
 from tests.integration.evm_fixtures import anvil_node, dev_client

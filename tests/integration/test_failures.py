@@ -10,10 +10,11 @@ import time
 import pytest
 from aiokafka import TopicPartition
 
-from ingest.consumer import BatchConsumer
-from ingest.ledger import LocalLedger, MemoryLedger, load_or_create_key
-from ingest.registry import Registry
-from ingest.store import Store
+from ingest.ledger.base import MemoryLedger, load_or_create_key
+from ingest.ledger.local import LocalLedger
+from ingest.pipeline.consumer import BatchConsumer
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from tests.integration.harness import publish
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,9 @@ def test_ledger_down_holds_offsets_then_resumes(env) -> None:  # type: ignore[no
     reg = Registry(cfg.path(cfg.registry.path))
     ledger = MemoryLedger()
     ledger.down = True
-    bc = BatchConsumer(cfg, store=store, ledger=ledger, registry=reg)
+    bc = BatchConsumer(
+        cfg, store=store, ledger=ledger, registry=reg, status_path=cfg.path("ingest-status.json")
+    )
 
     async def scenario() -> None:
         task = asyncio.create_task(bc.run())
@@ -98,7 +101,13 @@ def test_batch_stored_but_not_anchored_is_anchored_on_restart(env) -> None:  # t
             raise Crash("simulated crash between the DuckDB commit and the anchor")
 
     async def first_run() -> int:
-        bc = BatchConsumer(cfg, store=store, ledger=CrashAfterStore(), registry=reg)
+        bc = BatchConsumer(
+            cfg,
+            store=store,
+            ledger=CrashAfterStore(),
+            registry=reg,
+            status_path=cfg.path("ingest-status.json"),
+        )
         task = asyncio.create_task(bc.run())
         n = await asyncio.to_thread(publish, cfg, 2, 200, 31, reg)
         with contextlib.suppress(Crash):
@@ -106,7 +115,9 @@ def test_batch_stored_but_not_anchored_is_anchored_on_restart(env) -> None:  # t
         return n
 
     async def second_run(n: int) -> None:
-        bc = BatchConsumer(cfg, store=store, ledger=ledger, registry=reg)
+        bc = BatchConsumer(
+            cfg, store=store, ledger=ledger, registry=reg, status_path=cfg.path("ingest-status.json")
+        )
         task = asyncio.create_task(bc.run())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (bc.counts["records"] < n or _unanchored(store)):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ingest.registry import Registry
+from ingest.storage.registry import Registry
 from tests.integration.checks import recheck
 from tests.integration.harness import error_line, publish, run_cli, wait_until
 

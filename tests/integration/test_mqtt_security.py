@@ -21,24 +21,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.config import AgentConfig, ConfigError, MqttConfig, load_toml
-from edge_agent.keys import load_key_file
-from edge_agent.mqtt_security import apply_security
-from edge_agent.publisher import MqttPublisher, blocks_topic, state_topic
+from common.config import ConfigError, MqttConfig, load_toml
+from common.keys import load_key_file
+from common.mqtt_tls import apply_security
+from devtools.secure_broker import SecureBrokerConfig, SecureMosquitto, create_dev_pki
+from devtools.stack import StackError
+from edge_agent.config import AgentConfig
+from edge_agent.publisher import MqttPublisher
 from ingest.config import Config
-from ingest.enrol import EnrolError, enrol_device
-from ingest.mqtt_secure import (
-    BRIDGE_USER,
-    SecureBrokerConfig,
-    SecureMosquitto,
-    acl_rules,
-    create_dev_pki,
-    delete_password,
-    password_users,
-    set_password,
-)
-from ingest.registry import Registry, RegistryError
-from ingest.stack import StackError
+from ingest.ops.broker_auth import BRIDGE_USER, acl_rules, delete_password, password_users, set_password
+from ingest.ops.enrol import EnrolError, enrol_device
+from ingest.storage.registry import Registry, RegistryError
+from schemas.transport import blocks_topic, state_topic
 from tests.integration.secure_fixtures import (
     TIMEOUT,
     Probe,

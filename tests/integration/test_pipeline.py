@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from ingest.registry import Registry
-from ingest.store import Store
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from simulators.fleet import run_fleet
 from tests.integration.checks import recheck
 from tests.integration.harness import wait_until

@@ -9,10 +9,11 @@ from collections import Counter
 
 import pytest
 
-from edge_agent.publisher import MqttPublisher, blocks_topic, state_topic
-from ingest.registry import Registry
-from ingest.store import Store
+from edge_agent.publisher import MqttPublisher
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.records import MAX_TIMESTAMP_NS
+from schemas.transport import blocks_topic, state_topic
 from tests.integration.harness import wait_until
 from tests.integration.test_rejections import read_dead_letters
 from tests.unit.test_poison import T0, Dev, _strict_store, drive

@@ -12,11 +12,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.publisher import blocks_topic
-from ingest.bridge import refused_count
-from ingest.consumer import read_status
-from ingest.registry import Registry
-from ingest.store import Store
+from ingest.pipeline.bridge import refused_count
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
+from ingest.wiring import read_status
+from schemas.transport import blocks_topic
 from tests.integration.harness import IngestProc, publish, wait_until, write_config
 from tests.integration.test_rejections import read_dead_letters
 

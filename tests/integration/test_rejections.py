@@ -10,12 +10,13 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from edge_agent.publisher import MqttPublisher, blocks_topic
-from ingest.registry import Registry
-from ingest.store import Store
+from edge_agent.publisher import MqttPublisher
+from edge_agent.sources.vehicle import VehicleModel
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.block import Block, build_block, encode_envelope, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
-from simulators.vehicle import VehicleModel
+from schemas.transport import blocks_topic
 from tests.integration.checks import recheck
 from tests.integration.harness import wait_until
 

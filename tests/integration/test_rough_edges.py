@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from ingest.registry import BUSY_TIMEOUT_S, Registry
+from ingest.storage.registry import BUSY_TIMEOUT_S, Registry
 from tests.integration.harness import error_line, run_cli
 
 pytestmark = pytest.mark.integration

@@ -26,8 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from devtools.stack import Stack
 from ingest.config import Config
-from ingest.stack import Stack
 from tests.integration.conftest import stack_config
 
 pytestmark = pytest.mark.integration
@@ -304,7 +304,7 @@ def test_memory_storage_is_an_explicit_opt_in_and_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stack = Stack(stack_config(tmp_path, kafka_storage="memory"))
-    with caplog.at_level(logging.WARNING, logger="ingest.stack"):
+    with caplog.at_level(logging.WARNING, logger="devtools.stack"):
         stack.up()
     try:
         assert [s.name for s in stack.status()] == ["tansu", "mosquitto"]

@@ -16,9 +16,9 @@ from pathlib import Path
 import can
 import pytest
 
-from edge_agent.can_source import CanConfig, CanSource, encode_frames, load_database
-from edge_agent.config import ConfigError, load_toml
+from common.config import ConfigError, load_toml
 from edge_agent.inputs import SignalSource, SignalUpdate
+from edge_agent.sources.can import CanConfig, CanSource, encode_frames, load_database
 
 ROOT = Path(__file__).resolve().parents[2]
 DBC = ROOT / "deploy" / "edge" / "ev.dbc"

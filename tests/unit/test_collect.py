@@ -9,14 +9,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from common.config import ConfigError, load_toml
 from edge_agent.collect import CollectConfig, Collector, GroupConfig, TriggerConfig
-from edge_agent.config import ConfigError, load_toml
 from edge_agent.privacy import PrivacyConfig, PrivacyFilter, ZoneConfig
 from edge_agent.signals import SignalUpdate, record_to_updates
+from edge_agent.sources.simulated import SimulatedSignals
+from edge_agent.sources.vehicle import VehicleModel
 from schemas.block import decode_record, encode_record
 from schemas.records import BatterySample, DrivingSample, Record, TriggerEvent
-from simulators.signals import SimulatedSignals
-from simulators.vehicle import VehicleModel
 
 START = 1_700_000_000_000_000_000  # on every sampling grid used here
 MS = 1_000_000

@@ -10,7 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from edge_agent.config import AgentConfig, ConfigError, load_toml
+from common.config import ConfigError, load_toml
+from edge_agent.config import AgentConfig
 from ingest.config import BridgeConfig, Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]

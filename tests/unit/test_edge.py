@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from common.config import EdgeConfig
+from common.keys import KeyFileError, generate_key_file, load_key_file
 from edge_agent.agent import Agent
-from edge_agent.config import EdgeConfig
-from edge_agent.keys import KeyFileError, generate_key_file, load_key_file
-from edge_agent.publisher import MemoryPublisher, blocks_topic
+from edge_agent.publisher import MemoryPublisher
+from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
 from schemas.block import decode_envelope, decode_header, open_envelope
 from schemas.crypto import ZERO_HASH, device_id_for
-from simulators.vehicle import VehicleModel
+from schemas.transport import blocks_topic
 
 
 def test_keygen_mode_0600_and_never_overwrites(tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from common.config import load_toml
 from edge_agent.cli import build_parser
-from edge_agent.config import AgentConfig, load_toml
+from edge_agent.config import AgentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE = ROOT / "deploy" / "edge"
@@ -527,7 +528,7 @@ assert ctypes.get_errno() == errno.EPERM
 # What the agent does: import its code and its runtime dependencies, keep its key, sign, spool.
 for name in ["edge_agent.cli", *sys.argv[1:]]:
     importlib.import_module(name)
-from edge_agent.keys import generate_key_file, load_key_file
+from common.keys import generate_key_file, load_key_file
 from schemas.crypto import verify
 
 with tempfile.TemporaryDirectory() as d:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.evm import (
+from ingest.ledger.evm_client import (
     ANCHOR_CALLDATA_LEN,
     ANCHOR_KIND_BATCH,
     ANCHOR_KIND_CHECKPOINT,

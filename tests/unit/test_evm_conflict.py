@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from ingest.config import EvmConfig
-from ingest.evm_ledger import EvmLedger, anchors_path
-from ingest.ledger import LedgerConflict, LocalLedger, append_json_line
+from ingest.ledger.base import LedgerConflict
+from ingest.ledger.evm import EvmLedger, anchors_path
+from ingest.ledger.local import LocalLedger, append_json_line
 from schemas.crypto import SigningKey
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import ConfigError, load_toml
-from edge_agent.gnss import (
+from common.config import ConfigError, load_toml
+from edge_agent.inputs import SignalSource, SignalUpdate
+from edge_agent.sources.gnss import (
     ALTITUDE,
     HEADING,
     HORIZONTAL_ACCURACY,
@@ -29,7 +30,6 @@ from edge_agent.gnss import (
     NmeaSource,
     checksum,
 )
-from edge_agent.inputs import SignalSource, SignalUpdate
 
 # The classic published examples, checksums included.
 GGA_EXAMPLE = "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ingest.processor import Processor
-from ingest.registry import Registry
-from ingest.store import Store
+from ingest.pipeline.processor import Processor
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from simulators.hostile import REFUSED_AT_BROKER, Attacker, Frame, campaign
 from tests.unit.kafka import Msg
 

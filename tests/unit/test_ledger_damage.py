@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.ledger import LedgerDamaged, LocalLedger, verify_log
+from ingest.ledger.base import LedgerDamaged
+from ingest.ledger.local import LocalLedger, verify_log
 from schemas.crypto import SigningKey
 
 

@@ -11,9 +11,9 @@ import duckdb
 import msgspec
 import pytest
 
-from ingest.processor import Processor
-from ingest.registry import Registry
-from ingest.store import DRIVING_COLUMNS, Store, StoreContentError, _sample_table
+from ingest.pipeline.processor import Processor
+from ingest.storage.registry import Registry
+from ingest.storage.store import DRIVING_COLUMNS, Store, StoreContentError, _sample_table
 from schemas.block import build_block
 from schemas.crypto import TAG_SESSION, ZERO_HASH, SigningKey, device_id_for
 from schemas.records import MAX_TIMESTAMP_NS
@@ -206,7 +206,7 @@ def test_a_reused_kafka_position_keeps_both_rejections(parts: Any) -> None:
 
 
 def test_session_next_seq_reveals_a_loss_at_the_end_of_a_stream(parts: Any) -> None:
-    from ingest.gaps import gap_report
+    from ingest.ops.gaps import gap_report
 
     store, reg, _ = parts
     dev = Dev()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.config import ConfigError, load_toml
+from common.config import ConfigError, load_toml
 from edge_agent.privacy import (
     EARTH_RADIUS_M,
     PrivacyConfig,

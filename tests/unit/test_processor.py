@@ -9,13 +9,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from ingest.processor import Processor
-from ingest.registry import Registry
-from ingest.store import Store
+from edge_agent.sources.vehicle import VehicleModel
+from ingest.pipeline.processor import Processor
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.block import Block, build_block, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 from schemas.records import DrivingSample
-from simulators.vehicle import VehicleModel
 from tests.unit.kafka import Msg
 
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from ingest.audit import Auditor, AuditReport
-from ingest.erase import EraseError, compact, erase_device
-from ingest.ledger import LocalLedger
-from ingest.proofs import Prover, RowRef, select_rows
-from ingest.registry import Registry
-from ingest.store import Store
+from ingest.ledger.local import LocalLedger
+from ingest.ops.audit import Auditor, AuditReport
+from ingest.ops.erase import EraseError, compact, erase_device
+from ingest.ops.proofs import Prover, RowRef, select_rows
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.block import encode_record
 from schemas.crypto import SigningKey
 from schemas.proof import encode_bundle, verify_bundle

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from common.config import EdgeConfig
 from edge_agent.agent import Agent
-from edge_agent.config import EdgeConfig
 from edge_agent.publisher import MemoryPublisher
+from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
-from ingest.bridge import Quotas
+from ingest.pipeline.bridge import Quotas
 from schemas.crypto import SigningKey
-from simulators.vehicle import VehicleModel
 
 
 def test_bucket_allows_the_burst_then_the_rate() -> None:

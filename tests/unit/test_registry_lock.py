@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.registry import BUSY_TIMEOUT_S, Registry, RegistryError
+from ingest.storage.registry import BUSY_TIMEOUT_S, Registry, RegistryError
 from schemas.crypto import SigningKey
 from tests.integration.harness import error_line, run_cli
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.config import EdgeConfig
 from edge_agent.agent import Agent
-from edge_agent.config import EdgeConfig
 from edge_agent.publisher import MemoryPublisher
+from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
-from ingest.audit import Auditor
-from ingest.ledger import LocalLedger
-from ingest.processor import Pending, Processor
-from ingest.proofs import Prover, select_rows
-from ingest.registry import Registry
-from ingest.store import Store
+from ingest.ledger.local import LocalLedger
+from ingest.ops.audit import Auditor
+from ingest.ops.proofs import Prover, select_rows
+from ingest.pipeline.processor import Pending, Processor
+from ingest.storage.registry import Registry
+from ingest.storage.store import Store
 from schemas.block import build_block, decode_envelope, decode_header, encode_record
 from schemas.crypto import SigningKey, device_id_for
 from schemas.proof import encode_bundle, verify_bundle
-from simulators.vehicle import VehicleModel
 from tests.unit.kafka import Msg
 
 T0 = 1_700_000_000_000_000_000

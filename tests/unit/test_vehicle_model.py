@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from edge_agent.sources.vehicle import SimulatedSource, VehicleModel
 from schemas.block import decode_record, encode_record
 from schemas.records import BatterySample, DrivingSample, Record
-from simulators.vehicle import SimulatedSource, VehicleModel
 
 START_NS = 1_700_000_000_000_000_000
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.sources.vehicle import VehicleModel
 from schemas import crypto
 from schemas.block import (
     BlockHeader,
@@ -48,7 +49,6 @@ from schemas.block import (
 from schemas.export_jsonschema import TYPES, export, main, render
 from schemas.records import RECORD_KINDS, BatterySample, DrivingSample, Record
 from schemas.session import SessionError, SessionEvent, SignedSession, open_session, verify_session
-from simulators.vehicle import VehicleModel
 
 ROOT = Path(__file__).resolve().parents[2]
 WIRE_MD = ROOT / "schemas" / "WIRE.md"
@@ -600,9 +600,9 @@ def test_third_party_block_is_accepted_by_our_verifier() -> None:
 
 def test_third_party_chain_is_accepted_by_the_consumer(tmp_path: Path) -> None:
     """Two chained third-party blocks through the real Processor (registry + DuckDB store)."""
-    from ingest.processor import Processor
-    from ingest.registry import Registry
-    from ingest.store import Store
+    from ingest.pipeline.processor import Processor
+    from ingest.storage.registry import Registry
+    from ingest.storage.store import Store
     from tests.unit.kafka import Msg
 
     secret = os.urandom(32)

@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -46,15 +47,23 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.mqtt_security import apply_security
-from edge_agent.publisher import HISTORICAL_PROPERTY
+from common.mqtt_tls import apply_security
 from ingest.config import Config
-from ingest.processor import HISTORICAL_HEADER, REJECT_HEADER
+from schemas.transport import (
+    BLOCKS_FILTER,
+    COUNT_HEADER,
+    DETAIL_HEADER,
+    HISTORICAL_HEADER,
+    HISTORICAL_PROPERTY,
+    MQTT_TOPIC_HEADER,
+    REJECT_HEADER,
+    SHA256_HEADER,
+    SIZE_HEADER,
+    STATE_FILTER,
+    blocks_topic,
+)
 
 log = logging.getLogger(__name__)
-
-BLOCKS_FILTER = "vehicles/+/blocks"
-STATE_FILTER = "vehicles/+/state"  # session births, deaths and shutdowns (schemas/session.py)
 
 
 @dataclass
@@ -126,8 +135,10 @@ def _chain(src: asyncio.Future[object], dst: asyncio.Future[object]) -> None:
 
 
 class Bridge:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, status_path: Path) -> None:
+        """``status_path``: written once the subscriptions are in place (a readiness signal)."""
         self.cfg = cfg
+        self.status_path = status_path
         self.stats = BridgeStats()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -183,7 +194,7 @@ class Bridge:
         if any(rc.is_failure for rc in rcs):
             log.error("bridge: subscription refused: %s", rcs)
             return
-        path = self.cfg.path("bridge-status.json")
+        path = self.status_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "subscribed_ns": time.time_ns()}))
@@ -237,7 +248,7 @@ class Bridge:
         self.stats.received += 1
         if key is not None and self._quota_on and not self.quotas.admit(key, len(payload), time.monotonic()):
             return self._refuse(key, payload)
-        headers: list[tuple[str, bytes]] = [("mqtt-topic", msg.topic.encode())]
+        headers: list[tuple[str, bytes]] = [(MQTT_TOPIC_HEADER, msg.topic.encode())]
         props = getattr(msg, "properties", None)
         for name, value in getattr(props, "UserProperty", None) or ():
             if name == HISTORICAL_PROPERTY:
@@ -247,11 +258,11 @@ class Bridge:
             headers += [
                 (REJECT_HEADER, b"oversized"),
                 (
-                    "vt-detail",
+                    DETAIL_HEADER,
                     f"{len(payload)} bytes > bridge max_payload_bytes {self.cfg.bridge.max_payload_bytes}".encode(),
                 ),
-                ("vt-size", str(len(payload)).encode()),
-                ("vt-sha256", hashlib.sha256(payload).hexdigest().encode()),
+                (SIZE_HEADER, str(len(payload)).encode()),
+                (SHA256_HEADER, hashlib.sha256(payload).hexdigest().encode()),
             ]
             payload = payload[:1024]
         fut: asyncio.Future[object] = await producer.send(
@@ -288,12 +299,12 @@ class Bridge:
                 f" messages/s and {b.device_quota_bytes_per_s:g} bytes/s (bursts of {b.device_quota_burst_s:g} s)"
             )
             headers = [
-                ("mqtt-topic", f"vehicles/{key.decode(errors='replace')}/blocks".encode()),
+                (MQTT_TOPIC_HEADER, blocks_topic(key.decode(errors="replace")).encode()),
                 (REJECT_HEADER, b"quota_exceeded"),
-                ("vt-detail", detail.encode()),
-                ("vt-size", str(r.size).encode()),
-                ("vt-sha256", r.sha.hexdigest().encode()),
-                ("vt-count", str(r.count).encode()),
+                (DETAIL_HEADER, detail.encode()),
+                (SIZE_HEADER, str(r.size).encode()),
+                (SHA256_HEADER, r.sha.hexdigest().encode()),
+                (COUNT_HEADER, str(r.count).encode()),
             ]
             kfut = await producer.send(self.cfg.kafka.blocks_topic, r.head, key=key, headers=headers)
             kfut.add_done_callback(lambda f, out=r.fut: _chain(f, out))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.config import ConfigError, MqttConfig
+from common.config import ConfigError, MqttConfig
 
 
 def read_secret(path: str, what: str) -> str:

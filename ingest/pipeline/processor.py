@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import msgspec
 import pyarrow as pa
 
-from ingest.registry import DeviceKey, KeyRing
-from ingest.store import RECORD_TABLES, BatchRows, Columns, DeviceHead, Store
+from ingest.storage.registry import DeviceKey, KeyRing
+from ingest.storage.store import RECORD_TABLES, BatchRows, Columns, DeviceHead, Store
 from schemas.block import (
     Envelope,
     OpenedBlock,
@@ -35,10 +35,16 @@ from schemas.crypto import ZERO_HASH, block_hash
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import Record
 from schemas.session import SessionError, SignedSession, open_session, verify_session
+from schemas.transport import (
+    DETAIL_HEADER,
+    HISTORICAL_HEADER,
+    MQTT_TOPIC_HEADER,
+    REJECT_HEADER,
+    SHA256_HEADER,
+    SIZE_HEADER,
+)
 
 DEAD_LETTER_HEAD = 1024  # bytes of an oversized payload kept for the dead-letter topic
-REJECT_HEADER = "vt-reject"  # set by the bridge on payloads it would not forward whole
-HISTORICAL_HEADER = "vt-historical"  # set by the bridge on blocks the agent replayed from its spool
 _record_list_decoder = msgspec.msgpack.Decoder(Record)
 _TABLE_OF = {t.kind: t.name for t in RECORD_TABLES}
 RowMeta = tuple[str, int, int, bytes, bytes]  # device_id, block_seq, idx, raw, leaf
@@ -173,11 +179,11 @@ class Processor:
             raise WireError(
                 reason,
                 "flagged by the bridge: "
-                + ((_header_value(m.headers, "vt-detail") or b"").decode(errors="replace")),
+                + ((_header_value(m.headers, DETAIL_HEADER) or b"").decode(errors="replace")),
             )
         if len(value) > self.max_block_bytes:
             raise WireError(Reason.OVERSIZED, f"{len(value)} bytes > max_block_bytes {self.max_block_bytes}")
-        if (_header_value(m.headers, "mqtt-topic") or b"").endswith(b"/state"):
+        if (_header_value(m.headers, MQTT_TOPIC_HEADER) or b"").endswith(b"/state"):
             try:
                 return open_session(value)
             except SessionError as exc:
@@ -212,8 +218,8 @@ class Processor:
         # Size and hash of the original payload: from the bridge's marker when it truncated it. The
         # headers are input too, so a malformed one falls back to what the message itself carries.
         size, sha = len(value), hashlib.sha256(value).digest()
-        size_h = _header_value(m.headers, "vt-size")
-        sha_h = _header_value(m.headers, "vt-sha256")
+        size_h = _header_value(m.headers, SIZE_HEADER)
+        sha_h = _header_value(m.headers, SHA256_HEADER)
         try:
             if size_h is not None and sha_h is not None:
                 size, sha = int(size_h), bytes.fromhex(sha_h.decode())

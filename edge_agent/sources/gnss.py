@@ -40,7 +40,7 @@ from typing import IO, Annotated
 import msgspec
 from msgspec import Meta
 
-from edge_agent.errors import ConfigError
+from common.config import ConfigError
 from edge_agent.inputs import SignalUpdate
 
 LATITUDE = "Vehicle.CurrentLocation.Latitude"

@@ -24,8 +24,8 @@ import msgspec
 
 from edge_agent.inputs import SignalUpdate
 from edge_agent.signals import record_to_updates
+from edge_agent.sources.vehicle import VehicleModel
 from schemas.records import DrivingSample, Record
-from simulators.vehicle import VehicleModel
 
 
 class SimulatedSignals:

@@ -37,9 +37,9 @@ import can
 import cantools
 from cantools.database.can import Database, Message, Signal
 
-from edge_agent.can_config import CanConfig
-from edge_agent.errors import ConfigError
+from common.config import ConfigError
 from edge_agent.inputs import SignalUpdate
+from edge_agent.sources.can_config import CanConfig
 
 __all__ = ["CanConfig", "CanSource", "CanStats", "encode_frames", "load_database"]
 

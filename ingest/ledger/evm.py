@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ingest.config import EvmConfig
-from ingest.evm import (
+from ingest.ledger.base import LedgerConflict, LedgerError, Receipt, VerifyReport
+from ingest.ledger.evm_client import (
     ANCHOR_KIND_BATCH,
     ANCHOR_KIND_CHECKPOINT,
     EvmClient,
@@ -45,7 +46,7 @@ from ingest.evm import (
     EvmSignedTx,
     anchor_calldata,
 )
-from ingest.ledger import LedgerConflict, LedgerError, LocalLedger, Receipt, VerifyReport, append_json_line
+from ingest.ledger.local import LocalLedger, append_json_line
 from schemas.crypto import TAG_EVM_ANCHOR, SigningKey
 from schemas.proof import EvmAnchor, evm_anchor_bytes
 
@@ -68,6 +69,10 @@ class _Pending:
 
 class EvmLedger:
     name = "evm"
+
+    @property
+    def location(self) -> str:
+        return f"{self.log.path} (chain anchors: {self.path})"
 
     def __init__(
         self, log_: LocalLedger, client: EvmClient | None, operator: SigningKey | None, cfg: EvmConfig

@@ -15,43 +15,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from ingest.config import Config, ConfigError
-from ingest.ledger import Ledger, LedgerConflict, LedgerDamaged, LedgerError, LocalLedger, load_or_create_key
-from ingest.processor import Pending, Processor
-from ingest.registry import Registry, RegistryError
-from ingest.store import BatchRows, Store, StoreContentError, StoreError, Unstorable
+from ingest.config import Config
+from ingest.ledger.base import Ledger, LedgerConflict, LedgerDamaged, LedgerError
+from ingest.pipeline.processor import Pending, Processor
+from ingest.storage.registry import Registry, RegistryError
+from ingest.storage.store import BatchRows, Store, StoreContentError, StoreError, Unstorable
+from schemas.transport import DETAIL_HEADER, REASON_HEADER, SHA256_HEADER, SIZE_HEADER, SOURCE_HEADER
 
 log = logging.getLogger(__name__)
 
 POLL_CHUNK = 64  # Kafka messages processed between checks of the batch limits
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
-
-
-def open_ledger(cfg: Config) -> Ledger:
-    """The configured ledger backend, ready to anchor (local log, or local log witnessed on an EVM chain)."""
-    lc = cfg.ledger
-    key = load_or_create_key(cfg.path(lc.key_path))
-    local = LocalLedger(cfg.path(lc.path), key, origin=lc.origin, checkpoint_every=lc.checkpoint_every)
-    if lc.backend == "local":
-        return local
-    from ingest.evm import EvmClient, EvmError
-    from ingest.evm_ledger import EvmLedger
-
-    try:
-        evm_key = cfg.path(lc.evm.key_path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"ledger.evm.key_path: cannot read the EVM account key: {exc}") from exc
-    try:
-        client = EvmClient(
-            lc.evm.rpc_url,
-            private_key=evm_key,
-            to_address=lc.evm.to_address or None,
-            chain_id=lc.evm.chain_id or None,
-            timeout_s=min(lc.evm.timeout_s, 10.0),
-        )
-    except EvmError as exc:
-        raise ConfigError(f"ledger.evm: {exc}") from exc
-    return EvmLedger(local, client, key, lc.evm)
 
 
 class BatchConsumer:
@@ -62,10 +36,11 @@ class BatchConsumer:
         store: Store,
         ledger: Ledger,
         registry: Registry,
+        status_path: Path,
         batch_log: Path | None = None,
         passthrough: bool = False,
     ) -> None:
-        """``batch_log``: append one JSON line per flushed batch (its size and when it was built,
+        """``status_path``: the status file this consumer keeps current. ``batch_log``: append one JSON line per flushed batch (its size and when it was built,
         committed to DuckDB and anchored; the load benchmark reads it). ``passthrough``: the
         benchmark's baseline only: blocks are stored without verification, Merkle work or anchors."""
         self.cfg = cfg
@@ -76,7 +51,7 @@ class BatchConsumer:
             store, registry, max_block_bytes=cfg.ingest.max_block_bytes, verify=not passthrough
         )
         self._batch_log = batch_log.open("a", buffering=1) if batch_log is not None else None
-        self.status_path = cfg.path("ingest-status.json")
+        self.status_path = status_path
         self.counts = store.counts()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -219,7 +194,7 @@ class BatchConsumer:
             n, i = wrong[0]
             exc = LedgerDamaged(
                 f"the store records {len(anchors)} ledger anchors but {len(wrong)} of them are not in the ledger"
-                f" {self.cfg.path(self.cfg.ledger.path)} as recorded (first: batch {n}, entry {i}): restore the"
+                f" {self.ledger.location} as recorded (first: batch {n}, entry {i}): restore the"
                 " ledger from a backup; the consumer will not start a new one"
             )
             self._fatal(exc)
@@ -242,11 +217,11 @@ class BatchConsumer:
         futs = []
         for r in rejections:
             headers = [
-                ("vt-reason", str(r.reason).encode()),
-                ("vt-detail", r.detail.encode()[:1000]),
-                ("vt-source", f"{r.topic}/{r.partition}/{r.offset}".encode()),
-                ("vt-size", str(r.payload_size).encode()),
-                ("vt-sha256", r.payload_sha256.hex().encode()),
+                (REASON_HEADER, str(r.reason).encode()),
+                (DETAIL_HEADER, r.detail.encode()[:1000]),
+                (SOURCE_HEADER, f"{r.topic}/{r.partition}/{r.offset}".encode()),
+                (SIZE_HEADER, str(r.payload_size).encode()),
+                (SHA256_HEADER, r.payload_sha256.hex().encode()),
             ]
             futs.append(
                 await self.producer.send(
@@ -488,24 +463,33 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class ConsumerService:
-    """Owns the consumer's resources (store, registry, ledger) for one run."""
+    """Owns the consumer's resources (store, registry, ledger; built by ``ingest.wiring``) for one run."""
 
-    def __init__(self, cfg: Config, *, batch_log: Path | None = None, passthrough: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        ledger: Ledger,
+        store: Store,
+        registry: Registry,
+        status_path: Path,
+        batch_log: Path | None = None,
+        passthrough: bool = False,
+    ) -> None:
         # A batch allocates a few objects per record, nearly all freed together when it is written:
         # collect the young generation less often, and never walk what exists at start.
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 20)
-        self.store = Store(
-            cfg.path(cfg.store.path), checkpoint_threshold_mb=cfg.store.checkpoint_threshold_mb
-        )
-        self.registry = Registry(cfg.path(cfg.registry.path))
+        self.store = store
+        self.registry = registry
         if passthrough:
             log.warning("PASS-THROUGH BENCHMARK MODE: blocks are stored without any verification")
         self.consumer = BatchConsumer(
             cfg,
-            store=self.store,
-            ledger=open_ledger(cfg),
-            registry=self.registry,
+            store=store,
+            ledger=ledger,
+            registry=registry,
+            status_path=status_path,
             batch_log=batch_log,
             passthrough=passthrough,
         )
@@ -521,8 +505,7 @@ class ConsumerService:
         self.consumer.stop()
 
 
-def read_status(cfg: Config) -> dict[str, Any] | None:
-    p = Path(cfg.path("ingest-status.json"))
+def read_status_file(p: Path) -> dict[str, Any] | None:
     try:
         return dict(json.loads(p.read_text()))
     except (OSError, ValueError):

@@ -1,6 +1,6 @@
 """Enrol one vehicle: its signing key, its broker password, its registry entry and its agent config.
 
-``python -m ingest.enrol --out bundles/van-17 --passwd-file /etc/mosquitto/passwd \\
+``python -m ingest.ops.enrol --out bundles/van-17 --passwd-file /etc/mosquitto/passwd \\
 --broker-host mqtt.example.net --ca-file /etc/mosquitto/certs/ca.crt`` (or deploy/edge/enrol-device.sh)
 writes a bundle directory for the vehicle::
 
@@ -31,13 +31,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 from cryptography import x509
 
-from edge_agent.config import AgentConfig, ConfigError, load_toml
-from edge_agent.keys import KeyFileError, generate_key_file
+from common.config import ConfigError, EdgeConfig, MqttConfig, load_toml
+from common.keys import KeyFileError, generate_key_file
 from ingest.config import Config, load_config
-from ingest.mqtt_secure import MqttSecurityError, delete_password, password_users, set_password
-from ingest.registry import Registry, RegistryError
+from ingest.ops.broker_auth import MqttSecurityError, delete_password, password_users, set_password
+from ingest.storage.registry import Registry, RegistryError
 from schemas.crypto import device_id_for, key_id_for
 
 KEY_FILE = "device.key"
@@ -65,13 +66,20 @@ def _toml_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
+class _VehicleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The sections of the vehicle's edge-agent.toml that enrolment writes."""
+
+    mqtt: MqttConfig
+    edge: EdgeConfig
+
+
 def agent_toml(
     *, device_id: str, broker_host: str, broker_port: int, vehicle_dir: str, state_dir: str
 ) -> str:
     v, st = vehicle_dir.rstrip("/") or "/", state_dir.rstrip("/") or "/"
     return "\n".join(
         [
-            f"# edge-agent configuration of device {device_id}, written by `python -m ingest.enrol`.",
+            f"# edge-agent configuration of device {device_id}, written by `python -m ingest.ops.enrol`.",
             f"# Files live in {v} on the vehicle; the agent's spool in {st}.",
             "# Every other key keeps its default (see deploy/config/edge-agent.example.toml).",
             "",
@@ -153,8 +161,8 @@ def enrol_device(
                 state_dir=state_dir,
             )
         )
-        # The written file must be one the agent accepts.
-        load_toml(config_path, AgentConfig)
+        # The written file must be one the agent accepts (the sections written are the shared ones).
+        load_toml(config_path, _VehicleConfig)
 
         registry = Registry(cfg.path(cfg.registry.path))
         if registry.keys_of(device_id):
@@ -216,7 +224,7 @@ def instructions(e: Enrolment, passwd_file: str | Path, service_user: str = "edg
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m ingest.enrol",
+        prog="python -m ingest.ops.enrol",
         description="Enrol one vehicle: key, MQTT password, registry entry and edge-agent.toml in a new bundle.",
     )
     p.add_argument("--config", help="ingest TOML (default: $TELEMATICS_CONFIG, else the defaults)")

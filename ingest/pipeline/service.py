@@ -7,10 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
-
-from ingest.config import Config
 
 ROLES = ("bridge", "consumer")
 
@@ -21,22 +18,12 @@ class Role(Protocol):
     def stop(self) -> None: ...
 
 
-async def run_roles(
-    cfg: Config, roles: Sequence[str], *, batch_log: Path | None = None, passthrough: bool = False
-) -> None:
-    services: list[Role] = []
-    if "bridge" in roles:
-        from ingest.bridge import Bridge
-
-        services.append(Bridge(cfg))
-    if "consumer" in roles:
-        from ingest.consumer import ConsumerService
-
-        services.append(ConsumerService(cfg, batch_log=batch_log, passthrough=passthrough))
+async def run_roles(services: Sequence[Role], names: Sequence[str]) -> None:
+    """Run ``services`` (built by ``ingest.wiring.roles``) until one fails or a signal stops them all."""
     loop = asyncio.get_running_loop()
 
     def stop_all() -> None:
-        logging.getLogger(__name__).info("stopping %s", ", ".join(roles))
+        logging.getLogger(__name__).info("stopping %s", ", ".join(names))
         for s in services:
             s.stop()
 

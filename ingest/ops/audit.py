@@ -32,9 +32,9 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.ledger import LocalLedger
-from ingest.registry import DeviceKey, Registry
-from ingest.store import RECORD_TABLES, Store
+from ingest.ledger.local import LocalLedger
+from ingest.storage.registry import DeviceKey, Registry
+from ingest.storage.store import RECORD_TABLES, Store
 from schemas import merkle
 from schemas.block import WireError, decode_header
 from schemas.crypto import ZERO_HASH, block_hash, verify, verify_block_signature

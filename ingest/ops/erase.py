@@ -26,7 +26,7 @@ from pathlib import Path
 
 import duckdb
 
-from ingest.store import TABLE_NAMES, Store, StoreError
+from ingest.storage.store import TABLE_NAMES, Store, StoreError
 from schemas import merkle
 from schemas.crypto import SigningKey
 from schemas.erasure import ErasureStatement, erasure_encoder, signing_input

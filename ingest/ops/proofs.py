@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from ingest.ledger import LocalLedger
-from ingest.registry import DeviceKey, Registry
-from ingest.store import TABLE_NAMES, Store
+from ingest.ledger.local import LocalLedger
+from ingest.storage.registry import DeviceKey, Registry
+from ingest.storage.store import TABLE_NAMES, Store
 from schemas import merkle
 from schemas.crypto import TAG_KEY_STATEMENT, SigningKey, leaf_salt
 from schemas.proof import (

@@ -8,13 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from common.progress import ProgressBar
+from devtools.stack import Stack
+from ingest import wiring
 from ingest.config import Config
-from ingest.consumer import read_status
-from ingest.ledger import LocalLedger
-from ingest.progress import ProgressBar
-from ingest.registry import Registry
-from ingest.stack import Stack
-from ingest.store import Store
+from ingest.storage.store import Store
+from ingest.wiring import read_status
 from simulators.fleet import run_fleet
 
 EXAMPLE_QUERIES = [
@@ -70,7 +69,7 @@ def run_demo(
     print(
         f"demo: mosquitto on {cfg.mqtt.host}:{cfg.mqtt.port}, Kafka-protocol broker on {cfg.kafka.bootstrap}"
     )
-    store_path = cfg.path(cfg.store.path)
+    store_path = wiring.paths(cfg).store
     pre = Store(store_path)
     before = pre.counts()
     pre.close()
@@ -78,14 +77,14 @@ def run_demo(
     try:
         wait_for_status(cfg, ingest.pid, 60)
         print(f"demo: ingest running (pid {ingest.pid}, log {data / 'ingest.log'})")
-        reg = Registry(cfg.path(cfg.registry.path))
+        reg = wiring.open_registry(cfg)
         ticks = int(duration * rate)
         bar = ProgressBar("publishing", ticks, unit=" ticks")
         try:
             fleet = run_fleet(
                 mqtt=cfg.mqtt,
                 edge=cfg.edge,
-                keys_dir=cfg.path(cfg.sim.keys_dir),
+                keys_dir=wiring.paths(cfg).sim_keys,
                 vehicles=vehicles,
                 ticks=ticks,
                 rate_hz=rate,
@@ -135,7 +134,7 @@ def run_demo(
         ]
     finally:
         store.close()
-    ledger = LocalLedger(cfg.path(cfg.ledger.path))
+    ledger = wiring.open_log(cfg)
     report = ledger.verify()
     roots = ledger.roots()
     proof_line, audit_line, proof_ok, audit_ok = _prove_and_audit(cfg, data)
@@ -179,7 +178,7 @@ def run_demo(
     for k, v in rows:
         print(f"  {k:<18} {v}")
     print(f"\nDuckDB: {store_path.resolve()}")
-    print(f"Ledger: {cfg.path(cfg.ledger.path).resolve()}")
+    print(f"Ledger: {wiring.paths(cfg).ledger.resolve()}")
     print(
         "\nTry these (read-only; DuckDB allows one writer or several readers, so not while an ingest runs):"
     )
@@ -192,7 +191,7 @@ def run_demo(
     print(
         f"\nProve rows to a third party, check offline, audit everything:\n"
         f'  .venv/bin/telematics{cfg_opt} prove --where "speed_mps > 25" --table driving --limit 3 -o proof.json\n'
-        f"  .venv/bin/telematics verify-proof proof.json --operator-key {cfg.path(cfg.ledger.key_path + '.pub')}\n"
+        f"  .venv/bin/telematics verify-proof proof.json --operator-key {wiring.paths(cfg).operator_pub}\n"
         f"  .venv/bin/telematics{cfg_opt} audit"
     )
     print("\nresult:", "OK" if ok else "MISMATCH")
@@ -201,15 +200,14 @@ def run_demo(
 
 def _prove_and_audit(cfg: Config, data: Path) -> tuple[str, str, bool, bool]:
     """Prove 5 random rows (bundle verified offline, operator key pinned) and audit the whole store."""
-    from ingest.audit import Auditor
-    from ingest.ledger import load_or_create_key
-    from ingest.proofs import Prover, select_rows
+    from ingest.ops.audit import Auditor
+    from ingest.ops.proofs import Prover, select_rows
     from schemas.proof import encode_bundle, verify_bundle
 
-    operator = load_or_create_key(cfg.path(cfg.ledger.key_path))
-    log = LocalLedger(cfg.path(cfg.ledger.path), operator, origin=cfg.ledger.origin)
-    store = Store(cfg.path(cfg.store.path), read_only=True)
-    registry = Registry(cfg.path(cfg.registry.path))
+    operator = wiring.operator_key(cfg, create=True)
+    log = wiring.open_log(cfg, operator)
+    store = wiring.open_store(cfg, read_only=True)
+    registry = wiring.open_registry(cfg)
     try:
         bundle = encode_bundle(
             Prover(store, registry, log, operator).bundle(select_rows(store, None, None, 5, True))

@@ -1,0 +1,143 @@
+"""The ``telematics`` commands for developers: the local stack, the simulated fleet, the demo and
+the benchmarks. ``ingest.cli`` finds them through the ``telematics.commands`` entry point group (see
+pyproject.toml), so the product never imports this package, and ``telematics --help`` imports no
+benchmark code: a benchmark's own parser reads its arguments when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any
+
+from ingest import wiring
+from ingest.config import Config, load_config
+
+# `telematics bench <name> ...`: the module whose main(argv) runs it, and its one-line help.
+BENCHES: dict[str, tuple[str, str]] = {
+    "e2e": ("bench.e2e", "the fleet simulator against the real local stack: throughput, latency, CPU, loss"),
+    "knobs": ("bench.knobs", "the maximum e2e throughput per vehicles, block size and batch size"),
+    "rejections": ("bench.rejections", "rejected junk vs accepted blocks through the real consumer"),
+    "campaign": ("bench.campaign", "hostile frames beside an honest fleet: accounting, delay, peak memory"),
+    "stages": ("bench.stages", "per-record cost of each hot-path stage"),
+}
+
+
+def _cfg(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from devtools.stack import Stack, StackError
+
+    stack = Stack(_cfg(args))
+    try:
+        if args.action == "up":
+            statuses = stack.up()
+        elif args.action == "down":
+            stack.down()
+            statuses = stack.status()
+        else:
+            statuses = stack.status()
+    except StackError as exc:
+        print(f"telematics stack {args.action}: {exc}", file=sys.stderr)
+        return 1
+    for s in statuses:
+        state = "healthy" if s.healthy else ("running" if s.running else "stopped")
+        print(f"{s.name:<10} {state:<8} {s.endpoint:<22} pid={s.pid or '-'}  log={s.log}")
+    return 0 if args.action == "down" or all(s.healthy for s in statuses) else 1
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from common.progress import ProgressBar
+    from simulators.fleet import run_fleet
+
+    cfg = _cfg(args)
+    reg = wiring.open_registry(cfg) if args.register else None
+    ticks = int(args.duration * args.rate)
+    bar = ProgressBar("simulating", ticks, unit=" ticks")
+    try:
+        res = run_fleet(
+            mqtt=cfg.mqtt,
+            edge=cfg.edge,
+            keys_dir=wiring.paths(cfg).sim_keys,
+            vehicles=args.vehicles,
+            ticks=ticks,
+            rate_hz=args.rate,
+            seed=args.seed,
+            realtime=not args.fast,
+            records_per_vehicle=args.records_per_vehicle,
+            register=(lambda key: reg.add(key.public_key, label="sim")) if reg else None,
+            progress=lambda d, t: bar.update(d),
+        )
+    finally:
+        bar.close()
+        if reg:
+            reg.close()
+    print(
+        f"published {res.records} records in {res.blocks} blocks from {res.vehicles} vehicles"
+        f" in {res.seconds:.1f}s ({res.records_per_s:,.0f} records/s); unacknowledged: {res.unacked}"
+    )
+    return 0 if res.unacked == 0 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from devtools.demo import run_demo
+
+    return run_demo(
+        _cfg(args),
+        config_path=args.config,
+        vehicles=args.vehicles,
+        duration=args.duration,
+        rate=args.rate,
+        seed=args.seed,
+        keep_stack=args.keep_stack,
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHES[args.which][0])
+    return int(module.main(args.rest))
+
+
+def register(sub: Any) -> None:
+    """Add the developer commands to ``telematics`` (``sub``: its subparsers)."""
+    p = sub.add_parser("stack", help="start, stop or inspect the local mosquitto + Kafka-protocol broker")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(fn=cmd_stack)
+
+    p = sub.add_parser("sim", help="drive N simulated vehicles through the real edge agent over MQTT")
+    p.add_argument("--vehicles", type=int, default=10)
+    p.add_argument("--duration", type=float, default=10.0, help="simulated seconds")
+    p.add_argument("--rate", type=float, default=10.0, help="driving samples per second per vehicle")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--fast", action="store_true", help="as fast as possible instead of real time")
+    p.add_argument(
+        "--records-per-vehicle", type=int, help="stop each vehicle after exactly this many records"
+    )
+    p.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="do not add the vehicles' keys to the registry",
+    )
+    p.set_defaults(fn=cmd_sim)
+
+    p = sub.add_parser("demo", help="stack up, ingest, simulate a fleet, wait for anchoring, summarize")
+    p.add_argument("--vehicles", type=int, default=20)
+    p.add_argument("--duration", type=float, default=30.0)
+    p.add_argument("--rate", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--keep-stack", action="store_true", help="leave the brokers running afterwards")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: " + ", ".join(BENCHES),
+        description="\n".join(f"{name}: {what}" for name, (_, what) in BENCHES.items())
+        + "\n\n`telematics bench <name> --help` lists a benchmark's options; see docs/PERFORMANCE.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("which", choices=list(BENCHES), metavar="name", help=", ".join(BENCHES))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    p.set_defaults(fn=cmd_bench)

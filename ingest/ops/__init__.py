@@ -1,0 +1,2 @@
+"""Operator tools over a stored pipeline: proofs, the audit, erasure, gaps, enrolment and broker
+authentication (password file and ACL)."""

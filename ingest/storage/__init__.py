@@ -1,0 +1,1 @@
+"""Where verified data lives: the DuckDB store and the device registry."""

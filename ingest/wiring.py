@@ -1,0 +1,170 @@
+"""The composition root: one ``Config`` in, the objects the commands and the services run on out.
+
+This is the only module that turns configuration paths into files, keys, stores and ledgers; the
+pipeline, storage, ledger and ops modules take what they need as arguments. Every command of
+``telematics`` and every service role is built here, so a change of where a thing lives, or of
+which ledger backend anchors, touches one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.config import ConfigError
+from ingest.config import Config
+
+if TYPE_CHECKING:
+    from ingest.ledger.base import Ledger
+    from ingest.ledger.evm import EvmLedger
+    from ingest.ledger.local import LocalLedger
+    from ingest.pipeline.service import Role
+    from ingest.storage.registry import Registry
+    from ingest.storage.store import Store
+    from schemas.crypto import SigningKey
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file the ingest side reads or writes, resolved against ``data_dir``."""
+
+    store: Path
+    registry: Path
+    ledger: Path
+    operator_key: Path  # the ingest's Ed25519 key (PEM); signs ledger entries, checkpoints, statements
+    operator_pub: Path  # its public key, hex: what auditors pin
+    evm_key: Path  # the EVM account key (hex) of the EVM ledger backend
+    ingest_status: Path  # the consumer's status file (JSON)
+    bridge_status: Path  # the bridge's status file (JSON)
+    sim_keys: Path  # the simulated fleet's device keys
+
+
+def paths(cfg: Config) -> Paths:
+    return Paths(
+        store=cfg.path(cfg.store.path),
+        registry=cfg.path(cfg.registry.path),
+        ledger=cfg.path(cfg.ledger.path),
+        operator_key=cfg.path(cfg.ledger.key_path),
+        operator_pub=cfg.path(cfg.ledger.key_path + ".pub"),
+        evm_key=cfg.path(cfg.ledger.evm.key_path),
+        ingest_status=cfg.path("ingest-status.json"),
+        bridge_status=cfg.path("bridge-status.json"),
+        sim_keys=cfg.path(cfg.sim.keys_dir),
+    )
+
+
+# -- storage ------------------------------------------------------------------------------------------
+def open_store(cfg: Config, *, read_only: bool = False) -> Store:
+    from ingest.storage.store import Store
+
+    return Store(
+        paths(cfg).store, read_only=read_only, checkpoint_threshold_mb=cfg.store.checkpoint_threshold_mb
+    )
+
+
+def open_registry(cfg: Config) -> Registry:
+    from ingest.storage.registry import Registry
+
+    return Registry(paths(cfg).registry)
+
+
+# -- keys and ledgers ---------------------------------------------------------------------------------
+def operator_key(cfg: Config, *, create: bool = False) -> SigningKey:
+    """The operator key; only the ingest creates it (``create``), every other command needs it to exist."""
+    from ingest.ledger.base import load_key, load_or_create_key
+
+    p = paths(cfg).operator_key
+    return load_or_create_key(p) if create else load_key(p)
+
+
+def operator_public_key(cfg: Config, given: str | None = None) -> bytes:
+    """The operator public key an auditor pins: ``given`` (hex, or a file holding hex), else the
+    ``.pub`` beside the operator key."""
+    if given:
+        p = Path(given)
+        text = p.read_text().strip() if p.exists() else given.strip()
+        return bytes.fromhex(text)
+    pub = paths(cfg).operator_pub
+    if not pub.exists():
+        raise ConfigError(f"no operator public key at {pub}: pass --operator-key")
+    return bytes.fromhex(pub.read_text().strip())
+
+
+def open_log(cfg: Config, key: SigningKey | None = None) -> LocalLedger:
+    """The local signed Merkle log: read-only without ``key``, appendable (and checkpointing) with it."""
+    from ingest.ledger.local import LocalLedger
+
+    lc = cfg.ledger
+    return LocalLedger(paths(cfg).ledger, key, origin=lc.origin, checkpoint_every=lc.checkpoint_every)
+
+
+def open_witness(cfg: Config, local: LocalLedger) -> EvmLedger | None:
+    """The EVM backend's recorded chain anchors (read-only), for proofs; None with the local backend."""
+    if cfg.ledger.backend != "evm":
+        return None
+    from ingest.ledger.evm import EvmLedger
+
+    return EvmLedger(local, None, None, cfg.ledger.evm)
+
+
+def open_ledger(cfg: Config) -> Ledger:
+    """The configured ledger backend, ready to anchor (creates the operator key on first use): the
+    local log, or the local log witnessed on an EVM chain."""
+    lc = cfg.ledger
+    key = operator_key(cfg, create=True)
+    local = open_log(cfg, key)
+    if lc.backend == "local":
+        return local
+    from ingest.ledger.evm import EvmLedger
+    from ingest.ledger.evm_client import EvmClient, EvmError
+
+    try:
+        evm_key = paths(cfg).evm_key.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"ledger.evm.key_path: cannot read the EVM account key: {exc}") from exc
+    try:
+        client = EvmClient(
+            lc.evm.rpc_url,
+            private_key=evm_key,
+            to_address=lc.evm.to_address or None,
+            chain_id=lc.evm.chain_id or None,
+            timeout_s=min(lc.evm.timeout_s, 10.0),
+        )
+    except EvmError as exc:
+        raise ConfigError(f"ledger.evm: {exc}") from exc
+    return EvmLedger(local, client, key, lc.evm)
+
+
+# -- service roles ------------------------------------------------------------------------------------
+def roles(
+    cfg: Config, names: list[str], *, batch_log: Path | None = None, passthrough: bool = False
+) -> list[Role]:
+    """The service roles (``bridge``, ``consumer``) with their resources."""
+    out: list[Role] = []
+    if "bridge" in names:
+        from ingest.pipeline.bridge import Bridge
+
+        out.append(Bridge(cfg, status_path=paths(cfg).bridge_status))
+    if "consumer" in names:
+        from ingest.pipeline.consumer import ConsumerService
+
+        out.append(
+            ConsumerService(
+                cfg,
+                ledger=open_ledger(cfg),
+                store=open_store(cfg),
+                registry=open_registry(cfg),
+                status_path=paths(cfg).ingest_status,
+                batch_log=batch_log,
+                passthrough=passthrough,
+            )
+        )
+    return out
+
+
+def read_status(cfg: Config) -> dict[str, Any] | None:
+    """The consumer's status file, or None when there is none (yet)."""
+    from ingest.pipeline.consumer import read_status_file
+
+    return read_status_file(paths(cfg).ingest_status)
