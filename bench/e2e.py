@@ -320,7 +320,7 @@ def _analyse_store(
 ) -> None:
     import duckdb
 
-    from ingest.storage.store import TABLE_NAMES
+    from ingest.storage.schema import TABLE_NAMES
 
     con = duckdb.connect()
     con.execute(f"ATTACH '{wiring.paths(cfg).store}' AS s (READ_ONLY)")

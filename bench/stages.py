@@ -51,9 +51,10 @@ from ingest.ledger.local import LocalLedger
 from ingest.pipeline import (
     processor as _processor,  # private helpers: used only in _decode_records, _arrow_tables
 )
-from ingest.pipeline.processor import Message, Pending, Processor
+from ingest.pipeline.processor import Message, Pending, Processor, RawMessage
 from ingest.storage.registry import Registry
-from ingest.storage.store import RECORD_TABLES, BatchRows, Store
+from ingest.storage.schema import RECORD_TABLES
+from ingest.storage.store import BatchRows, Store
 from schemas.block import (
     BlockHeader,
     Envelope,
@@ -67,7 +68,7 @@ from schemas.block import (
 from schemas.crypto import SigningKey, signing_input, verify_block_signature
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import Record
-from simulators.offline import START_NS, OfflineMessage, make_fleet
+from simulators.offline import START_NS, make_fleet
 
 # Sizes for --quick: enough for several batches, small enough for a unit test.
 QUICK = {"vehicles": 4, "blocks": 40, "block_records": 20, "batch_records": 200, "repeat": 1}
@@ -124,7 +125,7 @@ def build_corpus(vehicles: int, blocks: int, block_records: int, batch_records: 
     signers: list[SigningKey] = []
     for i in range(blocks):
         v = fleet[i % vehicles]
-        messages.append(OfflineMessage("bench", 0, i, v.device_id.encode(), v.next_block(block_records)))
+        messages.append(RawMessage("bench", 0, i, v.device_id.encode(), v.next_block(block_records)))
         signers.append(v.key)
         bar.update(i + 1)
     bar.close()

@@ -14,8 +14,10 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from msgspec import Meta
 
+from common.errors import Fatal
 
-class ConfigError(Exception):
+
+class ConfigError(Fatal):
     """Configuration is invalid: fail at start, naming the file and the key."""
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from common.errors import Fatal
 from schemas.crypto import SigningKey, device_id_for
 
 
-class KeyFileError(Exception):
+class KeyFileError(Fatal):
     """The key file is missing, unreadable, exists already or has unsafe permissions."""
 
 

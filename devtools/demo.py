@@ -168,7 +168,10 @@ def run_demo(
         ("audit", audit_line),
         ("rejections", f"{d['rejections']:,}"),
         ("duplicates", f"{d['duplicates']:,}"),
-        ("sequence gaps", f"{d['gaps']:,}"),
+        (
+            "gap detections",
+            f"{d['gaps']:,} (out-of-order arrivals included; `telematics gaps` lists what is missing)",
+        ),
         (
             "records/s",
             f"{fleet.records / wall:,.0f} end to end ({fleet.records:,} records in {wall:.1f}s; the fleet drives"

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import Fatal
 from ingest.config import Config
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ MEMORY_WARNING = (
 )
 
 
-class StackError(Exception):
+class StackError(Fatal):
     """A service could not be started or is unhealthy: the message says which and where its log is."""
 
 

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from common.config import ConfigError, load_toml
-from common.keys import KeyFileError, device_id_of, generate_key_file, load_key_file
+from common.config import load_toml
+from common.errors import TelematicsError
+from common.keys import device_id_of, generate_key_file, load_key_file
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.inputs import SignalSource
-from edge_agent.publisher import MqttPublisher, PublishError
+from edge_agent.publisher import MqttPublisher
 from edge_agent.runner import Runner, make_collector, model_rate_hz, sampling_summary
-from edge_agent.spool import Spool, SpoolError
+from edge_agent.spool import Spool
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args))
-    except (ConfigError, KeyFileError, PublishError, SpoolError) as exc:
+    except TelematicsError as exc:  # configuration, key file, broker, spool: one line (common/errors.py)
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from common.config import MqttConfig
+from common.errors import Retryable
 from common.mqtt_tls import apply_security
 from schemas.transport import HISTORICAL_PROPERTY, state_topic
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 NO_MATCHING_SUBSCRIBERS = 16
 
 
-class PublishError(Exception):
+class PublishError(Retryable):
     """The broker cannot be reached or refused the connection at start."""
 
 

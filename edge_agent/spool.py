@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import Fatal
 from edge_agent.state import ChainState
 from schemas.block import Block
 from schemas.records import SpoolDrop
@@ -49,7 +50,7 @@ CREATE INDEX IF NOT EXISTS drops_declared ON drops (declared_in);
 """
 
 
-class SpoolError(Exception):
+class SpoolError(Fatal):
     """The spool file cannot be opened or written (disk full, corrupt, another agent holds it)."""
 
 

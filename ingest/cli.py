@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from common.config import ConfigError
+from common.errors import TelematicsError
 from ingest import wiring
 from ingest.config import Config, load_config
 
@@ -45,7 +46,7 @@ def _open_store(cfg: Config, command: str, *, read_only: bool = True) -> Store |
 
 def cmd_devices(args: argparse.Namespace) -> int:
     from common.keys import load_key_file
-    from ingest.storage.registry import RegistryError
+    from ingest.storage.registry import RegistryError, RegistryRefused
 
     cfg = _cfg(args)
     try:
@@ -82,7 +83,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
                 print(
                     f"{k.device_id}  key={k.key_id}  {k.status:<7}  valid={k.validity()}  label={k.label or ''}"
                 )
-    except RegistryError as exc:
+    except (RegistryError, RegistryRefused) as exc:
         print(f"telematics devices: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -532,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"telematics: configuration error: {exc}", file=sys.stderr)
         return 2
+    except TelematicsError as exc:  # every error of ours is one line (common/errors.py)
+        print(f"telematics {args.cmd}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -11,23 +11,14 @@ from dataclasses import dataclass, field
 
 from edge_agent.sources.vehicle import VehicleModel
 from ingest.ledger.base import Ledger
-from ingest.pipeline.processor import Pending, Processor
+from ingest.pipeline.batch import Checkpoint
+from ingest.pipeline.processor import Processor, RawMessage
 from ingest.storage.registry import Registry
 from ingest.storage.store import Store
 from schemas.block import build_block, decode_record, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 
 START_NS = 1_700_000_000_000_000_000
-
-
-@dataclass
-class OfflineMessage:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[()] = ()
 
 
 @dataclass
@@ -90,33 +81,33 @@ def ingest_offline(
             if registry.get(v.key.key_id) is None:
                 registry.add(v.key.public_key, device_id=v.device_id)
     proc = Processor(store, registry, max_block_bytes=4 * 1024 * 1024)
+
+    async def anchor(batch_no: int, root: bytes, blocks: int) -> None:
+        store.record_anchor(ledger.anchor(batch_no, root, blocks))
+
+    # The consumer's commit sequence, without a transport: no dead-letter topic, no offsets.
+    checkpoint = Checkpoint(proc, store, anchor=anchor)
     offset = 0
     stored = 0
-    msgs: list[OfflineMessage] = []
+    msgs: list[RawMessage] = []
 
     def flush() -> None:
         nonlocal stored, msgs
         if msgs:
-            proc.process_all(msgs)  # type: ignore[arg-type]
+            proc.process_all(msgs)
             msgs = []
         if proc.pending.empty:
             return
-        batch_no = store.next_batch_no()
-        rows = proc.build_rows(batch_no)
-        store.write_batch(rows)
-        if rows.blocks:
-            store.record_anchor(ledger.anchor(batch_no, rows.root, len(rows.blocks)))
-        stored += rows.record_count
-        proc.pending = Pending()
+        sealed = checkpoint.seal(store.next_batch_no())
+        checkpoint.commit_sync(sealed)
+        stored += sealed.rows.record_count
         if progress:
-            progress(rows.record_count)
+            progress(sealed.rows.record_count)
 
     per_batch = max(1, batch_records // block_records)
     for _ in range(blocks_per_vehicle):
         for v in fleet:
-            msgs.append(
-                OfflineMessage("offline", 0, offset, v.device_id.encode(), v.next_block(block_records))
-            )
+            msgs.append(RawMessage("offline", 0, offset, v.device_id.encode(), v.next_block(block_records)))
             offset += 1
             if len(msgs) >= per_batch:
                 flush()

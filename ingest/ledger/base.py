@@ -13,18 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.config import ConfigError
+from common.errors import Fatal, Retryable
 from schemas.crypto import TAG_LEDGER_ENTRY, SigningKey, tagged_hash
 
 
-class LedgerError(Exception):
+class LedgerError(Retryable):
     """The ledger is unreachable or refused the entry: retry the batch, do not commit offsets."""
 
 
-class LedgerConflict(LedgerError):
+class LedgerConflict(Fatal):
     """The ledger already holds a different root for this batch: a bug or tampering, never retried."""
 
 
-class LedgerDamaged(LedgerError):
+class LedgerDamaged(Fatal):
     """The log file vanished, shrank, was replaced, changed behind the writer's back, holds a line that
     does not read, or disagrees with the anchors the store recorded. Never retried and never repaired
     by starting a new log: anchoring stops (Kafka offsets stay uncommitted) until the operator
@@ -122,7 +124,7 @@ def load_key(path: Path) -> SigningKey:
     try:
         return SigningKey.from_pem(path.read_bytes())
     except FileNotFoundError:
-        raise LedgerError(
+        raise ConfigError(
             f"no operator key at {path} (check [ledger] key_path; the ingest creates it)"
         ) from None
 

@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 
 from ingest.ledger.local import LocalLedger
 from ingest.storage.registry import DeviceKey, Registry
-from ingest.storage.store import RECORD_TABLES, Store
+from ingest.storage.schema import RECORD_TABLES
+from ingest.storage.store import Store
 from schemas import merkle
 from schemas.block import WireError, decode_header
 from schemas.crypto import ZERO_HASH, block_hash, verify, verify_block_signature

@@ -14,10 +14,12 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from common.errors import Fatal
+
 BRIDGE_USER = "bridge"
 
 
-class MqttSecurityError(Exception):
+class MqttSecurityError(Fatal):
     """A broker security file or tool is missing or unusable: the message names the file or tool."""
 
 

@@ -35,6 +35,7 @@ import msgspec
 from cryptography import x509
 
 from common.config import ConfigError, EdgeConfig, MqttConfig, load_toml
+from common.errors import Fatal
 from common.keys import KeyFileError, generate_key_file
 from ingest.config import Config, load_config
 from ingest.ops.broker_auth import MqttSecurityError, delete_password, password_users, set_password
@@ -47,7 +48,7 @@ CA_FILE = "ca.crt"
 AGENT_CONFIG = "edge-agent.toml"
 
 
-class EnrolError(Exception):
+class EnrolError(Fatal):
     """Enrolment refused or failed; nothing was left half done (the message says what, if anything, was)."""
 
 

@@ -26,13 +26,15 @@ from pathlib import Path
 
 import duckdb
 
-from ingest.storage.store import TABLE_NAMES, Store, StoreError
+from common.errors import Fatal
+from ingest.storage.schema import TABLE_NAMES
+from ingest.storage.store import Store, StoreError
 from schemas import merkle
 from schemas.crypto import SigningKey
 from schemas.erasure import ErasureStatement, erasure_encoder, signing_input
 
 
-class EraseError(Exception):
+class EraseError(Fatal):
     """Nothing to erase, or the erasure could not be written (nothing was changed)."""
 
 

@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.errors import Fatal
 from ingest.ledger.local import LocalLedger
 from ingest.storage.registry import DeviceKey, Registry
-from ingest.storage.store import TABLE_NAMES, Store
+from ingest.storage.schema import TABLE_NAMES
+from ingest.storage.store import Store
 from schemas import merkle
 from schemas.crypto import TAG_KEY_STATEMENT, SigningKey, leaf_salt
 from schemas.proof import (
@@ -37,7 +39,7 @@ class Witness(Protocol):
     def anchors_for(self, batch_no: int, log_index: int) -> list[EvmAnchor]: ...
 
 
-class ProveError(Exception):
+class ProveError(Fatal):
     """The selection or the stored data cannot produce a proof (message says which row and why)."""
 
 

@@ -15,11 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from common.errors import Fatal
 from ingest.config import Config
-from ingest.ledger.base import Ledger, LedgerConflict, LedgerDamaged, LedgerError
-from ingest.pipeline.processor import Pending, Processor
+from ingest.ledger.base import Ledger, LedgerDamaged, LedgerError
+from ingest.pipeline.batch import Checkpoint, Offsets, SealedBatch, UnstorableMessages
+from ingest.pipeline.processor import Processor
 from ingest.storage.registry import Registry, RegistryError
-from ingest.storage.store import BatchRows, Store, StoreContentError, StoreError, Unstorable
+from ingest.storage.store import Store, StoreError
 from schemas.transport import DETAIL_HEADER, REASON_HEADER, SHA256_HEADER, SIZE_HEADER, SOURCE_HEADER
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,14 @@ class BatchConsumer:
         self.passthrough = passthrough
         self.proc = Processor(
             store, registry, max_block_bytes=cfg.ingest.max_block_bytes, verify=not passthrough
+        )
+        # Steps 1-6 of every batch, in order (ingest/pipeline/batch.py).
+        self.checkpoint = Checkpoint(
+            self.proc,
+            store,
+            anchor=None if passthrough else self._anchor,
+            dead_letter=self._dead_letter,
+            commit_offsets=self._commit_offsets,
         )
         self._batch_log = batch_log.open("a", buffering=1) if batch_log is not None else None
         self.status_path = status_path
@@ -105,12 +115,10 @@ class BatchConsumer:
             return
         if self._next_batch is None:
             self._next_batch = self.store.next_batch_no()
-        batch_no = self._next_batch
-        rows = self.proc.build_rows(batch_no)
-        self.proc.seal()
-        if rows.blocks:
+        sealed = self.checkpoint.seal(self._next_batch)
+        if sealed.rows.blocks:
             self._next_batch += 1
-        self._inflight = asyncio.create_task(self._store(rows, p))
+        self._inflight = asyncio.create_task(self._store(sealed))
 
     async def _settle(self) -> None:
         """Wait for the batch in flight (if any) to be stored, anchored and committed; re-raise
@@ -119,26 +127,11 @@ class BatchConsumer:
         if task is not None:
             await task
 
-    async def _store(self, rows: BatchRows, p: Pending) -> None:
-        """Steps 2-6 of ``flush`` for one sealed batch."""
-        try:
-            await asyncio.to_thread(self.store.write_batch, rows)
-        except StoreContentError as exc:
-            found = await asyncio.to_thread(self.store.find_unstorable, rows)
-            if not found:
-                raise StoreError(f"{exc} (no single block or session message is refused on its own)") from exc
-            raise _Unstorable(found) from exc
-        committed_ns = time.time_ns()
-        await self._dead_letter(p.rejections)
+    async def _store(self, sealed: SealedBatch) -> None:
+        """Steps 2-6 of ``flush`` for one sealed batch (``Checkpoint.commit``), then the counts."""
+        committed_ns = await self.checkpoint.commit(sealed)
+        rows, p = sealed.rows, sealed.pending
         anchor = bool(rows.blocks) and not self.passthrough
-        if anchor:
-            await self._anchor(rows.batch_no, rows.root, len(rows.blocks))
-        assert self.consumer is not None
-        await self.consumer.commit(
-            {TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in p.offsets.items()}
-        )
-        self.proc.settled()
-        self.proc.quarantine_prune(p.offsets)
         self.stalled = None
         c = self.counts
         c["records"] += rows.record_count
@@ -171,7 +164,7 @@ class BatchConsumer:
             try:
                 await asyncio.to_thread(self._anchor_and_record, batch_no, root, blocks)
                 return
-            except (LedgerConflict, LedgerDamaged) as exc:
+            except Fatal as exc:  # a conflicting or damaged ledger: never retried
                 self._fatal(exc)
                 raise
             except LedgerError as exc:
@@ -210,6 +203,12 @@ class BatchConsumer:
             await self._anchor(batch_no, root, blocks)
         self.counts = self.store.counts()
 
+    async def _commit_offsets(self, offsets: Offsets) -> None:
+        assert self.consumer is not None
+        await self.consumer.commit(
+            {TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in offsets.items()}
+        )
+
     async def _dead_letter(self, rejections: list[Any]) -> None:
         if not rejections:
             return
@@ -240,6 +239,9 @@ class BatchConsumer:
             stalled=self.stalled,
             alarms=self.alarms,
         )
+        # Gap rows count detections, including gaps late blocks filled since: named for what they
+        # are, so that nobody reads them as losses (`telematics gaps` lists what is missing).
+        status["gap_detections"] = status.pop("gaps", 0)
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, self.status_path)
@@ -378,7 +380,7 @@ class BatchConsumer:
             if wait or not seal:
                 await self._settle()
             return True
-        except _Unstorable as exc:
+        except UnstorableMessages as exc:
             # The content is at fault, not the infrastructure: the messages the store refuses are
             # dead-lettered when they come round again, everything else is stored. No backoff.
             for u in exc.found:
@@ -438,14 +440,6 @@ class BatchConsumer:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-class _Unstorable(StoreError):
-    """Messages of a sealed batch the store refuses on their own (``Store.find_unstorable``)."""
-
-    def __init__(self, found: list[Unstorable]) -> None:
-        super().__init__(f"{len(found)} message(s) the store refuses")
-        self.found = found
 
 
 class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]

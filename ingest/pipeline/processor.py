@@ -14,6 +14,7 @@ import copy
 import hashlib
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,7 +22,16 @@ import msgspec
 import pyarrow as pa
 
 from ingest.storage.registry import DeviceKey, KeyRing
-from ingest.storage.store import RECORD_TABLES, BatchRows, Columns, DeviceHead, Store
+from ingest.storage.schema import (
+    RECORD_TABLES,
+    BlockRow,
+    Columns,
+    DuplicateRow,
+    GapRow,
+    RejectionRow,
+    SessionRow,
+)
+from ingest.storage.store import BatchRows, DeviceHead, Store
 from schemas.block import (
     Envelope,
     OpenedBlock,
@@ -61,6 +71,19 @@ class Message(Protocol):
     headers: Any
 
 
+@dataclass
+class RawMessage:
+    """A ``Message`` that did not come from Kafka: the offline ingest, the benchmarks and the tests
+    feed the processor with these. ``headers``: (name, value) pairs, as Kafka's."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
 @dataclass(frozen=True)
 class Rejection:
     topic: str
@@ -85,17 +108,17 @@ class Pending:
     messages: int = 0
     records: int = 0
     size: int = 0  # payload bytes of the messages in this batch
-    blocks: list[tuple[Any, ...]] = field(default_factory=list)
+    blocks: list[BlockRow] = field(default_factory=list)  # batch_no 0 until the batch is sealed
     block_sources: list[tuple[str, int, int]] = field(default_factory=list)  # Kafka position per block
     block_hashes: list[bytes] = field(default_factory=list)
     block_index: dict[tuple[str, int], bytes] = field(default_factory=dict)
     rows: dict[str, list[Any]] = field(default_factory=lambda: {t.name: [] for t in RECORD_TABLES})
     meta: dict[str, list[RowMeta]] = field(default_factory=lambda: {t.name: [] for t in RECORD_TABLES})
-    gaps: list[tuple[Any, ...]] = field(default_factory=list)
-    sessions: list[tuple[Any, ...]] = field(default_factory=list)
+    gaps: list[GapRow] = field(default_factory=list)
+    sessions: list[SessionRow] = field(default_factory=list)
     session_sources: list[tuple[str, int, int]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-    duplicates: list[tuple[Any, ...]] = field(default_factory=list)
+    duplicates: list[DuplicateRow] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
 
@@ -152,7 +175,7 @@ class Processor:
         self.inflight = {}
 
     # -- per poll ---------------------------------------------------------------------------------
-    def process_all(self, messages: list[Message]) -> None:
+    def process_all(self, messages: Sequence[Message]) -> None:
         """Process one poll's messages. Registry entries are read once per poll, so a revocation
         takes effect at the next poll."""
         key_ids: set[str] = set()
@@ -270,7 +293,7 @@ class Processor:
         at = int(ts_ms) * 1_000_000 if isinstance(ts_ms, int) and ts_ms > 0 else time.time_ns()
         self.pending.session_sources.append((m.topic, m.partition, m.offset))
         self.pending.sessions.append(
-            (
+            SessionRow(
                 ev.device_id,
                 ev.boot,
                 ev.session,
@@ -339,7 +362,7 @@ class Processor:
             if seq == 0 and prev != ZERO_HASH:
                 raise WireError(Reason.CHAIN, f"device {dev} block 0 must chain to the zero hash")
             if seq > 0:
-                self.pending.gaps.append((dev, 0, seq - 1, now))
+                self.pending.gaps.append(GapRow(dev, 0, seq - 1, now))
             self.heads[dev] = DeviceHead(key.key_id, seq, opened.hash, 0, 0, now, now)
             return
         if seq == head.last_seq + 1:
@@ -348,11 +371,13 @@ class Processor:
                     Reason.CHAIN, f"device {dev} block {seq} does not chain to block {head.last_seq}"
                 )
         elif seq > head.last_seq + 1:
-            self.pending.gaps.append((dev, head.last_seq + 1, seq - 1, now))
+            self.pending.gaps.append(GapRow(dev, head.last_seq + 1, seq - 1, now))
         else:
             stored = self._stored_hash(dev, seq)
             if stored == opened.hash:
-                self.pending.duplicates.append((m.topic, m.partition, m.offset, dev, seq, opened.hash, now))
+                self.pending.duplicates.append(
+                    DuplicateRow(m.topic, m.partition, m.offset, dev, seq, opened.hash, now)
+                )
                 raise _Duplicate
             if stored is not None:
                 raise WireError(
@@ -381,7 +406,7 @@ class Processor:
         p.touched.add(dev)
         p.block_index[(dev, h.seq)] = opened.hash
         p.blocks.append(
-            (
+            BlockRow(
                 dev,
                 h.seq,
                 opened.hash,
@@ -394,7 +419,7 @@ class Processor:
                 h.t_first,
                 h.t_last,
                 h.root,
-                None,
+                0,
                 len(p.block_hashes),
                 m.partition,
                 m.offset,
@@ -425,9 +450,9 @@ class Processor:
     def build_rows(self, batch_no: int) -> BatchRows:
         p = self.pending
         root = root_from_leaf_hashes([leaf_hash(bh) for bh in p.block_hashes]) if self.verify else ZERO_HASH
-        blocks = [(*b[:12], batch_no, *b[13:]) for b in p.blocks]
+        blocks = [b._replace(batch_no=batch_no) for b in p.blocks]
         rej = [
-            (
+            RejectionRow(
                 r.topic,
                 r.partition,
                 r.offset,

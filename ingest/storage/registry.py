@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from common.errors import Refused, Retryable
 from schemas.crypto import device_id_for, key_id_for
 
 _TABLE = """
@@ -44,7 +45,11 @@ _INDEX = "CREATE INDEX IF NOT EXISTS device_keys_device ON device_keys(device_id
 KEY_STATUSES = ("active", "retired", "revoked")
 
 
-class RegistryError(Exception):
+class RegistryRefused(Refused):
+    """The registry refuses the request: a key registered already, a device it does not know."""
+
+
+class RegistryError(Retryable):
     """A registry change is invalid (for example: the key is already registered)."""
 
 
@@ -152,7 +157,7 @@ class Registry:
             existing = self.get(kid)
             if existing is not None and existing.device_id == dev and existing.active:
                 return existing
-            raise RegistryError(f"key {kid} is already registered (device {dev})") from exc
+            raise RegistryRefused(f"key {kid} is already registered (device {dev})") from exc
         return DeviceKey(kid, dev, public_key, "active", now, None, label, valid_from, None)
 
     def rotate(self, device_id: str, new_public_key: bytes, *, at: int | None = None) -> DeviceKey:
@@ -166,13 +171,13 @@ class Registry:
         at = time.time_ns() if at is None else at
         active = [k for k in self.keys_of(device_id) if k.active]
         if not active:
-            raise RegistryError(f"device {device_id} has no active key to rotate")
+            raise RegistryRefused(f"device {device_id} has no active key to rotate")
         kid = key_id_for(new_public_key)
         if self.get(kid) is not None:
-            raise RegistryError(f"key {kid} is already registered")
+            raise RegistryRefused(f"key {kid} is already registered")
         for k in active:
             if at <= k.valid_from:
-                raise RegistryError(
+                raise RegistryRefused(
                     f"rotation time {at} is not after key {k.key_id}'s valid_from {k.valid_from}"
                 )
         now = time.time_ns()
@@ -210,7 +215,7 @@ class Registry:
             (now, at, at, device_id, at),
         )
         if cur.rowcount == 0 and not self.keys_of(device_id):
-            raise RegistryError(f"device {device_id} is not registered")
+            raise RegistryRefused(f"device {device_id} is not registered")
         return cur.rowcount
 
     def get(self, key_id: str) -> DeviceKey | None:

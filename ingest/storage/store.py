@@ -23,378 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import msgspec
 import pyarrow as pa
 
-from schemas.records import (
-    BATTERY_FIELDS,
-    DRIVING_FIELDS,
-    DROP_FIELDS,
-    TABLE_OF_KIND,
-    TRIGGER_FIELDS,
-    BatterySample,
-    DrivingSample,
-    SpoolDrop,
-    TriggerEvent,
-)
-
-_FLOAT = "DOUBLE"
-Columns = list[
-    tuple[str, str, pa.DataType]
-]  # (column, DuckDB type, Arrow type), after device_id/block_seq/idx/ts
-
-DRIVING_COLUMNS: Columns = [
-    (f, "SMALLINT" if f == "gear" else _FLOAT, pa.int16() if f == "gear" else pa.float64())
-    for f in DRIVING_FIELDS
-    if f != "ts_ns"
-]
-BATTERY_COLUMNS: Columns = [
-    (f, "BOOLEAN" if f == "is_charging" else _FLOAT, pa.bool_() if f == "is_charging" else pa.float64())
-    for f in BATTERY_FIELDS
-    if f != "ts_ns"
-]
-TRIGGER_COLUMNS: Columns = [
-    ("name", "VARCHAR", pa.string()),
-    ("signal", "VARCHAR", pa.string()),
-    ("value", _FLOAT, pa.float64()),
-    ("window_start_ns", "BIGINT", pa.int64()),
-    ("window_end_ns", "BIGINT", pa.int64()),
-    ("rate_hz", _FLOAT, pa.float64()),
-]
-DROP_COLUMNS: Columns = [
-    ("first_seq", "UBIGINT", pa.uint64()),
-    ("last_seq", "UBIGINT", pa.uint64()),
-    ("records", "UBIGINT", pa.uint64()),
-    ("prev", "BLOB", pa.binary()),
-    ("last_hash", "BLOB", pa.binary()),
-    ("reason", "VARCHAR", pa.string()),
-]
-assert [c for c, _, _ in TRIGGER_COLUMNS] == list(TRIGGER_FIELDS[1:])
-assert [c for c, _, _ in DROP_COLUMNS] == list(DROP_FIELDS[1:])
-
-
-@dataclass(frozen=True)
-class RecordTable:
-    """Where one record kind is stored: one row per record, its columns in the record's field order."""
-
-    name: str
-    kind: type[msgspec.Struct]
-    columns: Columns
-
-
-# Every record kind and its table. Processor, audit, proofs and erasure all go through this list.
-RECORD_TABLES: tuple[RecordTable, ...] = tuple(
-    RecordTable(TABLE_OF_KIND[kind], kind, cols)
-    for kind, cols in (
-        (DrivingSample, DRIVING_COLUMNS),
-        (BatterySample, BATTERY_COLUMNS),
-        (TriggerEvent, TRIGGER_COLUMNS),
-        (SpoolDrop, DROP_COLUMNS),
-    )
-)
-TABLE_NAMES: tuple[str, ...] = tuple(t.name for t in RECORD_TABLES)
-
-
-def _sample_table(name: str, cols: Columns) -> str:
-    body = ",\n    ".join(f"{c} {t}" for c, t, _ in cols)
-    return f"""
-CREATE TABLE IF NOT EXISTS {name} (
-    device_id VARCHAR NOT NULL,
-    block_seq UBIGINT NOT NULL,
-    idx       USMALLINT NOT NULL,   -- position of the record in its block (its Merkle leaf index)
-    ts        TIMESTAMP_NS NOT NULL, -- UTC
-    {body},
-    raw       BLOB NOT NULL,        -- the record bytes exactly as signed
-    leaf      BLOB NOT NULL         -- its Merkle leaf hash as verified at ingest: SHA-256(0x00 || salt || raw)
-);"""
-
-
-DDL = (
-    "".join(_sample_table(t.name, t.columns) for t in RECORD_TABLES)
-    + """
-CREATE TABLE IF NOT EXISTS blocks (
-    device_id      VARCHAR NOT NULL,
-    seq            UBIGINT NOT NULL,
-    block_hash     BLOB NOT NULL,
-    header         BLOB NOT NULL,     -- exact signed header bytes
-    signature      BLOB NOT NULL,
-    salt_seed      BLOB NOT NULL,     -- off-ledger: derives each record's leaf salt
-    key_id         VARCHAR NOT NULL,
-    boot           UINTEGER NOT NULL,
-    record_count   USMALLINT NOT NULL,
-    t_first        TIMESTAMP_NS NOT NULL,
-    t_last         TIMESTAMP_NS NOT NULL,
-    merkle_root    BLOB NOT NULL,
-    batch_no       UBIGINT NOT NULL,
-    batch_index    UINTEGER NOT NULL, -- leaf index of this block in its batch tree
-    kafka_partition INTEGER NOT NULL,
-    kafka_offset   BIGINT NOT NULL,
-    received_at    TIMESTAMP_NS NOT NULL,
-    historical     BOOLEAN NOT NULL,  -- replayed from the vehicle's spool, not published live
-    PRIMARY KEY (device_id, seq)
-);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_no     UBIGINT PRIMARY KEY,
-    root         BLOB NOT NULL,
-    block_count  UINTEGER NOT NULL,
-    record_count UINTEGER NOT NULL,
-    created_at   TIMESTAMP_NS NOT NULL
-);
-CREATE TABLE IF NOT EXISTS anchors (
-    batch_no     UBIGINT PRIMARY KEY,
-    ledger       VARCHAR NOT NULL,
-    entry_index  UBIGINT NOT NULL,
-    entry_hash   BLOB NOT NULL,
-    anchored_at  TIMESTAMP_NS NOT NULL,
-    receipt      VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id       VARCHAR PRIMARY KEY,
-    key_id          VARCHAR NOT NULL,
-    last_seq        UBIGINT NOT NULL,
-    last_block_hash BLOB NOT NULL,
-    blocks          UBIGINT NOT NULL,
-    records         UBIGINT NOT NULL,
-    first_seen      TIMESTAMP_NS NOT NULL,
-    last_seen       TIMESTAMP_NS NOT NULL
-);
-CREATE TABLE IF NOT EXISTS gaps (
-    device_id   VARCHAR NOT NULL,
-    from_seq    UBIGINT NOT NULL,
-    to_seq      UBIGINT NOT NULL,
-    detected_at TIMESTAMP_NS NOT NULL,
-    PRIMARY KEY (device_id, from_seq)
-);
-CREATE TABLE IF NOT EXISTS session_events (
-    device_id      VARCHAR NOT NULL,
-    boot           UINTEGER NOT NULL,
-    session        UINTEGER NOT NULL,  -- MQTT connects since that boot
-    event          VARCHAR NOT NULL,   -- birth | death (last will: connection lost) | shutdown
-    key_id         VARCHAR NOT NULL,
-    ts             TIMESTAMP_NS NOT NULL,  -- vehicle clock: the connect (birth, death) or the stop
-    next_seq       UBIGINT NOT NULL,   -- the vehicle's next block sequence number then
-    agent_version  VARCHAR NOT NULL,
-    schema_version USMALLINT NOT NULL,
-    config         VARCHAR NOT NULL,   -- sampling configuration, JSON
-    message        BLOB NOT NULL,      -- the signed message exactly as received
-    received_at    TIMESTAMP_NS NOT NULL,  -- when the broker passed it on (Kafka timestamp)
-    PRIMARY KEY (device_id, boot, session, event)
-);
-CREATE VIEW IF NOT EXISTS sessions AS
-SELECT device_id, boot, session,
-       max(ts) FILTER (WHERE event = 'birth') AS started_at,
-       max(next_seq) FILTER (WHERE event = 'birth') AS first_seq,
-       max(received_at) FILTER (WHERE event <> 'birth') AS ended_at,
-       max(event) FILTER (WHERE event <> 'birth') AS end_reason,
-       any_value(agent_version) AS agent_version,
-       any_value(config) AS config
-FROM session_events GROUP BY device_id, boot, session;
-CREATE TABLE IF NOT EXISTS erasures (
-    erasure_id  UBIGINT PRIMARY KEY,
-    device_id   VARCHAR NOT NULL,
-    erased_at   TIMESTAMP_NS NOT NULL,
-    reason      VARCHAR NOT NULL,
-    blocks      UBIGINT NOT NULL,
-    records     UBIGINT NOT NULL,
-    statement   BLOB NOT NULL,    -- MessagePack statement the operator signed (docs/PROOFS.md)
-    signature   BLOB NOT NULL     -- Ed25519 by the operator key over "vt/v1/erasure" || 0x00 || statement
-);
-CREATE TABLE IF NOT EXISTS erased_blocks (
-    device_id    VARCHAR NOT NULL,
-    seq          UBIGINT NOT NULL,
-    block_hash   BLOB NOT NULL,     -- still a leaf of its batch tree, so every other proof verifies
-    batch_no     UBIGINT NOT NULL,
-    batch_index  UINTEGER NOT NULL,
-    record_count USMALLINT NOT NULL,
-    erasure_id   UBIGINT NOT NULL,
-    PRIMARY KEY (device_id, seq)
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    kafka_topic     VARCHAR NOT NULL,
-    kafka_partition INTEGER NOT NULL,
-    kafka_offset    BIGINT NOT NULL,
-    reason          VARCHAR NOT NULL,
-    detail          VARCHAR NOT NULL,
-    device_id       VARCHAR,
-    key_id          VARCHAR,
-    seq             UBIGINT,
-    payload_size    BIGINT NOT NULL,
-    payload_sha256  BLOB NOT NULL,
-    received_at     TIMESTAMP_NS NOT NULL,
-    -- the position AND the payload: a broker that lost its log reuses positions for new messages
-    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, payload_sha256)
-);
-CREATE TABLE IF NOT EXISTS broker_resets (
-    kafka_topic     VARCHAR NOT NULL,
-    kafka_partition INTEGER NOT NULL,
-    kind            VARCHAR NOT NULL,  -- offsets_regressed | log_truncated
-    expected_offset BIGINT NOT NULL,   -- the next offset the consumer expected
-    broker_offset   BIGINT NOT NULL,   -- the offset the broker delivered, or its high-water mark
-    detected_at     TIMESTAMP_NS NOT NULL
-);
-CREATE TABLE IF NOT EXISTS duplicates (
-    kafka_topic     VARCHAR NOT NULL,
-    kafka_partition INTEGER NOT NULL,
-    kafka_offset    BIGINT NOT NULL,
-    device_id       VARCHAR NOT NULL,
-    seq             UBIGINT NOT NULL,
-    block_hash      BLOB NOT NULL,
-    received_at     TIMESTAMP_NS NOT NULL,
-    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, block_hash)
-);
-"""
+from common.errors import Retryable
+from ingest.storage.schema import (
+    DDL,
+    TABLE_NAMES,
+    TABLE_OF_ROW,
+    BlockRow,
+    DeviceRow,
+    DuplicateRow,
+    GapRow,
+    RejectionRow,
+    SessionRow,
+    rows_table,
 )
 
 
-_BLOCK_TYPES: list[pa.DataType] = [
-    pa.string(),
-    pa.uint64(),
-    pa.binary(),
-    pa.binary(),
-    pa.binary(),
-    pa.binary(),
-    pa.string(),
-    pa.uint32(),
-    pa.uint16(),
-    pa.int64(),
-    pa.int64(),
-    pa.binary(),
-    pa.uint64(),
-    pa.uint32(),
-    pa.int32(),
-    pa.int64(),
-    pa.int64(),
-    pa.bool_(),
-]
-_BLOCK_NAMES = [
-    "device_id",
-    "seq",
-    "block_hash",
-    "header",
-    "signature",
-    "salt_seed",
-    "key_id",
-    "boot",
-    "record_count",
-    "t_first",
-    "t_last",
-    "merkle_root",
-    "batch_no",
-    "batch_index",
-    "kafka_partition",
-    "kafka_offset",
-    "received_at",
-    "historical",
-]
-_DEVICE_NAMES = [
-    "device_id",
-    "key_id",
-    "last_seq",
-    "last_block_hash",
-    "blocks",
-    "records",
-    "first_seen",
-    "last_seen",
-]
-_DEVICE_TYPES: list[pa.DataType] = [
-    pa.string(),
-    pa.string(),
-    pa.uint64(),
-    pa.binary(),
-    pa.uint64(),
-    pa.uint64(),
-    pa.int64(),
-    pa.int64(),
-]
-_TIMESTAMPS = {"t_first", "t_last", "received_at", "first_seen", "last_seen", "detected_at", "ts"}  # ns
-# The small per-batch tables, inserted from Arrow like the records (executemany costs ~0.5 ms a row,
-# which made rejecting junk ten times slower than accepting blocks): (table, columns, Arrow types).
-_SIDE_TABLES: tuple[tuple[str, list[str], list[pa.DataType]], ...] = (
-    (
-        "gaps",
-        ["device_id", "from_seq", "to_seq", "detected_at"],
-        [pa.string(), pa.uint64(), pa.uint64(), pa.int64()],
-    ),
-    (
-        "session_events",
-        [
-            "device_id",
-            "boot",
-            "session",
-            "event",
-            "key_id",
-            "ts",
-            "next_seq",
-            "agent_version",
-            "schema_version",
-            "config",
-            "message",
-            "received_at",
-        ],
-        [
-            pa.string(),
-            pa.uint32(),
-            pa.uint32(),
-            pa.string(),
-            pa.string(),
-            pa.int64(),
-            pa.uint64(),
-            pa.string(),
-            pa.uint16(),
-            pa.string(),
-            pa.binary(),
-            pa.int64(),
-        ],
-    ),
-    (
-        "rejections",
-        [
-            "kafka_topic",
-            "kafka_partition",
-            "kafka_offset",
-            "reason",
-            "detail",
-            "device_id",
-            "key_id",
-            "seq",
-            "payload_size",
-            "payload_sha256",
-            "received_at",
-        ],
-        [
-            pa.string(),
-            pa.int32(),
-            pa.int64(),
-            pa.string(),
-            pa.string(),
-            pa.string(),
-            pa.string(),
-            pa.uint64(),
-            pa.int64(),
-            pa.binary(),
-            pa.int64(),
-        ],
-    ),
-    (
-        "duplicates",
-        ["kafka_topic", "kafka_partition", "kafka_offset", "device_id", "seq", "block_hash", "received_at"],
-        [pa.string(), pa.int32(), pa.int64(), pa.string(), pa.uint64(), pa.binary(), pa.int64()],
-    ),
-)
-
-
-def _rows_table(rows: list[tuple[Any, ...]], names: list[str], types: list[pa.DataType]) -> pa.Table:
-    """Rows as Arrow columns, in the DDL's column order: one INSERT per batch, not one per row
-    (``executemany`` costs about 0.5 ms per row)."""
-    cols = list(zip(*rows, strict=True))
-    arrays = []
-    for name, typ, col in zip(names, types, cols, strict=True):
-        arr = pa.array(col, typ)
-        arrays.append(arr.cast(pa.timestamp("ns")) if name in _TIMESTAMPS else arr)
-    return pa.table(arrays, names=names)
-
-
-class StoreError(Exception):
+class StoreError(Retryable):
     """The store could not write a batch: retry it without committing Kafka offsets."""
 
 
@@ -439,11 +85,11 @@ class BatchRows:
     root: bytes
     created_at: int
     records: dict[str, pa.Table]  # record table name -> its new rows
-    blocks: list[tuple[Any, ...]] = field(default_factory=list)
-    gaps: list[tuple[Any, ...]] = field(default_factory=list)
-    sessions: list[tuple[Any, ...]] = field(default_factory=list)
-    rejections: list[tuple[Any, ...]] = field(default_factory=list)
-    duplicates: list[tuple[Any, ...]] = field(default_factory=list)
+    blocks: list[BlockRow] = field(default_factory=list)
+    gaps: list[GapRow] = field(default_factory=list)
+    sessions: list[SessionRow] = field(default_factory=list)
+    rejections: list[RejectionRow] = field(default_factory=list)
+    duplicates: list[DuplicateRow] = field(default_factory=list)
     heads: dict[str, DeviceHead] = field(default_factory=dict)
     record_count: int = 0
     # Kafka (topic, partition, offset) of each block and session row, in the same order.
@@ -586,26 +232,33 @@ class Store:
                 con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
                 con.unregister("_incoming")
         if b.blocks:
-            con.register("_incoming", _rows_table(b.blocks, _BLOCK_NAMES, _BLOCK_TYPES))
+            con.register("_incoming", rows_table(b.blocks, BlockRow))
             con.execute("INSERT INTO blocks SELECT * FROM _incoming")
             con.unregister("_incoming")
             con.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?, make_timestamp_ns(?))",
                 [b.batch_no, b.root, len(b.blocks), b.record_count, b.created_at],
             )
-        for (table, names, types), rows in zip(
-            _SIDE_TABLES, (b.gaps, b.sessions, b.rejections, b.duplicates), strict=True
-        ):
+        side: tuple[tuple[type[GapRow | SessionRow | RejectionRow | DuplicateRow], list[Any]], ...] = (
+            (GapRow, b.gaps),
+            (SessionRow, b.sessions),
+            (RejectionRow, b.rejections),
+            (DuplicateRow, b.duplicates),
+        )
+        for typ, rows in side:
             if rows:
-                con.register("_incoming", _rows_table(rows, names, types))
-                con.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(names)}) SELECT * FROM _incoming")
+                con.register("_incoming", rows_table(rows, typ))
+                names = ", ".join(typ._fields)
+                con.execute(f"INSERT OR IGNORE INTO {TABLE_OF_ROW[typ]} ({names}) SELECT * FROM _incoming")
                 con.unregister("_incoming")
         if b.heads:
             heads = [
-                (d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen)
+                DeviceRow(
+                    d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen
+                )
                 for d, h in b.heads.items()
             ]
-            con.register("_incoming", _rows_table(heads, _DEVICE_NAMES, _DEVICE_TYPES))
+            con.register("_incoming", rows_table(heads, DeviceRow))
             con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")
             con.unregister("_incoming")
 
@@ -628,11 +281,11 @@ class Store:
             if len(part) == 1:
                 kind, i = part[0]
                 if kind == "block":
-                    (topic, partition, offset), ident = b.block_sources[i], b.blocks[i][2]
+                    (topic, partition, offset), ident = b.block_sources[i], b.blocks[i].block_hash
                 else:
                     (topic, partition, offset), ident = (
                         b.session_sources[i],
-                        sha256(b.sessions[i][10]).digest(),
+                        sha256(b.sessions[i].message).digest(),
                     )
                 found.append(
                     Unstorable(topic, partition, offset, ident, f"the store refuses this {kind}: {err}")
@@ -648,7 +301,7 @@ class Store:
     def _probe(self, b: BatchRows, units: list[tuple[str, int]]) -> str | None:
         """Write the rows of ``units`` in a transaction and roll it back: the store's error, or None."""
         blocks = [b.blocks[i] for kind, i in units if kind == "block"]
-        keys = {(blk[0], blk[1]) for blk in blocks}
+        keys = {(blk.device_id, blk.seq) for blk in blocks}
         records = {}
         for name, tbl in b.records.items():
             mask = [

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ingest.ledger.local import LocalLedger
 from ingest.storage.registry import Registry
-from ingest.storage.store import TABLE_NAMES, Store
+from ingest.storage.schema import TABLE_NAMES
+from ingest.storage.store import Store
 from schemas.block import decode_header, records_root
 from schemas.crypto import block_hash, verify_block_signature
 from schemas.merkle import leaf_hash, root_from_leaf_hashes

@@ -85,6 +85,7 @@ def test_every_hostile_frame_is_accounted_and_honest_data_is_whole(env, stack_cf
         what="every frame accounted for",
     )
     assert (st["pid"], st["stalled"]) == (pids[0], None)
+    assert "gap_detections" in st and "gaps" not in st  # detections, not a loss signal
     for p in env.procs:
         assert p.stop() == 0
     assert bridge.proc.pid == pids[1] and "Traceback" not in consumer.log.read_text() + bridge.log.read_text()

@@ -7,10 +7,10 @@ import random
 from pathlib import Path
 
 from ingest.pipeline.processor import Processor
+from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
 from ingest.storage.store import Store
 from simulators.hostile import REFUSED_AT_BROKER, Attacker, Frame, campaign
-from tests.unit.kafka import Msg
 
 
 def test_each_frame_kind_has_its_expected_outcome(tmp_path: Path) -> None:
@@ -49,8 +49,8 @@ def _outcome(proc: Processor, off: int) -> str:
     p = proc.pending
     if p.rejections and p.rejections[-1].offset == off:
         return str(p.rejections[-1].reason)
-    if p.duplicates and p.duplicates[-1][2] == off:
+    if p.duplicates and p.duplicates[-1].kafka_offset == off:
         return "duplicate"
-    if p.blocks and p.blocks[-1][15] == off:
+    if p.blocks and p.blocks[-1].kafka_offset == off:
         return "stored"
     return "nothing"

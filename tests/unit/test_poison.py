@@ -12,14 +12,15 @@ import msgspec
 import pytest
 
 from ingest.pipeline.processor import Processor
+from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
-from ingest.storage.store import DRIVING_COLUMNS, Store, StoreContentError, _sample_table
+from ingest.storage.schema import DRIVING_COLUMNS, _sample_table
+from ingest.storage.store import Store, StoreContentError
 from schemas.block import build_block
 from schemas.crypto import TAG_SESSION, ZERO_HASH, SigningKey, device_id_for
 from schemas.records import MAX_TIMESTAMP_NS
 from schemas.session import SESSION_VERSION, SessionEvent, SignedSession, sign_session
 from simulators.hostile import T0, drive
-from tests.unit.kafka import Msg
 
 
 class Dev:

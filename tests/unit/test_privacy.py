@@ -20,33 +20,16 @@ from edge_agent.privacy import (
     grid_cell_centre,
 )
 from schemas.block import decode_record, encode_record
-from schemas.records import BatterySample, DrivingSample, TriggerEvent
+from schemas.records import DrivingSample
+from tests.records import battery, driving, trigger
 
 T0 = 1_700_000_000_000_000_000
 HOME = (48.137, 11.575)
 WORK = (48.20, 11.60)
 
 
-def at(lat: float | None, lon: float | None, **kw: object) -> DrivingSample:
-    rec = DrivingSample(
-        ts_ns=T0,
-        speed_mps=3.0,
-        accel_long_mps2=0.1,
-        accel_lat_mps2=0.0,
-        accel_vert_mps2=0.0,
-        yaw_rate_radps=0.0,
-        latitude_deg=lat,
-        longitude_deg=lon,
-        altitude_m=512.0,
-        heading_deg=45.0,
-        h_accuracy_m=2.0,
-        accel_pedal_pct=5.0,
-        brake_pedal_pct=0.0,
-        steering_angle_rad=0.0,
-        gear=1,
-        odometer_m=1e6,
-    )
-    return msgspec.structs.replace(rec, **kw)
+def at(lat: float | None, lon: float | None, ts_ns: int = T0, **kw: object) -> DrivingSample:
+    return driving(ts_ns, latitude_deg=lat, longitude_deg=lon, **kw)
 
 
 def north_of(lat: float, lon: float, metres: float) -> tuple[float, float]:
@@ -69,7 +52,7 @@ def test_drop_inside_unchanged_outside() -> None:
     assert isinstance(inside, DrivingSample)
     assert (inside.latitude_deg, inside.longitude_deg, inside.altitude_m, inside.heading_deg) == (None,) * 4
     assert inside.h_accuracy_m is None
-    assert inside.speed_mps == 3.0 and inside.odometer_m == 1e6 and inside.ts_ns == T0
+    assert inside.speed_mps == 12.5 and inside.odometer_m == 12_345_678.0 and inside.ts_ns == T0
     outside = at(*north_of(*HOME, 350.0))
     assert f.apply(outside) is outside
     assert f.stats.dropped == 1 and f.stats.coarsened == 0 and f.stats.zones == {"home": 1}
@@ -170,31 +153,9 @@ def test_overlapping_zones_drop_wins_and_the_coarsest_grid_wins() -> None:
 
 def test_other_records_and_no_fix_are_untouched() -> None:
     f = filt(HOME_DROP, WORK_COARSE)
-    battery = BatterySample(
-        ts_ns=T0,
-        soc_pct=50.0,
-        soh_pct=95.0,
-        pack_voltage_v=400.0,
-        pack_current_a=0.0,
-        power_w=0.0,
-        temp_min_c=20.0,
-        temp_max_c=30.0,
-        temp_avg_c=25.0,
-        cell_voltage_min_v=4.0,
-        cell_voltage_max_v=4.0,
-        charged_energy_j=0.0,
-        consumed_energy_j=0.0,
-        charged_throughput_c=0.0,
-        consumed_throughput_c=0.0,
-        is_charging=True,
-        charge_power_w=11_000.0,
-    )
-    event = TriggerEvent(
-        ts_ns=T0, name="hard_brake", signal="Vehicle.Acceleration.Longitudinal", value=-7.0,
-        window_start_ns=T0, window_end_ns=T0, rate_hz=50.0,
-    )  # fmt: skip
+    event = trigger(T0)
     no_fix = at(None, None, altitude_m=None, heading_deg=None, h_accuracy_m=None)
-    for rec in (battery, event, no_fix):
+    for rec in (battery(T0, is_charging=True, charge_power_w=11_000.0), event, no_fix):
         assert f.apply(rec) is rec
     assert f.stats.dropped == f.stats.coarsened == 0
     # no zones: everything passes as is

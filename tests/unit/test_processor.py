@@ -11,12 +11,12 @@ import pytest
 
 from edge_agent.sources.vehicle import VehicleModel
 from ingest.pipeline.processor import Processor
+from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
 from ingest.storage.store import Store
 from schemas.block import Block, build_block, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 from schemas.records import DrivingSample
-from tests.unit.kafka import Msg
 
 
 class Dev:

@@ -14,12 +14,12 @@ from ingest.ledger.local import LocalLedger
 from ingest.ops.audit import Auditor
 from ingest.ops.proofs import Prover, select_rows
 from ingest.pipeline.processor import Pending, Processor
+from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
 from ingest.storage.store import Store
 from schemas.block import build_block, decode_envelope, decode_header, encode_record
 from schemas.crypto import SigningKey, device_id_for
 from schemas.proof import encode_bundle, verify_bundle
-from tests.unit.kafka import Msg
 
 T0 = 1_700_000_000_000_000_000
 

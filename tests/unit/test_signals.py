@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,55 +28,11 @@ from schemas.records import (
     DrivingSample,
     TriggerEvent,
 )
+from tests.records import battery, driving
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000
 AGE = 2000 * MS
-
-
-def driving(ts: int = T0, **kw: object) -> DrivingSample:
-    base = DrivingSample(
-        ts_ns=ts,
-        speed_mps=12.5,
-        accel_long_mps2=-0.3,
-        accel_lat_mps2=0.2,
-        accel_vert_mps2=0.05,
-        yaw_rate_radps=0.01,
-        latitude_deg=48.137,
-        longitude_deg=11.575,
-        altitude_m=520.0,
-        heading_deg=90.0,
-        h_accuracy_m=2.5,
-        accel_pedal_pct=12.0,
-        brake_pedal_pct=0.0,
-        steering_angle_rad=math.radians(30.0),
-        gear=1,
-        odometer_m=12_345_678.0,
-    )
-    return msgspec.structs.replace(base, **kw)
-
-
-def battery(ts: int = T0, **kw: object) -> BatterySample:
-    base = BatterySample(
-        ts_ns=ts,
-        soc_pct=55.0,
-        soh_pct=96.0,
-        pack_voltage_v=380.0,
-        pack_current_a=-20.0,
-        power_w=-7600.0,
-        temp_min_c=24.0,
-        temp_max_c=27.0,
-        temp_avg_c=25.0,
-        cell_voltage_min_v=3.95,
-        cell_voltage_max_v=3.97,
-        charged_energy_j=7.2e6,
-        consumed_energy_j=3.6e7,
-        charged_throughput_c=36_000.0,
-        consumed_throughput_c=72_000.0,
-        is_charging=False,
-        charge_power_w=0.0,
-    )
-    return msgspec.structs.replace(base, **kw)
 
 
 # -- catalog ---------------------------------------------------------------------------

@@ -601,9 +601,9 @@ def test_third_party_block_is_accepted_by_our_verifier() -> None:
 def test_third_party_chain_is_accepted_by_the_consumer(tmp_path: Path) -> None:
     """Two chained third-party blocks through the real Processor (registry + DuckDB store)."""
     from ingest.pipeline.processor import Processor
+    from ingest.pipeline.processor import RawMessage as Msg
     from ingest.storage.registry import Registry
     from ingest.storage.store import Store
-    from tests.unit.kafka import Msg
 
     secret = os.urandom(32)
     b0 = _tp_fresh_block(secret)
@@ -615,7 +615,7 @@ def test_third_party_chain_is_accepted_by_the_consumer(tmp_path: Path) -> None:
         key = b0["device_id"].encode()
         proc.process_all([Msg("telematics.blocks", 0, i, key, b["envelope"]) for i, b in enumerate((b0, b1))])
         assert proc.pending.rejections == []
-        assert [b[2] for b in proc.pending.blocks] == [b0["block_hash"], b1["block_hash"]]
+        assert [b.block_hash for b in proc.pending.blocks] == [b0["block_hash"], b1["block_hash"]]
         assert proc.heads[b0["device_id"]].last_seq == 1
     finally:
         store.close()
