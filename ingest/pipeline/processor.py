@@ -81,7 +81,7 @@ class RawMessage:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True)

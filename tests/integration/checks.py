@@ -30,7 +30,7 @@ def recheck(store_path: Path, registry_path: Path, ledger_path: Path) -> dict[st
             "SELECT count(*) - count(DISTINCT (device_id, block_seq, idx)) FROM "
             "(" + " UNION ALL ".join(f"SELECT device_id, block_seq, idx FROM {t}" for t in TABLE_NAMES) + ")"
         ).fetchone()
-        assert dup_rows is not None and dup_rows[0] == 0, f"{dup_rows[0]} duplicated record rows"
+        assert dup_rows is not None and dup_rows[0] == 0, f"{(dup_rows or (None,))[0]} duplicated record rows"
         blocks = con.execute(
             "SELECT device_id, seq, block_hash, header, signature, salt_seed, key_id, batch_no, batch_index "
             "FROM blocks ORDER BY device_id, seq"

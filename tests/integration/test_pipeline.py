@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_ten_vehicles_thousand_records_each(env) -> None:  # type: ignore[no-unt
             ).fetchall()
         )
         assert per_dev == fleet.per_vehicle
-        stored = {}
+        stored: dict[Any, Any] = {}
         for dev, _seq, bh in s.con.execute(
             "SELECT device_id, seq, block_hash FROM blocks ORDER BY seq"
         ).fetchall():

@@ -14,9 +14,10 @@ from ingest.storage.registry import Registry
 from ingest.storage.store import Store
 from schemas.records import MAX_TIMESTAMP_NS
 from schemas.transport import blocks_topic, state_topic
+from simulators.hostile import T0, drive
 from tests.integration.harness import wait_until
 from tests.integration.test_rejections import read_dead_letters
-from tests.unit.test_poison import T0, Dev, _strict_store, drive
+from tests.unit.test_poison import Dev, _strict_store
 
 pytestmark = pytest.mark.integration
 

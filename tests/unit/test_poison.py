@@ -72,7 +72,7 @@ def _proc(store: Store, reg: Registry, *devs: Dev) -> Processor:
 
 def _feed(proc: Processor, *msgs: tuple[str, bytes, bytes]) -> None:
     """(device id, payload, topic suffix) -> one Kafka message each, offsets from 0."""
-    base = sum(len(v) for v in proc.pending.offsets.values())
+    base = proc.pending.messages
     proc.process_all(
         [
             Msg(
@@ -106,7 +106,7 @@ def test_largest_timestamp_is_refused_at_decode_with_a_reason(parts: Any) -> Non
     assert [r.reason for r in proc.pending.rejections] == ["bad_record", "bad_header", "decode_error"]
     assert len(proc.pending.sessions) == 1
     store.write_batch(proc.build_rows(0))
-    (ts,) = store.con.execute("SELECT epoch_ns(ts) FROM session_events").fetchone() or ()
+    (ts,) = store.con.execute("SELECT epoch_ns(ts) FROM session_events").fetchone() or (None,)
     assert ts == MAX_TIMESTAMP_NS  # stored as a time, not as 'infinity'
 
 

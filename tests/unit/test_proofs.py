@@ -121,7 +121,7 @@ def test_bit_flips_name_what_broke(world: World) -> None:
         assert not rep.ok
         return rep.problems
 
-    rec = ["records", 0]
+    rec: list[str | int] = ["records", 0]
     assert "not in its block" in broken([*rec, "raw"])[0] or "does not decode" in broken([*rec, "raw"])[0]
     assert "not in its block" in broken([*rec, "salt"])[0]
     assert "not in its block" in broken([*rec, "path", 0])[0]

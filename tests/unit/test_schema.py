@@ -3,6 +3,7 @@ batch of each row type goes through DuckDB and back unchanged."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -34,7 +35,7 @@ def test_rows_round_trip_through_the_store(tmp_path: Path) -> None:
 
     s = Store(tmp_path / "s.duckdb")
     try:
-        rows = {
+        rows: dict[type[Row], Sequence[Row]] = {
             GapRow: [GapRow("a" * 32, 3, 5, 1_700_000_000_000_000_000)],
             RejectionRow: [
                 RejectionRow(

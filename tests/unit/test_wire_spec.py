@@ -396,13 +396,14 @@ def test_doc_field_tables_match_the_msgspec_types() -> None:
             if nullable:
                 assert doc.type == "float or nil", doc
                 t = next(x for x in t.types if not isinstance(x, mi.NoneType))
-            expected_type = {
+            type_names: dict[type, str] = {
                 mi.FloatType: "float",
                 mi.IntType: "integer",
                 mi.BoolType: "bool",
                 mi.StrType: "str",
                 mi.BytesType: "bin",
-            }[type(t)]
+            }
+            expected_type = type_names[type(t)]
             assert doc.type == (expected_type + " or nil" if nullable else expected_type), doc
             if isinstance(t, mi.FloatType) and t.gt is not None:  # "above 0, at most 1000"
                 assert doc.lo is None and f"above {t.gt:g}, at most {t.le:g}" in DOC, doc
