@@ -49,6 +49,7 @@ port = {_free_port()}
 [stack]
 kafka_storage = "{args.kafka_storage}"
 s3_port = {free_port_block(len(SEAWEEDFS_PORT_FLAGS))}
+postgres_port = {free_port_block(1)}
 mosquitto_save = "second"
 
 [edge]

@@ -133,6 +133,7 @@ kafka_storage = "{args.kafka_storage}"
 # a snapshot per second: per change, mosquitto rewrites its whole queue each time (docs/PRODUCTION.md)
 mosquitto_save = "second"
 s3_port = {free_port_block(len(SEAWEEDFS_PORT_FLAGS))}
+postgres_port = {free_port_block(1)}
 
 [ingest]
 batch_max_records = {args.batch_records}

@@ -66,7 +66,7 @@ def _config(data: Path, topic: str, args: argparse.Namespace) -> Config:
         {
             "data_dir": str(data),
             "mqtt": {"port": args.mqtt_port},
-            "stack": {"s3_port": args.s3_port},
+            "stack": {"s3_port": args.s3_port, "postgres_port": args.postgres_port},
             "kafka": {
                 "port": args.kafka_port,
                 "blocks_topic": topic,
@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> list[Phase]:
     out.mkdir(parents=True)
     args.mqtt_port, args.kafka_port = _free_port(), _free_port()
     args.s3_port = free_port_block(len(SEAWEEDFS_PORT_FLAGS))
+    args.postgres_port = free_port_block(1)
     accept_cfg = _config(out / "accept", "bench-accept", args)
     reject_cfg = _config(out / "reject", "bench-reject", args)
     args.max_block_bytes = accept_cfg.ingest.max_block_bytes

