@@ -225,6 +225,25 @@ def ensure_system_user(name: str) -> None:
     log.info("created the system user %s (PostgreSQL does not run as root)", name)
 
 
+def _forget_orphans(keep: Path) -> None:
+    """Delete the PostgreSQL data of stacks whose state directory is gone (root mode keeps it under
+    PG_ROOT_HOME, outside the state directory, so deleting a state directory would leak it)."""
+    for d in PG_ROOT_HOME.iterdir():
+        marker = d / "state.path"
+        if d == keep or not marker.is_file():
+            continue
+        state = Path(marker.read_text().strip())
+        mine = state / "postgres.id"
+        if mine.is_file() and (d / "state.id").is_file() and mine.read_text() == (d / "state.id").read_text():
+            continue  # its stack still exists
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((d / "data" / "postmaster.pid").read_text().split()[0])
+            if _pid_alive(pid):
+                continue  # still running: leave it to its `stack down`
+        shutil.rmtree(d, ignore_errors=True)
+        log.info("removed the PostgreSQL data of the deleted stack %s", state)
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -409,7 +428,9 @@ class Stack:
         if user is not None:
             tag = os.urandom(16).hex()
             (data.parent / "state.id").write_text(tag)
+            (data.parent / "state.path").write_text(str(self.state))
             (self.state / "postgres.id").write_text(tag)
+            _forget_orphans(keep=data.parent)
 
     @staticmethod
     def _pg_lock_held(svc: _Service) -> bool:
