@@ -12,6 +12,7 @@ from common.progress import ProgressBar
 from devtools.stack import Stack
 from ingest import wiring
 from ingest.config import Config
+from ingest.ops import query
 from ingest.storage.store import Store
 from ingest.wiring import read_status
 from simulators.fleet import run_fleet
@@ -188,9 +189,8 @@ def run_demo(
     cfg_opt = f" --config {config_path}" if config_path else ""
     for title, sql, res, cols in results:
         print(f'\n  -- {title}\n  .venv/bin/telematics{cfg_opt} query "{sql}"')
-        print("  " + " | ".join(cols))
-        for r in res:
-            print("  " + " | ".join(str(x) for x in r))
+        for ln in query.table(cols, res).splitlines():
+            print("  " + ln)
     print(
         f"\nProve rows to a third party, check offline, audit everything:\n"
         f'  .venv/bin/telematics{cfg_opt} prove --where "speed_mps > 25" --table driving --limit 3 -o proof.json\n'

@@ -410,18 +410,31 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ingest.ops import query
+
+    if args.format == "parquet" and not args.out:
+        print("telematics query: --format parquet needs --out FILE", file=sys.stderr)
+        return 2
     cfg = _cfg(args)
     store = _open_store(cfg, "query")
     if store is None:
         return 1
     try:
-        cur = store.con.execute(args.sql)
-        cols = [d[0] for d in cur.description or []]
-        print(" | ".join(cols))
-        for row in cur.fetchall():
-            print(" | ".join("" if v is None else (v.hex() if isinstance(v, bytes) else str(v)) for v in row))
+        if args.format == "parquet":
+            n = query.write_parquet(store.con, args.sql, Path(args.out))
+            print(f"wrote {args.out}: {n:,} rows", file=sys.stderr)
+            return 0
+        cols, rows = query.run(store.con, args.sql)
     finally:
         store.close()
+    text = query.render(args.format, cols, rows)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}: {len(rows):,} rows", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -469,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sessions)
     p = sub.add_parser("query", help="run one SQL statement on the DuckDB store (read-only)")
     p.add_argument("sql")
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "json", "parquet"],
+        default="table",
+        help="aligned table (default), CSV, a JSON array of objects, or a Parquet file (needs --out)",
+    )
+    p.add_argument("-o", "--out", help="write the result to this file instead of standard output")
     p.set_defaults(fn=cmd_query)
 
     p = sub.add_parser("ledger", help="verify the ledger log, or print its latest signed checkpoint")
