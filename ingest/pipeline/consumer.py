@@ -94,6 +94,8 @@ class BatchConsumer:
         5. the ledger receipt is recorded in DuckDB (anchors);
         6. Kafka offsets are committed.
 
+        ``Checkpoint`` (ingest/pipeline/batch.py) runs steps 1-6 in this order; this consumer
+        supplies the Kafka parts (dead letters, offsets) and the anchor's retry policy.
         Steps 2-6 run in the background (``_store``) while the next batch is verified and built:
         at most one batch is in flight, and a batch is sealed only after the previous one has
         finished step 6, so batches are written, anchored and committed strictly in order.
