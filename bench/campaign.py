@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.e2e import _free_port, _rss_mib, _spawn, _stop, _wait_file
+from bench.e2e import _rss_mib, _spawn, _stop, _wait_file
 from common.progress import ProgressBar
 from ingest import wiring
 
@@ -34,22 +34,23 @@ CAPS_MIB = {"consumer": 1024, "bridge": 512, "mosquitto": 1024, "tansu": 512, "s
 
 
 def _config(path: Path, data: Path, args: argparse.Namespace) -> None:
-    from devtools.stack import SEAWEEDFS_PORT_FLAGS, free_port_block
+    from devtools.stack import free_ports
 
+    p = free_ports()
     path.write_text(
         f"""# written by `telematics bench campaign`
 data_dir = "{data}"
 
 [mqtt]
-port = {_free_port()}
+port = {p["mqtt"]["port"]}
 
 [kafka]
-port = {_free_port()}
+port = {p["kafka"]["port"]}
 
 [stack]
 kafka_storage = "{args.kafka_storage}"
-s3_port = {free_port_block(len(SEAWEEDFS_PORT_FLAGS))}
-postgres_port = {free_port_block(1)}
+s3_port = {p["stack"]["s3_port"]}
+postgres_port = {p["stack"]["postgres_port"]}
 mosquitto_save = "second"
 
 [edge]

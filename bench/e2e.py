@@ -30,7 +30,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -86,12 +85,6 @@ class PhaseResult:
 # -- processes ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _cpu_s(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -111,17 +104,18 @@ def _rss_mib(pid: int, key: str = "VmHWM") -> float:
 
 
 def _write_config(path: Path, data: Path, args: argparse.Namespace) -> None:
-    from devtools.stack import SEAWEEDFS_PORT_FLAGS, free_port_block
+    from devtools.stack import free_ports
 
+    p = free_ports()
     path.write_text(
         f"""# written by `telematics bench e2e`
 data_dir = "{data}"
 
 [mqtt]
-port = {_free_port()}
+port = {p["mqtt"]["port"]}
 
 [kafka]
-port = {_free_port()}
+port = {p["kafka"]["port"]}
 partitions = {args.partitions}
 
 [bridge]
@@ -132,8 +126,8 @@ max_pending = {args.bridge_pending}
 kafka_storage = "{args.kafka_storage}"
 # a snapshot per second: per change, mosquitto rewrites its whole queue each time (docs/PRODUCTION.md)
 mosquitto_save = "second"
-s3_port = {free_port_block(len(SEAWEEDFS_PORT_FLAGS))}
-postgres_port = {free_port_block(1)}
+s3_port = {p["stack"]["s3_port"]}
+postgres_port = {p["stack"]["postgres_port"]}
 
 [ingest]
 batch_max_records = {args.batch_records}

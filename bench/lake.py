@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from bench.stages import build_corpus
-from devtools.stack import SEAWEEDFS_PORT_FLAGS, Stack, free_port_block
+from devtools.stack import Stack, free_ports
 from ingest.config import Config
 from ingest.storage.lake import connect
 from ingest.storage.schema import BlockRow, rows_table
@@ -34,17 +34,9 @@ from ingest.storage.store import Store
 
 def _stack(work: Path) -> Stack:
     """A local stack of its own (only its PostgreSQL is used), on free ports."""
+    ports = free_ports()
     cfg = msgspec.convert(
-        {
-            "data_dir": str(work / "data"),
-            "mqtt": {"port": free_port_block(1)},
-            "kafka": {"port": free_port_block(1)},
-            "stack": {
-                "kafka_storage": "memory",
-                "s3_port": free_port_block(len(SEAWEEDFS_PORT_FLAGS)),
-                "postgres_port": free_port_block(1),
-            },
-        },
+        {"data_dir": str(work / "data"), **ports, "stack": {**ports["stack"], "kafka_storage": "memory"}},
         Config,
     )
     return Stack(cfg)

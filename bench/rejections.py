@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.e2e import _free_port
 from common.progress import ProgressBar
 from ingest import wiring
 
@@ -65,10 +64,10 @@ def _config(data: Path, topic: str, args: argparse.Namespace) -> Config:
     return msgspec.convert(
         {
             "data_dir": str(data),
-            "mqtt": {"port": args.mqtt_port},
-            "stack": {"s3_port": args.s3_port, "postgres_port": args.postgres_port},
+            "mqtt": args.ports["mqtt"],
+            "stack": args.ports["stack"],
             "kafka": {
-                "port": args.kafka_port,
+                **args.ports["kafka"],
                 "blocks_topic": topic,
                 "deadletter_topic": f"{topic}-dlq",
                 "partitions": args.partitions,
@@ -221,14 +220,12 @@ async def _drain(cfg: Config, name: str, total: int, counter: str) -> Phase:
 
 
 def run(args: argparse.Namespace) -> list[Phase]:
-    from devtools.stack import SEAWEEDFS_PORT_FLAGS, Stack, ensure_topics, free_port_block
+    from devtools.stack import Stack, ensure_topics, free_ports
 
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    args.mqtt_port, args.kafka_port = _free_port(), _free_port()
-    args.s3_port = free_port_block(len(SEAWEEDFS_PORT_FLAGS))
-    args.postgres_port = free_port_block(1)
+    args.ports = free_ports()  # one stack, shared by both configs
     accept_cfg = _config(out / "accept", "bench-accept", args)
     reject_cfg = _config(out / "reject", "bench-reject", args)
     args.max_block_bytes = accept_cfg.ingest.max_block_bytes

@@ -275,6 +275,16 @@ def free_port_block(n: int, attempts: int = 200) -> int:
     raise StackError(f"no {n} consecutive free ports found on 127.0.0.1")
 
 
+def free_ports() -> dict[str, dict[str, int]]:
+    """Free ports for every listener of a local stack, as the config sections that name them (a
+    stack of their own for tests and benchmarks). The one list: a new service's port goes here."""
+    return {
+        "mqtt": {"port": free_port_block(1)},
+        "kafka": {"port": free_port_block(1)},
+        "stack": {"s3_port": free_port_block(len(SEAWEEDFS_PORT_FLAGS)), "postgres_port": free_port_block(1)},
+    }
+
+
 def _http_status(method: str, host: str, port: int, path: str, body: bytes | None = None) -> int | None:
     """The HTTP status of one request, or None when the server does not answer."""
     conn = http.client.HTTPConnection(host, port, timeout=3)

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devtools.stack import SEAWEEDFS_PORT_FLAGS, Stack, ensure_topics, free_port_block
+from devtools.stack import Stack, ensure_topics, free_ports
 from ingest.config import Config
 from tests.integration.harness import IngestProc, write_config
 
@@ -38,17 +38,9 @@ def stack_config(base: Path, **stack: Any) -> Config:
     """A stack config under ``base`` on free ports (the S3 server's ten included), durable by default.
 
     The brokers' ports come from below the ephemeral range, so a restarted broker finds them free."""
+    ports = free_ports()
     return msgspec.convert(
-        {
-            "data_dir": str(base),
-            "mqtt": {"port": free_port_block(1)},
-            "kafka": {"port": free_port_block(1)},
-            "stack": {
-                "s3_port": free_port_block(len(SEAWEEDFS_PORT_FLAGS)),
-                "postgres_port": free_port_block(1),
-                **stack,
-            },
-        },
+        {"data_dir": str(base), **ports, "stack": {**ports["stack"], **stack}},
         Config,
     )
 
