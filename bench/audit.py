@@ -21,7 +21,7 @@ from common.progress import ProgressBar
 from ingest.ledger.local import LocalLedger
 from ingest.ops.audit import Auditor
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from schemas.crypto import SigningKey
 from simulators.offline import ingest_offline, make_fleet
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     db = work / "telematics.duckdb"
     fresh = not db.exists()
-    store = Store(db)
+    store = FileStore(db)
     registry = Registry(work / "registry.sqlite")
     key_path = work / "ingest.key"
     operator = SigningKey.from_pem(key_path.read_bytes()) if key_path.exists() else SigningKey.generate()
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         print(f"built {db} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     store.close()
-    store = Store(db, read_only=True)
+    store = FileStore(db, read_only=True)
 
     best = None
     for i in range(args.runs):

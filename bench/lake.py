@@ -29,7 +29,7 @@ from devtools.stack import Stack, free_ports
 from ingest.config import Config
 from ingest.storage.lake import connect
 from ingest.storage.schema import BlockRow, rows_table
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 
 
 def _stack(work: Path) -> Stack:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.up()
         results: dict[str, tuple[list[float], int | None]] = {}
         # (1) the DuckDB file, as the consumer writes it today
-        store = Store(work / "file.duckdb", checkpoint_threshold_mb=256)
+        store = FileStore(work / "file.duckdb", checkpoint_threshold_mb=256)
         times = []
         for b in c.batches:
             t = time.perf_counter()

@@ -54,7 +54,7 @@ from ingest.pipeline import (
 from ingest.pipeline.processor import Message, Pending, Processor, RawMessage
 from ingest.storage.registry import Registry
 from ingest.storage.schema import RECORD_TABLES
-from ingest.storage.store import BatchRows, Store
+from ingest.storage.store import BatchRows, FileStore, Store
 from schemas.block import (
     BlockHeader,
     Envelope,
@@ -178,7 +178,7 @@ def _consumer_state(c: Corpus, work: Path) -> tuple[Store, Registry]:
     registry = Registry(work / "registry.sqlite")
     for pk, device_id in c.fleet_keys:
         registry.add(pk, device_id=device_id)
-    return Store(work / "telematics.duckdb"), registry
+    return FileStore(work / "telematics.duckdb"), registry
 
 
 # ================================================================================================
@@ -325,7 +325,7 @@ def stage_batch_tree(c: Corpus) -> Timing:
 
 def stage_duckdb_insert(c: Corpus) -> Timing:
     with tempfile.TemporaryDirectory(prefix="bench-stages-db-") as tmp:
-        store = Store(Path(tmp) / "telematics.duckdb")
+        store = FileStore(Path(tmp) / "telematics.duckdb")
         t = time.perf_counter()
         for b in c.batches:
             store.write_batch(b.batch_rows)

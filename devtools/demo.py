@@ -13,7 +13,7 @@ from devtools.stack import Stack
 from ingest import wiring
 from ingest.config import Config
 from ingest.ops import query
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from ingest.wiring import read_status
 from simulators.fleet import run_fleet
 
@@ -71,7 +71,7 @@ def run_demo(
         f"demo: mosquitto on {cfg.mqtt.host}:{cfg.mqtt.port}, Kafka-protocol broker on {cfg.kafka.bootstrap}"
     )
     store_path = wiring.paths(cfg).store
-    pre = Store(store_path)
+    pre = FileStore(store_path)
     before = pre.counts()
     pre.close()
     ingest = start_ingest(config_path, data / "ingest.log")
@@ -123,7 +123,7 @@ def run_demo(
         if not keep_stack and not was_up:
             stack.down()
 
-    store = Store(store_path, read_only=True)
+    store = FileStore(store_path, read_only=True)
     try:
         after = store.counts()
         batches = store.con.execute(

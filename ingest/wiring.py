@@ -56,9 +56,9 @@ def paths(cfg: Config) -> Paths:
 
 # -- storage ------------------------------------------------------------------------------------------
 def open_store(cfg: Config, *, read_only: bool = False) -> Store:
-    from ingest.storage.store import Store
+    from ingest.storage.store import FileStore
 
-    return Store(
+    return FileStore(
         paths(cfg).store, read_only=read_only, checkpoint_threshold_mb=cfg.store.checkpoint_threshold_mb
     )
 

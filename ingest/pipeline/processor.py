@@ -483,6 +483,7 @@ class Processor:
             duplicates=p.duplicates,
             # Copies: the live heads move on while the writer thread stores this batch.
             heads={d: copy.copy(self.heads[d]) for d in p.touched},
+            offsets=dict(p.offsets),
             record_count=p.records,
             block_sources=p.block_sources,
             session_sources=p.session_sources,

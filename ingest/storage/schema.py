@@ -4,6 +4,7 @@ their Arrow types (rows reach DuckDB as Arrow columns)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -217,6 +218,15 @@ CREATE TABLE IF NOT EXISTS broker_resets (
     broker_offset   BIGINT NOT NULL,   -- the offset the broker delivered, or its high-water mark
     detected_at     TIMESTAMP_NS NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kafka_offsets (
+    kafka_topic     VARCHAR NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    next_offset     BIGINT NOT NULL,   -- the next message of the partition to process
+    epoch           BIGINT NOT NULL,   -- the writer's claim on the partition (0: the one-writer DuckDB file)
+    commit_seq      BIGINT NOT NULL,   -- the order of the writer's commits within its claim
+    committed_at    TIMESTAMP_NS NOT NULL,
+    PRIMARY KEY (kafka_topic, kafka_partition)
+);
 CREATE TABLE IF NOT EXISTS duplicates (
     kafka_topic     VARCHAR NOT NULL,
     kafka_partition INTEGER NOT NULL,
@@ -396,3 +406,39 @@ def rows_table(rows: Sequence[Row], typ: type[Row]) -> pa.Table:
         arr = pa.array(col, arrow)
         arrays.append(arr.cast(pa.timestamp("ns")) if name in _TIMESTAMPS else arr)
     return pa.table(arrays, names=list(typ._fields))
+
+
+# -- the lake's variant ------------------------------------------------------------------------------
+_KEY = re.compile(r",([ \t]*(?:--[^\n]*)?)((?:\n[ \t]*--[^\n]*)*)\n[ \t]*PRIMARY KEY \([^)]*\)")
+_DEVICES = DDL[DDL.index("CREATE TABLE IF NOT EXISTS devices (") :]
+_DEVICES = _DEVICES[: _DEVICES.index(");") + 2]
+# Every record table is partitioned by day of the vehicle clock: retention drops whole files, and a
+# query on a time range reads only its days.
+SAMPLE_PARTITIONING = "year(ts), month(ts), day(ts)"
+
+
+def lake_ddl() -> str:
+    """The same tables for DuckLake, which has no PRIMARY KEY or UNIQUE constraint. What the keys did
+    there is done by the lake store (ingest/storage/lakestore.py): Kafka positions stored with each
+    batch (exactly-once), and keys checked before inserting where one message may come twice.
+
+    ``devices`` is the one row per device that the DuckDB file rewrites per batch; a lake rewrite
+    of a small table by every batch of several writers would conflict, so the lake appends the new
+    heads to ``device_heads`` and ``devices`` is a view of the latest one per device (by the
+    partition claim and the commit order within it, like ``kafka_offsets``)."""
+    ddl = _KEY.sub(r"\1\2", DDL).replace(" PRIMARY KEY,", " NOT NULL,")
+    heads = _KEY.sub(r"\1\2", _DEVICES).replace(" PRIMARY KEY,", " NOT NULL,")
+    heads = heads.replace("devices (", "device_heads (").replace(
+        "last_seen       TIMESTAMP_NS NOT NULL",
+        "last_seen       TIMESTAMP_NS NOT NULL,\n    epoch           BIGINT NOT NULL,\n"
+        "    commit_seq      BIGINT NOT NULL",
+    )
+    cols = ", ".join(DeviceRow._fields)
+    view = (
+        f"CREATE OR REPLACE VIEW devices AS SELECT {cols} FROM device_heads"
+        " QUALIFY row_number() OVER (PARTITION BY device_id ORDER BY epoch DESC, commit_seq DESC) = 1;"
+    )
+    ddl = ddl.replace(_KEY.sub(r"\1\2", _DEVICES).replace(" PRIMARY KEY,", " NOT NULL,"), heads + "\n" + view)
+    ddl = ddl.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW")
+    assert "PRIMARY KEY" not in ddl and "device_heads" in ddl
+    return ddl

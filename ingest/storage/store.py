@@ -1,4 +1,6 @@
-"""The DuckDB store: columnar inserts, one transaction per batch, keys that make redelivery idempotent.
+"""The store boundary (``Store``) and its DuckDB-file implementation (``FileStore``): columnar inserts,
+one transaction per batch, keys that make redelivery idempotent. The lake implementation, several
+writers and readers in other processes, is ``ingest/storage/lakestore.py``.
 
 Tables (see docs/DATA.md for every column and example queries):
   driving_samples, battery_samples  one row per record, with the exact record bytes (``raw``)
@@ -11,6 +13,7 @@ Tables (see docs/DATA.md for every column and example queries):
   rejections                        every dead-lettered message, keyed by its Kafka position and payload hash
   duplicates                        every redelivered identical block, keyed by its Kafka position and hash
   broker_resets                     partitions whose log went backwards (acknowledged messages may be lost)
+  kafka_offsets                     the next Kafka offset per partition, written with each batch
   erasures, erased_blocks           signed erasure statements and the block hashes they keep
 """
 
@@ -20,7 +23,7 @@ import contextlib
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -35,6 +38,7 @@ from ingest.storage.schema import (
     DuplicateRow,
     GapRow,
     RejectionRow,
+    Row,
     SessionRow,
     rows_table,
 )
@@ -42,6 +46,11 @@ from ingest.storage.schema import (
 
 class StoreError(Retryable):
     """The store could not write a batch: retry it without committing Kafka offsets."""
+
+
+class StoreFenced(StoreError):
+    """Another consumer claimed a partition of this batch since this one was assigned it: the batch is
+    not written (a zombie's commit fails instead of writing twice); the consumer rejoins its group."""
 
 
 class StoreContentError(StoreError):
@@ -95,50 +104,53 @@ class BatchRows:
     # Kafka (topic, partition, offset) of each block and session row, in the same order.
     block_sources: list[tuple[str, int, int]] = field(default_factory=list)
     session_sources: list[tuple[str, int, int]] = field(default_factory=list)
+    # (topic, partition) -> the next offset to process: stored in the batch's transaction, so that a
+    # consumer resumes exactly after the last stored batch (``Store.positions``).
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-class Store:
-    def __init__(
-        self, path: str | Path, *, read_only: bool = False, checkpoint_threshold_mb: int | None = None
-    ) -> None:
-        """``checkpoint_threshold_mb``: DuckDB folds its write-ahead log into the file once the log
-        is this large. Its default (16 MB) re-compresses partly filled row groups several times;
-        the consumer uses 256 MB (``[store] checkpoint_threshold_mb``, docs/PERFORMANCE.md)."""
-        self.path = Path(path)
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot open DuckDB file {self.path}: {exc}") from exc
-        if not read_only:
-            self.con.execute(DDL)
-            self._migrate()
-            if checkpoint_threshold_mb is not None:
-                self.con.execute(f"SET checkpoint_threshold = '{int(checkpoint_threshold_mb)}MB'")
-        # Batches are written on this cursor, from the consumer's writer thread, while the
-        # processor reads committed state on ``con`` (one DuckDB connection per thread).
-        self._w = self.con.cursor()
+Positions = dict[tuple[str, int], int]
 
-    def _migrate(self) -> None:
-        """Stores written before rejections and duplicates were keyed by payload too: re-key them."""
-        keys = dict(
-            self.con.execute(
-                "SELECT table_name, constraint_column_names FROM duckdb_constraints()"
-                " WHERE constraint_type = 'PRIMARY KEY' AND table_name IN ('rejections', 'duplicates')"
-            ).fetchall()
-        )
-        for table, extra in (("rejections", "payload_sha256"), ("duplicates", "block_hash")):
-            if extra in keys.get(table, [extra]):
-                continue
-            ddl = DDL[DDL.index(f"CREATE TABLE IF NOT EXISTS {table} (") :]
-            ddl = ddl[: ddl.index(");") + 2].replace(f"EXISTS {table} (", f"EXISTS {table}_rekeyed (")
-            self.con.execute("BEGIN TRANSACTION")
-            self.con.execute(ddl)
-            self.con.execute(f"INSERT INTO {table}_rekeyed SELECT * FROM {table}")
-            self.con.execute(f"DROP TABLE {table}")
-            self.con.execute(f"ALTER TABLE {table}_rekeyed RENAME TO {table}")
-            self.con.execute("COMMIT")
+
+class Store(Protocol):
+    """Where batches go, and what the consumer, the commands and the analysts read back. ``con`` is
+    a DuckDB connection on which every table of docs/DATA.md is queried by its plain name."""
+
+    con: Any
+    location: str
+    device_table: str  # the table erasure deletes a device's chain head from
+
+    def close(self) -> None: ...
+    def heads(self) -> dict[str, DeviceHead]: ...
+    def block_hash_at(self, device_id: str, seq: int) -> bytes | None: ...
+    def next_batch_no(self) -> int: ...
+    def unanchored(self) -> list[tuple[int, bytes, int]]: ...
+    def anchor_entries(self) -> list[tuple[int, int, bytes]]: ...
+    def record_broker_reset(
+        self, topic: str, partition: int, kind: str, expected: int, got: int, at_ns: int
+    ) -> None: ...
+    def counts(self) -> dict[str, int]: ...
+    def claim(self, topic: str, partitions: list[int], owner: str) -> None:
+        """Take ``partitions`` of ``topic`` for this writer (on assignment, before ``positions``):
+        a batch another writer is committing for them finishes first, and none of its later ones will."""
+
+    def positions(self, topic: str) -> Positions: ...
+    def write_batch(self, b: BatchRows) -> None: ...
+    def find_unstorable(self, b: BatchRows) -> list[Unstorable]: ...
+    def record_anchor(self, receipt: Any) -> None: ...
+    def purge(self) -> None:
+        """Remove every byte of deleted rows from the store's files (after an erasure)."""
+
+
+class _DuckStore:
+    """What both stores share: the batch's inserts from Arrow, reads of committed state, bisection
+    of a batch the store refuses. Subclasses say how keyed rows are inserted and how a batch commits."""
+
+    con: Any
+    _w: Any
+    location: str
+    _epoch = 0  # partitions' claim (the lake's fence); the DuckDB file has one writer
+    _commit_seq = 0
 
     def close(self) -> None:
         self._w.close()
@@ -158,22 +170,27 @@ class Store:
         ).fetchone()
         return bytes(row[0]) if row else None
 
-    def next_batch_no(self) -> int:
-        row = self.con.execute("SELECT coalesce(max(batch_no) + 1, 0) FROM batches").fetchone()
-        return int(row[0]) if row else 0
+    def positions(self, topic: str) -> Positions:
+        """The next offset per partition of ``topic`` after the last stored batch (by claim and commit order)."""
+        rows = self.con.execute(
+            "SELECT kafka_partition, arg_max(next_offset, [epoch, commit_seq]) FROM kafka_offsets"
+            " WHERE kafka_topic = ? GROUP BY kafka_partition",
+            [topic],
+        ).fetchall()
+        return {(topic, int(p)): int(o) for p, o in rows}
 
     def unanchored(self) -> list[tuple[int, bytes, int]]:
         """(batch_no, root, block_count) of stored batches without a ledger receipt."""
         rows = self.con.execute(
-            "SELECT b.batch_no, b.root, b.block_count FROM batches b LEFT JOIN anchors a USING (batch_no)"
-            " WHERE a.batch_no IS NULL ORDER BY b.batch_no"
+            "SELECT b.batch_no, b.root, b.block_count FROM batches b ANTI JOIN anchors a USING (batch_no)"
+            " ORDER BY b.batch_no"
         ).fetchall()
         return [(int(n), bytes(r), int(c)) for n, r, c in rows]
 
     def anchor_entries(self) -> list[tuple[int, int, bytes]]:
         """(batch_no, ledger entry index, entry hash) of every recorded anchor."""
         rows = self.con.execute(
-            "SELECT batch_no, entry_index, entry_hash FROM anchors ORDER BY batch_no"
+            "SELECT DISTINCT batch_no, entry_index, entry_hash FROM anchors ORDER BY batch_no"
         ).fetchall()
         return [(int(n), int(i), bytes(h)) for n, i, h in rows]
 
@@ -192,7 +209,8 @@ class Store:
     def counts(self) -> dict[str, int]:
         q = f"""SELECT
             {" + ".join(f"(SELECT count(*) FROM {t})" for t in TABLE_NAMES)},
-            (SELECT count(*) FROM blocks), (SELECT count(*) FROM batches), (SELECT count(*) FROM anchors),
+            (SELECT count(*) FROM blocks), (SELECT count(*) FROM batches),
+            (SELECT count(DISTINCT batch_no) FROM anchors),
             (SELECT count(*) FROM rejections), (SELECT count(*) FROM duplicates), (SELECT count(*) FROM gaps),
             (SELECT count(*) FROM broker_resets)"""
         row = self.con.execute(q).fetchone()
@@ -210,20 +228,6 @@ class Store:
         return dict(zip(keys, (int(x) for x in row), strict=True))
 
     # -- the one write transaction per batch ------------------------------------------------------
-    def write_batch(self, b: BatchRows) -> None:
-        """One transaction: every row of the batch, or nothing. A value the store refuses raises
-        ``StoreContentError``; any other failure ``StoreError``."""
-        con = self._w
-        try:
-            con.execute("BEGIN TRANSACTION")
-            self._insert(con, b)
-            con.execute("COMMIT")
-        except duckdb.Error as exc:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            cls = StoreContentError if isinstance(exc, _CONTENT_ERRORS) else StoreError
-            raise cls(f"batch {b.batch_no} not written to {self.path}: {exc}") from exc
-
     def _insert(self, con: Any, b: BatchRows) -> None:
         for name, tbl in b.records.items():
             if tbl.num_rows:
@@ -248,8 +252,7 @@ class Store:
         for typ, rows in side:
             if rows:
                 con.register("_incoming", rows_table(rows, typ))
-                names = ", ".join(typ._fields)
-                con.execute(f"INSERT OR IGNORE INTO {TABLE_OF_ROW[typ]} ({names}) SELECT * FROM _incoming")
+                self._insert_keyed(con, typ)
                 con.unregister("_incoming")
         if b.heads:
             heads = [
@@ -259,8 +262,31 @@ class Store:
                 for d, h in b.heads.items()
             ]
             con.register("_incoming", rows_table(heads, DeviceRow))
-            con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")
+            self._insert_heads(con)
             con.unregister("_incoming")
+        if b.offsets:
+            self._commit_seq += 1
+            con.executemany(
+                f"{self._offsets_sql()} VALUES (?, ?, ?, ?, ?, make_timestamp_ns(?))",
+                [
+                    (t, part, o, self._epoch_of(t, part), self._commit_seq, b.created_at)
+                    for (t, part), o in sorted(b.offsets.items())
+                ],
+            )
+
+    def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
+        """Insert ``_incoming`` rows of ``typ`` whose key is not stored yet."""
+        raise NotImplementedError
+
+    def _insert_heads(self, con: Any) -> None:
+        """Make ``_incoming`` (DeviceRow columns) the devices' chain heads."""
+        raise NotImplementedError
+
+    def _epoch_of(self, topic: str, partition: int) -> int:
+        return 0
+
+    def _offsets_sql(self) -> str:
+        return "INSERT INTO kafka_offsets"
 
     # -- a batch the store refused ----------------------------------------------------------------
     def find_unstorable(self, b: BatchRows) -> list[Unstorable]:
@@ -334,6 +360,89 @@ class Store:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
 
+
+class FileStore(_DuckStore):
+    """One DuckDB file: one writer process, no reader in another process while it writes."""
+
+    device_table = "devices"
+
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, checkpoint_threshold_mb: int | None = None
+    ) -> None:
+        """``checkpoint_threshold_mb``: DuckDB folds its write-ahead log into the file once the log
+        is this large. Its default (16 MB) re-compresses partly filled row groups several times;
+        the consumer uses 256 MB (``[store] checkpoint_threshold_mb``, docs/PERFORMANCE.md)."""
+        self.path = Path(path)
+        self.location = str(self.path)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open DuckDB file {self.path}: {exc}") from exc
+        if not read_only:
+            self.con.execute(DDL)
+            self._migrate()
+            if checkpoint_threshold_mb is not None:
+                self.con.execute(f"SET checkpoint_threshold = '{int(checkpoint_threshold_mb)}MB'")
+        # Batches are written on this cursor, from the consumer's writer thread, while the
+        # processor reads committed state on ``con`` (one DuckDB connection per thread).
+        self._w = self.con.cursor()
+        self._last_batch_no = -1
+
+    def _migrate(self) -> None:
+        """Stores written before rejections and duplicates were keyed by payload too: re-key them."""
+        keys = dict(
+            self.con.execute(
+                "SELECT table_name, constraint_column_names FROM duckdb_constraints()"
+                " WHERE constraint_type = 'PRIMARY KEY' AND table_name IN ('rejections', 'duplicates')"
+            ).fetchall()
+        )
+        for table, extra in (("rejections", "payload_sha256"), ("duplicates", "block_hash")):
+            if extra in keys.get(table, [extra]):
+                continue
+            ddl = DDL[DDL.index(f"CREATE TABLE IF NOT EXISTS {table} (") :]
+            ddl = ddl[: ddl.index(");") + 2].replace(f"EXISTS {table} (", f"EXISTS {table}_rekeyed (")
+            self.con.execute("BEGIN TRANSACTION")
+            self.con.execute(ddl)
+            self.con.execute(f"INSERT INTO {table}_rekeyed SELECT * FROM {table}")
+            self.con.execute(f"DROP TABLE {table}")
+            self.con.execute(f"ALTER TABLE {table}_rekeyed RENAME TO {table}")
+            self.con.execute("COMMIT")
+
+    def next_batch_no(self) -> int:
+        """A batch number no batch of this store has used, nor will be given again by this process."""
+        row = self.con.execute("SELECT coalesce(max(batch_no) + 1, 0) FROM batches").fetchone()
+        self._last_batch_no = max(self._last_batch_no + 1, int(row[0]) if row else 0)
+        return self._last_batch_no
+
+    def claim(self, topic: str, partitions: list[int], owner: str) -> None:
+        return None  # DuckDB lets one process open the file: there is no other writer to fence
+
+    def write_batch(self, b: BatchRows) -> None:
+        """One transaction: every row of the batch and its Kafka positions, or nothing. A value the
+        store refuses raises ``StoreContentError``; any other failure ``StoreError``."""
+        con = self._w
+        try:
+            con.execute("BEGIN TRANSACTION")
+            self._insert(con, b)
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            cls = StoreContentError if isinstance(exc, _CONTENT_ERRORS) else StoreError
+            raise cls(f"batch {b.batch_no} not written to {self.path}: {exc}") from exc
+
+    def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
+        names = ", ".join(typ._fields)
+        con.execute(f"INSERT OR IGNORE INTO {TABLE_OF_ROW[typ]} ({names}) SELECT * FROM _incoming")
+
+    def _insert_heads(self, con: Any) -> None:
+        con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")
+
+    def _offsets_sql(self) -> str:
+        return "INSERT OR REPLACE INTO kafka_offsets"
+
     def record_anchor(self, receipt: Any) -> None:
         try:
             self._w.execute(
@@ -349,3 +458,8 @@ class Store:
             )
         except duckdb.Error as exc:
             raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
+
+    def purge(self) -> None:
+        """Fold the write-ahead log into the file. Deleted bytes may stay in free pages until they are
+        reused: ``ingest.ops.erase.compact`` rewrites the file (with no process holding it)."""
+        self.con.execute("CHECKPOINT")

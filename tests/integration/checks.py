@@ -8,7 +8,7 @@ from pathlib import Path
 from ingest.ledger.local import LocalLedger
 from ingest.storage.registry import Registry
 from ingest.storage.schema import TABLE_NAMES
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from schemas.block import decode_header, records_root
 from schemas.crypto import block_hash, verify_block_signature
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
@@ -16,7 +16,7 @@ from schemas.merkle import leaf_hash, root_from_leaf_hashes
 
 def recheck(store_path: Path, registry_path: Path, ledger_path: Path) -> dict[str, int]:
     """Recompute signatures, block roots, chain links, batch roots and ledger anchors. Raises on any mismatch."""
-    s = Store(store_path, read_only=True)
+    s = FileStore(store_path, read_only=True)
     reg = Registry(registry_path)
     try:
         con = s.con

@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devtools.stack import ensure_topics
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from tests.integration.harness import publish, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def test_broker_log_reset_raises_an_alarm_and_ingestion_goes_on(env) -> None:  #
     reg.close()
     assert st["records"] == n1 + n2
 
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         rows = s.con.execute("SELECT DISTINCT kafka_topic, kafka_partition FROM broker_resets").fetchall()
     finally:

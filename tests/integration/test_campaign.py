@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devtools.stack import Stack
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from simulators.hostile import REFUSED_AT_BROKER, Attacker, campaign, publish_refused
 from tests.integration.checks import recheck
 from tests.integration.harness import publish, wait_until
@@ -90,7 +90,7 @@ def test_every_hostile_frame_is_accounted_and_honest_data_is_whole(env, stack_cf
         assert p.stop() == 0
     assert bridge.proc.pid == pids[1] and "Traceback" not in consumer.log.read_text() + bridge.log.read_text()
 
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         got = Counter(r for (r,) in s.con.execute("SELECT reason FROM rejections").fetchall())
         (dups,) = s.con.execute("SELECT count(*) FROM duplicates").fetchone() or (0,)

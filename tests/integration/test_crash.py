@@ -12,7 +12,7 @@ import pytest
 from devtools.stack import Stack
 from ingest.ops.gaps import gap_report
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from ingest.wiring import read_status
 from simulators.fleet import FleetResult, run_fleet
 from tests.integration.checks import recheck
@@ -84,7 +84,7 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(env, stack_cfg, role: str)
         assert p.stop() == 0
     summary = recheck(cfg.path(cfg.store.path), cfg.path(cfg.registry.path), cfg.path(cfg.ledger.path))
     assert summary["records"] == fleet.records
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         stored: dict[str, list[bytes]] = {}
         for dev, bh in s.con.execute(

@@ -24,7 +24,7 @@ from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
 from ingest.ops.gaps import gap_report
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from schemas.crypto import SigningKey, device_id_for
 from tests.integration.checks import recheck
 from tests.integration.harness import REPO, wait_until
@@ -37,7 +37,7 @@ def _mqtt(env_cfg: MqttConfig, **kw: object) -> MqttConfig:
 
 
 def _stored(cfg_path: Path) -> dict[str, list[tuple[int, bytes, bool]]]:
-    s = Store(cfg_path, read_only=True)
+    s = FileStore(cfg_path, read_only=True)
     try:
         out: dict[str, list[tuple[int, bytes, bool]]] = {}
         for dev, seq, bh, hist in s.con.execute(
@@ -134,7 +134,7 @@ def test_broker_outage_of_30s_loses_and_duplicates_nothing(env, stack_cfg) -> No
         assert a.stats.replayed >= 40
     summary = recheck(cfg.path(cfg.store.path), cfg.path(cfg.registry.path), cfg.path(cfg.ledger.path))
     assert summary["records"] == records
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         assert gap_report(s.con) == []
         births = dict(
@@ -225,7 +225,7 @@ def test_sigkill_of_the_agent_20_times_loses_and_duplicates_no_block(env, tmp_pa
     assert state.boot == 22  # 21 runs, and this check
     assert state.next_seq > 40, "the runs sealed blocks"
     _finish(env, blocks=state.next_seq)
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         seqs = [
             int(x)
@@ -286,7 +286,7 @@ def test_full_spool_drops_the_oldest_and_ingest_reports_that_gap(env, tmp_path: 
     total_blocks = agent2.state.next_seq
     _finish(env, blocks=total_blocks - len(expected_dropped))
 
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         stored = {int(x) for (x,) in s.con.execute("SELECT seq FROM blocks").fetchall()}
         report = gap_report(s.con)

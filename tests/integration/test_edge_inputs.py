@@ -24,7 +24,7 @@ from edge_agent.sources.simulated import SimulatedSignals
 from edge_agent.sources.vehicle import VehicleModel
 from edge_agent.spool import Spool
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from schemas.crypto import SigningKey, device_id_for
 from tests.integration.checks import recheck
 from tests.integration.harness import REPO, wait_until
@@ -117,7 +117,7 @@ def test_can_frames_reach_duckdb_signed_with_a_trigger_window(env, tmp_path: Pat
     for p in env.procs:
         assert p.stop() == 0
     recheck(cfg.path(cfg.store.path), cfg.path(cfg.registry.path), cfg.path(cfg.ledger.path))
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         rows = s.con.execute(
             "SELECT epoch_ns(ts), speed_mps FROM driving_samples WHERE device_id = ? ORDER BY ts", [dev]

@@ -20,7 +20,7 @@ from ingest.ledger.local import LocalLedger
 from ingest.ops.audit import Auditor
 from ingest.ops.proofs import Prover, RowRef
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from schemas.proof import encode_bundle, verify_bundle
 from simulators.offline import ingest_offline, make_fleet
 from tests.integration.evm_fixtures import anvil_node, dev_client
@@ -93,7 +93,7 @@ def test_evm_pipeline_anchors_proves_and_survives_node_outage(env, tmp_path: Pat
         assert st["rejections"] == 0 and st["duplicates"] == 0
         assert st["batches"] >= 50
 
-        store = Store(cfg.path(cfg.store.path), read_only=True)
+        store = FileStore(cfg.path(cfg.store.path), read_only=True)
         reg = Registry(cfg.path(cfg.registry.path))
         operator = load_or_create_key(cfg.path(cfg.ledger.key_path))
         local = LocalLedger(cfg.path(cfg.ledger.path), operator, origin=cfg.ledger.origin)
@@ -126,7 +126,7 @@ def test_evm_pipeline_anchors_proves_and_survives_node_outage(env, tmp_path: Pat
 
 def test_checkpoint_mode_amortizes_and_holds_when_down(tmp_path: Path) -> None:
     with anvil_node(tmp_path / "anvil") as node:
-        store = Store(tmp_path / "t.duckdb")
+        store = FileStore(tmp_path / "t.duckdb")
         reg = Registry(tmp_path / "r.sqlite")
         operator = load_or_create_key(tmp_path / "ingest.key")
         local = LocalLedger(tmp_path / "ledger.jsonl", operator)

@@ -14,7 +14,7 @@ from ingest.ledger.base import MemoryLedger, load_or_create_key
 from ingest.ledger.local import LocalLedger
 from ingest.pipeline.consumer import BatchConsumer
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore, Store
 from tests.integration.harness import publish
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ async def _committed(bc: BatchConsumer, topic: str, partitions: int) -> int:
 def test_ledger_down_holds_offsets_then_resumes(env) -> None:  # type: ignore[no-untyped-def]
     cfg = env.cfg
     env.start("bridge")
-    store = Store(cfg.path(cfg.store.path))
+    store = FileStore(cfg.path(cfg.store.path))
     reg = Registry(cfg.path(cfg.registry.path))
     ledger = MemoryLedger()
     ledger.down = True
@@ -89,7 +89,7 @@ def test_ledger_down_holds_offsets_then_resumes(env) -> None:  # type: ignore[no
 def test_batch_stored_but_not_anchored_is_anchored_on_restart(env) -> None:  # type: ignore[no-untyped-def]
     cfg = env.cfg
     env.start("bridge")
-    store = Store(cfg.path(cfg.store.path))
+    store = FileStore(cfg.path(cfg.store.path))
     reg = Registry(cfg.path(cfg.registry.path))
     ledger = LocalLedger(cfg.path(cfg.ledger.path), load_or_create_key(cfg.path(cfg.ledger.key_path)))
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from simulators.fleet import run_fleet
 from tests.integration.checks import recheck
 from tests.integration.harness import wait_until
@@ -51,7 +51,7 @@ def test_ten_vehicles_thousand_records_each(env) -> None:  # type: ignore[no-unt
     assert summary["devices"] == 10
     assert summary["ledger_entries"] == summary["batches"] > 0
 
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         per_dev = dict(
             s.con.execute(

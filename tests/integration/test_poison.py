@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.publisher import MqttPublisher
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from schemas.records import MAX_TIMESTAMP_NS
 from schemas.transport import blocks_topic, state_topic
 from simulators.hostile import T0, drive
@@ -66,7 +66,7 @@ def test_poison_is_dead_lettered_and_honest_data_flows(env) -> None:  # type: ig
     assert st["records"] == want
 
     expected = Counter({"bad_record": 1, "decode_error": 1, "unstorable": 2})
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         got = Counter(r for (r,) in s.con.execute("SELECT reason FROM rejections").fetchall())
         assert got == expected

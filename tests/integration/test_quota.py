@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.pipeline.bridge import refused_count
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from ingest.wiring import read_status
 from schemas.transport import blocks_topic
 from tests.integration.harness import IngestProc, publish, wait_until, write_config
@@ -60,7 +60,7 @@ def test_a_flooding_device_is_held_to_its_quota_and_every_frame_is_accounted(env
     elapsed = time.monotonic() - t0
     for p in procs:
         assert p.stop() == 0
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         forwarded = s.con.execute(
             "SELECT count(*) FROM rejections WHERE device_id = ? AND reason = 'decode_error'", [flooder]

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from edge_agent.publisher import MqttPublisher
 from edge_agent.sources.vehicle import VehicleModel
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from schemas.block import Block, build_block, encode_envelope, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 from schemas.transport import blocks_topic
@@ -154,7 +154,7 @@ def test_bad_input_is_dead_lettered_and_good_input_is_kept(env) -> None:  # type
             "decode_error": 1,
         }
     )
-    s = Store(cfg.path(cfg.store.path), read_only=True)
+    s = FileStore(cfg.path(cfg.store.path), read_only=True)
     try:
         got = Counter(r for (r,) in s.con.execute("SELECT reason FROM rejections").fetchall())
         assert got == expected

@@ -9,12 +9,12 @@ from pathlib import Path
 from ingest.pipeline.processor import Processor
 from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from simulators.hostile import REFUSED_AT_BROKER, Attacker, Frame, campaign
 
 
 def test_each_frame_kind_has_its_expected_outcome(tmp_path: Path) -> None:
-    store, reg = Store(tmp_path / "s.duckdb"), Registry(tmp_path / "r.sqlite")
+    store, reg = FileStore(tmp_path / "s.duckdb"), Registry(tmp_path / "r.sqlite")
     try:
         attackers = [Attacker(), Attacker()]
         for a in attackers:

@@ -15,7 +15,7 @@ from ingest.pipeline.processor import Processor
 from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
 from ingest.storage.schema import DRIVING_COLUMNS, _sample_table
-from ingest.storage.store import Store, StoreContentError
+from ingest.storage.store import FileStore, Store, StoreContentError
 from schemas.block import build_block
 from schemas.crypto import TAG_SESSION, ZERO_HASH, SigningKey, device_id_for
 from schemas.records import MAX_TIMESTAMP_NS
@@ -57,7 +57,7 @@ class Dev:
 
 @pytest.fixture()
 def parts(tmp_path: Path) -> Any:
-    store = Store(tmp_path / "t.duckdb")
+    store = FileStore(tmp_path / "t.duckdb")
     reg = Registry(tmp_path / "r.sqlite")
     yield store, reg, tmp_path
     store.close()
@@ -134,7 +134,7 @@ def _strict_store(path: Path) -> Store:
     con = duckdb.connect(str(path))
     con.execute(ddl)
     con.close()
-    return Store(path)
+    return FileStore(path)
 
 
 def test_bisection_names_exactly_the_refused_block_and_the_rest_is_stored(tmp_path: Path) -> None:

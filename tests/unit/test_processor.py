@@ -13,7 +13,7 @@ from edge_agent.sources.vehicle import VehicleModel
 from ingest.pipeline.processor import Processor
 from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore, Store
 from schemas.block import Block, build_block, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 from schemas.records import DrivingSample
@@ -49,7 +49,7 @@ class Dev:
 
 @pytest.fixture()
 def setup(tmp_path: Path) -> Any:
-    store = Store(tmp_path / "t.duckdb")
+    store = FileStore(tmp_path / "t.duckdb")
     reg = Registry(tmp_path / "r.sqlite")
     dev = Dev()
     reg.add(dev.key.public_key)

@@ -18,7 +18,7 @@ from ingest.ops.audit import Auditor, AuditReport
 from ingest.ops.erase import EraseError, compact, erase_device
 from ingest.ops.proofs import Prover, RowRef, select_rows
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore, Store
 from schemas.block import encode_record
 from schemas.crypto import SigningKey
 from schemas.proof import encode_bundle, verify_bundle
@@ -51,7 +51,7 @@ def build_world(
     tmp: Path, vehicles: int = 4, blocks: int = 6, block_records: int = 11, extra: list[Record] | None = None
 ) -> World:
     """``extra`` records open the first vehicle's first block."""
-    store = Store(tmp / "t.duckdb")
+    store = FileStore(tmp / "t.duckdb")
     registry = Registry(tmp / "registry.sqlite")
     operator = SigningKey.generate()
     ledger = LocalLedger(tmp / "ledger.jsonl", operator)
@@ -283,7 +283,7 @@ def test_compact_keeps_everything_else(tmp_path: Path) -> None:
     counts = w.store.counts()
     w.store.close()
     compact(w.store.path)
-    w.store = Store(w.store.path)
+    w.store = FileStore(w.store.path)
     assert w.store.counts() == counts
     assert w.audit().ok
 

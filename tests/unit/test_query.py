@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.ops.query import QueryError, csv_text, json_text, run, table, write_parquet
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 
 SQL = "SELECT * FROM t ORDER BY n"
 
@@ -77,7 +77,7 @@ def test_mistakes_are_query_errors(con: duckdb.DuckDBPyConnection, sql: str, say
 
 
 def test_cli_formats_and_one_line_errors(tmp_path: Path) -> None:
-    Store(tmp_path / "data" / "telematics.duckdb").close()
+    FileStore(tmp_path / "data" / "telematics.duckdb").close()
     cfg = tmp_path / "t.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')
 

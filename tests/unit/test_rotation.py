@@ -16,7 +16,7 @@ from ingest.ops.proofs import Prover, select_rows
 from ingest.pipeline.processor import Pending, Processor
 from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 from schemas.block import build_block, decode_envelope, decode_header, encode_record
 from schemas.crypto import SigningKey, device_id_for
 from schemas.proof import encode_bundle, verify_bundle
@@ -25,7 +25,7 @@ T0 = 1_700_000_000_000_000_000
 
 
 def test_rotation_mid_run(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.duckdb")
+    store = FileStore(tmp_path / "t.duckdb")
     reg = Registry(tmp_path / "r.sqlite")
     operator = SigningKey.generate()
     ledger = LocalLedger(tmp_path / "ledger.jsonl", operator)

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from ingest.storage.schema import ARROW_TYPES, DDL, RECORD_TABLES, TABLE_OF_ROW, Row, rows_table
-from ingest.storage.store import Store
+from ingest.storage.store import FileStore
 
 
 @pytest.mark.parametrize("typ", list(TABLE_OF_ROW), ids=lambda t: t.__name__)
@@ -33,7 +33,7 @@ def test_record_tables_have_their_columns_in_order() -> None:
 def test_rows_round_trip_through_the_store(tmp_path: Path) -> None:
     from ingest.storage.schema import DuplicateRow, GapRow, RejectionRow
 
-    s = Store(tmp_path / "s.duckdb")
+    s = FileStore(tmp_path / "s.duckdb")
     try:
         rows: dict[type[Row], Sequence[Row]] = {
             GapRow: [GapRow("a" * 32, 3, 5, 1_700_000_000_000_000_000)],

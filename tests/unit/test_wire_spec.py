@@ -604,12 +604,12 @@ def test_third_party_chain_is_accepted_by_the_consumer(tmp_path: Path) -> None:
     from ingest.pipeline.processor import Processor
     from ingest.pipeline.processor import RawMessage as Msg
     from ingest.storage.registry import Registry
-    from ingest.storage.store import Store
+    from ingest.storage.store import FileStore
 
     secret = os.urandom(32)
     b0 = _tp_fresh_block(secret)
     b1 = _tp_fresh_block(secret, seq=1, prev=b0["block_hash"])
-    store, reg = Store(tmp_path / "t.duckdb"), Registry(tmp_path / "r.sqlite")
+    store, reg = FileStore(tmp_path / "t.duckdb"), Registry(tmp_path / "r.sqlite")
     try:
         reg.add(b0["public_key"])
         proc = Processor(store, reg, max_block_bytes=512 * 1024)
