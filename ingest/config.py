@@ -79,8 +79,29 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_backoff_ms: Annotated[int, Meta(ge=10)] = 1000
 
 
+class S3Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The object store of a lake whose data_path is an s3:// URL (any S3-compatible API)."""
+
+    endpoint: str = ""  # host:port; empty: AWS
+    region: str = ""
+    url_style: Literal["path", "vhost"] = "path"
+    use_ssl: bool = True
+    key_id: str = ""
+    secret_path: str = ""  # file holding the secret access key (a secret: a path, never the value)
+
+
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    path: str = "telematics.duckdb"
+    # "lake": DuckLake, a catalog in PostgreSQL and Parquet files; several consumer processes write
+    # and analysts read while they do (docs/ANALYSTS.md). "duckdb": one DuckDB file, one process.
+    backend: Literal["lake", "duckdb"] = "duckdb"
+    # The lake's catalog: a libpq connection string; empty: the local stack's PostgreSQL.
+    catalog: str = ""
+    # Where a new lake writes its Parquet files: a directory (relative to data_dir) or s3://bucket/prefix.
+    data_path: str = "lake"
+    # Commits of fewer rows than this per table are kept in the catalog, not in a Parquet file each.
+    inline_rows: Annotated[int, Meta(ge=0)] = 0
+    s3: S3Config = S3Config()
+    path: str = "telematics.duckdb"  # the DuckDB file (backend "duckdb")
     # DuckDB folds its write-ahead log into the file at this size. Larger: fewer, longer
     # checkpoints and less re-compression (docs/PERFORMANCE.md); DuckDB's own default is 16.
     checkpoint_threshold_mb: Annotated[int, Meta(ge=1, le=65536)] = 256

@@ -55,7 +55,55 @@ def paths(cfg: Config) -> Paths:
 
 
 # -- storage ------------------------------------------------------------------------------------------
+def local_catalog(cfg: Config) -> str:
+    """The libpq connection string of the local stack's PostgreSQL (``telematics stack up``)."""
+    return f"host=127.0.0.1 port={cfg.stack.postgres_port} user=telematics dbname=telematics"
+
+
+def catalog(cfg: Config) -> str:
+    """The lake's catalog: ``[store] catalog``, else the local stack's PostgreSQL."""
+    return cfg.store.catalog or local_catalog(cfg)
+
+
+def data_path(cfg: Config) -> str:
+    """Where the lake's Parquet files go: an s3:// URL as given, a directory resolved against data_dir."""
+    d = cfg.store.data_path
+    return d if "://" in d else str(cfg.path(d).absolute())
+
+
+def s3_settings(cfg: Config) -> dict[str, str] | None:
+    s3 = cfg.store.s3
+    if not cfg.store.data_path.startswith("s3://"):
+        return None
+    secret = ""
+    if s3.secret_path:
+        try:
+            secret = cfg.path(s3.secret_path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"store.s3.secret_path: cannot read the S3 secret key: {exc}") from exc
+    return {
+        "endpoint": s3.endpoint,
+        "region": s3.region,
+        "url_style": s3.url_style,
+        "use_ssl": "true" if s3.use_ssl else "false",
+        "key_id": s3.key_id,
+        "secret": secret,
+    }
+
+
 def open_store(cfg: Config, *, read_only: bool = False) -> Store:
+    """The configured store: the lake (several writers, live readers) or one DuckDB file."""
+    if cfg.store.backend == "lake":
+        from ingest.storage.lakestore import LakeStore
+
+        return LakeStore(
+            catalog(cfg),
+            data_path(cfg),
+            read_only=read_only,
+            group=cfg.ingest.group_id,
+            inline_rows=cfg.store.inline_rows,
+            s3=s3_settings(cfg),
+        )
     from ingest.storage.store import FileStore
 
     return FileStore(

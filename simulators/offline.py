@@ -80,12 +80,14 @@ def ingest_offline(
         for v in fleet:
             if registry.get(v.key.key_id) is None:
                 registry.add(v.key.public_key, device_id=v.device_id)
+    store.claim("offline", [0], "offline ingest")  # its one "partition": a writer of its own
     proc = Processor(store, registry, max_block_bytes=4 * 1024 * 1024)
 
     async def anchor(batch_no: int, root: bytes, blocks: int) -> None:
         store.record_anchor(ledger.anchor(batch_no, root, blocks))
 
-    # The consumer's commit sequence, without a transport: no dead-letter topic, no offsets.
+    # The consumer's commit sequence, without a transport: no dead-letter topic; the positions of the
+    # one "partition" are stored with each batch, as the consumer's are.
     checkpoint = Checkpoint(proc, store, anchor=anchor)
     offset = 0
     stored = 0

@@ -17,9 +17,12 @@ sees batch roots: no device ids, no VINs, no positions.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,55 +84,72 @@ class LocalLedger:
         A reader skips unreadable lines and lists them in ``self.damage``; the audit and ``ledger
         verify`` report every problem."""
         self.damage: list[str] = []
-        if self.path.exists():
-            raw = self.path.read_bytes()
-            good = 0
-            for lineno, line in enumerate(raw.splitlines(keepends=True), 1):
-                if not line.endswith(b"\n"):
-                    break  # a torn last write: never acknowledged, so dropped below
-                good += len(line)
-                try:
-                    eb, h, sig, entry = _read_entry_line(line)
-                except ValueError as exc:
-                    self.damage.append(f"{self.path.name} line {lineno}: {exc}")
-                    continue
-                if entry.index != self.size or entry.prev != self._head:
-                    self.damage.append(
-                        f"{self.path.name} line {lineno}: entry {entry.index} does not follow entry {self.size - 1}"
-                    )
-                self._by_batch[entry.batch_no] = Receipt(
-                    self.name, entry.batch_no, entry.root, entry.index, h, entry.time_ns
-                )
-                self._append_leaf(eb, sig)
-                self._head = h
-            if good != len(raw) and self.key is not None and not self.damage:
-                with open(self.path, "r+b") as f:  # only the writer repairs a torn tail; readers ignore it
-                    f.truncate(good)
-        if self.checkpoint_path.exists():
-            raw = self.checkpoint_path.read_bytes()
-            good = 0
-            for lineno, line in enumerate(raw.splitlines(keepends=True), 1):
-                if not line.endswith(b"\n"):
-                    break
-                good += len(line)
-                try:
-                    obj = json.loads(line)
-                    size, note = int(obj["size"]), str(obj["note"])
-                except (ValueError, KeyError, TypeError) as exc:
-                    self.damage.append(
-                        f"{self.checkpoint_path.name} line {lineno}: unreadable checkpoint ({exc})"
-                    )
-                    continue
-                self._checkpoints[size] = note
-            if good != len(raw) and self.key is not None and not self.damage:
-                with open(self.checkpoint_path, "r+b") as f:
-                    f.truncate(good)
+        self._pos = 0  # bytes of the log read so far (whole lines)
+        self._cp_pos = 0  # bytes of the checkpoints file read so far
+        self._lines = 0
+        self._cp_lines = 0
+        self._read_new()
         if self.damage and self.key is not None:
             raise LedgerDamaged(
                 f"{self.damage[0]}: the ledger log is damaged; restore {self.path} from a backup"
                 " (`telematics ledger verify` lists every problem); anchoring is stopped"
             )
         self._remember_file()
+
+    def _read_new(self) -> None:
+        """Read what was appended since the last read (by this process or, under the append lock,
+        by another writer); only a writer truncates a torn last line."""
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                f.seek(self._pos)
+                raw = f.read()
+            good = 0
+            for line in raw.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break  # a torn last write: never acknowledged, so dropped below
+                good += len(line)
+                self._lines += 1
+                try:
+                    eb, h, sig, entry = _read_entry_line(line)
+                except ValueError as exc:
+                    self.damage.append(f"{self.path.name} line {self._lines}: {exc}")
+                    continue
+                if entry.index != self.size or entry.prev != self._head:
+                    self.damage.append(
+                        f"{self.path.name} line {self._lines}: entry {entry.index} does not follow entry {self.size - 1}"
+                    )
+                self._by_batch[entry.batch_no] = Receipt(
+                    self.name, entry.batch_no, entry.root, entry.index, h, entry.time_ns
+                )
+                self._append_leaf(eb, sig)
+                self._head = h
+            self._pos += good
+            if good != len(raw) and self.key is not None and not self.damage:
+                with open(self.path, "r+b") as f:  # only the writer repairs a torn tail; readers ignore it
+                    f.truncate(self._pos)
+        if self.checkpoint_path.exists():
+            with open(self.checkpoint_path, "rb") as f:
+                f.seek(self._cp_pos)
+                raw = f.read()
+            good = 0
+            for line in raw.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break
+                good += len(line)
+                self._cp_lines += 1
+                try:
+                    obj = json.loads(line)
+                    size, note = int(obj["size"]), str(obj["note"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    self.damage.append(
+                        f"{self.checkpoint_path.name} line {self._cp_lines}: unreadable checkpoint ({exc})"
+                    )
+                    continue
+                self._checkpoints[size] = note
+            self._cp_pos += good
+            if good != len(raw) and self.key is not None and not self.damage:
+                with open(self.checkpoint_path, "r+b") as f:
+                    f.truncate(self._cp_pos)
 
     def _remember_file(self) -> None:
         """The log file's identity and size as this writer left it (checked before each append)."""
@@ -139,8 +159,26 @@ class LocalLedger:
         except FileNotFoundError:
             self._file = None
 
-    def _check_file(self) -> None:
-        """The file must be exactly the one this writer wrote: it never recreates a vanished log."""
+    @contextlib.contextmanager
+    def _appending(self) -> Iterator[None]:
+        """Hold the log's append lock (``<log>.lock``, an exclusive flock): several consumer processes
+        on one host append to one log, one at a time, each first reading what the others appended."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise LedgerError(f"cannot open the ledger's lock {lock}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._catch_up()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _catch_up(self) -> None:
+        """The file must be the one this writer read, whole: it never recreates a vanished log. What
+        another writer appended meanwhile is read (and checked) before this one appends."""
         try:
             st = os.stat(self.path)
             now = (st.st_dev, st.st_ino, st.st_size)
@@ -149,7 +187,7 @@ class LocalLedger:
         if now == self._file:
             return
         if self._file is None:
-            what = "appeared while the ingest was writing a new log"
+            what = "appeared while the ingest was writing a new log" if self.size else None
         elif now is None:
             what = f"vanished (it held {self.size} entries)"
         elif now[:2] != self._file[:2]:
@@ -157,10 +195,16 @@ class LocalLedger:
         elif now[2] < self._file[2]:
             what = f"shrank from {self._file[2]} to {now[2]} bytes"
         else:
-            what = f"grew from {self._file[2]} to {now[2]} bytes behind the writer's back (a second writer?)"
+            what = None
+        if what is None:  # another writer of this log appended under the lock: read its entries
+            self._read_new()
+            self._remember_file()
+            if not self.damage:
+                return
+            what = f"holds an entry another writer appended that does not read or follow: {self.damage[0]}"
         raise LedgerDamaged(
             f"ledger log {self.path} {what}: anchoring stopped, Kafka offsets are held; restore the file"
-            " from a backup (or stop the other writer) and restart the ingest"
+            " from a backup and restart the ingest"
         )
 
     def _append_leaf(self, eb: bytes, sig: bytes) -> None:
@@ -172,13 +216,19 @@ class LocalLedger:
     # -- the Ledger Protocol ----------------------------------------------------------------------
     def anchor(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
         r = self._by_batch.get(batch_no)
-        if r is not None:
-            if r.root != root or self._entry_blocks(r.index) != blocks:
-                raise LedgerConflict(f"batch {batch_no} already anchored with root {r.root.hex()}")
-            return r
-        if self.key is None:
-            raise LedgerError("this ledger was opened read-only (no signing key)")
-        self._check_file()
+        if r is None:
+            if self.key is None:
+                raise LedgerError("this ledger was opened read-only (no signing key)")
+            with self._appending():
+                r = self._by_batch.get(batch_no)  # another writer may have anchored it meanwhile
+                if r is None:
+                    return self._append(batch_no, root, blocks)
+        if r.root != root or self._entry_blocks(r.index) != blocks:
+            raise LedgerConflict(f"batch {batch_no} already anchored with root {r.root.hex()}")
+        return r
+
+    def _append(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
+        assert self.key is not None
         entry = LedgerEntry(self.size, batch_no, root, self._head, time.time_ns(), blocks)
         eb = _enc.encode(entry)
         h = tagged_hash(TAG_LEDGER_ENTRY, eb)
@@ -194,7 +244,8 @@ class LocalLedger:
             "hash": h.hex(),
             "sig": sig.hex(),
         }
-        append_json_line(self.path, line)
+        self._pos += append_json_line(self.path, line)
+        self._lines += 1
         self._remember_file()
         r = Receipt(self.name, batch_no, root, entry.index, h, entry.time_ns)
         self._by_batch[batch_no] = r
@@ -202,7 +253,7 @@ class LocalLedger:
         self._append_leaf(eb, sig)
         last = max(self._checkpoints, default=0)
         if self.size - last >= self.checkpoint_every:
-            self.checkpoint()
+            self._sign_checkpoint()
         return r
 
     def receipt(self, batch_no: int) -> Receipt | None:
@@ -249,13 +300,20 @@ class LocalLedger:
 
     def checkpoint(self) -> str:
         """Sign a checkpoint for the current tree size (once per size) and append it; return the note."""
-        if self.size in self._checkpoints:
-            return self._checkpoints[self.size]
         if self.key is None:
             raise LedgerError("this ledger was opened read-only (no signing key)")
+        with self._appending():
+            return self._sign_checkpoint()
+
+    def _sign_checkpoint(self) -> str:
+        """``checkpoint`` with the append lock held."""
+        assert self.key is not None
+        if self.size in self._checkpoints:
+            return self._checkpoints[self.size]
         cp = Checkpoint(self.origin, self.size, self.tree_root())
         note = sign_checkpoint(cp, self.origin, self.key)
-        append_json_line(self.checkpoint_path, {"size": self.size, "note": note})
+        self._cp_pos += append_json_line(self.checkpoint_path, {"size": self.size, "note": note})
+        self._cp_lines += 1
         self._checkpoints[self.size] = note
         return note
 
@@ -275,16 +333,18 @@ def checkpoints_path(ledger_path: Path) -> Path:
     return ledger_path.with_name(ledger_path.stem + ".checkpoints")
 
 
-def append_json_line(path: Path, obj: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it (the ledger's files are append-only)."""
+def append_json_line(path: Path, obj: dict[str, Any]) -> int:
+    """Append one JSON line and fsync it (the ledger's files are append-only); its length in bytes."""
+    data = json.dumps(obj).encode() + b"\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as f:
-            f.write(json.dumps(obj).encode() + b"\n")
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
         raise LedgerError(f"cannot append to {path}: {exc}") from exc
+    return len(data)
 
 
 _READABLE = ("index", "batch_no", "root", "prev", "time_ns", "blocks")  # plain copies of the signed fields

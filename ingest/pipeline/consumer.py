@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,8 @@ class BatchConsumer:
         self._stop = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._inflight: asyncio.Task[None] | None = None  # the batch being stored (steps 2-6)
-        self._next_batch: int | None = None  # batch numbers are kept here while one is in flight
+        self._last_batch_no = 0  # shown by a batch of rejections only (it has no number of its own)
+        self.owner = f"{socket.gethostname()}/{os.getpid()}"  # named in partition claims and fences
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
         # Why the pipeline holds (an infrastructure failure: store or Kafka), shown in the status file
@@ -115,11 +117,10 @@ class BatchConsumer:
         p = self.proc.pending
         if p.empty:
             return
-        if self._next_batch is None:
-            self._next_batch = self.store.next_batch_no()
-        sealed = self.checkpoint.seal(self._next_batch)
-        if sealed.rows.blocks:
-            self._next_batch += 1
+        # A number no other batch (of any consumer of this store) has: only batches with blocks take one.
+        batch_no = await asyncio.to_thread(self.store.next_batch_no) if p.blocks else self._last_batch_no
+        self._last_batch_no = batch_no
+        sealed = self.checkpoint.seal(batch_no)
         self._inflight = asyncio.create_task(self._store(sealed))
 
     async def _settle(self) -> None:
@@ -349,17 +350,6 @@ class BatchConsumer:
         self.alarms = [*self.alarms, {**a, "at_ns": now}][-10:]
         self.write_status()
 
-    async def _expect_committed(self, tps: Any) -> None:
-        """Expect each partition to deliver from its committed offset next (after an assignment or
-        our own seek back)."""
-        assert self.consumer is not None
-        for tp in tps:
-            committed = await self.consumer.committed(tp)
-            if committed is None:
-                self._expect.pop(tp, None)
-            else:
-                self._expect[tp] = committed
-
     async def _sync_ledger(self, force: bool = False) -> None:
         """Let the ledger publish what is due while idle (EVM checkpoint mode). Offsets of the batches
         it covers are already committed: they are in DuckDB and the signed local log."""
@@ -428,17 +418,27 @@ class BatchConsumer:
     async def _rewind(self) -> None:
         """Forget the batches being built and stored and seek back to the committed offsets."""
         self._inflight = None
-        self._next_batch = None
         self._recover_pending = True
         self.proc.reset()
         assert self.consumer is not None
-        for tp in self.consumer.assignment():
-            committed = await self.consumer.committed(tp)
-            if committed is None:
+        await self._resume(self.consumer.assignment())
+
+    async def _resume(self, tps: Any) -> None:
+        """Seek each partition to where the store says the last stored batch ended (the positions
+        are written in the batch's own transaction), else to Kafka's committed offset, else to the
+        beginning; and expect it to deliver from there."""
+        assert self.consumer is not None
+        stored = await asyncio.to_thread(self.store.positions, self.cfg.kafka.blocks_topic)
+        for tp in tps:
+            pos = stored.get((tp.topic, tp.partition))
+            if pos is None:
+                pos = await self.consumer.committed(tp)
+            if pos is None:
                 await self.consumer.seek_to_beginning(tp)
+                self._expect.pop(tp, None)
             else:
-                self.consumer.seek(tp, committed)
-        await self._expect_committed(self.consumer.assignment())
+                self.consumer.seek(tp, pos)
+                self._expect[tp] = pos
 
     def stop(self) -> None:
         self._stop.set()
@@ -452,10 +452,18 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.bc._flush_or_rewind(wait=True)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.bc._expect = {}
-        await self.bc._expect_committed(assigned)
-        self.bc.partitions = sorted(tp.partition for tp in assigned)
-        self.bc.write_status()
+        """Claim the partitions in the store (a batch another consumer is committing for them
+        finishes first; none of its later ones will), reload the chain heads that consumer may have
+        advanced, and resume each partition after the last batch stored."""
+        bc = self.bc
+        bc._expect = {}
+        parts = sorted(tp.partition for tp in assigned)
+        if parts:
+            await asyncio.to_thread(bc.store.claim, bc.cfg.kafka.blocks_topic, parts, bc.owner)
+        bc.proc.reset()
+        await bc._resume(assigned)
+        bc.partitions = parts
+        bc.write_status()
 
 
 class ConsumerService:

@@ -67,6 +67,28 @@ def load_extensions(con: Any) -> None:
             raise LakeSetupError(f"cannot load the DuckDB extension {path}: {exc}") from exc
 
 
+def s3_secret(con: Any, s3: dict[str, str]) -> None:
+    """Load the httpfs extension and create the S3 secret the lake's s3:// data path is read and
+    written with: ``endpoint`` (host:port), ``key_id``, ``secret``, ``region``, ``url_style``
+    (path | vhost), ``use_ssl`` (true | false)."""
+    path = extension_path("httpfs")
+    try:
+        con.execute(f"LOAD '{path}'")
+    except duckdb.Error as exc:
+        raise LakeSetupError(f"cannot load the DuckDB extension {path}: {exc}") from exc
+    opts = {k: v for k, v in s3.items() if v != ""}
+    bad = [k for k in opts if k not in ("endpoint", "key_id", "secret", "region", "url_style", "use_ssl")]
+    if bad or any("'" in v for v in opts.values()):
+        raise LakeSetupError(f"bad S3 settings: {bad or 'a value contains a single quote'}")
+    body = ", ".join(
+        f"{k.upper()} {v}" if k == "use_ssl" else f"{k.upper()} '{v}'" for k, v in sorted(opts.items())
+    )
+    try:
+        con.execute(f"CREATE OR REPLACE SECRET lake_s3 (TYPE s3{', ' + body if body else ''})")
+    except duckdb.Error as exc:
+        raise LakeSetupError(f"cannot create the lake's S3 secret: {exc}") from exc
+
+
 def attach(
     con: Any, catalog: str, *, alias: str = "lake", data_path: str | None = None, read_only: bool = False
 ) -> None:

@@ -223,7 +223,7 @@ CREATE TABLE IF NOT EXISTS kafka_offsets (
     kafka_partition INTEGER NOT NULL,
     next_offset     BIGINT NOT NULL,   -- the next message of the partition to process
     epoch           BIGINT NOT NULL,   -- the writer's claim on the partition (0: the one-writer DuckDB file)
-    commit_seq      BIGINT NOT NULL,   -- the order of the writer's commits within its claim
+    commit_seq      BIGINT NOT NULL,   -- the order of the commits (in a lake: of every writer's)
     committed_at    TIMESTAMP_NS NOT NULL,
     PRIMARY KEY (kafka_topic, kafka_partition)
 );
@@ -424,19 +424,18 @@ def lake_ddl() -> str:
 
     ``devices`` is the one row per device that the DuckDB file rewrites per batch; a lake rewrite
     of a small table by every batch of several writers would conflict, so the lake appends the new
-    heads to ``device_heads`` and ``devices`` is a view of the latest one per device (by the
-    partition claim and the commit order within it, like ``kafka_offsets``)."""
+    heads to ``device_heads`` and ``devices`` is a view of the latest one per device (by the order
+    of the writers' commits, a PostgreSQL sequence)."""
     ddl = _KEY.sub(r"\1\2", DDL).replace(" PRIMARY KEY,", " NOT NULL,")
     heads = _KEY.sub(r"\1\2", _DEVICES).replace(" PRIMARY KEY,", " NOT NULL,")
     heads = heads.replace("devices (", "device_heads (").replace(
         "last_seen       TIMESTAMP_NS NOT NULL",
-        "last_seen       TIMESTAMP_NS NOT NULL,\n    epoch           BIGINT NOT NULL,\n"
-        "    commit_seq      BIGINT NOT NULL",
+        "last_seen       TIMESTAMP_NS NOT NULL,\n    commit_seq      BIGINT NOT NULL",
     )
     cols = ", ".join(DeviceRow._fields)
     view = (
         f"CREATE OR REPLACE VIEW devices AS SELECT {cols} FROM device_heads"
-        " QUALIFY row_number() OVER (PARTITION BY device_id ORDER BY epoch DESC, commit_seq DESC) = 1;"
+        " QUALIFY row_number() OVER (PARTITION BY device_id ORDER BY commit_seq DESC) = 1;"
     )
     ddl = ddl.replace(_KEY.sub(r"\1\2", _DEVICES).replace(" PRIMARY KEY,", " NOT NULL,"), heads + "\n" + view)
     ddl = ddl.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW")

@@ -149,8 +149,6 @@ class _DuckStore:
     con: Any
     _w: Any
     location: str
-    _epoch = 0  # partitions' claim (the lake's fence); the DuckDB file has one writer
-    _commit_seq = 0
 
     def close(self) -> None:
         self._w.close()
@@ -228,7 +226,8 @@ class _DuckStore:
         return dict(zip(keys, (int(x) for x in row), strict=True))
 
     # -- the one write transaction per batch ------------------------------------------------------
-    def _insert(self, con: Any, b: BatchRows) -> None:
+    def _insert(self, con: Any, b: BatchRows, seq: int) -> None:
+        """Every row of ``b``; ``seq`` orders this commit among the store's commits (heads, positions)."""
         for name, tbl in b.records.items():
             if tbl.num_rows:
                 con.register("_incoming", tbl)
@@ -262,14 +261,13 @@ class _DuckStore:
                 for d, h in b.heads.items()
             ]
             con.register("_incoming", rows_table(heads, DeviceRow))
-            self._insert_heads(con)
+            self._insert_heads(con, seq)
             con.unregister("_incoming")
         if b.offsets:
-            self._commit_seq += 1
             con.executemany(
                 f"{self._offsets_sql()} VALUES (?, ?, ?, ?, ?, make_timestamp_ns(?))",
                 [
-                    (t, part, o, self._epoch_of(t, part), self._commit_seq, b.created_at)
+                    (t, part, o, self._epoch_of(t, part), seq, b.created_at)
                     for (t, part), o in sorted(b.offsets.items())
                 ],
             )
@@ -278,7 +276,7 @@ class _DuckStore:
         """Insert ``_incoming`` rows of ``typ`` whose key is not stored yet."""
         raise NotImplementedError
 
-    def _insert_heads(self, con: Any) -> None:
+    def _insert_heads(self, con: Any, seq: int) -> None:
         """Make ``_incoming`` (DeviceRow columns) the devices' chain heads."""
         raise NotImplementedError
 
@@ -348,7 +346,7 @@ class _DuckStore:
         con = self._w
         try:
             con.execute("BEGIN TRANSACTION")
-            self._insert(con, part)
+            self._insert(con, part, 0)
             return None
         except _CONTENT_ERRORS as exc:
             return str(exc)
@@ -389,6 +387,7 @@ class FileStore(_DuckStore):
         # processor reads committed state on ``con`` (one DuckDB connection per thread).
         self._w = self.con.cursor()
         self._last_batch_no = -1
+        self._commits = 0  # one writer: the positions table keeps one row per partition
 
     def _migrate(self) -> None:
         """Stores written before rejections and duplicates were keyed by payload too: re-key them."""
@@ -425,7 +424,8 @@ class FileStore(_DuckStore):
         con = self._w
         try:
             con.execute("BEGIN TRANSACTION")
-            self._insert(con, b)
+            self._commits += 1
+            self._insert(con, b, self._commits)
             con.execute("COMMIT")
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
@@ -437,7 +437,7 @@ class FileStore(_DuckStore):
         names = ", ".join(typ._fields)
         con.execute(f"INSERT OR IGNORE INTO {TABLE_OF_ROW[typ]} ({names}) SELECT * FROM _incoming")
 
-    def _insert_heads(self, con: Any) -> None:
+    def _insert_heads(self, con: Any, seq: int) -> None:
         con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")
 
     def _offsets_sql(self) -> str:

@@ -1,0 +1,288 @@
+"""The lake store: the tables of docs/DATA.md in a DuckLake (catalog in PostgreSQL, data in Parquet
+files), written by several consumer processes while analysts read every commit from other processes.
+
+DuckLake has no PRIMARY KEY. What the DuckDB file's keys did is done here:
+
+* **Exactly once.** Each batch's transaction also appends, per Kafka partition it consumed, the next
+  offset to process (``kafka_offsets``). A consumer that is assigned a partition resumes from there
+  (``positions``), not from Kafka's committed offset, so a batch stored before a crash is never
+  processed again, and nothing after it is skipped.
+* **Fencing.** Kafka keys messages by device, so a partition, and each device's chain, belongs to one
+  consumer at a time. The claims live in PostgreSQL (``telematics_ingest.partition_owners``: one row
+  per partition with an epoch): a consumer assigned a partition raises its epoch (``claim``), and
+  every batch commits while holding a share lock on its partitions' rows, after checking that their
+  epochs are still its own. A claim therefore waits for a commit in flight under the old epoch, and
+  the old owner's next commit fails (``StoreFenced``) instead of writing rows the new owner writes too.
+* **Batch numbers** come from a PostgreSQL sequence: several writers never reuse one.
+* **Keys that one message may repeat** (a session event published twice, a gap) are checked against
+  the stored rows in the batch's transaction; no other writer adds rows of the same device.
+* ``devices`` is a view over appended heads (``ingest/storage/schema.py``: ``lake_ddl``).
+
+PostgreSQL holds only what must be locked or counted across writers (claims, the batch number); every
+row analysts query is in the lake, with the Kafka positions in the same snapshot as the rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from typing import Any
+
+import duckdb
+
+from ingest.storage import lake
+from ingest.storage.schema import (
+    SAMPLE_PARTITIONING,
+    TABLE_NAMES,
+    TABLE_OF_ROW,
+    GapRow,
+    Row,
+    SessionRow,
+    lake_ddl,
+)
+from ingest.storage.store import (
+    _CONTENT_ERRORS,
+    BatchRows,
+    StoreContentError,
+    StoreError,
+    StoreFenced,
+    _DuckStore,
+)
+
+SCHEMA = "telematics_ingest"  # our own PostgreSQL schema beside DuckLake's catalog tables
+_INIT_LOCK = 0x7E1E_0013  # advisory lock: one process at a time creates the lake and its tables
+# Keys the DuckDB file declares on rows one message may bring twice; checked before inserting here.
+_CREATE = re.compile(r"CREATE (?:OR REPLACE )?(?:TABLE|VIEW) (?:IF NOT EXISTS )?(\w+)")
+_KEYS: dict[type[Row], tuple[str, ...]] = {
+    GapRow: ("device_id", "from_seq"),
+    SessionRow: ("device_id", "boot", "session", "event"),
+}
+
+
+class LakeStore(_DuckStore):
+    device_table = "device_heads"
+
+    def __init__(
+        self,
+        catalog: str,
+        data_path: str,
+        *,
+        read_only: bool = False,
+        group: str = "telematics-ingest",
+        inline_rows: int = 0,
+        s3: dict[str, str] | None = None,
+    ) -> None:
+        """``catalog``: a libpq connection string of the PostgreSQL database holding the catalog;
+        ``data_path``: where a new lake writes its Parquet files (a directory or an s3:// URL).
+        ``read_only``: an analyst's view: one snapshot for the life of the connection.
+        ``group``: the consumer group whose partition claims fence the writes. ``inline_rows``:
+        commits of fewer rows per table go into the catalog instead of a Parquet file each.
+        ``s3``: the S3 secret's settings (endpoint, key_id, secret, region, url_style, use_ssl)."""
+        self.location = f"DuckLake on postgres:{catalog}"
+        self.catalog = catalog
+        self.group = group
+        self._epochs: dict[tuple[str, int], int] = {}
+        self._pg_lock = threading.Lock()
+        try:
+            import psycopg
+
+            self._psycopg = psycopg
+            # Two sessions: claims (rebalance callbacks) never wait behind a batch's fence.
+            self._claims = psycopg.connect(catalog, autocommit=True)
+            self._fence = psycopg.connect(catalog)
+        except Exception as exc:  # psycopg.Error, or a malformed connection string
+            raise StoreError(f"cannot reach the lake's PostgreSQL catalog ({catalog}): {exc}") from exc
+        try:
+            self.con = duckdb.connect()
+            lake.load_extensions(self.con)
+            if s3:
+                lake.s3_secret(self.con, s3)
+            with self._advisory(not read_only):
+                lake.attach(self.con, catalog, data_path=data_path, read_only=read_only)
+                self.con.execute("USE lake")
+                if not read_only:
+                    self._create(inline_rows)
+                    self._pg_objects()
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open the lake ({catalog}): {exc}") from exc
+        if read_only:
+            self.con.execute("BEGIN TRANSACTION")  # one snapshot for every query of this reader
+        self._w = self.con.cursor()
+        self._w.execute("USE lake")
+
+    @contextlib.contextmanager
+    def _advisory(self, take: bool) -> Any:
+        if not take:
+            yield
+            return
+        self._claims.execute("SELECT pg_advisory_lock(%s)", [_INIT_LOCK])
+        try:
+            yield
+        finally:
+            self._claims.execute("SELECT pg_advisory_unlock(%s)", [_INIT_LOCK])
+
+    def _create(self, inline_rows: int) -> None:
+        have = {r[0] for r in self.con.execute("SHOW TABLES").fetchall()}
+        for stmt in lake_ddl().split(";"):
+            m = _CREATE.search(stmt)
+            if m is not None and m.group(1) not in have:  # a restart changes no schema
+                self.con.execute(stmt)
+        if "driving_samples" not in have:
+            for t in TABLE_NAMES:
+                self.con.execute(f"ALTER TABLE {t} SET PARTITIONED BY ({SAMPLE_PARTITIONING})")
+        self.con.execute(f"CALL lake.set_option('data_inlining_row_limit', {int(inline_rows)})")
+
+    def _pg_objects(self) -> None:
+        c = self._claims
+        c.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.partition_owners ("
+            " consumer_group text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL,"
+            " epoch bigint NOT NULL, owner text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (consumer_group, topic, kafka_partition))"
+        )
+        c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.batch_no MINVALUE 0 START 0")
+        # The order of every writer's commits: the latest device head and Kafka position win.
+        c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.commit_seq")
+        # A lake filled before the sequence existed (or restored from a backup): never reuse a number.
+        row = self.con.execute("SELECT max(batch_no) FROM batches").fetchone()
+        if row and row[0] is not None:
+            c.execute(
+                f"SELECT setval('{SCHEMA}.batch_no', greatest(%s,"
+                f" (SELECT last_value FROM {SCHEMA}.batch_no)))",
+                [int(row[0])],
+            )
+
+    def close(self) -> None:
+        super().close()
+        for pg in (self._claims, self._fence):
+            with contextlib.suppress(Exception):
+                pg.close()
+
+    # -- partitions, batch numbers ----------------------------------------------------------------
+    def claim(self, topic: str, partitions: list[int], owner: str) -> None:
+        """Raise the epoch of each partition to this writer's (waiting for a commit in flight under
+        an older one); later batches commit only while these epochs are still the latest."""
+        try:
+            with self._pg_lock:
+                for p in sorted(partitions):
+                    row = self._claims.execute(
+                        f"INSERT INTO {SCHEMA}.partition_owners AS o"
+                        " (consumer_group, topic, kafka_partition, epoch, owner) VALUES (%s, %s, %s, 1, %s)"
+                        " ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE"
+                        " SET epoch = o.epoch + 1, owner = EXCLUDED.owner, claimed_at = now()"
+                        " RETURNING epoch",
+                        [self.group, topic, p, owner],
+                    ).fetchone()
+                    assert row is not None
+                    self._epochs[(topic, p)] = int(row[0])
+        except self._psycopg.Error as exc:
+            raise StoreError(f"cannot claim partitions {partitions} of {topic}: {exc}") from exc
+
+    def _epoch_of(self, topic: str, partition: int) -> int:
+        return self._epochs.get((topic, partition), 0)
+
+    def next_batch_no(self) -> int:
+        try:
+            with self._pg_lock:
+                row = self._claims.execute(f"SELECT nextval('{SCHEMA}.batch_no')").fetchone()
+        except self._psycopg.Error as exc:
+            raise StoreError(f"cannot take a batch number: {exc}") from exc
+        assert row is not None
+        return int(row[0])
+
+    # -- the one write transaction per batch ------------------------------------------------------
+    def write_batch(self, b: BatchRows) -> None:
+        """One lake transaction: every row of the batch and its Kafka positions, committed while the
+        batch's partitions are still this writer's (``StoreFenced`` if not)."""
+        pg = self._fence
+        try:
+            with pg.transaction():
+                self._check_claims(pg, b)
+                # Taken under the claims' share lock: a later owner's commits all come after.
+                row = pg.execute(f"SELECT nextval('{SCHEMA}.commit_seq')").fetchone()
+                assert row is not None
+                self._commit(b, int(row[0]))
+        except self._psycopg.Error as exc:
+            raise StoreError(f"batch {b.batch_no}: the partition claims cannot be checked: {exc}") from exc
+
+    def _check_claims(self, pg: Any, b: BatchRows) -> None:
+        by_topic: dict[str, list[int]] = {}
+        for t, p in b.offsets:
+            by_topic.setdefault(t, []).append(p)
+        for topic, parts in by_topic.items():
+            rows = pg.execute(
+                f"SELECT kafka_partition, epoch, owner FROM {SCHEMA}.partition_owners"
+                " WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)"
+                " ORDER BY kafka_partition FOR SHARE",
+                [self.group, topic, parts],
+            ).fetchall()
+            now = {int(p): (int(e), str(o)) for p, e, o in rows}
+            for p in parts:
+                mine = self._epochs.get((topic, p), 0)
+                epoch, owner = now.get(p, (0, ""))
+                if epoch != mine or mine == 0:
+                    raise StoreFenced(
+                        f"batch {b.batch_no} not written: partition {topic}/{p} was claimed by {owner}"
+                        f" (epoch {epoch}; this consumer holds epoch {mine}); it belongs to that consumer now"
+                    )
+
+    def _commit(self, b: BatchRows, seq: int) -> None:
+        con = self._w
+        try:
+            con.execute("BEGIN TRANSACTION")
+            self._insert(con, b, seq)
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            cls = StoreContentError if isinstance(exc, _CONTENT_ERRORS) else StoreError
+            raise cls(f"batch {b.batch_no} not written to the lake: {exc}") from exc
+
+    def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
+        table, names = TABLE_OF_ROW[typ], ", ".join(typ._fields)
+        key = _KEYS.get(typ)
+        if key is None:  # keyed by a Kafka position: stored once, with the position's batch
+            con.execute(f"INSERT INTO {table} ({names}) SELECT * FROM _incoming")
+            return
+        k = ", ".join(key)
+        con.execute(
+            f"INSERT INTO {table} ({names}) SELECT * FROM (SELECT DISTINCT ON ({k}) * FROM _incoming) i"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE "
+            + " AND ".join(f"s.{c} = i.{c}" for c in key)
+            + ")"
+        )
+
+    def _insert_heads(self, con: Any, seq: int) -> None:
+        con.execute("INSERT INTO device_heads SELECT *, ? FROM _incoming", [seq])
+
+    def record_anchor(self, receipt: Any) -> None:
+        """Append the ledger receipt, unless this batch's receipt is stored already."""
+        try:
+            self._w.execute(
+                "INSERT INTO anchors SELECT ?, ?, ?, ?, make_timestamp_ns(?), ?"
+                " WHERE NOT EXISTS (SELECT 1 FROM anchors WHERE batch_no = ?)",
+                [
+                    receipt.batch_no,
+                    receipt.ledger,
+                    receipt.index,
+                    receipt.entry_hash,
+                    receipt.time_ns,
+                    receipt.to_json(),
+                    receipt.batch_no,
+                ],
+            )
+        except duckdb.Error as exc:
+            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
+
+    # -- files ------------------------------------------------------------------------------------
+    def purge(self) -> None:
+        """Rewrite every data file that has deleted rows, then expire every older snapshot and delete
+        every file no snapshot references: the deleted rows are in no file and no snapshot after."""
+        try:
+            self.con.execute("CALL ducklake_rewrite_data_files('lake', delete_threshold => 0)")
+            self.con.execute("CALL ducklake_expire_snapshots('lake', older_than => now())")
+            self.con.execute("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)")
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot rewrite the lake's files: {exc}") from exc
