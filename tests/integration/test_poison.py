@@ -70,7 +70,9 @@ def test_poison_is_dead_lettered_and_honest_data_flows(env) -> None:  # type: ig
     try:
         got = Counter(r for (r,) in s.con.execute("SELECT reason FROM rejections").fetchall())
         assert got == expected
-        (n,) = s.con.execute("SELECT count(*) FROM blocks WHERE device_id = ?", [honest.id]).fetchone() or ()
+        (n,) = s.con.execute("SELECT count(*) FROM blocks WHERE device_id = ?", [honest.id]).fetchone() or (
+            0,
+        )
         assert n == 30
         seqs = s.con.execute(
             "SELECT seq FROM blocks WHERE device_id = ? ORDER BY seq", [poison.id]

@@ -282,8 +282,8 @@ def test_compact_keeps_everything_else(tmp_path: Path) -> None:
     erase_device(w.store, w.operator, w.fleet[0].device_id)
     counts = w.store.counts()
     w.store.close()
-    compact(w.store.path)
-    w.store = FileStore(w.store.path)
+    compact(Path(w.store.location))
+    w.store = FileStore(w.store.location)
     assert w.store.counts() == counts
     assert w.audit().ok
 
