@@ -71,6 +71,9 @@ class BatchConsumer:
         self._inflight: asyncio.Task[None] | None = None  # the batch being stored (steps 2-6)
         self._last_batch_no = 0  # shown by a batch of rejections only (it has no number of its own)
         self.owner = f"{socket.gethostname()}/{os.getpid()}"  # named in partition claims and fences
+        # Raised by every assignment: messages fetched under an older one are dropped, not processed.
+        self.generation = 0
+        self._unclaimed: list[int] = []  # partitions whose claim failed (PostgreSQL down): retried
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
         # Why the pipeline holds (an infrastructure failure: store or Kafka), shown in the status file
@@ -277,13 +280,18 @@ class BatchConsumer:
         max_age = ing.batch_max_age_ms / 1000
         try:
             while not self._stop.is_set():
+                gen = self.generation
                 batch = await self.consumer.getmany(
                     timeout_ms=min(200, ing.batch_max_age_ms), max_records=ing.poll_max_records
                 )
+                if gen != self.generation:
+                    continue  # fetched under an older assignment: the partitions were sought since
                 await self._watch_positions(batch)
                 msgs = [m for part in batch.values() for m in part]
                 # In chunks, so a batch closes near batch_max_records whatever one poll brought.
                 for i in range(0, len(msgs), POLL_CHUNK):
+                    if gen != self.generation:
+                        break  # a rebalance sought the partitions again: the rest is fetched again
                     try:
                         self.proc.process_all(msgs[i : i + POLL_CHUNK])  # type: ignore[arg-type]
                     except RegistryError as exc:
@@ -419,9 +427,22 @@ class BatchConsumer:
         """Forget the batches being built and stored and seek back to the committed offsets."""
         self._inflight = None
         self._recover_pending = True
+        self.generation += 1
         self.proc.reset()
         assert self.consumer is not None
+        await self._claim(self._unclaimed)
         await self._resume(self.consumer.assignment())
+
+    async def _claim(self, parts: list[int]) -> None:
+        """Claim ``parts`` in the store; on failure (PostgreSQL unreachable) every batch of theirs is
+        fenced, so the claim is retried at the next rewind."""
+        self._unclaimed = parts
+        if parts:
+            try:
+                await asyncio.to_thread(self.store.claim, self.cfg.kafka.blocks_topic, parts, self.owner)
+                self._unclaimed = []
+            except StoreError as exc:
+                self._stall(exc)
 
     async def _resume(self, tps: Any) -> None:
         """Seek each partition to where the store says the last stored batch ended (the positions
@@ -454,14 +475,21 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Claim the partitions in the store (a batch another consumer is committing for them
         finishes first; none of its later ones will), reload the chain heads that consumer may have
-        advanced, and resume each partition after the last batch stored."""
+        advanced, and resume each partition after the last batch stored.
+
+        aiokafka fetches the new assignment while this runs: the partitions are paused first, and
+        whatever was fetched or processed before the seek is dropped (``generation``)."""
         bc = self.bc
+        assert bc.consumer is not None
+        bc.generation += 1
+        bc.consumer.pause(*assigned)
+        await bc._flush_or_rewind(seal=False)  # the batch in flight is stored (or rewound) first
+        bc.proc.reset()
         bc._expect = {}
         parts = sorted(tp.partition for tp in assigned)
-        if parts:
-            await asyncio.to_thread(bc.store.claim, bc.cfg.kafka.blocks_topic, parts, bc.owner)
-        bc.proc.reset()
+        await bc._claim(parts)
         await bc._resume(assigned)
+        bc.consumer.resume(*assigned)
         bc.partitions = parts
         bc.write_status()
 
