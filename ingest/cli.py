@@ -326,7 +326,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
         f"erasure {e.erasure_id}: deleted {e.records:,} records in {e.blocks:,} blocks of device {e.device_id};"
         " their block hashes and a signed erasure statement remain"
     )
-    if args.compact:
+    if cfg.store.backend == "lake":
+        print("rewrote the lake's files: no data file and no snapshot holds the deleted rows")
+    elif args.compact:
         compact(path)
         print(f"compacted {path}: deleted bytes no longer in the file")
     return 0
@@ -529,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", required=True, help="device id")
     p.add_argument("--reason", default="erasure request", help="recorded in the signed erasure statement")
     p.add_argument(
-        "--compact", action="store_true", help="then rewrite the DuckDB file so no deleted bytes remain"
+        "--compact",
+        action="store_true",
+        help="then rewrite the DuckDB file so no deleted bytes remain (the lake always rewrites its files)",
     )
     p.set_defaults(fn=cmd_erase)
     for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):

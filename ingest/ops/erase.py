@@ -10,10 +10,12 @@ What stays, and why (docs/SECURITY.md has the full discussion):
   were erased, when and why, so ``telematics audit`` reports the rows as *erased*, not *missing*.
 * the ledger: it only ever held batch roots and checkpoints, nothing to erase there.
 
-Deleted in one transaction: the device's rows in driving_samples and battery_samples, its blocks
-(header, signature, salt seed), its chain head, gaps, duplicates and rejections. DuckDB may keep
-deleted bytes in free pages of the file until they are reused: ``compact=True`` rewrites the
-database into a fresh file so none remain.
+Deleted in one transaction: the device's rows in every record table, its blocks (header,
+signature, salt seed), its chain head, gaps, duplicates, rejections and session events. Then
+``Store.purge``: in the lake, every data file holding deleted rows is rewritten, every older
+snapshot expired and every unreferenced file deleted, so no file and no snapshot (``AT (VERSION
+=> n)``) still holds them. A DuckDB file may keep deleted bytes in free pages until they are
+reused: ``compact`` rewrites it into a fresh file so none remain.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from common.errors import Fatal
 from ingest.storage.schema import TABLE_NAMES
@@ -32,6 +35,10 @@ from ingest.storage.store import Store, StoreError
 from schemas import merkle
 from schemas.crypto import SigningKey
 from schemas.erasure import ErasureStatement, erasure_encoder, signing_input
+
+
+_ERASED_COLUMNS = ("device_id", "seq", "block_hash", "batch_no", "batch_index", "record_count", "erasure_id")
+_ERASED_TYPES = (pa.string(), pa.uint64(), pa.binary(), pa.uint64(), pa.uint32(), pa.uint16(), pa.uint64())
 
 
 class EraseError(Fatal):
@@ -81,24 +88,34 @@ def erase_device(
     sig = operator.sign(signing_input(sb))
     try:
         con.execute("BEGIN TRANSACTION")
-        con.executemany(
-            "INSERT INTO erased_blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(device_id, s, h, n, i, c, erasure_id) for s, h, n, i, c in blocks],
+        # One INSERT (a lake writes a file per statement), from columns.
+        cols = list(zip(*[(device_id, s, h, n, i, c, erasure_id) for s, h, n, i, c in blocks], strict=True))
+        kept = pa.table(
+            [pa.array(c, t) for c, t in zip(cols, _ERASED_TYPES, strict=True)], names=list(_ERASED_COLUMNS)
         )
+        con.register("_erased", kept)
+        con.execute("INSERT INTO erased_blocks SELECT * FROM _erased")
+        con.unregister("_erased")
         con.execute(
             "INSERT INTO erasures VALUES (?, ?, make_timestamp_ns(?), ?, ?, ?, ?, ?)",
             [erasure_id, device_id, now, reason, len(blocks), records, sb, sig],
         )
         for table in TABLE_NAMES:
             con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
-        for table in ("blocks", "devices", "gaps", "duplicates", "rejections", "session_events"):
+        for table in ("blocks", store.device_table, "gaps", "duplicates", "rejections", "session_events"):
             con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
         con.execute("COMMIT")
     except duckdb.Error as exc:
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
         raise EraseError(f"erasure of device {device_id} not written: {exc}") from exc
-    con.execute("CHECKPOINT")
+    try:
+        store.purge()  # the lake: no file and no snapshot keeps the rows; a DuckDB file: see compact
+    except StoreError as exc:
+        raise EraseError(
+            f"device {device_id} is erased from the tables, but its bytes are still in old files: {exc};"
+            " run `telematics maintain` to finish"
+        ) from exc
     return Erasure(erasure_id, device_id, len(blocks), records)
 
 

@@ -90,11 +90,19 @@ def s3_secret(con: Any, s3: dict[str, str]) -> None:
 
 
 def attach(
-    con: Any, catalog: str, *, alias: str = "lake", data_path: str | None = None, read_only: bool = False
+    con: Any,
+    catalog: str,
+    *,
+    alias: str = "lake",
+    data_path: str | None = None,
+    read_only: bool = False,
+    inline_rows: int | None = None,
 ) -> None:
     """ATTACH the lake whose catalog is the PostgreSQL database ``catalog`` (a libpq connection
     string) as ``alias``. ``data_path``: where a new lake keeps its Parquet files (a directory or an
-    s3:// URL); an existing lake knows its own."""
+    s3:// URL); an existing lake knows its own. ``inline_rows``: this connection's commits of fewer
+    rows per table go into the catalog, not into a Parquet file each (an ATTACH option: DuckDB 1.5.5
+    crashes in ``set_option('data_inlining_row_limit', …)`` on a lake that holds a view)."""
     if "'" in catalog or (data_path is not None and "'" in data_path):
         raise LakeSetupError("a lake catalog or data path cannot contain a single quote")
     opts = []
@@ -102,6 +110,8 @@ def attach(
         opts.append(f"DATA_PATH '{data_path}'")
     if read_only:
         opts.append("READ_ONLY")
+    if inline_rows is not None:
+        opts.append(f"DATA_INLINING_ROW_LIMIT {int(inline_rows)}")
     sql = f"ATTACH 'ducklake:postgres:{catalog}' AS {alias}"
     if opts:
         sql += f" ({', '.join(opts)})"

@@ -99,10 +99,16 @@ class LakeStore(_DuckStore):
             if s3:
                 lake.s3_secret(self.con, s3)
             with self._advisory(not read_only):
-                lake.attach(self.con, catalog, data_path=data_path, read_only=read_only)
+                lake.attach(
+                    self.con,
+                    catalog,
+                    data_path=data_path,
+                    read_only=read_only,
+                    inline_rows=None if read_only else inline_rows,
+                )
                 self.con.execute("USE lake")
                 if not read_only:
-                    self._create(inline_rows)
+                    self._create()
                     self._pg_objects()
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the lake ({catalog}): {exc}") from exc
@@ -122,7 +128,7 @@ class LakeStore(_DuckStore):
         finally:
             self._claims.execute("SELECT pg_advisory_unlock(%s)", [_INIT_LOCK])
 
-    def _create(self, inline_rows: int) -> None:
+    def _create(self) -> None:
         have = {r[0] for r in self.con.execute("SHOW TABLES").fetchall()}
         for stmt in lake_ddl().split(";"):
             m = _CREATE.search(stmt)
@@ -131,7 +137,6 @@ class LakeStore(_DuckStore):
         if "driving_samples" not in have:
             for t in TABLE_NAMES:
                 self.con.execute(f"ALTER TABLE {t} SET PARTITIONED BY ({SAMPLE_PARTITIONING})")
-        self.con.execute(f"CALL lake.set_option('data_inlining_row_limit', {int(inline_rows)})")
 
     def _pg_objects(self) -> None:
         c = self._claims
@@ -281,6 +286,7 @@ class LakeStore(_DuckStore):
         """Rewrite every data file that has deleted rows, then expire every older snapshot and delete
         every file no snapshot references: the deleted rows are in no file and no snapshot after."""
         try:
+            self.con.execute("CALL ducklake_flush_inlined_data('lake')")
             self.con.execute("CALL ducklake_rewrite_data_files('lake', delete_threshold => 0)")
             self.con.execute("CALL ducklake_expire_snapshots('lake', older_than => now())")
             self.con.execute("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)")

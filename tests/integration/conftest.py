@@ -57,6 +57,19 @@ def stack_cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
 
 
 @pytest.fixture()
+def lake_catalog(stack_cfg: Config) -> Iterator[str]:
+    """A fresh PostgreSQL database on the stack's server for one test's lake catalog: its libpq string."""
+    import psycopg
+
+    name = f"lake_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(Stack(stack_cfg).pg_dsn, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    yield f"host=127.0.0.1 port={stack_cfg.stack.postgres_port} user=telematics dbname={name}"
+    with psycopg.connect(Stack(stack_cfg).pg_dsn, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture()
 def env(stack_cfg: Config, tmp_path: Path) -> Iterator[TestEnv]:
     e = TestEnv(stack_cfg, tmp_path)
     try:

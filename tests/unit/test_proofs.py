@@ -48,10 +48,15 @@ class World:
 
 
 def build_world(
-    tmp: Path, vehicles: int = 4, blocks: int = 6, block_records: int = 11, extra: list[Record] | None = None
+    tmp: Path,
+    vehicles: int = 4,
+    blocks: int = 6,
+    block_records: int = 11,
+    extra: list[Record] | None = None,
+    store: Store | None = None,
 ) -> World:
-    """``extra`` records open the first vehicle's first block."""
-    store = FileStore(tmp / "t.duckdb")
+    """``extra`` records open the first vehicle's first block; ``store``: a DuckDB file by default."""
+    store = store if store is not None else FileStore(tmp / "t.duckdb")
     registry = Registry(tmp / "registry.sqlite")
     operator = SigningKey.generate()
     ledger = LocalLedger(tmp / "ledger.jsonl", operator)

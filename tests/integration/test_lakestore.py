@@ -1,0 +1,213 @@
+"""The lake store (ingest/storage/lakestore.py) on the stack's real PostgreSQL, filled through the real
+Processor (simulators.offline): proofs and the audit work on it, a fenced writer cannot commit, a
+claim waits for the commit in flight, a reader keeps one snapshot, and an erasure leaves none of the
+vehicle's rows in any file under the data path or in the catalog."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ingest.ops.erase import erase_device
+from ingest.ops.proofs import select_rows
+from ingest.storage.lakestore import SCHEMA, LakeStore
+from ingest.storage.store import BatchRows, StoreFenced
+from schemas.proof import verify_bundle
+from tests.unit.test_proofs import build_world
+
+pytestmark = pytest.mark.integration
+
+
+def _batch(store: LakeStore, offsets: dict[tuple[str, int], int]) -> BatchRows:
+    return BatchRows(
+        batch_no=store.next_batch_no(),
+        root=b"\0" * 32,
+        created_at=time.time_ns(),
+        records={},
+        offsets=offsets,
+    )
+
+
+def test_proofs_audit_and_tamper_on_the_lake(lake_catalog: str, tmp_path: Path) -> None:
+    w = build_world(tmp_path, store=LakeStore(lake_catalog, str(tmp_path / "lake")))
+    rows = select_rows(w.store, None, None, 12, sample=True)
+    assert len(rows) == 12
+    assert verify_bundle(w.bundle(rows), operator_key=w.operator.public_key).ok
+    rep = w.audit()
+    assert rep.ok, [str(f) for f in rep.findings[:5]]
+    assert rep.records == 4 * 6 * 11 and rep.batches == rep.anchors > 0
+    assert w.store.counts()["records"] == 4 * 6 * 11
+    # a bit flipped in a stored value is found, in the lake as in a DuckDB file
+    dev = w.fleet[1].device_id
+    w.store.con.execute(
+        "UPDATE driving_samples SET speed_mps = speed_mps + 1 WHERE device_id = ? AND block_seq = 2 AND idx = 3",
+        [dev],
+    )
+    rep = w.audit()
+    assert [(f.kind, f.where) for f in rep.findings] == [("row_changed", f"driving_samples {dev}/2/3")], (
+        rep.findings
+    )
+
+
+def test_a_fenced_writer_cannot_commit(lake_catalog: str, tmp_path: Path) -> None:
+    a = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    b = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    a.claim("t", [0, 1], "a")
+    a.write_batch(_batch(a, {("t", 0): 5, ("t", 1): 2}))
+    b.claim("t", [0], "b")  # a rebalance gave partition 0 to b; a does not know yet (a zombie)
+    with pytest.raises(StoreFenced, match="claimed by b"):
+        a.write_batch(_batch(a, {("t", 0): 9, ("t", 1): 3}))
+    assert b.positions("t") == {("t", 0): 5, ("t", 1): 2}  # nothing of the fenced batch
+    a.write_batch(_batch(a, {("t", 1): 3}))  # a still owns partition 1
+    b.write_batch(_batch(b, {("t", 0): 7}))
+    assert a.positions("t") == {("t", 0): 7, ("t", 1): 3}
+    # a writer that never claimed a partition cannot write it either
+    c = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    with pytest.raises(StoreFenced):
+        c.write_batch(_batch(c, {("t", 2): 1}))
+    # batch numbers are never given twice, whichever writer asks
+    nums = [s.next_batch_no() for s in (a, b, c, a, b, c)]
+    assert len(set(nums)) == 6 and nums == sorted(nums)
+    for s in (a, b, c):
+        s.close()
+
+
+def test_a_claim_waits_for_the_commit_in_flight(lake_catalog: str, tmp_path: Path) -> None:
+    a = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    b = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    a.claim("t", [0], "a")
+    # What a's write_batch holds while its lake transaction commits: a share lock on the claim.
+    with psycopg.connect(lake_catalog) as pg, pg.transaction():
+        pg.execute(
+            f"SELECT epoch FROM {SCHEMA}.partition_owners WHERE consumer_group = 'g' AND topic = 't'"
+            " AND kafka_partition = 0 FOR SHARE"
+        )
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (b.claim("t", [0], "b"), done.set()))
+        t.start()
+        assert not done.wait(0.5), "the claim did not wait for the commit in flight"
+    t.join(10)
+    assert done.is_set()
+    with pytest.raises(StoreFenced):
+        a.write_batch(_batch(a, {("t", 0): 1}))
+    a.close()
+    b.close()
+
+
+def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
+    w = build_world(tmp_path, vehicles=2, blocks=2, store=LakeStore(lake_catalog, str(tmp_path / "lake")))
+    reader = LakeStore(lake_catalog, str(tmp_path / "lake"), read_only=True)
+    before = reader.counts()
+    w.store.claim("t", [0], "w")
+    w.store.write_batch(_batch(w.store, {("t", 0): 1}))  # a new snapshot, not seen by the open reader
+    assert reader.positions("t") == {} and reader.counts() == before
+    fresh = LakeStore(lake_catalog, str(tmp_path / "lake"), read_only=True)
+    assert fresh.positions("t") == {("t", 0): 1}
+    with pytest.raises(Exception, match="read-only|read only"):
+        reader.con.execute("DELETE FROM blocks")
+    reader.close()
+    fresh.close()
+
+
+KEPT = ("erasures", "erased_blocks")  # name the erased device by design: the signed statement, the hashes
+
+
+def _traces(data: Path, catalog: str, device: str, needles: set[bytes]) -> list[str]:
+    """Where the erased vehicle is still stored: its raw records, block headers or salt seeds anywhere,
+    its device id anywhere but the erasure tables. Every file under the data path, referenced by a
+    snapshot or not, read as Parquet (or as bytes); every table of the catalog database, DuckLake's
+    inlined data and column statistics included."""
+    found = []
+    for p in (f for f in data.rglob("*") if f.is_file()):
+        keep = p.parent.name in KEPT
+        try:
+            t = pq.read_table(p)
+        except Exception:  # not Parquet: look at the bytes themselves
+            blob = p.read_bytes()
+            found += [f"{p.name}: bytes" for n in needles if n in blob][:1]
+            continue
+        for name in t.column_names:
+            typ = t.schema.field(name).type
+            if not (pa.types.is_string(typ) or pa.types.is_binary(typ) or pa.types.is_large_binary(typ)):
+                continue
+            vals = [v.encode() if isinstance(v, str) else v for v in t.column(name).to_pylist()]
+            hits = [v for v in vals if v in needles or (v == device.encode() and not keep)]
+            if hits:
+                found.append(f"{p.parent.name}/{p.name}:{name} ({len(hits)} values)")
+    with psycopg.connect(catalog) as pg:
+        kept_ids = {
+            int(i)
+            for (i,) in pg.execute(
+                "SELECT table_id FROM ducklake_table WHERE table_name = ANY(%s)", [list(KEPT)]
+            )
+        }
+        tables = pg.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        for schema, table in tables:
+            cur = pg.execute(f'SELECT * FROM "{schema}"."{table}"')
+            cols = [d.name for d in cur.description or []]
+            m = re.fullmatch(r"ducklake_inlined_data_(\d+)_\d+", table)
+            inlined = m is not None and int(m.group(1)) in kept_ids
+            for row in cur.fetchall():
+                rec = dict(zip(cols, row, strict=True))
+                keep = inlined or rec.get("table_id") in kept_ids
+                for v in row:
+                    b = (
+                        v.encode()
+                        if isinstance(v, str)
+                        else bytes(v)
+                        if isinstance(v, bytes | memoryview)
+                        else None
+                    )
+                    if b is not None and (b in needles or (device.encode() in b and not keep)):
+                        found.append(f"catalog {schema}.{table}: {str(rec)[:200]}")
+                        break
+    return found
+
+
+@pytest.mark.parametrize("inline_rows", [0, 1000], ids=["files", "inlined"])
+def test_erasure_leaves_nothing_in_any_file_or_snapshot(
+    lake_catalog: str, tmp_path: Path, inline_rows: int
+) -> None:
+    data = tmp_path / "lake"
+    store = LakeStore(lake_catalog, str(data), inline_rows=inline_rows)
+    w = build_world(tmp_path, vehicles=6, blocks=5, block_records=11, store=store)
+    con = w.store.con
+    gone = w.fleet[2].device_id
+    needles: set[bytes] = set()
+    for t in ("driving_samples", "battery_samples"):
+        needles |= {
+            bytes(r) for (r,) in con.execute(f"SELECT raw FROM {t} WHERE device_id = ?", [gone]).fetchall()
+        }
+    for h, s in con.execute("SELECT header, salt_seed FROM blocks WHERE device_id = ?", [gone]).fetchall():
+        needles |= {bytes(h), bytes(s)}
+    assert len(needles) == 55 + 2 * 5
+    (version,) = con.execute("SELECT max(snapshot_id) FROM ducklake_snapshots('lake')").fetchone()
+    before = _traces(data, lake_catalog, gone, needles)
+    assert before, "the erased vehicle's rows must be found before the erasure"
+
+    e = erase_device(w.store, w.operator, gone, reason="owner request")
+    assert (e.blocks, e.records) == (5, 55)
+    after = _traces(data, lake_catalog, gone, needles)
+    assert after == [], after
+    # an older snapshot cannot bring them back
+    with pytest.raises(Exception, match="snapshot|version|Snapshot"):
+        n = con.execute(f"SELECT count(*) FROM blocks AT (VERSION => {version}) WHERE device_id = ?", [gone])
+        assert n.fetchone() == (0,)
+        raise RuntimeError("snapshot gone: no rows")
+    rep = w.audit()
+    assert rep.ok, [str(f) for f in rep.findings[:5]]
+    assert (rep.erased_blocks, rep.erased_records) == (5, 55)
+    for v in w.fleet:
+        if v.device_id != gone:
+            rows = select_rows(w.store, None, f"device_id = '{v.device_id}'", 4, sample=True)
+            assert verify_bundle(w.bundle(rows), operator_key=w.operator.public_key).ok
