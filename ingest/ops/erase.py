@@ -36,7 +36,6 @@ from schemas import merkle
 from schemas.crypto import SigningKey
 from schemas.erasure import ErasureStatement, erasure_encoder, signing_input
 
-
 _ERASED_COLUMNS = ("device_id", "seq", "block_hash", "batch_no", "batch_index", "record_count", "erasure_id")
 _ERASED_TYPES = (pa.string(), pa.uint64(), pa.binary(), pa.uint64(), pa.uint32(), pa.uint16(), pa.uint64())
 

@@ -18,14 +18,14 @@ import pytest
 from ingest.ops.erase import erase_device
 from ingest.ops.proofs import select_rows
 from ingest.storage.lakestore import SCHEMA, LakeStore
-from ingest.storage.store import BatchRows, StoreFenced
+from ingest.storage.store import BatchRows, Store, StoreFenced
 from schemas.proof import verify_bundle
 from tests.unit.test_proofs import build_world
 
 pytestmark = pytest.mark.integration
 
 
-def _batch(store: LakeStore, offsets: dict[tuple[str, int], int]) -> BatchRows:
+def _batch(store: Store, offsets: dict[tuple[str, int], int]) -> BatchRows:
     return BatchRows(
         batch_no=store.next_batch_no(),
         root=b"\0" * 32,
@@ -90,7 +90,12 @@ def test_a_claim_waits_for_the_commit_in_flight(lake_catalog: str, tmp_path: Pat
             " AND kafka_partition = 0 FOR SHARE"
         )
         done = threading.Event()
-        t = threading.Thread(target=lambda: (b.claim("t", [0], "b"), done.set()))
+
+        def claim() -> None:
+            b.claim("t", [0], "b")
+            done.set()
+
+        t = threading.Thread(target=claim)
         t.start()
         assert not done.wait(0.5), "the claim did not wait for the commit in flight"
     t.join(10)
@@ -110,7 +115,7 @@ def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
     assert reader.positions("t") == {} and reader.counts() == before
     fresh = LakeStore(lake_catalog, str(tmp_path / "lake"), read_only=True)
     assert fresh.positions("t") == {("t", 0): 1}
-    with pytest.raises(Exception, match="read-only|read only"):
+    with pytest.raises(Exception, match=r"read-only|read only"):
         reader.con.execute("DELETE FROM blocks")
     reader.close()
     fresh.close()
@@ -200,7 +205,7 @@ def test_erasure_leaves_nothing_in_any_file_or_snapshot(
     after = _traces(data, lake_catalog, gone, needles)
     assert after == [], after
     # an older snapshot cannot bring them back
-    with pytest.raises(Exception, match="snapshot|version|Snapshot"):
+    with pytest.raises(Exception, match=r"snapshot|version|Snapshot"):
         n = con.execute(f"SELECT count(*) FROM blocks AT (VERSION => {version}) WHERE device_id = ?", [gone])
         assert n.fetchone() == (0,)
         raise RuntimeError("snapshot gone: no rows")
