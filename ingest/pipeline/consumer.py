@@ -280,12 +280,13 @@ class BatchConsumer:
         max_age = ing.batch_max_age_ms / 1000
         try:
             while not self._stop.is_set():
-                gen = self.generation
                 batch = await self.consumer.getmany(
                     timeout_ms=min(200, ing.batch_max_age_ms), max_records=ing.poll_max_records
                 )
-                if gen != self.generation:
-                    continue  # fetched under an older assignment: the partitions were sought since
+                # aiokafka returns only records at the partitions' current positions; a rebalance
+                # or rewind during the awaits below seeks them again, and the rest of this poll
+                # is then dropped (it is fetched again from the new positions).
+                gen = self.generation
                 await self._watch_positions(batch)
                 msgs = [m for part in batch.values() for m in part]
                 # In chunks, so a batch closes near batch_max_records whatever one poll brought.
@@ -477,8 +478,9 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         finishes first; none of its later ones will), reload the chain heads that consumer may have
         advanced, and resume each partition after the last batch stored.
 
-        aiokafka fetches the new assignment while this runs: the partitions are paused first, and
-        whatever was fetched or processed before the seek is dropped (``generation``)."""
+        aiokafka fetches the new assignment while this runs: the partitions are paused first, what
+        was processed is forgotten, and what a poll returned before the seek is dropped
+        (``generation``)."""
         bc = self.bc
         assert bc.consumer is not None
         bc.generation += 1
