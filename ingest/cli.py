@@ -95,7 +95,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ingest.ledger.base import LedgerConflict, LedgerDamaged
-    from ingest.pipeline.service import ROLES, run_roles
+    from ingest.pipeline.service import ROLES, RoleFailed, run_roles
 
     roles = [args.only] if args.only else list(ROLES)
     batch_log = Path(args.batch_log) if args.batch_log else None
@@ -104,16 +104,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     try:
         cfg = _cfg(args)
-        services = wiring.roles(cfg, roles, batch_log=batch_log, passthrough=args.benchmark_passthrough)
-        asyncio.run(run_roles(services, roles))
-    except (LedgerConflict, LedgerDamaged, RegistryError) as exc:
+        if args.consumers < 1 or args.instance < 0:
+            raise ConfigError("--consumers must be at least 1 and --instance at least 0")
+        if (args.consumers > 1 or args.instance > 0) and cfg.store.backend != "lake":
+            raise ConfigError(
+                'several consumer processes need [store] backend = "lake" (a DuckDB file has one writer)'
+            )
+        services = wiring.roles(
+            cfg, roles, batch_log=batch_log, passthrough=args.benchmark_passthrough, instance=args.instance
+        )
+        names = list(roles)
+        if "consumer" in roles:
+            for i in range(1, args.consumers):
+                services.append(wiring.consumer_process(args.config, args.instance + i))
+                names.append(f"consumer {args.instance + i}")
+        asyncio.run(run_roles(services, names))
+    except (LedgerConflict, LedgerDamaged, RegistryError, RoleFailed) as exc:
         print(f"telematics ingest: stopped: {exc}", file=sys.stderr)
         return 1
     except StoreError as exc:
-        print(
-            f"telematics ingest: {exc} (is another `telematics ingest` running on this store?)",
-            file=sys.stderr,
-        )
+        hint = " (is another `telematics ingest` running on this store?)" if cfg.store.backend == "duckdb" else ""
+        print(f"telematics ingest: {exc}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"telematics ingest: {exc} (is the data directory writable?)", file=sys.stderr)
@@ -467,6 +478,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="run the MQTT->Kafka bridge and the verifying consumer")
     p.add_argument("--only", choices=["bridge", "consumer"], help="run one role only")
+    p.add_argument(
+        "--consumers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="consumer processes sharing the partitions (needs [store] backend = \"lake\")",
+    )
+    p.add_argument(
+        "--instance",
+        type=int,
+        default=0,
+        metavar="I",
+        help="this consumer's number among several on one data directory (its status file)",
+    )
     p.add_argument(
         "--batch-log", help="append one JSON line per stored batch (size; built, committed, anchored times)"
     )

@@ -185,10 +185,22 @@ def open_ledger(cfg: Config) -> Ledger:
 
 
 # -- service roles ------------------------------------------------------------------------------------
+def status_path(cfg: Config, instance: int = 0) -> Path:
+    """The status file of consumer ``instance`` (0: ``ingest-status.json``, else ``ingest-status-<i>.json``)."""
+    p = paths(cfg).ingest_status
+    return p if instance == 0 else p.with_name(f"{p.stem}-{instance}{p.suffix}")
+
+
 def roles(
-    cfg: Config, names: list[str], *, batch_log: Path | None = None, passthrough: bool = False
+    cfg: Config,
+    names: list[str],
+    *,
+    batch_log: Path | None = None,
+    passthrough: bool = False,
+    instance: int = 0,
 ) -> list[Role]:
-    """The service roles (``bridge``, ``consumer``) with their resources."""
+    """The service roles (``bridge``, ``consumer``) with their resources; ``instance``: the
+    consumer's number among several sharing the data directory."""
     out: list[Role] = []
     if "bridge" in names:
         from ingest.pipeline.bridge import Bridge
@@ -203,7 +215,7 @@ def roles(
                 ledger=open_ledger(cfg),
                 store=open_store(cfg),
                 registry=open_registry(cfg),
-                status_path=paths(cfg).ingest_status,
+                status_path=status_path(cfg, instance),
                 batch_log=batch_log,
                 passthrough=passthrough,
             )
@@ -211,8 +223,16 @@ def roles(
     return out
 
 
-def read_status(cfg: Config) -> dict[str, Any] | None:
-    """The consumer's status file, or None when there is none (yet)."""
+def consumer_process(config: str | None, instance: int) -> Role:
+    """One more consumer in a process of its own (``telematics ingest --consumers N``)."""
+    from ingest.pipeline.service import ChildProcess
+
+    argv = ["-m", "ingest.cli"] + (["--config", config] if config else [])
+    return ChildProcess(f"consumer {instance}", [*argv, "ingest", "--only", "consumer", "--instance", str(instance)])
+
+
+def read_status(cfg: Config, instance: int = 0) -> dict[str, Any] | None:
+    """Consumer ``instance``'s status file, or None when there is none (yet)."""
     from ingest.pipeline.consumer import read_status_file
 
-    return read_status_file(paths(cfg).ingest_status)
+    return read_status_file(status_path(cfg, instance))

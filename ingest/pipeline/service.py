@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from typing import Protocol
+
+from common.errors import Fatal
 
 ROLES = ("bridge", "consumer")
 
@@ -41,3 +44,29 @@ async def run_roles(services: Sequence[Role], names: Sequence[str]) -> None:
     finally:
         for t in tasks:
             t.cancel()
+
+
+class RoleFailed(Fatal):
+    """A role run in a process of its own exited with an error."""
+
+
+class ChildProcess:
+    """A role run by another Python process of this installation (one more consumer): stopped with
+    SIGTERM; exiting on its own with an error fails the whole ingest, like any role."""
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.name = name
+        self.args = args
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+
+    async def run(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(sys.executable, *self.args)
+        rc = await self._proc.wait()
+        if rc != 0 and not self._stopping:
+            raise RoleFailed(f"{self.name} exited with status {rc} (its log is above)")
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGTERM)

@@ -8,15 +8,16 @@ from pathlib import Path
 from ingest.ledger.local import LocalLedger
 from ingest.storage.registry import Registry
 from ingest.storage.schema import TABLE_NAMES
-from ingest.storage.store import FileStore
+from ingest.storage.store import FileStore, Store
 from schemas.block import decode_header, records_root
 from schemas.crypto import block_hash, verify_block_signature
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
 
 
-def recheck(store_path: Path, registry_path: Path, ledger_path: Path) -> dict[str, int]:
-    """Recompute signatures, block roots, chain links, batch roots and ledger anchors. Raises on any mismatch."""
-    s = FileStore(store_path, read_only=True)
+def recheck(store_path: Path | Store, registry_path: Path, ledger_path: Path) -> dict[str, int]:
+    """Recompute signatures, block roots, chain links, batch roots and ledger anchors. Raises on any
+    mismatch. ``store_path``: a DuckDB file, or an open store (closed here)."""
+    s = store_path if not isinstance(store_path, Path) else FileStore(store_path, read_only=True)
     reg = Registry(registry_path)
     try:
         con = s.con
@@ -55,6 +56,9 @@ def recheck(store_path: Path, registry_path: Path, ledger_path: Path) -> dict[st
         assert report.ok, report.problems
         roots = ledger.roots()
         batches = con.execute("SELECT batch_no, root FROM batches").fetchall()
+        assert len({int(n) for n, _ in batches}) == len(batches), "a batch number stored twice"
+        # every stored batch is in the ledger once: one entry per batch number, no other entries
+        assert report.entries == len(roots) == len(batches), (report.entries, len(roots), len(batches))
         for batch_no, root in batches:
             hashes = [bh for _, bh in sorted(by_batch[int(batch_no)])]
             assert root_from_leaf_hashes([leaf_hash(x) for x in hashes]) == bytes(root), (

@@ -70,6 +70,16 @@ def lake_catalog(stack_cfg: Config) -> Iterator[str]:
 
 
 @pytest.fixture()
+def lake_env(stack_cfg: Config, tmp_path: Path, lake_catalog: str) -> Iterator[TestEnv]:
+    """``env`` with the store in a lake of its own on the stack's PostgreSQL."""
+    e = TestEnv(stack_cfg, tmp_path, catalog=lake_catalog)
+    try:
+        yield e
+    finally:
+        e.stop_all()
+
+
+@pytest.fixture()
 def env(stack_cfg: Config, tmp_path: Path) -> Iterator[TestEnv]:
     e = TestEnv(stack_cfg, tmp_path)
     try:
@@ -83,10 +93,13 @@ class TestEnv:
 
     __test__ = False
 
-    def __init__(self, stack_cfg: Config, tmp: Path) -> None:
+    def __init__(self, stack_cfg: Config, tmp: Path, catalog: str | None = None) -> None:
+        """``catalog``: store in a lake with this catalog (``lake_catalog``), else in a DuckDB file."""
         tag = uuid.uuid4().hex[:8]
         b = msgspec.to_builtins(stack_cfg)
         b["data_dir"] = str(tmp)
+        if catalog is not None:
+            b["store"] = {"backend": "lake", "catalog": catalog}
         b["kafka"].update(blocks_topic=f"blocks-{tag}", deadletter_topic=f"dlq-{tag}", partitions=4)
         b["bridge"] = {"client_id": f"bridge-{tag}", "share_group": f"g{tag}"}
         b["ingest"] = {
@@ -102,8 +115,8 @@ class TestEnv:
         asyncio.run(ensure_topics(self.cfg, time.monotonic() + 30))
         self.procs: list[IngestProc] = []
 
-    def start(self, role: str) -> IngestProc:
-        p = IngestProc(self.cfg, self.config_path, role).start()
+    def start(self, role: str, instance: int = 0) -> IngestProc:
+        p = IngestProc(self.cfg, self.config_path, role, instance).start()
         self.procs.append(p)
         return p
 

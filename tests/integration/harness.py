@@ -43,12 +43,14 @@ def write_config(cfg: Config, path: Path) -> Path:
 class IngestProc:
     """One ingest role (bridge or consumer) in its own process, so tests can SIGKILL it."""
 
-    def __init__(self, cfg: Config, config_path: Path, role: str) -> None:
+    def __init__(self, cfg: Config, config_path: Path, role: str, instance: int = 0) -> None:
+        """``instance``: the consumer's number among several on one data directory."""
         self.cfg = cfg
         self.config_path = config_path
         self.role = role
+        self.instance = instance
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(cfg.data_dir) / f"{role}.log"
+        self.log = Path(cfg.data_dir) / (f"{role}.log" if instance == 0 else f"{role}-{instance}.log")
 
     def start(self, timeout: float = 60) -> IngestProc:
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -63,6 +65,7 @@ class IngestProc:
                     "ingest",
                     "--only",
                     self.role,
+                    *(["--instance", str(self.instance)] if self.instance else []),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -70,7 +73,9 @@ class IngestProc:
                 env=env,
                 cwd=REPO,
             )
-        status = "ingest-status.json" if self.role == "consumer" else "bridge-status.json"
+        status = "bridge-status.json"
+        if self.role == "consumer":
+            status = "ingest-status.json" if self.instance == 0 else f"ingest-status-{self.instance}.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

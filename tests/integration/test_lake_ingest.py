@@ -1,0 +1,234 @@
+"""The pipeline on the lake store, end to end on the real brokers and PostgreSQL: an analyst process
+reads while ingest writes; several consumer processes share the partitions through a SIGKILL, a
+restart and a consumer added mid-run; a zombie consumer cannot commit for partitions it lost.
+Each checks that exactly the published rows are stored, once, and that every batch root is in the
+ledger once (``checks.recheck``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest import wiring
+from ingest.config import Config
+from ingest.storage.registry import Registry
+from simulators.fleet import FleetResult, run_fleet
+from tests.integration.checks import recheck
+from tests.integration.harness import run_cli
+
+pytestmark = pytest.mark.integration
+
+# The read-only recipe of docs/ANALYSTS.md, with nothing of ours: the duckdb package, two LOADs, ATTACH.
+ANALYST = """
+import sys, time, duckdb
+loads, catalog, out, stop = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4]
+import os
+con = duckdb.connect()
+for path in loads:
+    con.execute(f"LOAD '{path}'")
+con.execute(f"ATTACH 'ducklake:postgres:{catalog}' AS lake (READ_ONLY)")
+with open(out, "w", buffering=1) as f:
+    while not os.path.exists(stop):
+        try:
+            (n,) = con.execute(
+                "SELECT (SELECT count(*) FROM lake.driving_samples) + (SELECT count(*) FROM lake.battery_samples)"
+            ).fetchone()
+            f.write(f"{n}\\n")
+        except Exception as exc:
+            f.write(f"ERROR {exc}\\n")
+        time.sleep(0.5)
+"""
+
+
+def _records(cfg: Config) -> int:
+    s = wiring.open_store(cfg, read_only=True)
+    try:
+        return s.counts()["records"]
+    finally:
+        s.close()
+
+
+def _wait_records(cfg: Config, want: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    n = -1
+    while time.monotonic() < deadline:
+        n = _records(cfg)
+        if n >= want:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{n} of {want} records stored after {timeout}s")
+
+
+def _drive(cfg: Config, vehicles: int, records: int, seed: int, rate_hz: float) -> tuple[threading.Thread, list[Any]]:
+    reg = Registry(cfg.path(cfg.registry.path))
+    out: list[Any] = []
+
+    def go() -> None:
+        try:
+            out.append(
+                run_fleet(
+                    mqtt=cfg.mqtt,
+                    edge=cfg.edge,
+                    keys_dir=cfg.path("sim"),
+                    vehicles=vehicles,
+                    ticks=1_000_000,
+                    rate_hz=rate_hz,
+                    seed=seed,
+                    realtime=True,
+                    records_per_vehicle=records,
+                    register=lambda k: reg.add(k.public_key),
+                    keep_hashes=True,
+                )
+            )
+        except BaseException as exc:  # surfaced by the test
+            out.append(exc)
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t, out
+
+
+def _finish(cfg: Config, t: threading.Thread, out: list[Any]) -> FleetResult:
+    t.join(180)
+    assert out and isinstance(out[0], FleetResult), out
+    fleet: FleetResult = out[0]
+    assert fleet.unacked == 0
+    return fleet
+
+
+def _exactly(cfg: Config, fleet: FleetResult) -> None:
+    """Exactly the published blocks, each once, every batch root in the ledger once, audit clean."""
+    _wait_records(cfg, fleet.records)
+    summary = recheck(wiring.open_store(cfg, read_only=True), cfg.path(cfg.registry.path), cfg.path(cfg.ledger.path))
+    assert summary["records"] == fleet.records
+    s = wiring.open_store(cfg, read_only=True)
+    try:
+        stored: dict[str, list[bytes]] = {}
+        for dev, bh in s.con.execute("SELECT device_id, block_hash FROM blocks ORDER BY device_id, seq").fetchall():
+            stored.setdefault(dev, []).append(bytes(bh))
+        assert stored == fleet.block_hashes
+        assert s.con.execute("SELECT count(*) FROM rejections").fetchone() == (0,)
+    finally:
+        s.close()
+    audit = run_cli(Path(cfg.data_dir) / "telematics.toml", "audit")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_an_analyst_reads_live_while_ingest_writes(lake_env: Any, tmp_path: Path) -> None:
+    cfg = lake_env.cfg
+    lake_env.start("consumer")
+    lake_env.start("bridge")
+    from ingest.storage.lake import EXTENSIONS, extension_path
+
+    out, stop = tmp_path / "analyst.txt", tmp_path / "analyst.stop"
+    analyst = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(ANALYST),
+            ",".join(str(extension_path(e)) for e in EXTENSIONS),
+            cfg.store.catalog,
+            str(out),
+            str(stop),
+        ]
+    )
+    t, res = _drive(cfg, vehicles=6, records=2000, seed=21, rate_hz=200.0)
+    # Every read path works during the ingest, on a consistent snapshot.
+    time.sleep(3)
+    conf = lake_env.config_path
+    for args in (
+        ("query", "SELECT device_id, count(*) AS n FROM blocks GROUP BY 1 ORDER BY 1", "--format", "csv"),
+        ("gaps",),
+        ("sessions",),
+        ("prove", "--table", "driving", "--limit", "3", "--out", str(tmp_path / "live.proof")),
+    ):
+        r = run_cli(conf, *args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    fleet = _finish(cfg, t, res)
+    _wait_records(cfg, fleet.records)
+    time.sleep(1.5)  # the analyst's next reads see the last commit
+    stop.touch()
+    analyst.wait(30)
+    lines = out.read_text().split()
+    assert lines and not [x for x in lines if x.startswith("ERROR")], lines[:5]
+    counts = [int(x) for x in lines]
+    assert counts == sorted(counts), "an analyst's count went down"
+    assert counts[-1] == fleet.records
+    assert len(set(counts)) > 2, "the analyst should have seen the count grow"
+    v = run_cli(conf, "verify-proof", str(tmp_path / "live.proof"))
+    assert v.returncode == 0, v.stdout + v.stderr
+    _exactly(cfg, fleet)
+
+
+def test_consumers_share_partitions_through_kill_restart_and_rebalance(lake_env: Any) -> None:
+    cfg = lake_env.cfg
+    a = lake_env.start("consumer", 0)
+    lake_env.start("consumer", 1)
+    lake_env.start("bridge")
+    t, res = _drive(cfg, vehicles=8, records=2500, seed=23, rate_hz=250.0)
+    _wait_records(cfg, 2000, timeout=60)
+    killed_at = _records(cfg)
+    a.kill()  # SIGKILL mid-run
+    time.sleep(1.5)
+    lake_env.start("consumer", 0)
+    time.sleep(1.5)
+    lake_env.start("consumer", 2)  # a third one joins: a rebalance mid-run
+    fleet = _finish(cfg, t, res)
+    assert killed_at < fleet.records, "the kill must happen mid-run"
+    _exactly(cfg, fleet)
+    for p in lake_env.procs:
+        if p.proc.poll() is None:
+            assert p.stop() == 0
+
+
+def test_a_zombie_consumer_cannot_commit_for_partitions_it_lost(lake_env: Any) -> None:
+    cfg = lake_env.cfg  # session timeout 2 s
+    z = lake_env.start("consumer", 0)
+    lake_env.start("bridge")
+    t, res = _drive(cfg, vehicles=6, records=3000, seed=29, rate_hz=250.0)
+    _wait_records(cfg, 1500, timeout=60)
+    os.kill(z.proc.pid, signal.SIGSTOP)  # paused with a batch in hand, past its session timeout
+    try:
+        lake_env.start("consumer", 1)  # takes every partition over
+        time.sleep(5)
+    finally:
+        os.kill(z.proc.pid, signal.SIGCONT)
+    fleet = _finish(cfg, t, res)
+    _exactly(cfg, fleet)
+    log = z.log.read_text()
+    assert "was claimed by" in log, log[-3000:]  # its commit failed (StoreFenced): it did not write
+    for p in lake_env.procs:
+        if p.proc.poll() is None:
+            assert p.stop() == 0
+
+
+def test_ingest_consumers_option_runs_several_processes(lake_env: Any) -> None:
+    cfg = lake_env.cfg
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest.cli", "--config", str(lake_env.config_path), "ingest", "--consumers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (cfg.path("ingest-status-1.json").exists() and cfg.path("ingest-status.json").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        t, res = _drive(cfg, vehicles=4, records=1000, seed=31, rate_hz=200.0)
+        fleet = _finish(cfg, t, res)
+        _exactly(cfg, fleet)
+        # both consumers took partitions
+        parts = [wiring.read_status(cfg, i) for i in (0, 1)]
+        assert all(p and p["partitions"] for p in parts), parts
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
