@@ -429,9 +429,9 @@ class BatchConsumer:
         self._inflight = None
         self._recover_pending = True
         self.generation += 1
-        self.proc.reset()
         assert self.consumer is not None
         await self._claim(self._unclaimed)
+        self.proc.reset()
         await self._resume(self.consumer.assignment())
 
     async def _claim(self, parts: list[int]) -> None:
@@ -486,10 +486,10 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         bc.generation += 1
         bc.consumer.pause(*assigned)
         await bc._flush_or_rewind(seal=False)  # the batch in flight is stored (or rewound) first
-        bc.proc.reset()
         bc._expect = {}
         parts = sorted(tp.partition for tp in assigned)
-        await bc._claim(parts)
+        await bc._claim(parts)  # returns once a commit in flight under an older claim is done
+        bc.proc.reset()  # so the heads and positions read now include it
         await bc._resume(assigned)
         bc.consumer.resume(*assigned)
         bc.partitions = parts
