@@ -123,7 +123,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"telematics ingest: stopped: {exc}", file=sys.stderr)
         return 1
     except StoreError as exc:
-        hint = " (is another `telematics ingest` running on this store?)" if cfg.store.backend == "duckdb" else ""
+        hint = (
+            " (is another `telematics ingest` running on this store?)"
+            if cfg.store.backend == "duckdb"
+            else ""
+        )
         print(f"telematics ingest: {exc}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -483,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="consumer processes sharing the partitions (needs [store] backend = \"lake\")",
+        help='consumer processes sharing the partitions (needs [store] backend = "lake")',
     )
     p.add_argument(
         "--instance",

@@ -228,7 +228,9 @@ def consumer_process(config: str | None, instance: int) -> Role:
     from ingest.pipeline.service import ChildProcess
 
     argv = ["-m", "ingest.cli"] + (["--config", config] if config else [])
-    return ChildProcess(f"consumer {instance}", [*argv, "ingest", "--only", "consumer", "--instance", str(instance)])
+    return ChildProcess(
+        f"consumer {instance}", [*argv, "ingest", "--only", "consumer", "--instance", str(instance)]
+    )
 
 
 def read_status(cfg: Config, instance: int = 0) -> dict[str, Any] | None:

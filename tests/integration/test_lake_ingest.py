@@ -68,7 +68,9 @@ def _wait_records(cfg: Config, want: int, timeout: float = 120) -> None:
     raise AssertionError(f"{n} of {want} records stored after {timeout}s")
 
 
-def _drive(cfg: Config, vehicles: int, records: int, seed: int, rate_hz: float) -> tuple[threading.Thread, list[Any]]:
+def _drive(
+    cfg: Config, vehicles: int, records: int, seed: int, rate_hz: float
+) -> tuple[threading.Thread, list[Any]]:
     reg = Registry(cfg.path(cfg.registry.path))
     out: list[Any] = []
 
@@ -108,12 +110,16 @@ def _finish(cfg: Config, t: threading.Thread, out: list[Any]) -> FleetResult:
 def _exactly(cfg: Config, fleet: FleetResult) -> None:
     """Exactly the published blocks, each once, every batch root in the ledger once, audit clean."""
     _wait_records(cfg, fleet.records)
-    summary = recheck(wiring.open_store(cfg, read_only=True), cfg.path(cfg.registry.path), cfg.path(cfg.ledger.path))
+    summary = recheck(
+        wiring.open_store(cfg, read_only=True), cfg.path(cfg.registry.path), cfg.path(cfg.ledger.path)
+    )
     assert summary["records"] == fleet.records
     s = wiring.open_store(cfg, read_only=True)
     try:
         stored: dict[str, list[bytes]] = {}
-        for dev, bh in s.con.execute("SELECT device_id, block_hash FROM blocks ORDER BY device_id, seq").fetchall():
+        for dev, bh in s.con.execute(
+            "SELECT device_id, block_hash FROM blocks ORDER BY device_id, seq"
+        ).fetchall():
             stored.setdefault(dev, []).append(bytes(bh))
         assert stored == fleet.block_hashes
         assert s.con.execute("SELECT count(*) FROM rejections").fetchone() == (0,)
@@ -214,7 +220,16 @@ def test_a_zombie_consumer_cannot_commit_for_partitions_it_lost(lake_env: Any) -
 def test_ingest_consumers_option_runs_several_processes(lake_env: Any) -> None:
     cfg = lake_env.cfg
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest.cli", "--config", str(lake_env.config_path), "ingest", "--consumers", "2"],
+        [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "--config",
+            str(lake_env.config_path),
+            "ingest",
+            "--consumers",
+            "2",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
