@@ -85,6 +85,14 @@ class PhaseResult:
 # -- processes ------------------------------------------------------------------------------------
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (``telematics ingest --consumers N`` starts N-1)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _cpu_s(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -129,6 +137,9 @@ mosquitto_save = "second"
 s3_port = {p["stack"]["s3_port"]}
 postgres_port = {p["stack"]["postgres_port"]}
 
+[store]
+backend = "{args.store}"
+
 [ingest]
 batch_max_records = {args.batch_records}
 batch_max_age_ms = {args.batch_age_ms}
@@ -153,13 +164,13 @@ def _stop(p: subprocess.Popen[bytes], timeout: float = 30) -> None:
             p.wait()
 
 
-def _wait_file(path: Path, pid: int, key: str, timeout: float) -> None:
-    """Until ``path`` is written by ``pid`` and has a truthy ``key``."""
+def _wait_file(path: Path, pid: int | None, key: str, timeout: float) -> None:
+    """Until ``path`` is written by ``pid`` (None: any process) and has a truthy ``key``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             st = json.loads(path.read_text())
-            if st.get("pid") == pid and st.get(key):
+            if (pid is None or st.get("pid") == pid) and st.get(key):
                 return
         except (OSError, ValueError):
             pass
@@ -211,12 +222,16 @@ def run_phase(
         base = [sys.executable, "-m", "ingest.cli", "--config", str(cfg_path), "ingest"]
         batch_log = data / "batches.jsonl"
         consumer_argv = [*base, "--only", "consumer", "--batch-log", str(batch_log)]
+        if args.consumers > 1:
+            consumer_argv += ["--consumers", str(args.consumers)]
         if passthrough:
             consumer_argv.append("--benchmark-passthrough")
         consumer = _spawn(consumer_argv, data / "consumer.log")
         bridge = _spawn([*base, "--only", "bridge"], data / "bridge.log")
         procs = [consumer, bridge]
         _wait_file(wiring.paths(cfg).ingest_status, consumer.pid, "partitions", 60)
+        for i in range(1, args.consumers):
+            _wait_file(wiring.status_path(cfg, i), None, "partitions", 60)
         _wait_file(wiring.paths(cfg).bridge_status, bridge.pid, "subscribed_ns", 60)
         pids = {s.name: s.pid for s in stack.status()}
         who = {
@@ -225,7 +240,7 @@ def run_phase(
             # with kafka_storage = "s3", the S3 server it keeps its log in counts as part of it
             "kafka broker": [pids["tansu"] or 0, *([pids["seaweedfs"] or 0] if "seaweedfs" in pids else [])],
             "bridge": [bridge.pid],
-            "consumer": [consumer.pid],
+            "consumer": [consumer.pid, *_children(consumer.pid)],
         }
         cpu0 = {k: sum(_cpu_s(p) for p in v) for k, v in who.items()}
         t0 = time.time_ns() + 300_000_000
@@ -241,7 +256,8 @@ def run_phase(
             if got is not None:
                 stats = got
                 deadline = time.monotonic() + drain_s
-            st = read_status(cfg) or {}
+            sts = [read_status(cfg, i) or {} for i in range(args.consumers)]
+            st = {k: sum(int(x.get(k, 0)) for x in sts) for k in ("records", "anchored", "batches")}
             stored = int(st.get("records", 0))
             bar.update(stored, f"published {sum(fleet.progress):,}")
             done = (
@@ -263,13 +279,52 @@ def run_phase(
         t_end = time.time_ns()
         cpu1 = {k: sum(_cpu_s(p) for p in v) for k, v in who.items()}
         res.rss_mib = {k: round(sum(_rss_mib(p) for p in v), 1) for k, v in who.items() if k != "simulator"}
+        # the largest consumer process (the memory target is per process)
+        res.rss_mib["one consumer"] = round(max(_rss_mib(p) for p in who["consumer"]), 1)
         assert stats is not None
     finally:
         for p in procs:
             _stop(p)
-        stack.down()
+    try:
+        _analyse(
+            res,
+            stack_cfg=cfg,
+            data=data,
+            batch_log=batch_log,
+            t0=t0,
+            t_end=t_end,
+            who=who,
+            cpu=(cpu0, cpu1),
+            stats=stats,
+            total=total,
+            paced=paced,
+            fleet=fleet,
+            manifests=manifests,
+        )
+    finally:
+        stack.down()  # after the analysis: the lake's catalog is the stack's PostgreSQL
+    return res
 
-    # -- analysis, from the batch log and the DuckDB file ------------------------------------------
+
+def _analyse(
+    res: PhaseResult,
+    *,
+    stack_cfg: Config,
+    data: Path,
+    batch_log: Path,
+    t0: int,
+    t_end: int,
+    who: dict[str, list[int]],
+    cpu: tuple[dict[str, float], dict[str, float]],
+    stats: list[ReleaseStats],
+    total: int,
+    paced: bool,
+    fleet: LoadFleet,
+    manifests: list[Manifest],
+) -> None:
+    """From the batch log and the store."""
+    cfg = stack_cfg
+    cpu0, cpu1 = cpu
     batches = [json.loads(line) for line in batch_log.read_text().splitlines() if line.strip()]
     last_commit = max((b["committed_ns"] for b in batches), default=t_end)
     res.seconds = (last_commit - t0) / 1e9
@@ -290,7 +345,6 @@ def run_phase(
     res.blocks_ps = res.stored_blocks / res.seconds if res.seconds > 0 else 0.0
     res.batches_ps = res.batches / res.seconds if res.seconds > 0 else 0.0
     _timeline(res, stats, batches, t0)
-    return res
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -318,7 +372,13 @@ def _analyse_store(
     from ingest.storage.schema import TABLE_NAMES
 
     con = duckdb.connect()
-    con.execute(f"ATTACH '{wiring.paths(cfg).store}' AS s (READ_ONLY)")
+    if cfg.store.backend == "lake":
+        from ingest.storage import lake
+
+        lake.load_extensions(con)
+        lake.attach(con, wiring.catalog(cfg), alias="s", read_only=True)
+    else:
+        con.execute(f"ATTACH '{wiring.paths(cfg).store}' AS s (READ_ONLY)")
     stored = {
         (d, int(q)): (bytes(h), int(n))
         for d, q, h, n in con.execute(
@@ -542,6 +602,13 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
         "loses acknowledged messages if it stops) or s3 (the stack's durable default, on SeaweedFS)",
     )
     ap.add_argument("--procs", type=int, default=2, help="simulator processes")
+    ap.add_argument(
+        "--store",
+        choices=["lake", "duckdb"],
+        default="lake",
+        help="the consumer's store: the lake (DuckLake on the stack's PostgreSQL) or one DuckDB file",
+    )
+    ap.add_argument("--consumers", type=int, default=1, help="consumer processes (the lake only)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"

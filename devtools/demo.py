@@ -13,7 +13,6 @@ from devtools.stack import Stack
 from ingest import wiring
 from ingest.config import Config
 from ingest.ops import query
-from ingest.storage.store import FileStore
 from ingest.wiring import read_status
 from simulators.fleet import run_fleet
 
@@ -70,8 +69,17 @@ def run_demo(
     print(
         f"demo: mosquitto on {cfg.mqtt.host}:{cfg.mqtt.port}, Kafka-protocol broker on {cfg.kafka.bootstrap}"
     )
-    store_path = wiring.paths(cfg).store
-    pre = FileStore(store_path)
+    try:
+        return _run(cfg, data, config_path, vehicles, duration, rate, seed)
+    finally:
+        if not keep_stack and not was_up:
+            stack.down()
+
+
+def _run(
+    cfg: Config, data: Path, config_path: str | None, vehicles: int, duration: float, rate: float, seed: int
+) -> int:
+    pre = wiring.open_store(cfg)  # creates the store (the lake's tables) before the ingest starts
     before = pre.counts()
     pre.close()
     ingest = start_ingest(config_path, data / "ingest.log")
@@ -120,10 +128,8 @@ def run_demo(
             except subprocess.TimeoutExpired:
                 ingest.kill()
                 ingest.wait()
-        if not keep_stack and not was_up:
-            stack.down()
 
-    store = FileStore(store_path, read_only=True)
+    store = wiring.open_store(cfg, read_only=True)
     try:
         after = store.counts()
         batches = store.con.execute(
@@ -181,11 +187,20 @@ def run_demo(
     ]
     for k, v in rows:
         print(f"  {k:<18} {v}")
-    print(f"\nDuckDB: {store_path.resolve()}")
+    if cfg.store.backend == "lake":
+        print(f"\nStore: DuckLake, catalog {wiring.catalog(cfg)}, data {wiring.data_path(cfg)}")
+    else:
+        print(f"\nStore: DuckDB file {wiring.paths(cfg).store.resolve()}")
     print(f"Ledger: {wiring.paths(cfg).ledger.resolve()}")
-    print(
-        "\nTry these (read-only; DuckDB allows one writer or several readers, so not while an ingest runs):"
-    )
+    if cfg.store.backend == "lake":
+        print(
+            "\nTry these (read-only; they work while an ingest writes; the lake's catalog is the stack's"
+            " PostgreSQL: `telematics stack up` first; docs/ANALYSTS.md for duckdb, pandas and polars):"
+        )
+    else:
+        print(
+            "\nTry these (read-only; DuckDB allows one writer or several readers, so not while an ingest runs):"
+        )
     cfg_opt = f" --config {config_path}" if config_path else ""
     for title, sql, res, cols in results:
         print(f'\n  -- {title}\n  .venv/bin/telematics{cfg_opt} query "{sql}"')

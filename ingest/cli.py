@@ -31,16 +31,22 @@ def _cfg(args: argparse.Namespace) -> Config:
 
 
 def _open_store(cfg: Config, command: str, *, read_only: bool = True) -> Store | None:
-    """The DuckDB store for a command that needs it to itself; None (reason printed) when it is busy."""
+    """The store for a command; None (reason printed, one line) when it cannot be opened."""
+    from ingest.storage.lake import LakeSetupError
     from ingest.storage.store import StoreError
 
     try:
         return wiring.open_store(cfg, read_only=read_only)
     except StoreError as exc:
-        print(
-            f"telematics {command}: {exc} (is the ingest running? DuckDB allows one writer or several readers)",
-            file=sys.stderr,
+        hint = (
+            " (is the local stack up? `telematics stack up` starts its PostgreSQL)"
+            if cfg.store.backend == "lake"
+            else " (is the ingest running? DuckDB allows one writer or several readers)"
         )
+        print(f"telematics {command}: {' '.join(str(exc).split())}{hint}", file=sys.stderr)
+        return None
+    except LakeSetupError as exc:
+        print(f"telematics {command}: {exc}", file=sys.stderr)
         return None
 
 

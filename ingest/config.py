@@ -93,7 +93,7 @@ class S3Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # "lake": DuckLake, a catalog in PostgreSQL and Parquet files; several consumer processes write
     # and analysts read while they do (docs/ANALYSTS.md). "duckdb": one DuckDB file, one process.
-    backend: Literal["lake", "duckdb"] = "duckdb"
+    backend: Literal["lake", "duckdb"] = "lake"
     # The lake's catalog: a libpq connection string; empty: the local stack's PostgreSQL.
     catalog: str = ""
     # Where a new lake writes its Parquet files: a directory (relative to data_dir) or s3://bucket/prefix.

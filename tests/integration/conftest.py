@@ -56,17 +56,26 @@ def stack_cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
         stack.down()
 
 
-@pytest.fixture()
-def lake_catalog(stack_cfg: Config) -> Iterator[str]:
-    """A fresh PostgreSQL database on the stack's server for one test's lake catalog: its libpq string."""
+@contextlib.contextmanager
+def new_database(stack_cfg: Config) -> Iterator[str]:
+    """A fresh PostgreSQL database on the stack's server (a lake catalog): its libpq string."""
     import psycopg
 
     name = f"lake_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(Stack(stack_cfg).pg_dsn, autocommit=True) as c:
         c.execute(f"CREATE DATABASE {name}")
-    yield f"host=127.0.0.1 port={stack_cfg.stack.postgres_port} user=telematics dbname={name}"
-    with psycopg.connect(Stack(stack_cfg).pg_dsn, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    try:
+        yield f"host=127.0.0.1 port={stack_cfg.stack.postgres_port} user=telematics dbname={name}"
+    finally:
+        with psycopg.connect(Stack(stack_cfg).pg_dsn, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture()
+def lake_catalog(stack_cfg: Config) -> Iterator[str]:
+    """A fresh database for one test's lake catalog."""
+    with new_database(stack_cfg) as catalog:
+        yield catalog
 
 
 @pytest.fixture()
@@ -94,12 +103,12 @@ class TestEnv:
     __test__ = False
 
     def __init__(self, stack_cfg: Config, tmp: Path, catalog: str | None = None) -> None:
-        """``catalog``: store in a lake with this catalog (``lake_catalog``), else in a DuckDB file."""
+        """``catalog``: store in a lake with this catalog (``lake_catalog``), else in a DuckDB file
+        (the tests written against the file store open it directly)."""
         tag = uuid.uuid4().hex[:8]
         b = msgspec.to_builtins(stack_cfg)
         b["data_dir"] = str(tmp)
-        if catalog is not None:
-            b["store"] = {"backend": "lake", "catalog": catalog}
+        b["store"] = {"backend": "duckdb"} if catalog is None else {"backend": "lake", "catalog": catalog}
         b["kafka"].update(blocks_topic=f"blocks-{tag}", deadletter_topic=f"dlq-{tag}", partitions=4)
         b["bridge"] = {"client_id": f"bridge-{tag}", "share_group": f"g{tag}"}
         b["ingest"] = {

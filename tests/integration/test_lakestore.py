@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -20,6 +22,8 @@ from ingest.ops.proofs import select_rows
 from ingest.storage.lakestore import SCHEMA, LakeStore
 from ingest.storage.store import BatchRows, Store, StoreFenced
 from schemas.proof import verify_bundle
+from tests.records import T0, trigger
+from tests.unit.test_data_queries import QUERIES
 from tests.unit.test_proofs import build_world
 
 pytestmark = pytest.mark.integration
@@ -110,11 +114,16 @@ def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
     w = build_world(tmp_path, vehicles=2, blocks=2, store=LakeStore(lake_catalog, str(tmp_path / "lake")))
     reader = LakeStore(lake_catalog, str(tmp_path / "lake"), read_only=True)
     before = reader.counts()
+    (version,) = reader.con.execute("SELECT max(snapshot_id) FROM ducklake_snapshots('lake')").fetchone()
     w.store.claim("t", [0], "w")
     w.store.write_batch(_batch(w.store, {("t", 0): 1}))  # a new snapshot, not seen by the open reader
     assert reader.positions("t") == {} and reader.counts() == before
     fresh = LakeStore(lake_catalog, str(tmp_path / "lake"), read_only=True)
     assert fresh.positions("t") == {("t", 0): 1}
+    # time travel (docs/ANALYSTS.md): the store as it was at the older snapshot
+    q = "SELECT count(*) FROM kafka_offsets AT (VERSION => {}) WHERE kafka_topic = 't'"
+    assert fresh.con.execute(q.format(version)).fetchone() == (0,)
+    assert fresh.con.execute(q.format(version + 1)).fetchone() == (1,)
     with pytest.raises(Exception, match=r"read-only|read only"):
         reader.con.execute("DELETE FROM blocks")
     reader.close()
@@ -216,3 +225,23 @@ def test_erasure_leaves_nothing_in_any_file_or_snapshot(
         if v.device_id != gone:
             rows = select_rows(w.store, None, f"device_id = '{v.device_id}'", 4, sample=True)
             assert verify_bundle(w.bundle(rows), operator_key=w.operator.public_key).ok
+
+
+@pytest.fixture(scope="module")
+def lake_world(stack_cfg: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.integration.conftest import new_database
+
+    with new_database(stack_cfg) as catalog:
+        tmp = tmp_path_factory.mktemp("lake-data")
+        w = build_world(
+            tmp, vehicles=3, blocks=8, extra=[trigger(T0)], store=LakeStore(catalog, str(tmp / "lake"))
+        )
+        yield w
+        w.store.close()
+
+
+@pytest.mark.parametrize("sql", QUERIES, ids=[f"q{i + 1}" for i in range(len(QUERIES))])
+def test_every_data_md_query_runs_on_the_lake(lake_world: Any, sql: str) -> None:
+    cur = lake_world.store.con.execute(sql)
+    assert cur.description
+    cur.fetchall()

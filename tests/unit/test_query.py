@@ -79,7 +79,7 @@ def test_mistakes_are_query_errors(con: duckdb.DuckDBPyConnection, sql: str, say
 def test_cli_formats_and_one_line_errors(tmp_path: Path) -> None:
     FileStore(tmp_path / "data" / "telematics.duckdb").close()
     cfg = tmp_path / "t.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[store]\nbackend = "duckdb"\n')
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
