@@ -355,6 +355,32 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from ingest.ops.maintain import MaintainError, maintain
+
+    cfg = _cfg(args)
+    if cfg.store.backend != "lake":
+        print(
+            "telematics maintain: the DuckDB file store has nothing to maintain (`erase --compact` rewrites it)"
+        )
+        return 0
+    store = _open_store(cfg, "maintain", read_only=False)
+    if store is None:
+        return 1
+    try:
+        rep = maintain(store, keep_hours=args.keep_hours, grace_minutes=args.grace_minutes, say=print)
+    except MaintainError as exc:
+        print(f"telematics maintain: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(
+        f"files {rep.files_before:,} -> {rep.files_after:,}, snapshots {rep.snapshots_before:,}"
+        f" -> {rep.snapshots_after:,}"
+    )
+    return 0
+
+
 def _iso(ns: int) -> str:
     import datetime as dt
 
@@ -508,6 +534,21 @@ def build_parser() -> argparse.ArgumentParser:
     # The load benchmark's baseline (bench/e2e.py): stores blocks WITHOUT verifying them. Not for use.
     p.add_argument("--benchmark-passthrough", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_ingest)
+
+    p = sub.add_parser(
+        "maintain",
+        help="compact the lake: flush inlined rows, merge files, expire old snapshots, delete old files",
+    )
+    p.add_argument(
+        "--keep-hours", type=float, default=24.0, help="time travel reaches back this far (default 24)"
+    )
+    p.add_argument(
+        "--grace-minutes",
+        type=float,
+        default=10.0,
+        help="unreferenced files are deleted only after this long (readers finish; default 10)",
+    )
+    p.set_defaults(fn=cmd_maintain)
 
     p = sub.add_parser("gaps", help="missing block sequence numbers per vehicle: declared drops vs missing")
     p.add_argument("--device", help="one device id")

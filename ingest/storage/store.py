@@ -169,9 +169,10 @@ class _DuckStore:
         return bytes(row[0]) if row else None
 
     def positions(self, topic: str) -> Positions:
-        """The next offset per partition of ``topic`` after the last stored batch (by claim and commit order)."""
+        """The next offset per partition of ``topic`` after the last stored batch (the latest commit:
+        a later claim's commits all come after, ingest/storage/lakestore.py)."""
         rows = self.con.execute(
-            "SELECT kafka_partition, arg_max(next_offset, [epoch, commit_seq]) FROM kafka_offsets"
+            "SELECT kafka_partition, arg_max(next_offset, commit_seq) FROM kafka_offsets"
             " WHERE kafka_topic = ? GROUP BY kafka_partition",
             [topic],
         ).fetchall()

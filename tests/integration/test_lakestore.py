@@ -245,3 +245,31 @@ def test_every_data_md_query_runs_on_the_lake(lake_world: Any, sql: str) -> None
     cur = lake_world.store.con.execute(sql)
     assert cur.description
     cur.fetchall()
+
+
+def test_maintain_compacts_and_changes_no_answer(lake_catalog: str, tmp_path: Path) -> None:
+    from ingest.ops.maintain import maintain
+
+    data = tmp_path / "lake"
+    w = build_world(tmp_path, vehicles=4, blocks=6, store=LakeStore(lake_catalog, str(data)))
+    con = w.store.con
+    q = {
+        "counts": lambda: w.store.counts(),
+        "heads": lambda: w.store.heads(),
+        "positions": lambda: w.store.positions("offline"),
+        "rows": lambda: con.execute(
+            "SELECT device_id, block_seq, idx, raw FROM driving_samples ORDER BY ALL"
+        ).fetchall(),
+    }
+    before = {k: f() for k, f in q.items()}
+    rep = maintain(w.store, keep_hours=0, grace_minutes=0)
+    assert [s for s, _, _ in rep.steps] == ["flush", "heads", "merge", "rewrite", "expire", "cleanup"]
+    assert {k: f() for k, f in q.items()} == before
+    assert rep.files_after < rep.files_before, rep
+    assert rep.snapshots_after < rep.snapshots_before, rep
+    # superseded heads are gone: one row per device
+    assert con.execute("SELECT count(*), count(DISTINCT device_id) FROM device_heads").fetchone() == (4, 4)
+    assert len(list(data.rglob("*.parquet"))) == rep.files_after  # the unreferenced files were deleted
+    assert w.audit().ok
+    rows = select_rows(w.store, None, None, 5, sample=True)
+    assert verify_bundle(w.bundle(rows), operator_key=w.operator.public_key).ok
