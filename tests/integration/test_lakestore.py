@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,7 @@ def test_maintain_compacts_and_changes_no_answer(lake_catalog: str, tmp_path: Pa
     data = tmp_path / "lake"
     w = build_world(tmp_path, vehicles=4, blocks=6, store=LakeStore(lake_catalog, str(data)))
     con = w.store.con
-    q = {
+    q: dict[str, Callable[[], object]] = {
         "counts": lambda: w.store.counts(),
         "heads": lambda: w.store.heads(),
         "positions": lambda: w.store.positions("offline"),
