@@ -59,12 +59,16 @@ def table_name(name: str) -> str:
 
 
 def select_rows(store: Store, table: str | None, where: str | None, limit: int, sample: bool) -> list[RowRef]:
-    """Rows matching a SQL filter (on one table, or both when ``table`` is None)."""
+    """Rows matching a SQL filter (on one table, or both when ``table`` is None) whose batch is
+    anchored: while the ingest runs, the newest batch may be stored and not yet anchored."""
     out: list[RowRef] = []
     for t in [table_name(table)] if table else list(TABLES):
-        q = f"SELECT device_id, block_seq, idx FROM {t}"
+        q = (
+            f"SELECT device_id, block_seq, idx FROM {t} r WHERE EXISTS (SELECT 1 FROM blocks b"
+            " JOIN anchors a USING (batch_no) WHERE b.device_id = r.device_id AND b.seq = r.block_seq)"
+        )
         if where:
-            q += f" WHERE {where}"
+            q += f" AND ({where})"
         if sample:
             q = f"SELECT * FROM ({q}) USING SAMPLE reservoir({limit} ROWS) REPEATABLE (7)"
         q += f" LIMIT {limit - len(out)}"
