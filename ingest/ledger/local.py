@@ -257,7 +257,17 @@ class LocalLedger:
         return r
 
     def receipt(self, batch_no: int) -> Receipt | None:
-        return self._by_batch.get(batch_no)
+        """The batch's receipt; a batch this process has not seen is looked for in what other
+        writers of the log appended since it last read it."""
+        r = self._by_batch.get(batch_no)
+        if r is None and self.path.exists():
+            if self.key is None:
+                self._read_new()  # a reader never truncates: a torn last line may be an append in progress
+            else:
+                with self._appending():
+                    pass
+            r = self._by_batch.get(batch_no)
+        return r
 
     def sync(self, force: bool = False) -> None:
         return None

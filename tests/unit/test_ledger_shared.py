@@ -27,6 +27,12 @@ def test_two_writers_in_one_process_see_each_other(tmp_path: Path) -> None:
     assert a.anchor(2, b"\x02" * 32, 1).index == 2
     rep = verify_log(a.path, key.public_key)
     assert rep.ok and rep.entries == 3, rep
+    # a receipt another writer appended is found (the consumer's start-up check of the store's anchors)
+    c = LocalLedger(tmp_path / "ledger.jsonl", key)
+    reader = LocalLedger(tmp_path / "ledger.jsonl")
+    a.anchor(3, b"\x03" * 32, 1)
+    assert c.receipt(3) == reader.receipt(3) == a.receipt(3)
+    assert c.receipt(4) is None
 
 
 def test_processes_interleave_into_one_chain(tmp_path: Path) -> None:
