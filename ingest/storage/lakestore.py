@@ -66,7 +66,7 @@ class LakeStore(_DuckStore):
     def __init__(
         self,
         catalog: str,
-        data_path: str,
+        data_path: str | None,
         *,
         read_only: bool = False,
         group: str = "telematics-ingest",
@@ -74,7 +74,8 @@ class LakeStore(_DuckStore):
         s3: dict[str, str] | None = None,
     ) -> None:
         """``catalog``: a libpq connection string of the PostgreSQL database holding the catalog;
-        ``data_path``: where a new lake writes its Parquet files (a directory or an s3:// URL).
+        ``data_path``: where a new lake writes its Parquet files (a directory or an s3:// URL); None:
+        an existing lake's own (the catalog records it).
         ``read_only``: an analyst's view: one snapshot for the life of the connection.
         ``group``: the consumer group whose partition claims fence the writes. ``inline_rows``:
         commits of fewer rows per table go into the catalog instead of a Parquet file each.
