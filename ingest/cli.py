@@ -116,6 +116,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             raise ConfigError(
                 'several consumer processes need [store] backend = "lake" (a DuckDB file has one writer)'
             )
+        if (args.consumers > 1 or args.instance > 0) and cfg.ledger.backend == "evm":
+            raise ConfigError(
+                "the EVM ledger backend anchors from one consumer process (one account's nonces)"
+                " (docs/PRODUCTION.md, several consumers)"
+            )
         services = wiring.roles(
             cfg, roles, batch_log=batch_log, passthrough=args.benchmark_passthrough, instance=args.instance
         )

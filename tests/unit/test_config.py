@@ -57,3 +57,18 @@ def test_deployed_broker_packet_limit_is_the_bridges(path: str) -> None:
     text = (ROOT / path).read_text()
     limits = re.findall(r"(?m)^\s*max_packet_size (\d+)$", text)
     assert limits == [str(BridgeConfig().max_packet_bytes)]
+
+
+def test_compose_ingest_config_is_valid_and_uses_the_lake(tmp_path: Path) -> None:
+    """The telematics.toml embedded in deploy/compose.yaml loads, and describes the production store."""
+    import textwrap
+
+    text = (ROOT / "deploy/compose.yaml").read_text()
+    block = text[text.index("  telematics_toml:\n    content: |\n") :].split("\n", 2)[2]
+    body = textwrap.dedent(block[: block.index("\nsecrets:")])
+    p = tmp_path / "compose.toml"
+    p.write_text(body)
+    cfg = load_config(p)
+    assert cfg.store.backend == "lake" and cfg.store.data_path.startswith("s3://")
+    assert "passfile=" in cfg.store.catalog and "password" not in cfg.store.catalog
+    assert cfg.store.s3.secret_path.startswith("/run/secrets/")
