@@ -361,10 +361,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
+    import time
+
+    from ingest.ops.erase import EraseError, drop_older_than
     from ingest.ops.maintain import MaintainError, maintain
 
     cfg = _cfg(args)
-    if cfg.store.backend != "lake":
+    if args.drop_older_than_days is None and cfg.store.backend != "lake":
         print(
             "telematics maintain: the DuckDB file store has nothing to maintain (`erase --compact` rewrites it)"
         )
@@ -373,16 +376,36 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     if store is None:
         return 1
     try:
-        rep = maintain(store, keep_hours=args.keep_hours, grace_minutes=args.grace_minutes, say=print)
-    except MaintainError as exc:
+        if args.drop_older_than_days is not None:
+            days = args.drop_older_than_days
+            cutoff = time.time_ns() - int(days * 86400e9)
+            dry = not args.yes
+            gone = drop_older_than(
+                store,
+                wiring.operator_key(cfg),
+                cutoff,
+                reason=f"retention: older than {days:g} days",
+                dry_run=dry,
+            )
+            blocks, records = sum(e.blocks for e in gone), sum(e.records for e in gone)
+            verb = "would drop" if dry else "dropped"
+            print(
+                f"retention: {verb} {records:,} records in {blocks:,} blocks of {len(gone):,} vehicles"
+                f" older than {days:g} days (signed erasure statements; every other proof still verifies)"
+            )
+            if dry:
+                print("retention: nothing changed; add --yes to drop them")
+        if cfg.store.backend == "lake":
+            rep = maintain(store, keep_hours=args.keep_hours, grace_minutes=args.grace_minutes, say=print)
+            print(
+                f"files {rep.files_before:,} -> {rep.files_after:,}, snapshots {rep.snapshots_before:,}"
+                f" -> {rep.snapshots_after:,}"
+            )
+    except (MaintainError, EraseError) as exc:
         print(f"telematics maintain: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    print(
-        f"files {rep.files_before:,} -> {rep.files_after:,}, snapshots {rep.snapshots_before:,}"
-        f" -> {rep.snapshots_after:,}"
-    )
     return 0
 
 
@@ -553,6 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="unreferenced files are deleted only after this long (readers finish; default 10)",
     )
+    p.add_argument(
+        "--drop-older-than-days",
+        type=float,
+        metavar="N",
+        help="retention: erase blocks older than N days (signed statements, like `erase`); with --yes only",
+    )
+    p.add_argument("--yes", action="store_true", help="really drop (without it: say what would go)")
     p.set_defaults(fn=cmd_maintain)
 
     p = sub.add_parser("gaps", help="missing block sequence numbers per vehicle: declared drops vs missing")

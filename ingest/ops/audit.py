@@ -409,7 +409,12 @@ class Auditor:
         elsewhere (``telematics ledger verify --since``)."""
         for dev, what, detail in self.con.execute(
             """WITH b AS (SELECT device_id, max(seq) AS last_seq, arg_max(block_hash, seq) AS last_hash,
-                                 count(*) AS blocks, sum(record_count) AS records FROM blocks GROUP BY ALL)
+                                 count(*) AS blocks, sum(record_count) AS records
+                          FROM (SELECT device_id, seq, block_hash, record_count FROM blocks
+                                -- blocks erased by retention still count in a head that stays
+                                UNION ALL SELECT device_id, seq, block_hash, record_count FROM erased_blocks
+                                WHERE device_id IN (SELECT device_id FROM devices))
+                          GROUP BY ALL)
             SELECT coalesce(d.device_id, b.device_id),
                    CASE WHEN d.device_id IS NULL THEN 'missing' WHEN b.device_id IS NULL THEN 'orphan'
                         ELSE 'differs' END,

@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -55,6 +56,7 @@ class Erasure:
 def erase_device(
     store: Store, operator: SigningKey, device_id: str, *, reason: str = "erasure request"
 ) -> Erasure:
+    """Erase every stored block of the device, its chain head and everything else it left."""
     con = store.con
     blocks = con.execute(
         "SELECT seq, block_hash, batch_no, batch_index, record_count FROM blocks WHERE device_id = ?"
@@ -70,6 +72,61 @@ def erase_device(
                 f"device {device_id} was already erased ({already[0]} blocks); nothing left to erase"
             )
         raise EraseError(f"device {device_id} has no stored blocks")
+    e = _erase(store, operator, device_id, blocks, reason, whole=True, before_ns=None)
+    _purge(store, f"device {device_id} is erased from the tables")
+    return e
+
+
+def drop_older_than(
+    store: Store, operator: SigningKey, cutoff_ns: int, *, reason: str, dry_run: bool = False
+) -> list[Erasure]:
+    """Retention: erase every block whose newest record is older than ``cutoff_ns``, per device, with
+    a signed statement each, exactly like an erasure of those blocks: their hashes stay (every
+    other proof still verifies, the audit reports them as erased), the chain heads stay. Session
+    events older than the cutoff go too. ``dry_run``: say what would go, change nothing."""
+    con = store.con
+    rows = con.execute(
+        "SELECT device_id, seq, block_hash, batch_no, batch_index, record_count FROM blocks"
+        " WHERE t_last < make_timestamp_ns(?) ORDER BY device_id, batch_no, batch_index",
+        [cutoff_ns],
+    ).fetchall()
+    by_dev: dict[str, list[tuple[int, bytes, int, int, int]]] = {}
+    for dev, *rest in rows:
+        by_dev.setdefault(dev, []).append(tuple(rest))  # type: ignore[arg-type]
+    out = []
+    for dev, blocks in sorted(by_dev.items()):
+        if dry_run:
+            out.append(Erasure(-1, dev, len(blocks), sum(int(b[4]) for b in blocks)))
+        else:
+            out.append(_erase(store, operator, dev, blocks, reason, whole=False, before_ns=cutoff_ns))
+    if out and not dry_run:
+        _purge(store, f"{len(out)} devices' old blocks are erased from the tables")
+    return out
+
+
+def _purge(store: Store, done: str) -> None:
+    try:
+        store.purge()  # the lake: no file and no snapshot keeps the rows; a DuckDB file: see compact
+    except StoreError as exc:
+        raise EraseError(
+            f"{done}, but their bytes are still in old files: {exc}; run `telematics maintain` to finish"
+        ) from exc
+
+
+def _erase(
+    store: Store,
+    operator: SigningKey,
+    device_id: str,
+    blocks: list[Any],
+    reason: str,
+    *,
+    whole: bool,
+    before_ns: int | None,
+) -> Erasure:
+    """One signed statement and one transaction for ``blocks`` (seq, hash, batch_no, batch_index,
+    record_count) of one device; ``whole``: the device's head, gaps, duplicates, rejections and
+    sessions go too; else only the duplicates of these blocks and sessions before ``before_ns``."""
+    con = store.con
     row = con.execute("SELECT coalesce(max(erasure_id) + 1, 0) FROM erasures").fetchone()
     erasure_id = int(row[0]) if row else 0
     records = sum(int(b[4]) for b in blocks)
@@ -94,27 +151,35 @@ def erase_device(
         )
         con.register("_erased", kept)
         con.execute("INSERT INTO erased_blocks SELECT * FROM _erased")
-        con.unregister("_erased")
         con.execute(
             "INSERT INTO erasures VALUES (?, ?, make_timestamp_ns(?), ?, ?, ?, ?, ?)",
             [erasure_id, device_id, now, reason, len(blocks), records, sb, sig],
         )
-        for table in TABLE_NAMES:
-            con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
-        for table in ("blocks", store.device_table, "gaps", "duplicates", "rejections", "session_events"):
-            con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
+        if whole:
+            for table in TABLE_NAMES:
+                con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
+            for table in ("blocks", store.device_table, "gaps", "duplicates", "rejections", "session_events"):
+                con.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id])
+        else:
+            these = "SELECT seq FROM _erased"
+            for table in TABLE_NAMES:
+                con.execute(
+                    f"DELETE FROM {table} WHERE device_id = ? AND block_seq IN ({these})", [device_id]
+                )
+            for table in ("blocks", "duplicates"):
+                con.execute(f"DELETE FROM {table} WHERE device_id = ? AND seq IN ({these})", [device_id])
+            con.execute(
+                "DELETE FROM session_events WHERE device_id = ? AND ts < make_timestamp_ns(?)",
+                [device_id, before_ns],
+            )
         con.execute("COMMIT")
     except duckdb.Error as exc:
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
         raise EraseError(f"erasure of device {device_id} not written: {exc}") from exc
-    try:
-        store.purge()  # the lake: no file and no snapshot keeps the rows; a DuckDB file: see compact
-    except StoreError as exc:
-        raise EraseError(
-            f"device {device_id} is erased from the tables, but its bytes are still in old files: {exc};"
-            " run `telematics maintain` to finish"
-        ) from exc
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("_erased")
     return Erasure(erasure_id, device_id, len(blocks), records)
 
 

@@ -307,3 +307,28 @@ def test_the_lake_on_an_s3_object_store(stack_cfg: Any, lake_catalog: str, tmp_p
     r = LakeStore(lake_catalog, None, read_only=True, s3=s3)
     assert r.counts()["records"] == w.store.counts()["records"] > 0
     r.close()
+
+
+def test_retention_drops_old_blocks_and_keeps_every_other_proof(lake_catalog: str, tmp_path: Path) -> None:
+    from ingest.ops.erase import drop_older_than
+    from ingest.ops.gaps import gap_report
+
+    w = build_world(tmp_path, vehicles=3, blocks=6, store=LakeStore(lake_catalog, str(tmp_path / "lake")))
+    con = w.store.con
+    (cutoff,) = con.execute("SELECT epoch_ns(median(t_last)) FROM blocks").fetchone()
+    old = con.execute(
+        "SELECT count(*), sum(record_count) FROM blocks WHERE epoch_ns(t_last) < ?", [cutoff]
+    ).fetchone()
+    heads = w.store.heads()
+    dry = drop_older_than(w.store, w.operator, cutoff, reason="retention", dry_run=True)
+    assert sum(e.blocks for e in dry) == old[0] and w.store.counts()["blocks"] == 18
+    gone = drop_older_than(w.store, w.operator, cutoff, reason="retention: older than 30 days")
+    assert (sum(e.blocks for e in gone), sum(e.records for e in gone)) == (old[0], old[1])
+    assert con.execute("SELECT count(*) FROM blocks WHERE epoch_ns(t_last) < ?", [cutoff]).fetchone() == (0,)
+    assert w.store.heads() == heads  # the chains go on
+    rep = w.audit()
+    assert rep.ok, [str(f) for f in rep.findings[:5]]
+    assert rep.erased_blocks == old[0]
+    assert not [s for s in gap_report(con, None) if s.status == "missing"], "an erased block is not missing"
+    rows = select_rows(w.store, None, None, 6, sample=True)
+    assert rows and verify_bundle(w.bundle(rows), operator_key=w.operator.public_key).ok
