@@ -1,11 +1,16 @@
 """The commit sequence of one batch, owned by one object (``Checkpoint``), in the only order that
-loses nothing (the consumer's ``flush`` says why each crash point is safe):
+loses nothing and writes nothing twice (the consumer's ``flush`` says why each crash point is safe):
 
-1. seal: the batch root over the block hashes, frozen rows (``Checkpoint.seal``);
-2. ONE store transaction: records, blocks, the batch, gaps, rejections, duplicates, device heads;
-3. rejected messages go to the dead-letter topic;
+1. seal: the batch root over the block hashes, frozen rows, a batch number from the store
+   (``Checkpoint.seal``);
+2. rejected messages go to the dead-letter topic (at least once: before the positions that would
+   skip them are stored);
+3. ONE store transaction: records, blocks, the batch, gaps, rejections, duplicates, device heads,
+   AND the next Kafka offset of every partition the batch consumed; in the lake it commits only
+   while those partitions are still this consumer's (``StoreFenced`` otherwise);
 4. the batch root is anchored to the ledger, 5. and the receipt recorded in the store;
-6. Kafka offsets are committed; the processor forgets the batch.
+6. Kafka offsets are committed (for lag monitoring and tools: a consumer resumes from the
+   positions stored in step 3); the processor forgets the batch.
 
 The consumer drives it with Kafka and retries around it; the offline ingest
 (``simulators/offline.py``) with no transport at all. Both run these steps, in this order, here.
@@ -66,7 +71,7 @@ class Checkpoint:
     ) -> None:
         """``anchor(batch_no, root, blocks)``: steps 4-5 (with whatever retry policy the caller
         wants); None stores without anchoring (the benchmark's pass-through baseline only).
-        ``dead_letter``: step 3. ``commit_offsets``: step 6."""
+        ``dead_letter``: step 2. ``commit_offsets``: step 6."""
         self.proc = proc
         self.store = store
         self._anchor = anchor
@@ -82,6 +87,7 @@ class Checkpoint:
     async def commit(self, b: SealedBatch) -> int:
         """Steps 2-6; returns when the store transaction committed (ns). Raises on the first
         failure and leaves the rest undone, so nothing later in the order happens without it."""
+        await self._dead_letter(b.rejections)
         try:
             await asyncio.to_thread(self.store.write_batch, b.rows)
         except StoreContentError as exc:
@@ -90,7 +96,6 @@ class Checkpoint:
                 raise StoreError(f"{exc} (no single block or session message is refused on its own)") from exc
             raise UnstorableMessages(found) from exc
         stored_ns = time.time_ns()
-        await self._dead_letter(b.rejections)
         if b.rows.blocks and self._anchor is not None:
             await self._anchor(b.rows.batch_no, b.rows.root, len(b.rows.blocks))
         await self._commit_offsets(b.offsets)

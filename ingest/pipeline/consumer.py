@@ -91,12 +91,14 @@ class BatchConsumer:
         """Seal the pending batch and start writing it. The durability order, and why each crash
         point is safe:
 
-        1. batch root = RFC 6962 root over the batch's block hashes (in arrival order);
-        2. ONE DuckDB transaction: records, blocks, the batch, gaps, rejections, duplicates and
-           device chain heads (all or nothing);
-        3. rejected messages are produced to the dead-letter topic and acknowledged;
+        1. batch root = RFC 6962 root over the batch's block hashes (in arrival order); a batch
+           number from the store (the lake: a PostgreSQL sequence every consumer shares);
+        2. rejected messages are produced to the dead-letter topic and acknowledged;
+        3. ONE store transaction: records, blocks, the batch, gaps, rejections, duplicates, device
+           chain heads, and the next Kafka offset of each partition in the batch (all or nothing);
+           the lake commits it only while this consumer's claim on those partitions is the latest;
         4. the batch root is anchored to the ledger (idempotent per batch number);
-        5. the ledger receipt is recorded in DuckDB (anchors);
+        5. the ledger receipt is recorded in the store (anchors);
         6. Kafka offsets are committed.
 
         ``Checkpoint`` (ingest/pipeline/batch.py) runs steps 1-6 in this order; this consumer
@@ -105,12 +107,15 @@ class BatchConsumer:
         at most one batch is in flight, and a batch is sealed only after the previous one has
         finished step 6, so batches are written, anchored and committed strictly in order.
 
-        A crash before 2 leaves nothing: the messages are redelivered and processed again.
-        A crash after 2 redelivers messages whose blocks are now stored: they are recognised
-        as duplicates and never stored twice; rejections are keyed by Kafka position. On start,
-        ``recover`` anchors every stored batch that has no receipt yet (after 2, before 5).
-        Store failure at 2: roll back, forget this batch and the one being built, seek back to
-        the committed offsets. Ledger failure at 4: the batch stays stored and unanchored; retry
+        A crash before 3 leaves nothing stored: the messages are read again from the stored
+        positions (a rejection may then reach the dead-letter topic twice: its ``vt-source``
+        header names the position). A crash after 3 reads nothing of this batch again: its
+        positions are stored with it. On start, ``recover`` anchors every stored batch that has
+        no receipt yet (after 3, before 5).
+        A consumer that lost its partitions (a rebalance while it was paused) fails step 3
+        (``StoreFenced``) and writes nothing; the new owner's claim waited for any step 3 in flight.
+        Store failure at 3: roll back, forget this batch and the one being built, seek back to
+        the stored positions. Ledger failure at 4: the batch stays stored and unanchored; retry
         with backoff and do not commit offsets until it is anchored.
         """
         await self._settle()

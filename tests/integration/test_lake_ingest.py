@@ -247,3 +247,59 @@ def test_ingest_consumers_option_runs_several_processes(lake_env: Any) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+# A consumer that SIGKILLs itself at one point of the durability order, at its Nth batch with blocks:
+# the real code, wrapped from outside (nothing in the product knows about it).
+CRASHING_CONSUMER = """
+import os, signal, sys
+point, nth, config = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+from ingest.ledger.local import LocalLedger
+from ingest.storage.lakestore import LakeStore
+seen = {"n": 0}
+
+def die(at):
+    if point == at and seen["n"] == nth:
+        print(f"SIGKILL {at} batch", seen["n"], flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+write, anchor, record = LakeStore.write_batch, LocalLedger.anchor, LakeStore.record_anchor
+
+def write_batch(self, b):
+    seen["n"] += 1 if b.blocks else 0
+    die("before_commit")
+    write(self, b)
+    die("after_commit")
+
+def anchor_(self, *a):
+    r = anchor(self, *a)
+    die("after_anchor")
+    return r
+
+def record_(self, r):
+    record(self, r)
+    die("after_receipt")
+
+LakeStore.write_batch, LocalLedger.anchor, LakeStore.record_anchor = write_batch, anchor_, record_
+from ingest.cli import main
+sys.exit(main(["--config", config, "ingest", "--only", "consumer"]))
+"""
+
+
+@pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_anchor", "after_receipt"])
+def test_sigkill_at_each_step_of_the_durability_order(lake_env: Any, point: str) -> None:
+    cfg = lake_env.cfg
+    log = Path(cfg.data_dir) / "crashing-consumer.log"
+    with log.open("wb") as out:
+        crashing = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(CRASHING_CONSUMER), point, "3", str(lake_env.config_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    lake_env.start("bridge")
+    t, res = _drive(cfg, vehicles=4, records=1500, seed=37, rate_hz=150.0)
+    assert crashing.wait(90) == -signal.SIGKILL, log.read_text()[-2000:]
+    assert f"SIGKILL {point}" in log.read_text()
+    lake_env.start("consumer")  # the real one takes over from what the store holds
+    fleet = _finish(cfg, t, res)
+    _exactly(cfg, fleet)
