@@ -479,7 +479,7 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
     ]
     for comp in ("simulator", "mosquitto", "kafka broker", "bridge", "consumer", "total"):
         rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
-    for comp in ("mosquitto", "kafka broker", "bridge", "consumer"):
+    for comp in ("mosquitto", "kafka broker", "bridge", "consumer", "one consumer"):
         rows.append((f"peak RSS {comp} (MiB)", [_fmt(r.rss_mib.get(comp, 0)) for r in results]))
     lines = ["| | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
     lines += [f"| {k} | " + " | ".join(v) + " |" for k, v in rows]

@@ -313,6 +313,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         f" ({rep.records / total if total else 0:,.0f} records/s)"
     )
     print("  stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in rep.seconds.items()))
+    if rep.pending_anchor or rep.after_snapshot:
+        print(
+            f"  live: the ingest is writing; {rep.pending_anchor:,} batches of this snapshot are being"
+            f" anchored, {rep.after_snapshot:,} ledger entries belong to batches committed after it"
+        )
     if rep.erasures:
         print(
             f"  erased: {rep.erased_records:,} records in {rep.erased_blocks:,} blocks (signed erasure statements):"

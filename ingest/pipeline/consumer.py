@@ -73,7 +73,6 @@ class BatchConsumer:
         self.owner = f"{socket.gethostname()}/{os.getpid()}"  # named in partition claims and fences
         # Raised by every assignment: messages fetched under an older one are dropped, not processed.
         self.generation = 0
-        self._unclaimed: list[int] = []  # partitions whose claim failed (PostgreSQL down): retried
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
         # Why the pipeline holds (an infrastructure failure: store or Kafka), shown in the status file
@@ -300,7 +299,7 @@ class BatchConsumer:
                         break  # a rebalance sought the partitions again: the rest is fetched again
                     try:
                         self.proc.process_all(msgs[i : i + POLL_CHUNK])  # type: ignore[arg-type]
-                    except RegistryError as exc:
+                    except (RegistryError, StoreError) as exc:  # an input is unreachable: hold
                         await self._hold(exc)
                         break  # rewound: the rest of this poll is fetched again
                     if (
@@ -435,20 +434,31 @@ class BatchConsumer:
         self._recover_pending = True
         self.generation += 1
         assert self.consumer is not None
-        await self._claim(self._unclaimed)
-        self.proc.reset()
-        await self._resume(self.consumer.assignment())
+        await self._reposition(self.consumer.assignment(), [])
 
-    async def _claim(self, parts: list[int]) -> None:
-        """Claim ``parts`` in the store; on failure (PostgreSQL unreachable) every batch of theirs is
-        fenced, so the claim is retried at the next rewind."""
-        self._unclaimed = parts
-        if parts:
+    async def _reposition(self, tps: Any, claim: list[int]) -> None:
+        """Claim ``claim``, reload the chain heads and seek ``tps`` to the stored positions, in
+        this order (the heads and positions read include a commit the claim waited for). The
+        store may be what failed: hold until it answers, or the consumer stops."""
+        delay = self.cfg.ingest.retry_backoff_ms / 1000
+        while True:
             try:
-                await asyncio.to_thread(self.store.claim, self.cfg.kafka.blocks_topic, parts, self.owner)
-                self._unclaimed = []
+                await self._claim(claim)
+                self.proc.reset()
+                await self._resume(tps)
+                return
             except StoreError as exc:
                 self._stall(exc)
+                if self._stop.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _claim(self, parts: list[int]) -> None:
+        """Claim ``parts`` in the store (on assignment only: a consumer that was fenced must not
+        claim its lost partitions back; it waits for the group to give it partitions)."""
+        if parts:
+            await asyncio.to_thread(self.store.claim, self.cfg.kafka.blocks_topic, parts, self.owner)
 
     async def _resume(self, tps: Any) -> None:
         """Seek each partition to where the store says the last stored batch ended (the positions
@@ -493,9 +503,9 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await bc._flush_or_rewind(seal=False)  # the batch in flight is stored (or rewound) first
         bc._expect = {}
         parts = sorted(tp.partition for tp in assigned)
-        await bc._claim(parts)  # returns once a commit in flight under an older claim is done
-        bc.proc.reset()  # so the heads and positions read now include it
-        await bc._resume(assigned)
+        # The claim returns once a commit in flight under an older claim is done, so the heads and
+        # positions read after it include that commit.
+        await bc._reposition(assigned, parts)
         bc.consumer.resume(*assigned)
         bc.partitions = parts
         bc.write_status()

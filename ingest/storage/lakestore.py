@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from typing import Any
 
 import duckdb
@@ -90,8 +91,10 @@ class LakeStore(_DuckStore):
 
             self._psycopg = psycopg
             # Two sessions: claims (rebalance callbacks) never wait behind a batch's fence.
-            self._claims = psycopg.connect(catalog, autocommit=True)
-            self._fence = psycopg.connect(catalog)
+            self._conns: dict[str, Any] = {
+                "claims": psycopg.connect(catalog, autocommit=True),
+                "fence": psycopg.connect(catalog),
+            }
         except Exception as exc:  # psycopg.Error, or a malformed connection string
             raise StoreError(f"cannot reach the lake's PostgreSQL catalog ({catalog}): {exc}") from exc
         try:
@@ -113,8 +116,11 @@ class LakeStore(_DuckStore):
                     self._pg_objects()
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the lake ({catalog}): {exc}") from exc
+        self.snapshot_ns: int | None = None
         if read_only:
             self.con.execute("BEGIN TRANSACTION")  # one snapshot for every query of this reader
+            self.con.execute("SELECT count(*) FROM batches").fetchone()  # taken now
+            self.snapshot_ns = time.time_ns()
         self._w = self.con.cursor()
         self._w.execute("USE lake")
 
@@ -123,11 +129,11 @@ class LakeStore(_DuckStore):
         if not take:
             yield
             return
-        self._claims.execute("SELECT pg_advisory_lock(%s)", [_INIT_LOCK])
+        self._pg("claims").execute("SELECT pg_advisory_lock(%s)", [_INIT_LOCK])
         try:
             yield
         finally:
-            self._claims.execute("SELECT pg_advisory_unlock(%s)", [_INIT_LOCK])
+            self._pg("claims").execute("SELECT pg_advisory_unlock(%s)", [_INIT_LOCK])
 
     def _create(self) -> None:
         have = {r[0] for r in self.con.execute("SHOW TABLES").fetchall()}
@@ -140,7 +146,7 @@ class LakeStore(_DuckStore):
                 self.con.execute(f"ALTER TABLE {t} SET PARTITIONED BY ({SAMPLE_PARTITIONING})")
 
     def _pg_objects(self) -> None:
-        c = self._claims
+        c = self._pg("claims")
         c.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         c.execute(
             f"CREATE TABLE IF NOT EXISTS {SCHEMA}.partition_owners ("
@@ -162,9 +168,19 @@ class LakeStore(_DuckStore):
 
     def close(self) -> None:
         super().close()
-        for pg in (self._claims, self._fence):
+        for pg in self._conns.values():
             with contextlib.suppress(Exception):
                 pg.close()
+
+    def _pg(self, name: str) -> Any:
+        """PostgreSQL session ``name``, connected again if the server closed it (a restart)."""
+        c = self._conns[name]
+        if c.closed or c.broken:
+            with contextlib.suppress(Exception):
+                c.close()
+            c = self._psycopg.connect(self.catalog, autocommit=name == "claims")
+            self._conns[name] = c
+        return c
 
     # -- partitions, batch numbers ----------------------------------------------------------------
     def claim(self, topic: str, partitions: list[int], owner: str) -> None:
@@ -173,14 +189,18 @@ class LakeStore(_DuckStore):
         try:
             with self._pg_lock:
                 for p in sorted(partitions):
-                    row = self._claims.execute(
-                        f"INSERT INTO {SCHEMA}.partition_owners AS o"
-                        " (consumer_group, topic, kafka_partition, epoch, owner) VALUES (%s, %s, %s, 1, %s)"
-                        " ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE"
-                        " SET epoch = o.epoch + 1, owner = EXCLUDED.owner, claimed_at = now()"
-                        " RETURNING epoch",
-                        [self.group, topic, p, owner],
-                    ).fetchone()
+                    row = (
+                        self._pg("claims")
+                        .execute(
+                            f"INSERT INTO {SCHEMA}.partition_owners AS o"
+                            " (consumer_group, topic, kafka_partition, epoch, owner) VALUES (%s, %s, %s, 1, %s)"
+                            " ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE"
+                            " SET epoch = o.epoch + 1, owner = EXCLUDED.owner, claimed_at = now()"
+                            " RETURNING epoch",
+                            [self.group, topic, p, owner],
+                        )
+                        .fetchone()
+                    )
                     assert row is not None
                     self._epochs[(topic, p)] = int(row[0])
         except self._psycopg.Error as exc:
@@ -192,7 +212,7 @@ class LakeStore(_DuckStore):
     def next_batch_no(self) -> int:
         try:
             with self._pg_lock:
-                row = self._claims.execute(f"SELECT nextval('{SCHEMA}.batch_no')").fetchone()
+                row = self._pg("claims").execute(f"SELECT nextval('{SCHEMA}.batch_no')").fetchone()
         except self._psycopg.Error as exc:
             raise StoreError(f"cannot take a batch number: {exc}") from exc
         assert row is not None
@@ -202,8 +222,8 @@ class LakeStore(_DuckStore):
     def write_batch(self, b: BatchRows) -> None:
         """One lake transaction: every row of the batch and its Kafka positions, committed while the
         batch's partitions are still this writer's (``StoreFenced`` if not)."""
-        pg = self._fence
         try:
+            pg = self._pg("fence")
             with pg.transaction():
                 self._check_claims(pg, b)
                 # Taken under the claims' share lock: a later owner's commits all come after.
@@ -211,6 +231,8 @@ class LakeStore(_DuckStore):
                 assert row is not None
                 self._commit(b, int(row[0]))
         except self._psycopg.Error as exc:
+            # Raised after the lake's commit too (the fence's own commit failed): the batch is then
+            # stored with its positions, and the rewind resumes after it.
             raise StoreError(f"batch {b.batch_no}: the partition claims cannot be checked: {exc}") from exc
 
     def _check_claims(self, pg: Any, b: BatchRows) -> None:

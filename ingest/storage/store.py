@@ -119,6 +119,9 @@ class Store(Protocol):
     con: Any
     location: str
     device_table: str  # the table erasure deletes a device's chain head from
+    # A reader of a store others write meanwhile: when its snapshot was taken (ns). None: nobody
+    # else writes while it is open (a DuckDB file, or the writer itself).
+    snapshot_ns: int | None
 
     def close(self) -> None: ...
     def heads(self) -> dict[str, DeviceHead]: ...
@@ -155,42 +158,47 @@ class _DuckStore:
         self.con.close()
 
     # -- reads used by the consumer ---------------------------------------------------------------
+    def _read(self, sql: str, params: list[Any] | None = None) -> list[Any]:
+        """Rows of a read of committed state; an unreachable store is a ``StoreError`` (retried)."""
+        try:
+            return list(self.con.execute(sql, params or []).fetchall())
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"cannot read the store ({self.location}): {' '.join(str(exc).split())}"
+            ) from exc
+
     def heads(self) -> dict[str, DeviceHead]:
-        rows = self.con.execute(
+        rows = self._read(
             "SELECT device_id, key_id, last_seq, last_block_hash, blocks, records,"
             " epoch_ns(first_seen), epoch_ns(last_seen) FROM devices"
-        ).fetchall()
+        )
         return {r[0]: DeviceHead(r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows}
 
     def block_hash_at(self, device_id: str, seq: int) -> bytes | None:
-        row = self.con.execute(
-            "SELECT block_hash FROM blocks WHERE device_id = ? AND seq = ?", [device_id, seq]
-        ).fetchone()
-        return bytes(row[0]) if row else None
+        rows = self._read("SELECT block_hash FROM blocks WHERE device_id = ? AND seq = ?", [device_id, seq])
+        return bytes(rows[0][0]) if rows else None
 
     def positions(self, topic: str) -> Positions:
         """The next offset per partition of ``topic`` after the last stored batch (the latest commit:
         a later claim's commits all come after, ingest/storage/lakestore.py)."""
-        rows = self.con.execute(
+        rows = self._read(
             "SELECT kafka_partition, arg_max(next_offset, commit_seq) FROM kafka_offsets"
             " WHERE kafka_topic = ? GROUP BY kafka_partition",
             [topic],
-        ).fetchall()
+        )
         return {(topic, int(p)): int(o) for p, o in rows}
 
     def unanchored(self) -> list[tuple[int, bytes, int]]:
         """(batch_no, root, block_count) of stored batches without a ledger receipt."""
-        rows = self.con.execute(
+        rows = self._read(
             "SELECT b.batch_no, b.root, b.block_count FROM batches b ANTI JOIN anchors a USING (batch_no)"
             " ORDER BY b.batch_no"
-        ).fetchall()
+        )
         return [(int(n), bytes(r), int(c)) for n, r, c in rows]
 
     def anchor_entries(self) -> list[tuple[int, int, bytes]]:
         """(batch_no, ledger entry index, entry hash) of every recorded anchor."""
-        rows = self.con.execute(
-            "SELECT DISTINCT batch_no, entry_index, entry_hash FROM anchors ORDER BY batch_no"
-        ).fetchall()
+        rows = self._read("SELECT DISTINCT batch_no, entry_index, entry_hash FROM anchors ORDER BY batch_no")
         return [(int(n), int(i), bytes(h)) for n, i, h in rows]
 
     def record_broker_reset(
@@ -212,8 +220,7 @@ class _DuckStore:
             (SELECT count(DISTINCT batch_no) FROM anchors),
             (SELECT count(*) FROM rejections), (SELECT count(*) FROM duplicates), (SELECT count(*) FROM gaps),
             (SELECT count(*) FROM broker_resets)"""
-        row = self.con.execute(q).fetchone()
-        assert row is not None
+        row = self._read(q)[0]
         keys = (
             "records",
             "blocks",
@@ -364,6 +371,7 @@ class FileStore(_DuckStore):
     """One DuckDB file: one writer process, no reader in another process while it writes."""
 
     device_table = "devices"
+    snapshot_ns: int | None = None
 
     def __init__(
         self, path: str | Path, *, read_only: bool = False, checkpoint_threshold_mb: int | None = None
