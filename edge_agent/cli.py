@@ -27,7 +27,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.out or cfg.edge.key_path)
     key = generate_key_file(path)
     print(f"device key   {path} (mode 0600)")
-    print(f"public key   {key.public_key.hex()}")
+    print(f"public key   {key.public_key.hex()} (also in {path}.pub)")
     print(f"device id    {device_id_of(key)}")
     print(f"key id       {key.key_id}")
     print(f"register it on the ingest side: telematics devices add --public-key {key.public_key.hex()}")
@@ -123,9 +123,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vehicle-telematics")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     ap.add_argument("--config", help="agent TOML (see deploy/config/edge-agent.example.toml)")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("keygen", help="create this vehicle's Ed25519 key (mode 0600, never overwrites)")
     p.add_argument("--out", help="key path (default: edge.key_path from the config)")

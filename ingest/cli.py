@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from common.config import ConfigError
 from common.errors import TelematicsError
-from ingest import wiring
+from ingest import cli_args, wiring
 from ingest.config import Config, load_config
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ def _open_store(cfg: Config, command: str, *, read_only: bool = True) -> Store |
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from common.keys import load_key_file
     from ingest.storage.registry import RegistryError, RegistryRefused
 
     cfg = _cfg(args)
@@ -62,27 +61,24 @@ def cmd_devices(args: argparse.Namespace) -> int:
         return 1
     try:
         if args.action == "add":
-            if args.key_file:
-                pub = load_key_file(args.key_file).public_key
-            elif args.public_key:
-                pub = bytes.fromhex(args.public_key)
-            else:
-                print("devices add: give --public-key HEX or --key-file PATH", file=sys.stderr)
+            if args.public_key is None:
+                print(
+                    "telematics devices add: give --public-key HEX or --public-key FILE.pub", file=sys.stderr
+                )
                 return 2
-            k = reg.add(pub, label=args.label)
+            k = reg.add(args.public_key, label=args.label)
             print(f"registered device {k.device_id} key {k.key_id}")
         elif args.action == "revoke":
             n = reg.revoke(args.device_id, at=args.at)
             print(f"revoked {n} key(s) of device {args.device_id}")
         elif args.action == "rotate":
-            if args.key_file:
-                pub = load_key_file(args.key_file).public_key
-            elif args.public_key:
-                pub = bytes.fromhex(args.public_key)
-            else:
-                print("devices rotate: give --public-key HEX or --key-file PATH", file=sys.stderr)
+            if args.public_key is None:
+                print(
+                    "telematics devices rotate: give --public-key HEX or --public-key FILE.pub",
+                    file=sys.stderr,
+                )
                 return 2
-            k = reg.rotate(args.device_id, pub, at=args.at)
+            k = reg.rotate(args.device_id, args.public_key, at=args.at)
             print(f"device {k.device_id}: key {k.key_id} valid from {k.valid_from}; earlier key(s) retired")
         else:
             for k in reg.all():
@@ -343,6 +339,17 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     path = wiring.paths(cfg).store
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                "telematics erase: erasing cannot be undone; add --yes to erase without asking",
+                file=sys.stderr,
+            )
+            return 2
+        answer = input(f"erase every record of device {args.device}? this cannot be undone [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("telematics erase: nothing erased")
+            return 1
     store = _open_store(cfg, "erase", read_only=False)
     if store is None:
         return 1
@@ -520,29 +527,55 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vehicle-telematics")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="telematics", description=__doc__)
     ap.add_argument("--config", help="TOML config (default: $TELEMATICS_CONFIG, else embedded defaults)")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("devices", help="the device registry")
     dsub = p.add_subparsers(dest="action", required=True)
     a = dsub.add_parser("add", help="register a device key")
-    a.add_argument("--public-key", help="Ed25519 public key, hex")
-    a.add_argument("--key-file", help="read the public key from a device key file")
+    a.add_argument(
+        "--public-key",
+        "--key-file",
+        dest="public_key",
+        type=cli_args.public_key,
+        help="the device's Ed25519 public key: 64 hex digits, or the .pub file `edge-agent keygen` wrote",
+    )
     a.add_argument("--label")
     dsub.add_parser("list", help="list registered keys")
     r = dsub.add_parser("revoke", help="revoke a device's keys: blocks stamped from --at on are rejected")
     r.add_argument("device_id")
     r.add_argument(
-        "--at", type=int, help="ns since epoch (device clock) from which the keys are distrusted; default now"
+        "--at",
+        type=cli_args.instant_ns,
+        help="from when (device clock) the keys are distrusted: ISO 8601 (2026-12-01T10:00Z) or ns; default now",
     )
     r = dsub.add_parser("rotate", help="retire a device's key and register its new one, valid from --at")
     r.add_argument("device_id")
-    r.add_argument("--public-key", help="the new Ed25519 public key, hex")
-    r.add_argument("--key-file", help="read the new public key from a device key file")
-    r.add_argument("--at", type=int, help="ns since epoch (device clock) of the switch; default now")
+    r.add_argument(
+        "--public-key",
+        "--key-file",
+        dest="public_key",
+        type=cli_args.public_key,
+        help="the new Ed25519 public key: 64 hex digits, or the .pub file `edge-agent keygen` wrote",
+    )
+    r.add_argument(
+        "--at",
+        type=cli_args.instant_ns,
+        help="when (device clock) the new key takes over: ISO 8601 (2026-12-01T10:00Z) or ns; default now",
+    )
     p.set_defaults(fn=cmd_devices)
 
     p = sub.add_parser("ingest", help="run the MQTT->Kafka bridge and the verifying consumer")
@@ -646,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("erase", help="erase a vehicle's records; every other proof keeps verifying")
     p.add_argument("--device", required=True, help="device id")
     p.add_argument("--reason", default="erasure request", help="recorded in the signed erasure statement")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument(
         "--compact",
         action="store_true",
@@ -662,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(cli_args.hoist_global_options(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

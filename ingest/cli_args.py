@@ -1,0 +1,79 @@
+"""Argument types of the `telematics` command line: each one either gives a value or one line that
+says what is wrong (argparse prints it with the usage and exits 2)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+_HEX = re.compile(r"(0x)?([0-9a-fA-F]{64})")
+
+
+def public_key(text: str) -> bytes:
+    """An Ed25519 public key: 64 hex digits (``0x`` allowed), or a file holding them (the ``.pub``
+    that `edge-agent keygen` writes). Never a private key: the ingest side needs none."""
+    given = text.strip()
+    p = Path(given)
+    if not _HEX.fullmatch(given) and p.is_file():
+        try:
+            data = p.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            raise argparse.ArgumentTypeError(f"{p} is not a public key file (64 hex digits)") from None
+        if "PRIVATE KEY" in data:
+            raise argparse.ArgumentTypeError(
+                f"{p} is a PRIVATE key: give its public key (the .pub beside it); the ingest never needs a"
+                " vehicle's private key"
+            )
+        given = data
+    m = _HEX.fullmatch(given)
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"not an Ed25519 public key: expected 64 hex digits or a .pub file, got {text[:80]!r}"
+        )
+    return bytes.fromhex(m.group(2))
+
+
+def instant_ns(text: str) -> int:
+    """A moment: nanoseconds since the epoch, or ISO 8601 (``2026-12-01T10:00Z``; no zone: UTC)."""
+    t = text.strip()
+    if t.isdigit():
+        return int(t)
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (ISO 8601 such as 2026-12-01T10:00Z, or nanoseconds since the epoch)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+GLOBAL_FLAGS = ("-v", "--verbose")
+GLOBAL_VALUES = ("--config",)
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """``telematics CMD ... --config X`` means ``telematics --config X CMD ...``: global options are
+    moved before the subcommand wherever they are given (an exact token only; ``--`` ends the scan)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a in GLOBAL_FLAGS:
+            front.append(a)
+        elif a in GLOBAL_VALUES and i + 1 < len(argv):
+            front += [a, argv[i + 1]]
+            i += 1
+        elif any(a.startswith(g + "=") for g in GLOBAL_VALUES):
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest

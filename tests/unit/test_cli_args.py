@@ -1,0 +1,106 @@
+"""The command line's rough edges (issue 14): global options after the command, --version, public keys
+as hex, 0x-hex or a .pub file (a private key refused), times as ISO 8601 or ns, erase asks first.
+Each mistake is one line and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from common.keys import generate_key_file
+from ingest.cli_args import hoist_global_options, instant_ns
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(tmp: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    cfg = tmp / "t.toml"
+    if not cfg.exists():
+        cfg.write_text(f'data_dir = "{tmp / "data"}"\n[store]\nbackend = "duckdb"\n')
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        input=stdin,
+        env={"TELEMATICS_CONFIG": str(cfg), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def _one_line(r: subprocess.CompletedProcess[str], says: str) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("telematics")]
+    assert says in r.stderr and lines, r.stderr
+
+
+def test_global_options_after_the_command() -> None:
+    assert hoist_global_options(["devices", "list", "--config", "x.toml", "-v"]) == [
+        "--config",
+        "x.toml",
+        "-v",
+        "devices",
+        "list",
+    ]
+    assert hoist_global_options(["query", "SELECT '--config'", "--config=y"]) == [
+        "--config=y",
+        "query",
+        "SELECT '--config'",
+    ]
+    assert hoist_global_options(["query", "--", "--config"]) == ["query", "--", "--config"]
+
+
+def test_times_are_iso_or_nanoseconds() -> None:
+    assert instant_ns("1700000000000000000") == 1_700_000_000_000_000_000
+    assert instant_ns("2023-11-14T22:13:20Z") == 1_700_000_000_000_000_000
+    assert instant_ns("2023-11-14T22:13:20") == 1_700_000_000_000_000_000  # no zone: UTC
+    assert instant_ns("2023-11-14T23:13:20.5+01:00") == 1_700_000_000_500_000_000
+
+
+def test_version_on_both_tools() -> None:
+    for tool in ("ingest.cli", "edge_agent.cli"):
+        r = subprocess.run(
+            [sys.executable, "-m", tool, "--version"], capture_output=True, text=True, cwd=ROOT
+        )
+        assert r.returncode == 0 and r.stdout.split()[0] in ("telematics", "edge-agent"), r
+        assert r.stdout.split()[1][0].isdigit(), r.stdout
+
+
+def test_devices_add_takes_hex_0x_or_pub_file_and_refuses_a_private_key(tmp_path: Path) -> None:
+    key = generate_key_file(tmp_path / "device.key")
+    other = generate_key_file(tmp_path / "other.key")
+    third = generate_key_file(tmp_path / "third.key")
+    ok = _cli(
+        tmp_path,
+        "devices",
+        "add",
+        "--public-key",
+        str(tmp_path / "device.key.pub"),
+        "--config",
+        str(tmp_path / "t.toml"),
+    )
+    assert ok.returncode == 0 and "registered device" in ok.stdout, ok.stderr
+    assert _cli(tmp_path, "devices", "add", "--public-key", "0x" + other.public_key.hex()).returncode == 0
+    assert _cli(tmp_path, "devices", "add", "--key-file", str(tmp_path / "third.key.pub")).returncode == 0
+    listed = _cli(tmp_path, "devices", "list").stdout
+    assert all(k.key_id in listed for k in (key, other, third))
+    for bad, says in (
+        ("zz12", "expected 64 hex digits"),
+        ("ab" * 31, "expected 64 hex digits"),
+        (str(tmp_path / "device.key"), "is a PRIVATE key"),
+    ):
+        r = _cli(tmp_path, "devices", "add", "--public-key", bad)
+        assert r.returncode == 2, (bad, r.stderr)
+        assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bad_time_is_one_line(tmp_path: Path) -> None:
+    r = _cli(tmp_path, "devices", "revoke", "abc", "--at", "yesterday")
+    assert r.returncode == 2 and "not a time" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_erase_asks_first(tmp_path: Path) -> None:
+    r = _cli(tmp_path, "erase", "--device", "abc", stdin="y\n")
+    # not a terminal here: without --yes nothing is erased, and the line says how to go on
+    assert r.returncode == 2 and "--yes" in r.stderr and "Traceback" not in r.stderr
