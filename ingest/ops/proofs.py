@@ -59,10 +59,13 @@ def table_name(name: str) -> str:
 
 
 def select_rows(store: Store, table: str | None, where: str | None, limit: int, sample: bool) -> list[RowRef]:
-    """Rows matching a SQL filter (on one table, or both when ``table`` is None) whose batch is
-    anchored: while the ingest runs, the newest batch may be stored and not yet anchored."""
+    """Rows matching a SQL filter (on one table, or every record table the filter applies to when
+    ``table`` is None) whose batch is anchored: while the ingest runs, the newest batch may be
+    stored and not yet anchored."""
     out: list[RowRef] = []
-    for t in [table_name(table)] if table else list(TABLES):
+    tables = [table_name(table)] if table else list(TABLES)
+    refused: list[str] = []
+    for t in tables:
         q = (
             f"SELECT device_id, block_seq, idx FROM {t} r WHERE EXISTS (SELECT 1 FROM blocks b"
             " JOIN anchors a USING (batch_no) WHERE b.device_id = r.device_id AND b.seq = r.block_seq)"
@@ -75,10 +78,16 @@ def select_rows(store: Store, table: str | None, where: str | None, limit: int, 
         try:
             rows = store.con.execute(q).fetchall()
         except Exception as exc:  # DuckDB parser / binder errors: the user's filter
-            raise ProveError(f"cannot select rows from {t}: {exc}") from exc
+            msg = " ".join(str(exc).split())
+            if table is None and "Binder Error" in msg:  # a column another record table has
+                refused.append(f"{t}: {msg}")
+                continue
+            raise ProveError(f"cannot select rows from {t}: {msg}") from exc
         out += [RowRef(t, d, int(s), int(i)) for d, s, i in rows]
         if len(out) >= limit:
             break
+    if len(refused) == len(tables):
+        raise ProveError(f"the filter applies to no record table ({'; '.join(refused)[:400]})")
     return out
 
 

@@ -330,3 +330,16 @@ def test_every_record_kind_proves_and_verifies(tmp_path: Path) -> None:
         assert len(rows) == 1, kind
         rep = verify_bundle(w.bundle(rows), operator_key=w.operator.public_key)
         assert rep.ok and rep.records == 1, (kind.table, rep.problems)
+
+
+def test_where_without_table_uses_the_tables_it_applies_to(world: World) -> None:
+    from ingest.ops.proofs import ProveError
+
+    rows = select_rows(world.store, None, "speed_mps >= 0", 5, sample=False)  # driving only
+    assert rows and {r.table for r in rows} == {"driving_samples"}
+    rows = select_rows(world.store, None, "soc_pct >= 0", 5, sample=False)  # battery only
+    assert rows and {r.table for r in rows} == {"battery_samples"}
+    with pytest.raises(ProveError, match="applies to no record table"):
+        select_rows(world.store, None, "no_such_column > 1", 5, sample=False)
+    with pytest.raises(ProveError, match="cannot select rows from driving_samples"):
+        select_rows(world.store, "driving", "soc_pct > 1", 5, sample=False)
