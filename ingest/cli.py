@@ -234,18 +234,30 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_proof(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
     from pathlib import Path
 
-    from schemas.proof import verify_bundle
+    from schemas.proof import proven_rows, verify_bundle
 
-    pinned = None
-    if args.operator_key:
-        p = Path(args.operator_key)
-        pinned = bytes.fromhex(p.read_text().strip() if p.exists() else args.operator_key)
+    pinned, pinned_from = None, ""
+    try:
+        if args.operator_key:
+            pinned, pinned_from = wiring.operator_public_key(_cfg(args), args.operator_key), "--operator-key"
+        elif wiring.paths(_cfg(args)).operator_pub.exists():
+            pinned = wiring.operator_public_key(_cfg(args))
+            pinned_from = str(wiring.paths(_cfg(args)).operator_pub)
+    except ValueError:
+        print(
+            "telematics verify-proof: --operator-key: not an Ed25519 public key (64 hex digits, or a file"
+            " holding them)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         data = Path(args.bundle).read_bytes()
     except OSError as exc:
-        print(f"verify-proof: cannot read {args.bundle}: {exc}", file=sys.stderr)
+        print(f"telematics verify-proof: cannot read {args.bundle}: {exc}", file=sys.stderr)
         return 2
     rep = verify_bundle(data, operator_key=pinned)
     problems = list(rep.problems)
@@ -257,6 +269,16 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
                 "--rpc: the bundle has no EVM anchor to check (made with the local ledger backend)"
             )
         problems += check_anchors_on_chain(args.rpc, rep.anchors, confirmations=args.confirmations)
+    unpinned = pinned is None and not args.trust_bundle_key
+    rows = proven_rows(data) if not problems and rep.ok else []
+    if args.json:
+        out = {
+            "ok": not problems and rep.ok and not unpinned,
+            "problems": problems,
+            "pinned": pinned_from or None,
+        }
+        print(json.dumps({**out, "records": rows}, indent=1, default=str))
+        return 0 if out["ok"] else 1
     for prob in problems:
         print(f"FAIL {prob}")
     if problems or not rep.ok:
@@ -264,6 +286,19 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
         return 1
     cps = ", ".join(f"size {n} root {r.hex()[:16]}…" for n, r in sorted(rep.checkpoints.items()))
     print(f"OK: {rep.records} record(s) proven up to signed checkpoint(s) {cps}")
+    for r in rows[: args.show]:
+        v = dict(r["values"])
+        ts = v.pop("ts_ns", None)
+        when = datetime.fromtimestamp(ts / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if ts else "-"
+        shown = ", ".join(f"{k}={x:.9g}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
+        print(
+            f"  {r['table']} device {r['device_id']} block {r['block_seq']} #{r['idx']} at {when}: {shown}"
+            f"  [batch {r['batch_no']} -> ledger entry {r['ledger_entry']} -> checkpoint {r['checkpoint_size']}"
+            + (f" -> EVM tx {r['evm_tx'][0][:18]}…" if r["evm_tx"] else "")
+            + "]"
+        )
+    if len(rows) > args.show:
+        print(f"  … {len(rows) - args.show} more (--show N, or --json for all)")
     if rep.anchors:
         where = (
             "checked on chain"
@@ -271,8 +306,16 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
             else "signed by the operator; pass --rpc URL to check them on chain"
         )
         print(f"    {len(rep.anchors)} EVM anchor(s) ({where})")
-    if pinned is None:
-        print("    note: the operator key was taken from the bundle; pin it with --operator-key")
+    if pinned_from:
+        print(f"    operator key pinned from {pinned_from}")
+    elif args.trust_bundle_key:
+        print("    operator key: the bundle's own (--trust-bundle-key); anyone could have made this bundle")
+    if unpinned:
+        print(
+            "UNPINNED: the bundle verifies against the operator key it carries itself, which proves nothing"
+            " about who made it: pass --operator-key (the operator's published key) or --trust-bundle-key"
+        )
+        return 1
     return 0
 
 
@@ -664,10 +707,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify-proof", help="verify a proof bundle offline (no DuckDB needed)")
     p.add_argument("bundle")
     p.add_argument(
-        "--operator-key", help="pin the operator public key (hex or a file); default: the bundle's"
+        "--operator-key",
+        help="pin the operator's public key (hex or a file); default: ingest.key.pub of the config, if any",
+    )
+    p.add_argument(
+        "--trust-bundle-key",
+        action="store_true",
+        help="accept the operator key the bundle carries (proves the bundle is consistent, not who made it)",
     )
     p.add_argument("--rpc", help="also check each EVM anchor transaction on this JSON-RPC node")
     p.add_argument("--confirmations", type=int, default=1, help="with --rpc: required confirmations")
+    p.add_argument("--show", type=int, default=20, help="proven records to print (default 20)")
+    p.add_argument("--json", action="store_true", help="every proven record with its values, as JSON")
     p.set_defaults(fn=cmd_verify_proof)
 
     p = sub.add_parser("audit", help="recompute every leaf, root, signature and ledger link from DuckDB")

@@ -371,3 +371,36 @@ def _record(r: RecordProof, headers: dict[str, Any]) -> bool:
     if got != hdr.root:
         raise _Fail("record is not in its block (leaf, salt or inclusion path fails)")
     return True
+
+
+def proven_rows(data: bytes) -> list[dict[str, Any]]:
+    """What a bundle proves, one dict per record: table, device, block sequence number, position,
+    the record's decoded fields (``ts_ns`` is the vehicle clock), and the chain it is proven through:
+    the block's batch, the batch's ledger entry and the signed checkpoint covering it. Call it on a
+    bundle ``verify_bundle`` accepted; it checks nothing itself."""
+    b = bundle_decoder.decode(data)
+    out = []
+    for r in b.records:
+        blk = b.blocks[r.block]
+        batch = b.batches[str(blk.batch_no)]
+        rec = msgspec.structs.asdict(decode_record(_hx(r.raw)))
+        out.append(
+            {
+                "table": r.table,
+                "device_id": r.device_id,
+                "block_seq": r.block_seq,
+                "idx": r.idx,
+                "values": rec,
+                "batch_no": blk.batch_no,
+                "ledger_entry": batch.log_index,
+                "checkpoint_size": int(batch.checkpoint),
+                # the EVM transactions carrying this batch's root, or a checkpoint that covers it
+                "evm_tx": [
+                    a.tx_hash
+                    for a in b.evm
+                    if (a.kind == "batch" and a.number == blk.batch_no)
+                    or (a.kind == "checkpoint" and a.number > batch.log_index)
+                ],
+            }
+        )
+    return out

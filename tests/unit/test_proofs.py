@@ -343,3 +343,42 @@ def test_where_without_table_uses_the_tables_it_applies_to(world: World) -> None
         select_rows(world.store, None, "no_such_column > 1", 5, sample=False)
     with pytest.raises(ProveError, match="cannot select rows from driving_samples"):
         select_rows(world.store, "driving", "soc_pct > 1", 5, sample=False)
+
+
+def test_verify_proof_shows_what_was_proven_and_wants_a_pinned_key(world: World, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from schemas.proof import proven_rows
+
+    rows = select_rows(world.store, "driving", None, 3, sample=False)
+    data = world.bundle(rows)
+    bundle = tmp_path / "b.json"
+    bundle.write_bytes(data)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "nothing-here"}"\n')
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ingest.cli", "--config", str(cfg), "verify-proof", str(bundle), *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    proven = proven_rows(data)
+    assert [(p["device_id"], p["block_seq"], p["idx"]) for p in proven] == [
+        (r.device_id, r.block_seq, r.idx) for r in rows
+    ]
+    assert all(p["table"] == "driving_samples" and "speed_mps" in p["values"] for p in proven)
+    r = cli()  # valid, but the key is only the bundle's own
+    assert r.returncode == 1 and "UNPINNED" in r.stdout and "OK: 3 record(s)" in r.stdout, r.stdout
+    r = cli("--trust-bundle-key")
+    assert r.returncode == 0 and "speed_mps=" in r.stdout and "ledger entry" in r.stdout, r.stdout
+    r = cli("--operator-key", world.operator.public_key.hex())
+    assert r.returncode == 0 and "pinned from --operator-key" in r.stdout, r.stdout
+    r = cli("--operator-key", world.operator.public_key.hex(), "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["ok"] and out["records"][0]["values"]["ts_ns"] > 0
+    r = cli("--operator-key", "zz")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
