@@ -73,6 +73,8 @@ class BatchConsumer:
         self.owner = f"{socket.gethostname()}/{os.getpid()}"  # named in partition claims and fences
         # Raised by every assignment: messages fetched under an older one are dropped, not processed.
         self.generation = 0
+        # Kafka positions dead-lettered whose batch is not stored yet (pruned as batches commit).
+        self._dead_lettered: set[tuple[str, int, int]] = set()
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
         # Why the pipeline holds (an infrastructure failure: store or Kafka), shown in the status file
@@ -218,8 +220,15 @@ class BatchConsumer:
         await self.consumer.commit(
             {TopicPartition(t, part): OffsetAndMetadata(o, "") for (t, part), o in offsets.items()}
         )
+        # Stored now: those positions are never read again.
+        self._dead_lettered = {
+            pos for pos in self._dead_lettered if pos[2] >= offsets.get((pos[0], pos[1]), 0)
+        }
 
     async def _dead_letter(self, rejections: list[Any]) -> None:
+        """Step 2. A message dead-lettered by an attempt that did not store its batch (a rewind)
+        is not produced again when it comes round (a crash may still repeat it: at least once)."""
+        rejections = [r for r in rejections if (r.topic, r.partition, r.offset) not in self._dead_lettered]
         if not rejections:
             return
         assert self.producer is not None
@@ -238,6 +247,7 @@ class BatchConsumer:
                 )
             )
         await asyncio.gather(*futs)
+        self._dead_lettered.update((r.topic, r.partition, r.offset) for r in rejections)
 
     def write_status(self) -> None:
         status: dict[str, Any] = dict(
