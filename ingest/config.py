@@ -170,6 +170,15 @@ class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     postgres_bin: str = ""  # a directory holding initdb and postgres
 
 
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` of each role; port 0: none. Consumer
+    ``--instance I`` listens on ``consumer_port + I``."""
+
+    host: str = "127.0.0.1"
+    bridge_port: Annotated[int, Meta(ge=0, le=65535)] = 9464
+    consumer_port: Annotated[int, Meta(ge=0, le=65535)] = 9465
+
+
 class SimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keys_dir: str = "sim"
 
@@ -184,6 +193,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ledger: LedgerConfig = LedgerConfig()
     registry: RegistryConfig = RegistryConfig()
     stack: StackConfig = StackConfig()
+    metrics: MetricsConfig = MetricsConfig()
     edge: EdgeConfig = EdgeConfig()
     sim: SimConfig = SimConfig()
 

@@ -218,6 +218,7 @@ def roles(
                 status_path=status_path(cfg, instance),
                 batch_log=batch_log,
                 passthrough=passthrough,
+                instance=instance,
             )
         )
     return out

@@ -34,6 +34,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common.mqtt_tls import apply_security
 from ingest.config import Config
+from ingest.pipeline.metrics import Metric, Metrics, MetricsServer, counter, gauge
 from schemas.transport import (
     BLOCKS_FILTER,
     COUNT_HEADER,
@@ -155,6 +157,44 @@ class Bridge:
         self._room = threading.Condition()
         self._inbox_bytes = 0
         self._gate_open = True
+        self._subscribed = False
+        m = cfg.metrics
+        self.metrics_server = MetricsServer(Metrics(self._collect), m.host, m.bridge_port, self._not_ready)
+
+    # -- operators' view (ingest/pipeline/metrics.py) --------------------------------------------
+    def _collect(self) -> Iterator[Metric]:
+        st = self.stats
+        yield counter("telematics_bridge_received", "MQTT messages received", st.received)
+        yield counter(
+            "telematics_bridge_forwarded", "messages acknowledged by Kafka, then to MQTT", st.forwarded
+        )
+        yield counter(
+            "telematics_bridge_oversized",
+            "messages over max_payload_bytes (a marker forwarded)",
+            st.oversized,
+        )
+        yield counter(
+            "telematics_bridge_over_quota",
+            "messages of devices over their quota (not forwarded)",
+            st.over_quota,
+        )
+        yield gauge(
+            "telematics_bridge_pending_bytes",
+            "payload received and not yet handed to Kafka",
+            self._inbox_bytes,
+        )
+        yield gauge(
+            "telematics_bridge_connected",
+            "1 while connected to the MQTT broker",
+            1 if self._connected.is_set() else 0,
+        )
+
+    def _not_ready(self) -> str | None:
+        if not self._connected.is_set():
+            return "not connected to the MQTT broker"
+        if not self._subscribed:
+            return "not subscribed yet"
+        return None
 
     # -- MQTT side (paho network thread) ----------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -194,6 +234,7 @@ class Bridge:
         if any(rc.is_failure for rc in rcs):
             log.error("bridge: subscription refused: %s", rcs)
             return
+        self._subscribed = True
         path = self.status_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -203,6 +244,7 @@ class Bridge:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
     ) -> None:
+        self._subscribed = False
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.clear)
 
@@ -368,6 +410,13 @@ class Bridge:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.metrics_server.start()
+        try:
+            await self._run()
+        finally:
+            self.metrics_server.stop()
+
+    async def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             producer = AIOKafkaProducer(

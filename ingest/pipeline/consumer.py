@@ -9,6 +9,8 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,15 @@ from common.errors import Fatal
 from ingest.config import Config
 from ingest.ledger.base import Ledger, LedgerDamaged, LedgerError
 from ingest.pipeline.batch import Checkpoint, Offsets, SealedBatch, UnstorableMessages
+from ingest.pipeline.metrics import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    Metrics,
+    MetricsServer,
+    counter,
+    gauge,
+)
 from ingest.pipeline.processor import Processor
 from ingest.storage.registry import Registry, RegistryError
 from ingest.storage.store import Store, StoreError
@@ -42,8 +53,10 @@ class BatchConsumer:
         status_path: Path,
         batch_log: Path | None = None,
         passthrough: bool = False,
+        instance: int = 0,
     ) -> None:
-        """``status_path``: the status file this consumer keeps current. ``batch_log``: append one JSON line per flushed batch (its size and when it was built,
+        """``instance``: this consumer's number among several (its metrics port).
+        ``status_path``: the status file this consumer keeps current. ``batch_log``: append one JSON line per flushed batch (its size and when it was built,
         committed to DuckDB and anchored; the load benchmark reads it). ``passthrough``: the
         benchmark's baseline only: blocks are stored without verification, Merkle work or anchors."""
         self.cfg = cfg
@@ -86,6 +99,23 @@ class BatchConsumer:
         # below it, means the broker's log went backwards (acknowledged messages may be lost).
         self._expect: dict[TopicPartition, int] = {}
         self.alarms: list[dict[str, Any]] = []  # the latest broker resets, for the status file
+        # Operators' view (ingest/pipeline/metrics.py): read at scrape time, updated per batch or poll.
+        self.rejected: Counter[str] = Counter(store.rejection_reasons())
+        self.stored_pos: dict[int, int] = {}  # partition -> next offset after the last stored batch
+        self.lag: dict[int, int] = {}  # partition -> messages the broker holds beyond it
+        self.metrics = Metrics(self._collect)
+        buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self._commit_s = self.metrics.histogram(
+            "telematics_batch_commit_seconds", "batch built -> store transaction committed", buckets
+        )
+        self._anchor_s = self.metrics.histogram(
+            "telematics_batch_anchor_seconds",
+            "store transaction committed -> ledger receipt recorded",
+            buckets,
+        )
+        m = cfg.metrics
+        port = m.consumer_port + instance if m.consumer_port else 0
+        self.metrics_server = MetricsServer(self.metrics, m.host, port, self._not_ready)
 
     # -- the durability order ---------------------------------------------------------------------
     async def flush(self) -> None:
@@ -153,6 +183,12 @@ class BatchConsumer:
         c["rejections"] += len(rows.rejections)
         c["duplicates"] += len(rows.duplicates)
         c["gaps"] += len(rows.gaps)
+        self.rejected.update(r.reason for r in rows.rejections)
+        for (_t, part), o in sealed.offsets.items():
+            self.stored_pos[part] = o
+        self._commit_s.observe(max(0, committed_ns - rows.created_at) / 1e9)
+        if anchor:
+            self._anchor_s.observe(max(0, time.time_ns() - committed_ns) / 1e9)
         self.write_status()
         if self._batch_log is not None:
             self._batch_log.write(
@@ -249,6 +285,61 @@ class BatchConsumer:
         await asyncio.gather(*futs)
         self._dead_lettered.update((r.topic, r.partition, r.offset) for r in rejections)
 
+    def _collect(self) -> Iterator[Metric]:
+        c = self.counts
+        yield counter(
+            "telematics_records_stored",
+            "records stored (the store's total at start, then this process)",
+            c["records"],
+        )
+        yield counter("telematics_blocks_stored", "blocks stored", c["blocks"])
+        yield counter("telematics_batches_stored", "batches stored", c["batches"])
+        yield counter("telematics_batches_anchored", "batches anchored in the ledger", c["anchored"])
+        yield counter(
+            "telematics_duplicates", "redelivered blocks recognised and not stored again", c["duplicates"]
+        )
+        yield counter(
+            "telematics_gap_detections", "sequence gaps detected (late blocks may fill them)", c["gaps"]
+        )
+        yield counter(
+            "telematics_broker_resets", "partitions whose log went backwards", c.get("broker_resets", 0)
+        )
+        rej = CounterMetricFamily(
+            "telematics_rejections", "messages dead-lettered, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(self.rejected.items()):
+            rej.add_metric([reason], n)
+        yield rej
+        lag = GaugeMetricFamily(
+            "telematics_consumer_lag",
+            "messages the broker holds beyond the last stored batch",
+            labels=["partition"],
+        )
+        for part, n in sorted(self.lag.items()):
+            if part in self.partitions:
+                lag.add_metric([str(part)], n)
+        yield lag
+        yield gauge(
+            "telematics_consumer_partitions", "partitions assigned to this consumer", len(self.partitions)
+        )
+        yield gauge(
+            "telematics_consumer_stalled",
+            "1 while an infrastructure failure holds the pipeline",
+            1 if self.stalled else 0,
+        )
+        yield gauge(
+            "telematics_consumer_pending_records",
+            "records in the batch being built",
+            self.proc.pending.records,
+        )
+
+    def _not_ready(self) -> str | None:
+        if self.stalled:
+            return f"held: {self.stalled.get('error', '')}"
+        if not self.partitions:
+            return "no partition assigned (yet)"
+        return None
+
     def write_status(self) -> None:
         status: dict[str, Any] = dict(
             self.counts,
@@ -286,6 +377,7 @@ class BatchConsumer:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=k.bootstrap, acks="all", linger_ms=5, max_batch_size=1024 * 1024
         )
+        self.metrics_server.start()
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([k.blocks_topic], listener=_FlushOnRevoke(self))
@@ -326,6 +418,7 @@ class BatchConsumer:
             await self._flush_or_rewind(wait=True)
             await self._sync_ledger(force=True)
         finally:
+            self.metrics_server.stop()
             await self.consumer.stop()
             await self.producer.stop()
             if self._batch_log is not None:
@@ -346,6 +439,11 @@ class BatchConsumer:
                 self._alarm(tp, "offsets_regressed", exp, msgs[0].offset)
             if msgs:
                 self._expect[tp] = msgs[-1].offset + 1
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            pos = self.stored_pos.get(tp.partition, self._expect.get(tp))
+            if hw is not None and pos is not None:
+                self.lag[tp.partition] = max(0, hw - pos)  # never negative: a reset is alarmed below
         for tp, exp in list(self._expect.items()):
             hw = self.consumer.highwater(tp)
             if hw is not None and hw < exp:
@@ -534,6 +632,7 @@ class ConsumerService:
         status_path: Path,
         batch_log: Path | None = None,
         passthrough: bool = False,
+        instance: int = 0,
     ) -> None:
         # A batch allocates a few objects per record, nearly all freed together when it is written:
         # collect the young generation less often, and never walk what exists at start.
@@ -551,6 +650,7 @@ class ConsumerService:
             status_path=status_path,
             batch_log=batch_log,
             passthrough=passthrough,
+            instance=instance,
         )
 
     async def run(self) -> None:

@@ -133,6 +133,7 @@ class Store(Protocol):
         self, topic: str, partition: int, kind: str, expected: int, got: int, at_ns: int
     ) -> None: ...
     def counts(self) -> dict[str, int]: ...
+    def rejection_reasons(self) -> dict[str, int]: ...
     def claim(self, topic: str, partitions: list[int], owner: str) -> None:
         """Take ``partitions`` of ``topic`` for this writer (on assignment, before ``positions``):
         a batch another writer is committing for them finishes first, and none of its later ones will."""
@@ -212,6 +213,12 @@ class _DuckStore:
             )
         except duckdb.Error as exc:
             raise StoreError(f"broker reset on {topic}/{partition} not recorded: {exc}") from exc
+
+    def rejection_reasons(self) -> dict[str, int]:
+        """Stored rejections per reason."""
+        return {
+            str(r): int(n) for r, n in self._read("SELECT reason, count(*) FROM rejections GROUP BY reason")
+        }
 
     def counts(self) -> dict[str, int]:
         q = f"""SELECT

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devtools.stack import Stack, ensure_topics, free_ports
+from devtools.stack import Stack, ensure_topics, free_port_block, free_ports
 from ingest.config import Config
 from tests.integration.harness import IngestProc, write_config
 
@@ -109,6 +109,8 @@ class TestEnv:
         b = msgspec.to_builtins(stack_cfg)
         b["data_dir"] = str(tmp)
         b["store"] = {"backend": "duckdb"} if catalog is None else {"backend": "lake", "catalog": catalog}
+        # consumer --instance I listens on consumer_port + I: a block of ports for up to 4 consumers
+        b["metrics"] = {"bridge_port": free_port(), "consumer_port": free_port_block(4)}
         b["kafka"].update(blocks_topic=f"blocks-{tag}", deadletter_topic=f"dlq-{tag}", partitions=4)
         b["bridge"] = {"client_id": f"bridge-{tag}", "share_group": f"g{tag}"}
         b["ingest"] = {
