@@ -464,6 +464,55 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ingest.ops import status
+    from ingest.pipeline.consumer import read_status_file
+
+    cfg = _cfg(args)
+    k, m = cfg.kafka, cfg.mqtt
+    services: dict[str, tuple[str, bool]] = {
+        "mqtt": (f"{m.host}:{m.port}", status.reachable(m.host, m.port)),
+        "kafka": (k.bootstrap, status.reachable(k.host, k.port)),
+    }
+    if cfg.store.backend == "lake":
+        cat = wiring.catalog(cfg)
+        kv = dict(p.split("=", 1) for p in cat.split() if "=" in p)
+        services["postgresql"] = (
+            f"{kv.get('host', '?')}:{kv.get('port', '5432')}",
+            status.reachable(kv.get("host", "127.0.0.1"), int(kv.get("port", "5432"))),
+        )
+    roles: dict[str, dict[str, object] | None] = {"bridge": read_status_file(wiring.paths(cfg).bridge_status)}
+    p0 = wiring.status_path(cfg, 0)
+    for i, path in enumerate([p0, *sorted(p0.parent.glob(f"{p0.stem}-*{p0.suffix}"))]):
+        st = read_status_file(path)
+        if st is not None or i == 0:
+            roles["consumer" if i == 0 else f"consumer {Path(path).stem.rsplit('-', 1)[-1]}"] = st
+    for st in roles.values():
+        if st is not None:
+            st["alive"] = status.alive(st.get("pid"))
+    view: dict[str, object] = {"services": services, "roles": roles}
+    high = status.end_offsets(k.bootstrap, k.blocks_topic) if services["kafka"][1] else None
+    store = _open_store(cfg, "status") if services.get("postgresql", ("", True))[1] else None
+    if store is None:
+        view["store"] = None
+        view["store_error"] = (
+            "the lake's catalog (PostgreSQL) is down" if cfg.store.backend == "lake" else "busy"
+        )
+    else:
+        try:
+            view["store"] = status.store_view(store, k.blocks_topic, high)
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps(view, indent=1, default=str))
+    else:
+        print(status.render(view))
+    return 0
+
+
 def _iso(ns: int) -> str:
     import datetime as dt
 
@@ -643,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
     # The load benchmark's baseline (bench/e2e.py): stores blocks WITHOUT verifying them. Not for use.
     p.add_argument("--benchmark-passthrough", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_ingest)
+
+    p = sub.add_parser(
+        "status",
+        help="services, roles, consumer lag per partition, batches waiting for anchors, last rejections",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable")
+    p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser(
         "maintain",

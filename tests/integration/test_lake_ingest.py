@@ -6,6 +6,7 @@ ledger once (``checks.recheck``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -174,6 +175,17 @@ def test_an_analyst_reads_live_while_ingest_writes(lake_env: Any, tmp_path: Path
     v = run_cli(conf, "verify-proof", str(tmp_path / "live.proof"))
     assert v.returncode == 0, v.stdout + v.stderr
     _exactly(cfg, fleet)
+    # the operator's screen: everything up, the consumer running, nothing behind, nothing waiting
+    st = run_cli(conf, "status", "--json")
+    assert st.returncode == 0, st.stderr
+    view = json.loads(st.stdout)
+    assert all(up for _w, up in view["services"].values()), view["services"]
+    assert view["roles"]["consumer"]["alive"] and view["roles"]["bridge"]["alive"]
+    lag = view["store"]["lag"]
+    assert lag and all(n == 0 for n in lag.values()), lag
+    assert view["store"]["pending_anchor"] == [] and view["store"]["counts"]["records"] == fleet.records
+    screen = run_cli(conf, "status")
+    assert screen.returncode == 0 and "0 messages behind" in screen.stdout, screen.stdout
 
 
 def test_consumers_share_partitions_through_kill_restart_and_rebalance(lake_env: Any) -> None:
