@@ -72,3 +72,22 @@ def test_compose_ingest_config_is_valid_and_uses_the_lake(tmp_path: Path) -> Non
     assert cfg.store.backend == "lake" and cfg.store.data_path.startswith("s3://")
     assert "passfile=" in cfg.store.catalog and "password" not in cfg.store.catalog
     assert cfg.store.s3.secret_path.startswith("/run/secrets/")
+
+
+def test_dashboard_and_docs_name_only_metrics_the_code_exports() -> None:
+    """deploy/grafana/telematics.json and PRODUCTION.md's metrics table against the names the bridge
+    and the consumer register (ingest/pipeline)."""
+    import json
+
+    code = "".join((ROOT / "ingest/pipeline" / f).read_text() for f in ("consumer.py", "bridge.py"))
+    exported = set(re.findall(r'"(telematics_[a-z_]+)"', code))
+    counters = set(re.findall(r'counter\(\s*"(telematics_[a-z_]+)"', code)) | {"telematics_rejections"}
+    names = {n + "_total" if n in counters else n for n in exported}
+    names |= {n + s for n in exported for s in ("_bucket", "_sum", "_count") if n.endswith("_seconds")}
+    dash = json.loads((ROOT / "deploy/grafana/telematics.json").read_text())
+    used = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"telematics_[a-z_]+", t["expr"])}
+    assert used and used <= names, used - names
+    doc = (ROOT / "docs/PRODUCTION.md").read_text()
+    table = set(re.findall(r"`(telematics_[a-z_]+)", doc[doc.index("| metric | type | what |") :][:4000]))
+    plain = {n for n in names if not n.endswith(("_bucket", "_sum", "_count"))}
+    assert table == plain, (table ^ plain)
