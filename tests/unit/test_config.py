@@ -85,9 +85,11 @@ def test_dashboard_and_docs_name_only_metrics_the_code_exports() -> None:
     names = {n + "_total" if n in counters else n for n in exported}
     names |= {n + s for n in exported for s in ("_bucket", "_sum", "_count") if n.endswith("_seconds")}
     dash = json.loads((ROOT / "deploy/grafana/telematics.json").read_text())
-    used = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"telematics_[a-z_]+", t["expr"])}
+    used = {
+        m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"telematics_[a-z_]+", t["expr"])
+    }
     assert used and used <= names, used - names
     doc = (ROOT / "docs/PRODUCTION.md").read_text()
     table = set(re.findall(r"`(telematics_[a-z_]+)", doc[doc.index("| metric | type | what |") :][:4000]))
     plain = {n for n in names if not n.endswith(("_bucket", "_sum", "_count"))}
-    assert table == plain, (table ^ plain)
+    assert table == plain, table ^ plain
