@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -358,28 +359,52 @@ class BatchConsumer:
         os.replace(tmp, self.status_path)
 
     # -- the loop ---------------------------------------------------------------------------------
+    async def _start_kafka(self) -> bool:
+        """Connect the consumer and the dead-letter producer, retrying with backoff while the broker
+        is unreachable (it may start after the ingest), as the bridge does; False if stopped first."""
+        k, ing = self.cfg.kafka, self.cfg.ingest
+        delay = ing.retry_backoff_ms / 1000
+        while not self._stop.is_set():
+            self.consumer = AIOKafkaConsumer(
+                bootstrap_servers=k.bootstrap,
+                group_id=ing.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=ing.session_timeout_ms,
+                heartbeat_interval_ms=max(100, ing.session_timeout_ms // 5),
+                max_partition_fetch_bytes=8 * 1024 * 1024,
+                fetch_max_bytes=64 * 1024 * 1024,
+            )
+            # Dead letters go out a batch at a time: large producer batches (the default 16 KB made
+            # rejecting junk slower than accepting blocks, docs/PERFORMANCE.md).
+            self.producer = AIOKafkaProducer(
+                bootstrap_servers=k.bootstrap, acks="all", linger_ms=5, max_batch_size=1024 * 1024
+            )
+            try:
+                await self.producer.start()
+                await self.consumer.start()
+                return True
+            except (KafkaError, OSError) as exc:
+                with contextlib.suppress(Exception):
+                    await self.producer.stop()
+                with contextlib.suppress(Exception):
+                    await self.consumer.stop()
+                self._stall(KafkaError(f"the Kafka-protocol broker {k.bootstrap} is unreachable ({exc})"))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, 30.0)
+        return False
+
     async def run(self) -> None:
         k, ing = self.cfg.kafka, self.cfg.ingest
         # Before joining the group: a consumer whose ledger lost anchors takes no partition.
         await asyncio.to_thread(self.check_ledger)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=k.bootstrap,
-            group_id=ing.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=ing.session_timeout_ms,
-            heartbeat_interval_ms=max(100, ing.session_timeout_ms // 5),
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
-        # Dead letters go out a batch at a time: large producer batches (the default 16 KB made
-        # rejecting junk slower than accepting blocks, docs/PERFORMANCE.md).
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=k.bootstrap, acks="all", linger_ms=5, max_batch_size=1024 * 1024
-        )
         self.metrics_server.start()
-        await self.producer.start()
-        await self.consumer.start()
+        if not await self._start_kafka():
+            self.metrics_server.stop()
+            return  # stopped while the broker was unreachable
+        assert self.consumer is not None and self.producer is not None
+        self.stalled = None
         self.consumer.subscribe([k.blocks_topic], listener=_FlushOnRevoke(self))
         await self.recover()
         self.write_status()
