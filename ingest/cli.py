@@ -122,8 +122,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
         names = list(roles)
         if "consumer" in roles:
+            logs = [
+                "--log-level",
+                "debug" if args.verbose else args.log_level,
+                "--log-format",
+                args.log_format,
+            ]
             for i in range(1, args.consumers):
-                services.append(wiring.consumer_process(args.config, args.instance + i))
+                services.append(wiring.consumer_process(args.config, args.instance + i, logs))
                 names.append(f"consumer {args.instance + i}")
         asyncio.run(run_roles(services, names))
     except (LedgerConflict, LedgerDamaged, RegistryError, RoleFailed) as exc:
@@ -631,7 +637,16 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="telematics", description=__doc__)
     ap.add_argument("--config", help="TOML config (default: $TELEMATICS_CONFIG, else embedded defaults)")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (= --log-level debug)")
+    ap.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info", help="default info"
+    )
+    ap.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one object per line (ts, level, logger, msg)",
+    )
     ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -804,9 +819,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(cli_args.hoist_global_options(sys.argv[1:] if argv is None else argv))
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        cli_args.JsonFormatter()
+        if args.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.DEBUG if args.verbose else getattr(logging, args.log_level.upper()), handlers=[handler]
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     try:

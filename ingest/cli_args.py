@@ -4,6 +4,8 @@ says what is wrong (argparse prints it with the usage and exits 2)."""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +54,22 @@ def instant_ns(text: str) -> int:
 
 
 GLOBAL_FLAGS = ("-v", "--verbose")
-GLOBAL_VALUES = ("--config",)
+GLOBAL_VALUES = ("--config", "--log-level", "--log-format")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``msg`` (and ``exc``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:

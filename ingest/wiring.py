@@ -224,11 +224,12 @@ def roles(
     return out
 
 
-def consumer_process(config: str | None, instance: int) -> Role:
-    """One more consumer in a process of its own (``telematics ingest --consumers N``)."""
+def consumer_process(config: str | None, instance: int, options: list[str] | None = None) -> Role:
+    """One more consumer in a process of its own (``telematics ingest --consumers N``);
+    ``options``: global options it inherits (logging)."""
     from ingest.pipeline.service import ChildProcess
 
-    argv = ["-m", "ingest.cli"] + (["--config", config] if config else [])
+    argv = ["-m", "ingest.cli", *(options or [])] + (["--config", config] if config else [])
     return ChildProcess(
         f"consumer {instance}", [*argv, "ingest", "--only", "consumer", "--instance", str(instance)]
     )

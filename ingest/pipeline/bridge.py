@@ -245,6 +245,15 @@ class Bridge:
         self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
     ) -> None:
         self._subscribed = False
+        code = getattr(rc, "value", rc)
+        if code == 0x8E:  # MQTT 5 "Session taken over"
+            log.error(
+                "bridge: another client connected with client id %r and took this session over: two bridges"
+                " with the same [bridge] client_id steal it from each other; give each its own",
+                self.cfg.bridge.client_id,
+            )
+        elif not self._stop.is_set():
+            log.warning("bridge: disconnected from the MQTT broker (%s); reconnecting", rc)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.clear)
 

@@ -185,6 +185,23 @@ class BatchConsumer:
         c["duplicates"] += len(rows.duplicates)
         c["gaps"] += len(rows.gaps)
         self.rejected.update(r.reason for r in rows.rejections)
+        if rows.rejections:  # one line per batch, not per message: junk must not flood the log
+            by = Counter(r.reason for r in rows.rejections)
+            log.warning(
+                "dead-lettered %d message(s) of batch %d: %s (`telematics status`, topic %s)",
+                len(rows.rejections),
+                rows.batch_no,
+                ", ".join(f"{n} {reason}" for reason, n in by.most_common()),
+                self.cfg.kafka.deadletter_topic,
+            )
+        if rows.gaps:
+            log.warning(
+                "sequence gaps detected for %d device(s), e.g. %s blocks %d..%d missing so far (`telematics gaps`)",
+                len({g.device_id for g in rows.gaps}),
+                rows.gaps[0].device_id,
+                rows.gaps[0].from_seq,
+                rows.gaps[0].to_seq,
+            )
         for (_t, part), o in sealed.offsets.items():
             self.stored_pos[part] = o
         self._commit_s.observe(max(0, committed_ns - rows.created_at) / 1e9)

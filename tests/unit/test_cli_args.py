@@ -104,3 +104,17 @@ def test_erase_asks_first(tmp_path: Path) -> None:
     r = _cli(tmp_path, "erase", "--device", "abc", stdin="y\n")
     # not a terminal here: without --yes nothing is erased, and the line says how to go on
     assert r.returncode == 2 and "--yes" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_logs_one_object_per_line(tmp_path: Path) -> None:
+    import json
+
+    r = _cli(tmp_path, "devices", "list", "--log-format", "json", "--log-level", "debug")
+    assert r.returncode == 0, r.stderr
+    import logging
+
+    from ingest.cli_args import JsonFormatter
+
+    rec = logging.LogRecord("ingest.x", logging.WARNING, __file__, 1, "dead-lettered %d", (3,), None)
+    line = json.loads(JsonFormatter().format(rec))
+    assert line["level"] == "warning" and line["msg"] == "dead-lettered 3" and line["ts"].endswith("+00:00")
