@@ -157,14 +157,31 @@ class MqttPublisher:
 
     def _supervise(self) -> None:
         attempt = 0
+        failures = 0  # consecutive: logged at the 1st, 2nd, 4th, 8th, ... so an outage is heard, not flooded
         while not self._stop.is_set():
             if self._run_connection():
                 attempt = 0
+                if failures:
+                    log.info("%s: connected to %s:%d again", self.device_id, self.cfg.host, self.cfg.port)
+                failures = 0
+            else:
+                failures += 1
             if self._stop.is_set():
                 break
             cap = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2**attempt)
             attempt = min(attempt + 1, 30)
-            self._stop.wait(random.uniform(0, cap))
+            delay = random.uniform(0, cap)
+            if failures and failures & (failures - 1) == 0:
+                log.warning(
+                    "%s: MQTT broker %s:%d: %s; retrying in %.1fs (attempt %d); blocks wait in the spool",
+                    self.device_id,
+                    self.cfg.host,
+                    self.cfg.port,
+                    self.last_error or "connection lost",
+                    delay,
+                    failures,
+                )
+            self._stop.wait(delay)
 
     def _run_connection(self) -> bool:
         """One connection, from connect to loss; True if the broker accepted it."""
