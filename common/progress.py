@@ -1,4 +1,5 @@
-"""A dependency-free progress bar on stderr (a line per 10% when stderr is not a terminal)."""
+"""A dependency-free progress bar on stderr with rate and ETA (a line per 10% when stderr is not a
+terminal). Dependency-free because ``common`` is shared with the edge agent, which stays lean."""
 
 from __future__ import annotations
 
@@ -17,9 +18,19 @@ class ProgressBar:
         self._last_draw = 0.0
         self.t0 = time.monotonic()
 
+    def _pace(self, done: int, now: float) -> str:
+        """``12,345/s, ETA 0:42`` (nothing before the first second)."""
+        dt = now - self.t0
+        if dt < 1.0 or done <= 0:
+            return ""
+        rate = done / dt
+        left = max(0, self.total - done) / rate
+        return f"{rate:,.0f}{self.unit.strip() and ' ' + self.unit.strip()}/s, ETA {int(left // 60)}:{int(left % 60):02d}"
+
     def update(self, done: int, extra: str = "") -> None:
         frac = min(1.0, done / self.total)
         now = time.monotonic()
+        extra = ", ".join(x for x in (self._pace(done, now), extra) if x)
         if self.tty:
             if now - self._last_draw < 0.1 and frac < 1.0:
                 return
