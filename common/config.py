@@ -89,6 +89,10 @@ def load_toml(path: str | Path | None, typ: type[T]) -> T:
             raise ConfigError(f"config file {p} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        except IsADirectoryError as exc:
+            raise ConfigError(f"config file {p} is a directory: give the TOML file") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} cannot be read: {exc}") from exc
     try:
         return msgspec.convert(data, typ)
     except msgspec.ValidationError as exc:

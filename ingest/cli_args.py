@@ -28,6 +28,9 @@ def public_key(text: str) -> bytes:
                 f"{p} is a PRIVATE key: give its public key (the .pub beside it); the ingest never needs a"
                 " vehicle's private key"
             )
+        m = _HEX.fullmatch(data)
+        if m is None:
+            raise argparse.ArgumentTypeError(f"{p} does not hold an Ed25519 public key (64 hex digits)")
         given = data
     m = _HEX.fullmatch(given)
     if m is None:

@@ -95,6 +95,23 @@ def test_devices_add_takes_hex_0x_or_pub_file_and_refuses_a_private_key(tmp_path
         assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_common_mistakes_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "garbage.pub").write_text("not a key")
+    for argv, code, says in (
+        (["--config", str(tmp_path), "devices", "list"], 2, "is a directory"),
+        (["--config", str(tmp_path / "none.toml"), "devices", "list"], 2, "does not exist"),
+        (
+            ["devices", "add", "--key-file", str(tmp_path / "garbage.pub")],
+            2,
+            "does not hold an Ed25519 public key",
+        ),
+        (["devices", "add", "--key-file", str(tmp_path / "missing.pub")], 2, "expected 64 hex digits"),
+    ):
+        r = _cli(tmp_path, *argv)
+        assert r.returncode == code and says in r.stderr, (argv, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
 def test_bad_time_is_one_line(tmp_path: Path) -> None:
     r = _cli(tmp_path, "devices", "revoke", "abc", "--at", "yesterday")
     assert r.returncode == 2 and "not a time" in r.stderr and "Traceback" not in r.stderr
