@@ -14,6 +14,7 @@ from types import FrameType
 from common.config import load_toml
 from common.errors import TelematicsError
 from common.keys import device_id_of, generate_key_file, load_key_file
+from common.version import version
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.inputs import SignalSource
@@ -123,19 +124,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vehicle-telematics")
-    except PackageNotFoundError:
-        return "(not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     ap.add_argument("--config", help="agent TOML (see deploy/config/edge-agent.example.toml)")
-    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("keygen", help="create this vehicle's Ed25519 key (mode 0600, never overwrites)")
     p.add_argument("--out", help="key path (default: edge.key_path from the config)")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from common.config import ConfigError
 from common.errors import TelematicsError
+from common.version import version
 from ingest import cli_args, wiring
 from ingest.config import Config, load_config
 
@@ -625,15 +626,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vehicle-telematics")
-    except PackageNotFoundError:
-        return "(not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="telematics", description=__doc__)
     ap.add_argument("--config", help="TOML config (default: $TELEMATICS_CONFIG, else embedded defaults)")
@@ -647,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="json: one object per line (ts, level, logger, msg)",
     )
-    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("devices", help="the device registry")
