@@ -76,6 +76,11 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # fsync every spool commit (turn off only for simulations).
     fsync: bool = True
     sample_rate_hz: Annotated[float, Meta(gt=0, le=1000)] = 10.0
+    # The agent's state for monitoring (spool depth, connection, blocks sealed/published/dropped) in
+    # Prometheus text format, rewritten every metrics_interval_s (node_exporter textfile collector).
+    # Empty: none.
+    metrics_file: str = ""
+    metrics_interval_s: Annotated[float, Meta(gt=0)] = 10.0
 
 
 def load_toml(path: str | Path | None, typ: type[T]) -> T:

@@ -18,6 +18,7 @@ from common.version import version
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.inputs import SignalSource
+from edge_agent.metrics import Textfile
 from edge_agent.publisher import MqttPublisher
 from edge_agent.runner import Runner, make_collector, model_rate_hz, sampling_summary
 from edge_agent.spool import Spool
@@ -105,6 +106,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f" ({spool.count} blocks spooled) -> {cfg.mqtt.host}:{cfg.mqtt.port}, source {cfg.source.kind}",
         file=sys.stderr,
     )
+    textfile = None
+    if cfg.edge.metrics_file:
+        textfile = Textfile(
+            Path(cfg.edge.metrics_file), dev, _snapshot(agent, spool, pub), cfg.edge.metrics_interval_s
+        )
+        textfile.start()
     runner = Runner(agent, make_collector(cfg), sources, wall_clock_ticks=wall_clock)
     try:
         runner.run(lambda: stop.requested, done=done)
@@ -112,6 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for src in sources:
             src.close()
     ok = agent.drain(timeout=30)
+    if textfile is not None:
+        textfile.stop()
     pub.close(timeout=5)
     spool.close()
     st = agent.stats
@@ -122,6 +131,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _snapshot(agent: Agent, spool: Spool, pub: MqttPublisher) -> Callable[[], dict[str, float]]:
+    def values() -> dict[str, float]:
+        st = agent.stats
+        return {
+            "telematics_edge_spool_blocks": spool.count,
+            "telematics_edge_spool_bytes": spool.bytes,
+            "telematics_edge_connected": 1 if pub.connected else 0,
+            "telematics_edge_last_seq": st.last_seq,
+            "telematics_edge_records_sealed_total": st.records,
+            "telematics_edge_blocks_sealed_total": st.blocks,
+            "telematics_edge_blocks_published_live_total": st.live,
+            "telematics_edge_blocks_replayed_total": st.replayed,
+            "telematics_edge_blocks_acked_total": st.acked,
+            "telematics_edge_blocks_dropped_total": st.dropped_blocks,
+        }
+
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
