@@ -88,7 +88,12 @@ class LocalLedger:
         self._cp_pos = 0  # bytes of the checkpoints file read so far
         self._lines = 0
         self._cp_lines = 0
-        self._read_new()
+        if self.key is None:
+            self._read_new()  # a reader: no lock, and it never truncates
+        else:
+            with self._locked():  # a writer may truncate a torn tail: not while another appends
+                self._read_new()
+                self._remember_file()
         if self.damage and self.key is not None:
             raise LedgerDamaged(
                 f"{self.damage[0]}: the ledger log is damaged; restore {self.path} from a backup"
@@ -152,17 +157,17 @@ class LocalLedger:
                     f.truncate(self._cp_pos)
 
     def _remember_file(self) -> None:
-        """The log file's identity and size as this writer left it (checked before each append)."""
+        """The log file's identity, and how many of its bytes this process has read: the size it
+        must have before this writer appends (more: another writer appended; read it first)."""
         try:
             st = os.stat(self.path)
-            self._file = (st.st_dev, st.st_ino, st.st_size)
+            self._file = (st.st_dev, st.st_ino, self._pos)
         except FileNotFoundError:
             self._file = None
 
     @contextlib.contextmanager
-    def _appending(self) -> Iterator[None]:
-        """Hold the log's append lock (``<log>.lock``, an exclusive flock): several consumer processes
-        on one host append to one log, one at a time, each first reading what the others appended."""
+    def _locked(self) -> Iterator[None]:
+        """Hold the log's append lock (``<log>.lock``, an exclusive flock)."""
         lock = self.path.with_name(self.path.name + ".lock")
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
@@ -171,10 +176,17 @@ class LocalLedger:
             raise LedgerError(f"cannot open the ledger's lock {lock}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._catch_up()
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    @contextlib.contextmanager
+    def _appending(self) -> Iterator[None]:
+        """Several consumer processes on one host append to one log, one at a time (the lock), each
+        first reading what the others appended."""
+        with self._locked():
+            self._catch_up()
+            yield
 
     def _catch_up(self) -> None:
         """The file must be the one this writer read, whole: it never recreates a vanished log. What

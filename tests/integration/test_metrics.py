@@ -106,7 +106,9 @@ def test_prometheus_scrapes_the_rejection_counter_by_reason(env: Any, tmp_path: 
             got,
             (tmp_path / "prometheus.log").read_text()[-2000:],
         )
-        up = _query(port, 'up{job="telematics"}')
+        deadline = time.monotonic() + 30  # both targets scraped at least once
+        while len(up := _query(port, 'up{job="telematics"}')) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert sorted(float(u["value"][1]) for u in up) == [1.0, 1.0], up
         lag = _query(port, "telematics_consumer_lag")
         assert lag and all(float(x["value"][1]) >= 0 for x in lag), lag

@@ -185,8 +185,13 @@ def test_up_right_after_a_graceful_stop_starts_the_service_again(durable: tuple[
         old = _pids(stack)[name]
         assert old is not None
         os.kill(old, signal.SIGTERM)
-        stack.up()
-        st = {s.name: s for s in stack.status()}[name]
+        stack.up()  # returns once the restarted service answered its health probe
+        deadline = time.monotonic() + 10
+        while True:  # status() probes again: on a loaded box one probe may time out
+            st = {s.name: s for s in stack.status()}[name]
+            if st.healthy or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert st.healthy and st.pid not in (None, old), f"{name}: {st}"
     _check_everything_readable(cfg, topic, 200)
 

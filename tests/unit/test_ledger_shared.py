@@ -4,6 +4,7 @@ the others appended first, so the log stays one hash chain and a batch is anchor
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
 from ingest.ledger.base import load_or_create_key
@@ -36,18 +37,21 @@ def test_two_writers_in_one_process_see_each_other(tmp_path: Path) -> None:
 
 
 def test_processes_interleave_into_one_chain(tmp_path: Path) -> None:
+    """Six writers started one after another while the others append (a writer opening the log
+    mid-append once took an entry it had not read for the log's end, and two entries got the same
+    index); overlapping batch ranges are anchored twice (a recovery race): once in the log."""
     path, key_path = tmp_path / "ledger.jsonl", tmp_path / "ingest.key"
     key = load_or_create_key(key_path)
-    # Three processes; batches 100-149 are anchored by two of them (a recovery race): once in the log.
-    jobs = [list(range(0, 150)), list(range(100, 250)), list(range(250, 300))]
+    jobs = [list(range(i * 60, i * 60 + 90)) for i in range(6)]  # 0..389, 30 of each range shared
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(path), str(key_path), j)) for j in jobs]
     for p in procs:
         p.start()
+        time.sleep(0.05)
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
     led = LocalLedger(path)
-    assert led.size == 300 and sorted(led.roots()) == list(range(300))
+    assert led.size == 390 and sorted(led.roots()) == list(range(390))
     rep = verify_log(path, key.public_key)
     assert rep.ok, rep
