@@ -8,24 +8,26 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  echo "setup: installing mosquitto (apt)" >&2
-  sudo_cmd=""
+# apt_install WHAT PACKAGE...: Debian packages, as root or with sudo.
+apt_install() {
+  local what="$1"
+  shift
+  echo "setup: installing $what (apt)" >&2
+  local sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  $sudo_cmd apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  apt_install mosquitto mosquitto mosquitto-clients
 fi
 
 # Prometheus (apt): the integration test scrapes the bridge's and the consumer's /metrics with it.
 # --no-install-recommends: the server binary only; its service is not started here.
 if ! command -v prometheus >/dev/null 2>&1; then
-  echo "setup: installing prometheus (apt)" >&2
-  sudo_cmd=""
-  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install prometheus --no-install-recommends prometheus
 fi
 
 python="${PYTHON:-python3}"
@@ -47,11 +49,6 @@ fi
 
 # The local EVM node (anvil) for the EVM ledger, its tests and CI: an npm package with a prebuilt binary.
 if ! command -v npm >/dev/null 2>&1; then
-  echo "setup: installing nodejs + npm (apt)" >&2
-  sudo_cmd=""
-  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq nodejs npm >/dev/null
+  apt_install "nodejs + npm" nodejs npm
 fi
 bash deploy/evm/install.sh >/dev/null

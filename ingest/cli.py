@@ -247,13 +247,14 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 
     from schemas.proof import proven_rows, verify_bundle
 
+    cfg = _cfg(args)
     pinned, pinned_from = None, ""
     try:
         if args.operator_key:
-            pinned, pinned_from = wiring.operator_public_key(_cfg(args), args.operator_key), "--operator-key"
-        elif wiring.paths(_cfg(args)).operator_pub.exists():
-            pinned = wiring.operator_public_key(_cfg(args))
-            pinned_from = str(wiring.paths(_cfg(args)).operator_pub)
+            pinned, pinned_from = wiring.operator_public_key(cfg, args.operator_key), "--operator-key"
+        elif wiring.paths(cfg).operator_pub.exists():
+            pinned = wiring.operator_public_key(cfg)
+            pinned_from = str(wiring.paths(cfg).operator_pub)
     except ValueError:
         print(
             "telematics verify-proof: --operator-key: not an Ed25519 public key (64 hex digits, or a file"

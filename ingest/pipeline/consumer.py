@@ -184,9 +184,9 @@ class BatchConsumer:
         c["rejections"] += len(rows.rejections)
         c["duplicates"] += len(rows.duplicates)
         c["gaps"] += len(rows.gaps)
-        self.rejected.update(r.reason for r in rows.rejections)
         if rows.rejections:  # one line per batch, not per message: junk must not flood the log
             by = Counter(r.reason for r in rows.rejections)
+            self.rejected.update(by)
             log.warning(
                 "dead-lettered %d message(s) of batch %d: %s (`telematics status`, topic %s)",
                 len(rows.rejections),

@@ -43,9 +43,7 @@ from ingest.storage.schema import (
     lake_ddl,
 )
 from ingest.storage.store import (
-    _CONTENT_ERRORS,
     BatchRows,
-    StoreContentError,
     StoreError,
     StoreFenced,
     _DuckStore,
@@ -229,7 +227,7 @@ class LakeStore(_DuckStore):
                 # Taken under the claims' share lock: a later owner's commits all come after.
                 row = pg.execute(f"SELECT nextval('{SCHEMA}.commit_seq')").fetchone()
                 assert row is not None
-                self._commit(b, int(row[0]))
+                self._transaction(b, int(row[0]))
         except self._psycopg.Error as exc:
             # Raised after the lake's commit too (the fence's own commit failed): the batch is then
             # stored with its positions, and the rewind resumes after it.
@@ -255,18 +253,6 @@ class LakeStore(_DuckStore):
                         f"batch {b.batch_no} not written: partition {topic}/{p} was claimed by {owner}"
                         f" (epoch {epoch}; this consumer holds epoch {mine}); it belongs to that consumer now"
                     )
-
-    def _commit(self, b: BatchRows, seq: int) -> None:
-        con = self._w
-        try:
-            con.execute("BEGIN TRANSACTION")
-            self._insert(con, b, seq)
-            con.execute("COMMIT")
-        except duckdb.Error as exc:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            cls = StoreContentError if isinstance(exc, _CONTENT_ERRORS) else StoreError
-            raise cls(f"batch {b.batch_no} not written to the lake: {exc}") from exc
 
     def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
         table, names = TABLE_OF_ROW[typ], ", ".join(typ._fields)

@@ -287,6 +287,20 @@ class _DuckStore:
                 ],
             )
 
+    def _transaction(self, b: BatchRows, seq: int) -> None:
+        """``_insert`` in one transaction on the writer's cursor: all of it or nothing. A value the
+        store refuses raises ``StoreContentError``; any other failure ``StoreError``."""
+        con = self._w
+        try:
+            con.execute("BEGIN TRANSACTION")
+            self._insert(con, b, seq)
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            cls = StoreContentError if isinstance(exc, _CONTENT_ERRORS) else StoreError
+            raise cls(f"batch {b.batch_no} not written to {self.location}: {exc}") from exc
+
     def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
         """Insert ``_incoming`` rows of ``typ`` whose key is not stored yet."""
         raise NotImplementedError
@@ -437,17 +451,8 @@ class FileStore(_DuckStore):
     def write_batch(self, b: BatchRows) -> None:
         """One transaction: every row of the batch and its Kafka positions, or nothing. A value the
         store refuses raises ``StoreContentError``; any other failure ``StoreError``."""
-        con = self._w
-        try:
-            con.execute("BEGIN TRANSACTION")
-            self._commits += 1
-            self._insert(con, b, self._commits)
-            con.execute("COMMIT")
-        except duckdb.Error as exc:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            cls = StoreContentError if isinstance(exc, _CONTENT_ERRORS) else StoreError
-            raise cls(f"batch {b.batch_no} not written to {self.path}: {exc}") from exc
+        self._commits += 1
+        self._transaction(b, self._commits)
 
     def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
         names = ", ".join(typ._fields)

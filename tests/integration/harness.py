@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import msgspec
 from ingest.config import Config
 from ingest.storage.registry import Registry
 from ingest.wiring import read_status
-from simulators.fleet import run_fleet
+from simulators.fleet import FleetResult, run_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,3 +158,40 @@ def publish(cfg: Config, vehicles: int, records: int, seed: int, registry: Regis
     )
     assert fleet.unacked == 0
     return fleet.records
+
+
+class FleetInBackground:
+    """``run_fleet`` in a thread, in real time, every vehicle registered and its block hashes kept:
+    the test kills, pauses or reads while the vehicles publish, then ``join``s."""
+
+    def __init__(self, cfg: Config, *, vehicles: int, records: int, seed: int, rate_hz: float) -> None:
+        self.result: FleetResult | None = None
+        self.errors: list[BaseException] = []
+        reg = Registry(cfg.path(cfg.registry.path))
+
+        def go() -> None:
+            try:
+                self.result = run_fleet(
+                    mqtt=cfg.mqtt,
+                    edge=cfg.edge,
+                    keys_dir=cfg.path("sim"),
+                    vehicles=vehicles,
+                    ticks=1_000_000,  # records_per_vehicle ends the run
+                    rate_hz=rate_hz,
+                    seed=seed,
+                    realtime=True,
+                    records_per_vehicle=records,
+                    register=lambda k: reg.add(k.public_key),
+                    keep_hashes=True,
+                )
+            except BaseException as exc:  # surfaced by join
+                self.errors.append(exc)
+
+        self.thread = threading.Thread(target=go)
+        self.thread.start()
+
+    def join(self, timeout: float = 180) -> FleetResult:
+        self.thread.join(timeout)
+        assert not self.errors, self.errors
+        assert self.result is not None, f"the fleet did not finish within {timeout:.0f}s"
+        return self.result

@@ -4,19 +4,16 @@ once, no duplicates, no gaps."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from devtools.stack import Stack
 from ingest.ops.gaps import gap_report
-from ingest.storage.registry import Registry
 from ingest.storage.store import FileStore
 from ingest.wiring import read_status
-from simulators.fleet import FleetResult, run_fleet
 from tests.integration.checks import recheck
-from tests.integration.harness import wait_until
+from tests.integration.harness import FleetInBackground, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,32 +25,7 @@ RECORDS = 2500
 def test_sigkill_mid_run_loses_and_duplicates_nothing(env, stack_cfg, role: str) -> None:  # type: ignore[no-untyped-def]
     cfg = env.cfg
     procs = {"consumer": env.start("consumer"), "bridge": env.start("bridge")}
-    reg = Registry(cfg.path(cfg.registry.path))
-    result: list[FleetResult] = []
-    errors: list[BaseException] = []
-
-    def drive() -> None:
-        try:
-            result.append(
-                run_fleet(
-                    mqtt=cfg.mqtt,
-                    edge=cfg.edge,
-                    keys_dir=cfg.path("sim"),
-                    vehicles=VEHICLES,
-                    ticks=100_000,
-                    rate_hz=250.0,
-                    seed=11,
-                    realtime=True,
-                    records_per_vehicle=RECORDS,
-                    register=lambda k: reg.add(k.public_key),
-                    keep_hashes=True,
-                )
-            )
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    t = threading.Thread(target=drive)
-    t.start()
+    fleet_run = FleetInBackground(cfg, vehicles=VEHICLES, records=RECORDS, seed=11, rate_hz=250.0)
     # Kill while data is flowing: after the first batches are stored, well before the end.
     wait_until(cfg, lambda s: s["records"] >= 2000, timeout=60, what="first batches stored")
     killed_at = (read_status(cfg) or {}).get("records", 0)
@@ -68,9 +40,7 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(env, stack_cfg, role: str)
             stack.kill(victim)
             time.sleep(1.5)
             stack.up()  # restarts the dead broker on its durable data
-    t.join(120)
-    assert not errors, errors
-    fleet = result[0]
+    fleet = fleet_run.join(120)
     assert fleet.records == VEHICLES * RECORDS and fleet.unacked == 0
     assert killed_at < fleet.records, "the kill must happen mid-run"
 

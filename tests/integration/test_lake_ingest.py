@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,9 @@ import pytest
 
 from ingest import wiring
 from ingest.config import Config
-from ingest.storage.registry import Registry
-from simulators.fleet import FleetResult, run_fleet
+from simulators.fleet import FleetResult
 from tests.integration.checks import recheck
-from tests.integration.harness import run_cli
+from tests.integration.harness import FleetInBackground, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -69,41 +67,12 @@ def _wait_records(cfg: Config, want: int, timeout: float = 120) -> None:
     raise AssertionError(f"{n} of {want} records stored after {timeout}s")
 
 
-def _drive(
-    cfg: Config, vehicles: int, records: int, seed: int, rate_hz: float
-) -> tuple[threading.Thread, list[Any]]:
-    reg = Registry(cfg.path(cfg.registry.path))
-    out: list[Any] = []
-
-    def go() -> None:
-        try:
-            out.append(
-                run_fleet(
-                    mqtt=cfg.mqtt,
-                    edge=cfg.edge,
-                    keys_dir=cfg.path("sim"),
-                    vehicles=vehicles,
-                    ticks=1_000_000,
-                    rate_hz=rate_hz,
-                    seed=seed,
-                    realtime=True,
-                    records_per_vehicle=records,
-                    register=lambda k: reg.add(k.public_key),
-                    keep_hashes=True,
-                )
-            )
-        except BaseException as exc:  # surfaced by the test
-            out.append(exc)
-
-    t = threading.Thread(target=go)
-    t.start()
-    return t, out
+def _drive(cfg: Config, vehicles: int, records: int, seed: int, rate_hz: float) -> FleetInBackground:
+    return FleetInBackground(cfg, vehicles=vehicles, records=records, seed=seed, rate_hz=rate_hz)
 
 
-def _finish(cfg: Config, t: threading.Thread, out: list[Any]) -> FleetResult:
-    t.join(180)
-    assert out and isinstance(out[0], FleetResult), out
-    fleet: FleetResult = out[0]
+def _finish(run: FleetInBackground) -> FleetResult:
+    fleet = run.join()
     assert fleet.unacked == 0
     return fleet
 
@@ -148,7 +117,7 @@ def test_an_analyst_reads_live_while_ingest_writes(lake_env: Any, tmp_path: Path
             str(stop),
         ]
     )
-    t, res = _drive(cfg, vehicles=6, records=2000, seed=21, rate_hz=200.0)
+    run = _drive(cfg, vehicles=6, records=2000, seed=21, rate_hz=200.0)
     # Every read path works during the ingest, on a consistent snapshot.
     time.sleep(3)
     conf = lake_env.config_path
@@ -161,7 +130,7 @@ def test_an_analyst_reads_live_while_ingest_writes(lake_env: Any, tmp_path: Path
     ):
         r = run_cli(conf, *args)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
-    fleet = _finish(cfg, t, res)
+    fleet = _finish(run)
     _wait_records(cfg, fleet.records)
     time.sleep(1.5)  # the analyst's next reads see the last commit
     stop.touch()
@@ -193,7 +162,7 @@ def test_consumers_share_partitions_through_kill_restart_and_rebalance(lake_env:
     a = lake_env.start("consumer", 0)
     lake_env.start("consumer", 1)
     lake_env.start("bridge")
-    t, res = _drive(cfg, vehicles=8, records=2500, seed=23, rate_hz=250.0)
+    run = _drive(cfg, vehicles=8, records=2500, seed=23, rate_hz=250.0)
     _wait_records(cfg, 2000, timeout=60)
     killed_at = _records(cfg)
     a.kill()  # SIGKILL mid-run
@@ -201,7 +170,7 @@ def test_consumers_share_partitions_through_kill_restart_and_rebalance(lake_env:
     lake_env.start("consumer", 0)
     time.sleep(1.5)
     lake_env.start("consumer", 2)  # a third one joins: a rebalance mid-run
-    fleet = _finish(cfg, t, res)
+    fleet = _finish(run)
     assert killed_at < fleet.records, "the kill must happen mid-run"
     _exactly(cfg, fleet)
     for p in lake_env.procs:
@@ -213,7 +182,7 @@ def test_a_zombie_consumer_cannot_commit_for_partitions_it_lost(lake_env: Any) -
     cfg = lake_env.cfg  # session timeout 2 s
     z = lake_env.start("consumer", 0)
     lake_env.start("bridge")
-    t, res = _drive(cfg, vehicles=6, records=3000, seed=29, rate_hz=250.0)
+    run = _drive(cfg, vehicles=6, records=3000, seed=29, rate_hz=250.0)
     _wait_records(cfg, 1500, timeout=60)
     os.kill(z.proc.pid, signal.SIGSTOP)  # paused with a batch in hand, past its session timeout
     try:
@@ -221,7 +190,7 @@ def test_a_zombie_consumer_cannot_commit_for_partitions_it_lost(lake_env: Any) -
         time.sleep(5)
     finally:
         os.kill(z.proc.pid, signal.SIGCONT)
-    fleet = _finish(cfg, t, res)
+    fleet = _finish(run)
     _exactly(cfg, fleet)
     log = z.log.read_text()
     assert "was claimed by" in log, log[-3000:]  # its commit failed (StoreFenced): it did not write
@@ -251,8 +220,8 @@ def test_ingest_consumers_option_runs_several_processes(lake_env: Any) -> None:
         while not (cfg.path("ingest-status-1.json").exists() and cfg.path("ingest-status.json").exists()):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        t, res = _drive(cfg, vehicles=4, records=1000, seed=31, rate_hz=200.0)
-        fleet = _finish(cfg, t, res)
+        run = _drive(cfg, vehicles=4, records=1000, seed=31, rate_hz=200.0)
+        fleet = _finish(run)
         _exactly(cfg, fleet)
         # both consumers took partitions
         parts = [wiring.read_status(cfg, i) for i in (0, 1)]
@@ -310,11 +279,11 @@ def test_sigkill_at_each_step_of_the_durability_order(lake_env: Any, point: str)
             stderr=subprocess.STDOUT,
         )
     lake_env.start("bridge")
-    t, res = _drive(cfg, vehicles=4, records=1500, seed=37, rate_hz=150.0)
+    run = _drive(cfg, vehicles=4, records=1500, seed=37, rate_hz=150.0)
     assert crashing.wait(90) == -signal.SIGKILL, log.read_text()[-2000:]
     assert f"SIGKILL {point}" in log.read_text()
     lake_env.start("consumer")  # the real one takes over from what the store holds
-    fleet = _finish(cfg, t, res)
+    fleet = _finish(run)
     _exactly(cfg, fleet)
 
 
@@ -328,14 +297,14 @@ def test_the_catalog_going_away_holds_the_pipeline_and_loses_nothing(
     cfg = lake_env.cfg
     c = lake_env.start("consumer")
     lake_env.start("bridge")
-    t, res = _drive(cfg, vehicles=4, records=2000, seed=41, rate_hz=200.0)
+    run = _drive(cfg, vehicles=4, records=2000, seed=41, rate_hz=200.0)
     _wait_records(cfg, 1000, timeout=60)
     stack = Stack(stack_cfg)
     stack.kill("postgres")
     time.sleep(4)  # the fleet keeps publishing; the consumer cannot commit
     assert c.proc.poll() is None, c.log.read_text()[-2000:]
     stack.up()
-    fleet = _finish(cfg, t, res)
+    fleet = _finish(run)
     _exactly(cfg, fleet)
     assert c.proc.poll() is None
     assert "PIPELINE HELD" in c.log.read_text()
