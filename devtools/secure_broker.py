@@ -2,7 +2,7 @@
 
 The pieces, each usable alone:
 
-* a development / test PKI made with ``cryptography``: a CA, a server certificate for the broker's
+* a development / test PKI made with trustme: a CA, a server certificate for the broker's
   names (``localhost``, ``127.0.0.1``, ``::1`` by default) and optional client certificates.
   Production brokers get their certificate from the operator's CA (deploy/mosquitto/README.md);
 * the mosquitto configuration (the same shape as deploy/mosquitto/mosquitto.conf) and the ACL
@@ -14,8 +14,6 @@ The pieces, each usable alone:
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import signal
@@ -26,10 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+import trustme
 
 from devtools.stack import StackError, port_open
 from ingest.config import BridgeConfig
@@ -39,6 +34,9 @@ DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 # -- PKI -------------------------------------------------------------------------------------------------
+# Made with trustme: this PKI serves development and tests only. Production enrolment never makes
+# certificates (ingest.ops.enrol checks the operator's CA file); the broker's certificate comes from
+# the operator's CA (deploy/mosquitto/README.md).
 
 
 @dataclass(frozen=True)
@@ -57,9 +55,13 @@ class DevPki:
     ca: CertPair
     server: CertPair
 
-    def issue_client(self, name: str, *, days: int = 825) -> CertPair:
+    def issue_client(self, name: str) -> CertPair:
         """A client certificate (CN = ``name``) for brokers that require mutual TLS."""
-        return issue_cert(self.ca, self.dir, name, client=True, days=days)
+        try:
+            ca = trustme.CA.from_pem(self.ca.cert.read_bytes(), self.ca.key.read_bytes())
+        except (OSError, ValueError, TypeError) as exc:
+            raise MqttSecurityError(f"CA {self.ca.cert} / {self.ca.key} cannot be loaded: {exc}") from exc
+        return _write_pair(self.dir, name, ca.issue_cert(name, common_name=name))
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
@@ -73,146 +75,25 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         f.write(data)
 
 
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.UTC)
-    # Backdated a little so that a clock slightly behind still accepts a fresh certificate.
-    return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(
-        now + dt.timedelta(days=days)
-    )
-
-
-def create_ca(out_dir: str | Path, *, name: str = "telematics dev CA", days: int = 3650) -> CertPair:
-    """A self-signed CA (``ca.crt``, ``ca.key``) in ``out_dir``. For development and tests only."""
-    out = Path(out_dir)
-    key = _new_key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        _validity(x509.CertificateBuilder(), days)
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    pair = CertPair(out / "ca.crt", out / "ca.key")
-    _write_new(pair.key, _key_pem(key), 0o600)
-    _write_new(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return pair
-
-
-def _load_ca(ca: CertPair) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    try:
-        cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
-        key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise MqttSecurityError(f"CA {ca.cert} / {ca.key} cannot be loaded: {exc}") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise MqttSecurityError(f"CA key {ca.key} is not an EC key")
-    return cert, key
-
-
-def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            names.append(x509.DNSName(h))
-    return x509.SubjectAlternativeName(names)
-
-
-def issue_cert(
-    ca: CertPair,
-    out_dir: str | Path,
-    name: str,
-    *,
-    hosts: Sequence[str] = (),
-    client: bool = False,
-    days: int = 825,
-) -> CertPair:
-    """Issue ``<name>.crt`` / ``<name>.key`` in ``out_dir``, signed by ``ca``.
-
-    With ``hosts``: a server certificate whose subject alternative names are those DNS names and
-    IP addresses (clients check the name they dialled against them). With ``client``: a client
-    certificate. Both may be set."""
-    if not hosts and not client:
-        raise ValueError("issue_cert needs hosts (a server certificate) or client=True")
-    ca_cert, ca_key = _load_ca(ca)
-    key = _new_key()
-    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else []) + (
-        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-    )
-    builder = (
-        _validity(x509.CertificateBuilder(), days)
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-    )
-    if hosts:
-        builder = builder.add_extension(_san(hosts), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    out = Path(out_dir)
+def _write_pair(out: Path, name: str, leaf: trustme.LeafCert) -> CertPair:
     pair = CertPair(out / f"{name}.crt", out / f"{name}.key")
-    _write_new(pair.key, _key_pem(key), 0o600)
-    _write_new(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_new(pair.key, leaf.private_key_pem.bytes(), 0o600)
+    _write_new(pair.cert, b"".join(pem.bytes() for pem in leaf.cert_chain_pems), 0o644)
     return pair
 
 
 def create_dev_pki(
     out_dir: str | Path, *, hosts: Sequence[str] = DEFAULT_HOSTS, ca_name: str = "telematics dev CA"
 ) -> DevPki:
-    """A CA and a server certificate (``server.crt``/``server.key``) for ``hosts`` in ``out_dir``."""
+    """A CA (``ca.crt``/``ca.key``) and a server certificate (``server.crt``/``server.key``) for
+    ``hosts`` in ``out_dir``. For development and tests only."""
     out = Path(out_dir)
-    ca = create_ca(out, name=ca_name)
-    server = issue_cert(ca, out, "server", hosts=hosts)
-    return DevPki(out, ca, server)
+    ca = trustme.CA(organization_name=ca_name)
+    pair = CertPair(out / "ca.crt", out / "ca.key")
+    _write_new(pair.key, ca.private_key_pem.bytes(), 0o600)
+    _write_new(pair.cert, ca.cert_pem.bytes(), 0o644)
+    server = _write_pair(out, "server", ca.issue_cert(*hosts, common_name="server"))
+    return DevPki(out, pair, server)
 
 
 # -- ACL and broker configuration ------------------------------------------------------------------------
