@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from common.errors import Fatal
+from common.retry import Backoff
 
 
 class ConfigError(Fatal):
@@ -44,10 +45,14 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
-    # Reconnect with exponential backoff and full jitter: a random wait in
-    # [0, min(reconnect_max_s, reconnect_min_s * 2**attempt)].
-    reconnect_min_s: Annotated[float, Meta(gt=0)] = 0.5
-    reconnect_max_s: Annotated[float, Meta(gt=0)] = 60.0
+    # Reconnect with the project's one retry policy (common/retry.py): after the n-th consecutive
+    # failure a random wait in [0, min(reconnect_max_s, reconnect_min_s * 2**(n-1))].
+    reconnect_min_s: Annotated[float, Meta(gt=0, le=3600)] = 0.5
+    reconnect_max_s: Annotated[float, Meta(gt=0, le=86400)] = 60.0
+
+    @property
+    def reconnect(self) -> Backoff:
+        return Backoff(self.reconnect_min_s, self.reconnect_max_s)
 
 
 class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -50,6 +50,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from common.progress import ProgressBar
+    from edge_agent.publisher import PublishError
     from simulators.fleet import run_fleet
 
     cfg = _cfg(args)
@@ -70,6 +71,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
             register=(lambda key: reg.add(key.public_key, label="sim")) if reg else None,
             progress=lambda d, t: bar.update(d),
         )
+    except PublishError as exc:
+        print(
+            f"telematics sim: {exc} (is the broker up? `telematics stack up` starts one; else check"
+            " [mqtt] host and port)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         bar.close()
         if reg:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from common.argparser import OneLineParser
 from common.config import load_toml
 from common.errors import TelematicsError
 from common.keys import device_id_of, generate_key_file, load_key_file
@@ -153,7 +154,7 @@ def _snapshot(agent: Agent, spool: Spool, pub: MqttPublisher) -> Callable[[], di
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    ap = OneLineParser(prog="edge-agent", description=__doc__)
     ap.add_argument("--config", help="agent TOML (see deploy/config/edge-agent.example.toml)")
     ap.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import ssl
 import threading
 import time
@@ -26,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from common.config import MqttConfig
 from common.errors import Retryable
 from common.mqtt_tls import apply_security
+from common.retry import worth_logging
 from schemas.transport import HISTORICAL_PROPERTY, state_topic
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,9 @@ class MqttPublisher:
     """paho-mqtt 2.x, MQTT 5, QoS 1, TLS and credentials from the config.
 
     A supervisor thread owns the connection: it connects, and after a lost connection or a
-    failed attempt waits a random time in [0, min(reconnect_max_s, reconnect_min_s * 2**n)]
-    (exponential backoff, full jitter) before it tries again with a new client. Messages in
+    failed attempt waits as the project's retry policy says (``common.retry``: exponential
+    backoff with full jitter between ``reconnect_min_s`` and ``reconnect_max_s``) before it
+    tries again with a new client. Messages in
     flight on a dropped connection are reported lost: the agent re-sends them from its spool.
     """
 
@@ -156,11 +157,9 @@ class MqttPublisher:
             self.connect(timeout=0)
 
     def _supervise(self) -> None:
-        attempt = 0
-        failures = 0  # consecutive: logged at the 1st, 2nd, 4th, 8th, ... so an outage is heard, not flooded
+        failures = 0  # consecutive; reset by an accepted connection
         while not self._stop.is_set():
             if self._run_connection():
-                attempt = 0
                 if failures:
                     log.info("%s: connected to %s:%d again", self.device_id, self.cfg.host, self.cfg.port)
                 failures = 0
@@ -168,10 +167,8 @@ class MqttPublisher:
                 failures += 1
             if self._stop.is_set():
                 break
-            cap = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2**attempt)
-            attempt = min(attempt + 1, 30)
-            delay = random.uniform(0, cap)
-            if failures and failures & (failures - 1) == 0:
+            delay = self.cfg.reconnect.delay(failures)  # after a lost connection: as after one failure
+            if worth_logging(failures):
                 log.warning(
                     "%s: MQTT broker %s:%d: %s; retrying in %.1fs (attempt %d); blocks wait in the spool",
                     self.device_id,

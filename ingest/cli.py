@@ -12,6 +12,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
+from common.argparser import OneLineParser
 from common.config import ConfigError
 from common.errors import TelematicsError
 from common.version import version
@@ -33,17 +34,23 @@ def _cfg(args: argparse.Namespace) -> Config:
 
 def _open_store(cfg: Config, command: str, *, read_only: bool = True) -> Store | None:
     """The store for a command; None (reason printed, one line) when it cannot be opened."""
-    from ingest.storage.lake import LakeSetupError
+    from ingest.storage.lake import LakeError, LakeSetupError
     from ingest.storage.store import StoreError
 
+    never_ingested = " (nothing was ingested with this config yet: `telematics ingest` or `telematics demo`)"
     try:
         return wiring.open_store(cfg, read_only=read_only)
-    except StoreError as exc:
-        hint = (
-            " (is the local stack up? `telematics stack up` starts its PostgreSQL)"
-            if cfg.store.backend == "lake"
-            else " (is the ingest running? DuckDB allows one writer or several readers)"
-        )
+    except (StoreError, LakeError) as exc:
+        if cfg.store.backend == "lake" and "creating a new DuckLake is explicitly disabled" in str(exc):
+            print(f"telematics {command}: no lake at {wiring.catalog(cfg)}{never_ingested}", file=sys.stderr)
+            return None
+        if cfg.store.backend == "lake":
+            hint = " (is the local stack up? `telematics stack up` starts its PostgreSQL)"
+        elif not wiring.paths(cfg).store.exists():
+            hint = never_ingested
+        else:
+            hint = " (is the ingest running? DuckDB allows one writer or several readers)"
+
         print(f"telematics {command}: {' '.join(str(exc).split())}{hint}", file=sys.stderr)
         return None
     except LakeSetupError as exc:
@@ -167,7 +174,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             print(f"telematics ledger: {exc}", file=sys.stderr)
             return 1
         return 0
-    pub = wiring.operator_public_key(cfg, args.public_key)
+    pub = wiring.operator_public_key(cfg, args.operator_key)
     log = _open_log(cfg)
     report = log.verify(pub)
     for p in report.problems:
@@ -249,19 +256,11 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     pinned, pinned_from = None, ""
-    try:
-        if args.operator_key:
-            pinned, pinned_from = wiring.operator_public_key(cfg, args.operator_key), "--operator-key"
-        elif wiring.paths(cfg).operator_pub.exists():
-            pinned = wiring.operator_public_key(cfg)
-            pinned_from = str(wiring.paths(cfg).operator_pub)
-    except ValueError:
-        print(
-            "telematics verify-proof: --operator-key: not an Ed25519 public key (64 hex digits, or a file"
-            " holding them)",
-            file=sys.stderr,
-        )
-        return 2
+    if args.operator_key:
+        pinned, pinned_from = args.operator_key, "--operator-key"
+    elif wiring.paths(cfg).operator_pub.exists():
+        pinned = wiring.operator_public_key(cfg)
+        pinned_from = str(wiring.paths(cfg).operator_pub)
     try:
         data = Path(args.bundle).read_bytes()
     except OSError as exc:
@@ -501,13 +500,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     for st in roles.values():
         if st is not None:
             st["alive"] = status.alive(st.get("pid"))
-    view: dict[str, object] = {"services": services, "roles": roles}
+    view: dict[str, object] = {
+        "services": services,
+        "stack": status.stack_processes(cfg.path(cfg.stack.state_dir)),
+        "roles": roles,
+    }
     high = status.end_offsets(k.bootstrap, k.blocks_topic) if services["kafka"][1] else None
     store = _open_store(cfg, "status") if services.get("postgresql", ("", True))[1] else None
     if store is None:
         view["store"] = None
         view["store_error"] = (
-            "the lake's catalog (PostgreSQL) is down" if cfg.store.backend == "lake" else "busy"
+            "the lake's catalog (PostgreSQL) is down"
+            if not services.get("postgresql", ("", True))[1]
+            else "not readable (the reason is on stderr)"
         )
     else:
         try:
@@ -606,6 +611,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.format == "parquet" and not args.out:
         print("telematics query: --format parquet needs --out FILE", file=sys.stderr)
         return 2
+    if not args.sql.strip():
+        print(f"telematics query: {query.EMPTY}", file=sys.stderr)
+        return 2
     cfg = _cfg(args)
     store = _open_store(cfg, "query")
     if store is None:
@@ -616,6 +624,9 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(f"wrote {args.out}: {n:,} rows", file=sys.stderr)
             return 0
         cols, rows = query.run(store.con, args.sql)
+    except query.QueryError as exc:  # the statement is the user's: a usage mistake
+        print(f"telematics query: {exc}", file=sys.stderr)
+        return 2
     finally:
         store.close()
     text = query.render(args.format, cols, rows)
@@ -627,8 +638,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+OPERATOR_KEY_HELP = (
+    "pin the operator's (ingest's) Ed25519 public key: 64 hex digits or its .pub file;"
+    " default: ingest.key.pub of the config, if any"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="telematics", description=__doc__)
+    ap = OneLineParser(prog="telematics", description=__doc__)
     ap.add_argument("--config", help="TOML config (default: $TELEMATICS_CONFIG, else embedded defaults)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (= --log-level debug)")
     ap.add_argument(
@@ -752,7 +769,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ledger", help="verify the ledger log, or print its latest signed checkpoint")
     p.add_argument("action", choices=["verify", "checkpoint"])
     p.add_argument(
-        "--public-key", help="the operator (ingest) public key, hex or a file (default: ingest.key.pub)"
+        "--operator-key",
+        "--public-key",
+        dest="operator_key",
+        type=cli_args.public_key,
+        help=OPERATOR_KEY_HELP,
     )
     p.add_argument("--since", help="a checkpoint note you kept: verify the latest checkpoint extends it")
     p.set_defaults(fn=cmd_ledger)
@@ -770,10 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify-proof", help="verify a proof bundle offline (no DuckDB needed)")
     p.add_argument("bundle")
-    p.add_argument(
-        "--operator-key",
-        help="pin the operator's public key (hex or a file); default: ingest.key.pub of the config, if any",
-    )
+    p.add_argument("--operator-key", type=cli_args.public_key, help=OPERATOR_KEY_HELP)
     p.add_argument(
         "--trust-bundle-key",
         action="store_true",
@@ -786,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_verify_proof)
 
     p = sub.add_parser("audit", help="recompute every leaf, root, signature and ledger link from DuckDB")
-    p.add_argument("--operator-key", help="the operator public key (hex or a file); default: ingest.key.pub")
+    p.add_argument("--operator-key", type=cli_args.public_key, help=OPERATOR_KEY_HELP)
     p.add_argument("--json", action="store_true", help="the full report as JSON")
     p.add_argument("--max-findings", type=int, default=50, help="findings to print (default 50)")
     p.set_defaults(fn=cmd_audit)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,10 @@ def public_key(text: str) -> bytes:
     that `edge-agent keygen` writes). Never a private key: the ingest side needs none."""
     given = text.strip()
     p = Path(given)
+    if not _HEX.fullmatch(given) and not p.exists() and (os.sep in given or p.suffix in (".pub", ".key")):
+        raise argparse.ArgumentTypeError(
+            f"{p}: no such file (a public key is 64 hex digits or its .pub file)"
+        )
     if not _HEX.fullmatch(given) and p.is_file():
         try:
             data = p.read_text().strip()

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from common.config import ConfigError, EdgeConfig, MqttConfig, Port, load_toml
+from common.retry import Backoff
 
 __all__ = ["Config", "ConfigError", "load_config"]
 
@@ -75,8 +76,6 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # a rejected payload is kept until its dead letter is produced): the consumer's memory cap.
     batch_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 64 << 20
     session_timeout_ms: Annotated[int, Meta(ge=1000)] = 10_000
-    # Pause after a failed flush (store or ledger down) before retrying from the committed offsets.
-    retry_backoff_ms: Annotated[int, Meta(ge=10)] = 1000
 
 
 class S3Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -194,6 +193,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     registry: RegistryConfig = RegistryConfig()
     stack: StackConfig = StackConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # Waiting for infrastructure (the Kafka broker for the bridge and the consumer, the store, the
+    # ledger): the project's one retry policy, common/retry.py.
+    retry: Backoff = Backoff()
     edge: EdgeConfig = EdgeConfig()
     sim: SimConfig = SimConfig()
 

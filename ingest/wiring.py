@@ -126,17 +126,18 @@ def operator_key(cfg: Config, *, create: bool = False) -> SigningKey:
     return load_or_create_key(p) if create else load_key(p)
 
 
-def operator_public_key(cfg: Config, given: str | None = None) -> bytes:
-    """The operator public key an auditor pins: ``given`` (hex, or a file holding hex), else the
-    ``.pub`` beside the operator key."""
+def operator_public_key(cfg: Config, given: bytes | None = None) -> bytes:
+    """The operator public key an auditor pins: ``given`` (parsed by ``cli_args.public_key``), else
+    the ``.pub`` beside the operator key."""
     if given:
-        p = Path(given)
-        text = p.read_text().strip() if p.exists() else given.strip()
-        return bytes.fromhex(text)
+        return given
     pub = paths(cfg).operator_pub
     if not pub.exists():
         raise ConfigError(f"no operator public key at {pub}: pass --operator-key")
-    return bytes.fromhex(pub.read_text().strip())
+    try:
+        return bytes.fromhex(pub.read_text().strip())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{pub} does not hold the operator public key (64 hex digits): {exc}") from None
 
 
 def open_log(cfg: Config, key: SigningKey | None = None) -> LocalLedger:

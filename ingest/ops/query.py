@@ -24,6 +24,9 @@ class QueryError(Refused):
     read-only store. The message is DuckDB's first line."""
 
 
+EMPTY = 'empty statement: give one SQL statement, e.g. "SELECT count(*) FROM driving_samples"'
+
+
 def run(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Column names and rows of ``sql``."""
     cur = _execute(con, sql)
@@ -33,14 +36,33 @@ def run(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
 
 def _execute(con: Any, sql: str) -> Any:
     if not sql.strip():
-        raise QueryError(
-            'empty statement: give one SQL statement, e.g. "SELECT count(*) FROM driving_samples"'
-        )
+        raise QueryError(EMPTY)
     try:
         return con.execute(sql)
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QueryError(first) from None
+        raise QueryError(first + _hint(con, exc)) from None
+
+
+def _hint(con: Any, exc: Exception) -> str:
+    """What to do next, for the mistakes people make most."""
+    if isinstance(exc, duckdb.CatalogException) and "Table with name" in str(exc):
+        try:
+            names = [
+                r[0]
+                for r in con.execute(
+                    "SELECT DISTINCT table_name FROM duckdb_tables() UNION SELECT DISTINCT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1"
+                ).fetchall()
+            ]
+        except duckdb.Error:
+            return " (the tables: docs/DATA.md)"
+        return f" (the tables: {', '.join(names)}; docs/DATA.md)"
+    if "read-only" in str(exc):
+        return (
+            " (`telematics query` only reads: `telematics erase` removes a vehicle's records,"
+            " `telematics maintain --drop-older-than-days N` old ones, both keeping every other proof valid)"
+        )
+    return ""
 
 
 def _text(v: Any) -> str:

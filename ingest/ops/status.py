@@ -6,10 +6,12 @@ long does anchoring take, and what was rejected last."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ingest.storage.store import Store
@@ -57,6 +59,20 @@ def alive(pid: object) -> bool:
         return True
 
 
+def stack_processes(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """The processes `telematics stack up` started, from its pid files in ``state_dir``: name ->
+    {pid, alive, log}. Empty when the services run elsewhere (compose, a managed service)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted(state_dir.glob("*.pid")):
+        try:
+            text = f.read_text().strip()
+            pid = int(json.loads(text)["pid"]) if text.startswith("{") else int(text)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out[f.stem] = {"pid": pid, "alive": alive(pid), "log": str(state_dir / f"{f.stem}.log")}
+    return out
+
+
 def store_view(store: Store, topic: str, high: dict[int, int] | None) -> dict[str, Any]:
     """Lag per partition, batches waiting for an anchor, anchor timing, the last rejections."""
     pos = store.positions(topic)
@@ -98,6 +114,15 @@ def render(view: dict[str, Any]) -> str:
     out.append("services")
     for name, (where, up) in view["services"].items():
         out.append(f"  {name:<12} {where:<28} {'up' if up else 'DOWN'}")
+    stack = view.get("stack") or {}
+    if stack:
+        out.append(
+            "stack  "
+            + ", ".join(
+                f"{name} pid {p['pid']}" + ("" if p["alive"] else " GONE") for name, p in stack.items()
+            )
+            + "  (`telematics stack status` for logs)"
+        )
     out.append("roles")
     for name, st in view["roles"].items():
         if st is None:

@@ -49,6 +49,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common.mqtt_tls import apply_security
+from common.retry import worth_logging
 from ingest.config import Config
 from ingest.pipeline.metrics import Metric, Metrics, MetricsServer, counter, gauge
 from schemas.transport import (
@@ -206,7 +207,8 @@ class Bridge:
         )
         apply_security(c, self.cfg.mqtt, default_username=None)
         c.max_inflight_messages_set(self.cfg.mqtt.max_inflight)
-        # paho reconnects by itself; with exponential backoff between these bounds.
+        # paho reconnects by itself, with its own exponential backoff (no jitter) between these
+        # bounds; the bridge's own retries (Kafka, a failed first connection) follow [retry].
         c.reconnect_delay_set(self.cfg.mqtt.reconnect_min_s, self.cfg.mqtt.reconnect_max_s)  # type: ignore[arg-type]
         c.on_connect = self._on_connect
         c.on_message = self._on_message
@@ -426,7 +428,7 @@ class Bridge:
             self.metrics_server.stop()
 
     async def _run(self) -> None:
-        backoff = 0.5
+        failures = 0  # consecutive; reset by a session that reached both brokers
         while not self._stop.is_set():
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.cfg.kafka.bootstrap,
@@ -447,16 +449,21 @@ class Bridge:
                 if self._stop.is_set():
                     break
                 client = await asyncio.to_thread(self._connect)
+                failures = 0
                 await self._pump(producer, client)
-                backoff = 0.5
             except (KafkaError, OSError) as exc:
-                log.error(
-                    "bridge: %s; reconnecting in %.1fs (unacknowledged MQTT messages will be redelivered)",
-                    exc,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                failures += 1
+                delay = self.cfg.retry.delay(failures)
+                if worth_logging(failures):
+                    log.error(
+                        "bridge: %s; reconnecting in %.1fs (attempt %d; unacknowledged MQTT messages"
+                        " will be redelivered)",
+                        exc,
+                        delay,
+                        failures,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
             finally:
                 self._close_gate(False)  # a paho thread waiting for room goes on, so it can stop
                 if client is not None:

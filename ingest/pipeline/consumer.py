@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from common.errors import Fatal
+from common.retry import aretrying, worth_logging
 from ingest.config import Config
 from ingest.ledger.base import Ledger, LedgerDamaged, LedgerError
 from ingest.pipeline.batch import Checkpoint, Offsets, SealedBatch, UnstorableMessages
@@ -225,18 +226,15 @@ class BatchConsumer:
             )
 
     async def _anchor(self, batch_no: int, root: bytes, blocks: int) -> None:
-        delay = self.cfg.ingest.retry_backoff_ms / 1000
-        while True:
-            try:
-                await asyncio.to_thread(self._anchor_and_record, batch_no, root, blocks)
-                return
-            except Fatal as exc:  # a conflicting or damaged ledger: never retried
-                self._fatal(exc)
-                raise
-            except LedgerError as exc:
-                log.warning("ledger unavailable for batch %d (%s); retrying in %.1fs", batch_no, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        try:
+            async for attempt in aretrying(
+                self.cfg.retry, LedgerError, what=f"ledger unavailable for batch {batch_no}", log=log
+            ):
+                with attempt:
+                    await asyncio.to_thread(self._anchor_and_record, batch_no, root, blocks)
+        except Fatal as exc:  # a conflicting or damaged ledger: never retried
+            self._fatal(exc)
+            raise
 
     def _fatal(self, exc: Exception) -> None:
         """Record in the status file why the consumer stops without committing."""
@@ -377,40 +375,53 @@ class BatchConsumer:
 
     # -- the loop ---------------------------------------------------------------------------------
     async def _start_kafka(self) -> bool:
-        """Connect the consumer and the dead-letter producer, retrying with backoff while the broker
-        is unreachable (it may start after the ingest), as the bridge does; False if stopped first."""
+        """Connect the consumer and the dead-letter producer, retrying while the broker is
+        unreachable (it may start after the ingest), as the bridge does; False if stopped first."""
+        k = self.cfg.kafka
+        try:
+            async for attempt in aretrying(
+                self.cfg.retry,
+                KafkaError,
+                what=f"Kafka-protocol broker {k.bootstrap}",
+                log=log,
+                stop=self._stop,
+            ):
+                with attempt:
+                    await self._connect_kafka()
+        except KafkaError:
+            if self._stop.is_set():
+                return False
+            raise
+        return not self._stop.is_set()
+
+    async def _connect_kafka(self) -> None:
         k, ing = self.cfg.kafka, self.cfg.ingest
-        delay = ing.retry_backoff_ms / 1000
-        while not self._stop.is_set():
-            self.consumer = AIOKafkaConsumer(
-                bootstrap_servers=k.bootstrap,
-                group_id=ing.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=ing.session_timeout_ms,
-                heartbeat_interval_ms=max(100, ing.session_timeout_ms // 5),
-                max_partition_fetch_bytes=8 * 1024 * 1024,
-                fetch_max_bytes=64 * 1024 * 1024,
-            )
-            # Dead letters go out a batch at a time: large producer batches (the default 16 KB made
-            # rejecting junk slower than accepting blocks, docs/PERFORMANCE.md).
-            self.producer = AIOKafkaProducer(
-                bootstrap_servers=k.bootstrap, acks="all", linger_ms=5, max_batch_size=1024 * 1024
-            )
-            try:
-                await self.producer.start()
-                await self.consumer.start()
-                return True
-            except (KafkaError, OSError) as exc:
-                with contextlib.suppress(Exception):
-                    await self.producer.stop()
-                with contextlib.suppress(Exception):
-                    await self.consumer.stop()
-                self._stall(KafkaError(f"the Kafka-protocol broker {k.bootstrap} is unreachable ({exc})"))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
-        return False
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap,
+            group_id=ing.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=ing.session_timeout_ms,
+            heartbeat_interval_ms=max(100, ing.session_timeout_ms // 5),
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        # Dead letters go out a batch at a time: large producer batches (the default 16 KB made
+        # rejecting junk slower than accepting blocks, docs/PERFORMANCE.md).
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=k.bootstrap, acks="all", linger_ms=5, max_batch_size=1024 * 1024
+        )
+        try:
+            await self.producer.start()
+            await self.consumer.start()
+        except (KafkaError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+            held = KafkaError(f"the Kafka-protocol broker {k.bootstrap} is unreachable ({exc})")
+            self._held(held)
+            raise held from exc
 
     async def run(self) -> None:
         k, ing = self.cfg.kafka, self.cfg.ingest
@@ -546,25 +557,35 @@ class BatchConsumer:
             await self._rewind()
             return False
         except (StoreError, KafkaError) as exc:
-            self._stall(exc)
+            delay = self._stall(exc)
             await self._rewind()
-            await asyncio.sleep(self.cfg.ingest.retry_backoff_ms / 1000)
+            await asyncio.sleep(delay)
             return False
 
-    def _stall(self, exc: Exception) -> None:
-        """Say loudly (log and status file) that an infrastructure failure holds the pipeline."""
+    def _held(self, exc: Exception) -> int:
+        """Record in the status file (and the stalled gauge) that an infrastructure failure holds
+        the pipeline; the number of consecutive failures."""
         now = time.time_ns()
         st = self.stalled or {"since_ns": now, "retries": 0}
         self.stalled = {**st, "retries": st["retries"] + 1, "error": str(exc)[:500]}
-        log.error(
-            "PIPELINE HELD: %s; nothing is committed, rewinding to the committed offsets"
-            " and retrying in %.1fs (attempt %d, since %.0fs)",
-            exc,
-            self.cfg.ingest.retry_backoff_ms / 1000,
-            self.stalled["retries"],
-            (now - self.stalled["since_ns"]) / 1e9,
-        )
         self.write_status()
+        return int(self.stalled["retries"])
+
+    def _stall(self, exc: Exception) -> float:
+        """Say loudly (log and status file) that an infrastructure failure holds the pipeline; how
+        long to wait before retrying (the retry policy, common/retry.py)."""
+        failures = self._held(exc)
+        delay = self.cfg.retry.delay(failures)
+        if worth_logging(failures):
+            log.error(
+                "PIPELINE HELD: %s; nothing is committed, rewinding to the committed offsets"
+                " and retrying in %.1fs (attempt %d, since %.0fs)",
+                exc,
+                delay,
+                failures,
+                (time.time_ns() - (self.stalled or {}).get("since_ns", time.time_ns())) / 1e9,
+            )
+        return delay
 
     async def _hold(self, exc: Exception) -> None:
         """An input the processor needs is unavailable (the registry): let the batch in flight
@@ -574,9 +595,9 @@ class BatchConsumer:
                 await self._settle()
             except (StoreError, KafkaError) as inflight_exc:
                 log.error("the batch in flight failed too (%s)", inflight_exc)
-            self._stall(exc)
+            delay = self._stall(exc)
             await self._rewind()
-        await asyncio.sleep(self.cfg.ingest.retry_backoff_ms / 1000)
+        await asyncio.sleep(delay)
 
     async def _rewind(self) -> None:
         """Forget the batches being built and stored and seek back to the committed offsets."""
@@ -590,19 +611,21 @@ class BatchConsumer:
         """Claim ``claim``, reload the chain heads and seek ``tps`` to the stored positions, in
         this order (the heads and positions read include a commit the claim waited for). The
         store may be what failed: hold until it answers, or the consumer stops."""
-        delay = self.cfg.ingest.retry_backoff_ms / 1000
-        while True:
-            try:
-                await self._claim(claim)
-                self.proc.reset()
-                await self._resume(tps)
-                return
-            except StoreError as exc:
-                self._stall(exc)
-                if self._stop.is_set():
+        async for attempt in aretrying(
+            self.cfg.retry,
+            StoreError,
+            what="store (claiming partitions, reading positions)",
+            log=log,
+            stop=self._stop,
+        ):
+            with attempt:
+                try:
+                    await self._claim(claim)
+                    self.proc.reset()
+                    await self._resume(tps)
+                except StoreError as exc:
+                    self._held(exc)
                     raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     async def _claim(self, parts: list[int]) -> None:
         """Claim ``parts`` in the store (on assignment only: a consumer that was fenced must not

@@ -121,6 +121,7 @@ class TestEnv:
         }
         b["edge"] = {"fsync": False}
         b["mqtt"].update(reconnect_min_s=0.2, reconnect_max_s=2.0)
+        b["retry"] = {"min_s": 0.2, "max_s": 2.0}
         self.cfg = msgspec.convert(b, Config)
         self.config_path = write_config(self.cfg, tmp / "telematics.toml")
         asyncio.run(ensure_topics(self.cfg, time.monotonic() + 30))

@@ -34,7 +34,8 @@ def _evm_cfg(env, url: str) -> Config:  # type: ignore[no-untyped-def]
     b["ledger"]["backend"] = "evm"
     b["ledger"]["evm"].update(rpc_url=url, confirmations=1, timeout_s=5.0)
     # Small batches, so that a short run makes many of them.
-    b["ingest"].update(batch_max_records=30, poll_max_records=3, retry_backoff_ms=300)
+    b["ingest"].update(batch_max_records=30, poll_max_records=3)
+    b["retry"] = {"min_s": 0.3, "max_s": 2.0}
     b["edge"].update(block_max_records=10)
     cfg = msgspec.convert(b, Config)
     cfg.path(cfg.ledger.evm.key_path).write_text(ANVIL_DEV_KEY_0 + "\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 
 import pytest
@@ -144,23 +143,3 @@ def test_batch_stored_but_not_anchored_is_anchored_on_restart(env) -> None:  # t
     finally:
         store.close()
         reg.close()
-
-
-def test_consumer_waits_for_an_unreachable_broker_instead_of_crashing(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Kafka down when the consumer starts: it says so (status file, log) and retries until stopped."""
-    import msgspec
-
-    from tests.integration.conftest import free_port
-    from tests.integration.harness import IngestProc, write_config
-
-    cfg = msgspec.structs.replace(env.cfg, kafka=msgspec.structs.replace(env.cfg.kafka, port=free_port()))
-    path = write_config(cfg, tmp_path / "no-broker.toml")
-    p = IngestProc(cfg, path, "consumer").start()  # returns once its status file names it
-    try:
-        time.sleep(3)
-        assert p.proc is not None and p.proc.poll() is None, p.log.read_text()[-2000:]
-        st = json.loads(cfg.path("ingest-status.json").read_text())
-        assert st["stalled"] and "unreachable" in st["stalled"]["error"], st
-        assert "Traceback" not in p.log.read_text()
-    finally:
-        assert p.stop() == 0

@@ -8,6 +8,7 @@ choice as the session-wide one), not on the shared one.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from paho.mqtt.properties import Properties
 from devtools.stack import Stack
 from ingest.config import Config
 from tests.integration.conftest import stack_config
+from tests.integration.harness import run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -296,13 +298,19 @@ def test_mosquitto_persists_queued_messages_across_sigkill(durable: tuple[Config
     assert "Permission denied" not in log.read_text()
 
 
-def test_status_lists_every_service_with_its_log(durable: tuple[Config, Stack]) -> None:
-    _, stack = durable
+def test_status_lists_every_service_with_its_log(durable: tuple[Config, Stack], tmp_path: Path) -> None:
+    cfg, stack = durable
     st = stack.status()
     assert [s.name for s in st] == ["seaweedfs", "tansu", "mosquitto", "postgres"]
     for s in st:
         assert s.healthy, s
         assert s.log.is_file() and s.log.stat().st_size > 0, s.log
+    # the operator's screen names the same processes
+    out = run_cli(write_config(cfg, tmp_path / "t.toml"), "status", "--json")
+    assert out.returncode == 0, out.stderr
+    view = json.loads(out.stdout)["stack"]
+    assert {n: p["pid"] for n, p in view.items()} == {s.name: s.pid for s in st}
+    assert all(p["alive"] for p in view.values()), view
 
 
 def test_memory_storage_is_an_explicit_opt_in_and_warns(
