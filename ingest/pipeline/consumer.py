@@ -377,12 +377,11 @@ class BatchConsumer:
     async def _start_kafka(self) -> bool:
         """Connect the consumer and the dead-letter producer, retrying while the broker is
         unreachable (it may start after the ingest), as the bridge does; False if stopped first."""
-        k = self.cfg.kafka
         try:
             async for attempt in aretrying(
                 self.cfg.retry,
                 KafkaError,
-                what=f"Kafka-protocol broker {k.bootstrap}",
+                what="consumer start",
                 log=log,
                 stop=self._stop,
             ):
