@@ -22,6 +22,7 @@ from ingest.config import Config, load_config
 if TYPE_CHECKING:
     from ingest.ledger.local import LocalLedger
     from ingest.storage.store import Store
+    from schemas.completeness import ClaimResult
 
 
 # Where other packages add commands: an entry point whose object is ``register(subparsers)``.
@@ -210,17 +211,24 @@ def cmd_prove(args: argparse.Namespace) -> int:
         return 1
     registry = wiring.open_registry(cfg)
     try:
-        if args.device is not None:
-            if args.seq is None or args.idx is None or not args.table:
-                print("prove: --device needs --seq, --idx and --table", file=sys.stderr)
-                return 2
-            rows = [RowRef(table_name(args.table), args.device, args.seq, args.idx)]
-        else:
-            rows = select_rows(store, args.table, args.where, args.limit, args.sample)
         operator = wiring.operator_key(cfg)
         local = wiring.open_log(cfg, operator)
-        witness = wiring.open_witness(cfg, local)
-        bundle = Prover(store, registry, local, operator, witness=witness).bundle(rows)
+        prover = Prover(store, registry, local, operator, witness=wiring.open_witness(cfg, local))
+        if args.complete:
+            if args.device is None or args.from_ns is None or args.to_ns is None:
+                print("telematics prove: --complete needs --device, --from and --to", file=sys.stderr)
+                return 2
+            bundle = prover.complete(args.device, args.from_ns, args.to_ns)
+        elif args.device is not None:
+            if args.seq is None or args.idx is None or not args.table:
+                print(
+                    "telematics prove: --device needs --seq, --idx and --table (or --complete)",
+                    file=sys.stderr,
+                )
+                return 2
+            bundle = prover.bundle([RowRef(table_name(args.table), args.device, args.seq, args.idx)])
+        else:
+            bundle = prover.bundle(select_rows(store, args.table, args.where, args.limit, args.sample))
     except (ProveError, LedgerError) as exc:
         print(f"telematics prove: {exc}", file=sys.stderr)
         return 1
@@ -241,16 +249,43 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
         Path(args.out).write_bytes(data)
         print(
-            f"wrote {args.out}: {len(bundle.records)} records, {len(bundle.blocks)} blocks,"
+            f"wrote {args.out}: {rep.records} records, {len(bundle.blocks)} blocks,"
             f" {len(bundle.batches)} batches, {len(bundle.evm)} chain anchors ({len(data):,} bytes)"
         )
+        for c in rep.claims:
+            print(_claim_line(c))
     return 0
+
+
+def _claim_line(c: ClaimResult) -> str:
+    """What a completeness claim proved, in one paragraph."""
+    k = c.claim
+    line = (
+        f"COMPLETE device {k.device_id} {_iso(k.from_ns)} .. {_iso(c.covered_to_ns)}: every block"
+        f" seq {k.first_seq}..{k.last_seq} ({c.blocks} blocks, {c.records:,} records in the period's blocks)"
+    )
+    if c.complete_until_ns is not None and c.complete_until_ns < k.to_ns:
+        line += (
+            f"\n  OPEN END: the device's last anchored block ends at {_iso(c.complete_until_ns)};"
+            " later blocks were not held when the bundle was built"
+        )
+    for h in c.holes:
+        span = (
+            f", {(h.before_ns - h.after_ns) / 1e9:,.0f} s between {_iso(h.after_ns)} and {_iso(h.before_ns)}"
+            if h.after_ns is not None and h.before_ns is not None
+            else ""
+        )
+        n = f"{h.records:,} records" if h.records is not None else "records"
+        line += f"\n  DECLARED HOLE: seq {h.first_seq}..{h.last_seq}, {n} dropped by the vehicle ({h.reason}){span}"
+    return line
 
 
 def cmd_verify_proof(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
     from pathlib import Path
+
+    import msgspec
 
     from schemas.proof import proven_rows, verify_bundle
 
@@ -284,7 +319,17 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
             "problems": problems,
             "pinned": pinned_from or None,
         }
-        print(json.dumps({**out, "records": rows}, indent=1, default=str))
+        claims = [
+            {
+                **msgspec.structs.asdict(c.claim),
+                "covered_to_ns": c.covered_to_ns,
+                "blocks": c.blocks,
+                "records": c.records,
+                "declared_holes": [h.__dict__ for h in c.holes],
+            }
+            for c in rep.claims
+        ]
+        print(json.dumps({**out, "complete": claims, "records": rows}, indent=1, default=str))
         return 0 if out["ok"] else 1
     for prob in problems:
         print(f"FAIL {prob}")
@@ -293,6 +338,8 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
         return 1
     cps = ", ".join(f"size {n} root {r.hex()[:16]}…" for n, r in sorted(rep.checkpoints.items()))
     print(f"OK: {rep.records} record(s) proven up to signed checkpoint(s) {cps}")
+    for c in rep.claims:
+        print(_claim_line(c))
     for r in rows[: args.show]:
         v = dict(r["values"])
         ts = v.pop("ts_ns", None)
@@ -783,7 +830,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", help='SQL filter on the table, e.g. "speed_mps > 30"')
     p.add_argument("--limit", type=int, default=10, help="at most this many rows (default 10)")
     p.add_argument("--sample", action="store_true", help="a random sample of the matching rows")
-    p.add_argument("--device", help="one row by key: device id (with --seq, --idx, --table)")
+    p.add_argument(
+        "--device", help="one row by key: device id (with --seq, --idx, --table); or with --complete"
+    )
+    p.add_argument(
+        "--complete",
+        action="store_true",
+        help="every block --device sealed from --from to --to, with all their records (vt-proof/2)",
+    )
+    p.add_argument("--from", dest="from_ns", type=cli_args.instant_ns, help="with --complete: ISO 8601 or ns")
+    p.add_argument("--to", dest="to_ns", type=cli_args.instant_ns, help="with --complete: ISO 8601 or ns")
     p.add_argument("--seq", type=int, help="block sequence number of the row")
     p.add_argument("--idx", type=int, help="position of the row in its block")
     p.add_argument("-o", "--out", default="proof.json", help="output file, - for stdout (default proof.json)")

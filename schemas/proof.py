@@ -27,8 +27,9 @@ import msgspec
 from msgspec import Meta
 
 from schemas import merkle
-from schemas.block import WireError, decode_header, decode_record
+from schemas.block import BlockHeader, WireError, decode_header, decode_record, records_root
 from schemas.checkpoint import CheckpointError, open_checkpoint
+from schemas.completeness import BlockContents, ClaimFailed, ClaimResult, Completeness, check_claim
 from schemas.crypto import (
     TAG_EVM_ANCHOR,
     TAG_KEY_STATEMENT,
@@ -39,9 +40,11 @@ from schemas.crypto import (
     verify_block_signature,
 )
 from schemas.patterns import DecimalKey, Hex, Hex32, Hex64, HexId16, HexId32, whole
-from schemas.records import RECORD_KINDS, TABLE_OF_KIND
+from schemas.records import RECORD_KINDS, TABLE_OF_KIND, SpoolDrop
 
 FORMAT = "vt-proof/1"
+# vt-proof/2: vt-proof/1 plus completeness claims and whole block contents (docs/PROOFS.md §14).
+FORMAT_V2 = "vt-proof/2"
 # The table of a proven row: one of the record kinds' tables.
 RecordTableName = Annotated[str, Meta(pattern=whole("|".join(k.table for k in RECORD_KINDS)))]
 
@@ -166,7 +169,7 @@ class BatchProof(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Bundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    format: Literal["vt-proof/1"]
+    format: Literal["vt-proof/1", "vt-proof/2"]
     operator_key: Hex32
     origin: str
     checkpoints: dict[DecimalKey, str]
@@ -175,6 +178,10 @@ class Bundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batches: dict[DecimalKey, BatchProof]
     evm: list[EvmAnchor]
     records: list[RecordProof]
+    # vt-proof/2 only (and then both required): completeness claims, and every record of a block
+    # by block hash.
+    complete: list[Completeness] | msgspec.UnsetType = msgspec.UNSET
+    contents: dict[Hex32, BlockContents] | msgspec.UnsetType = msgspec.UNSET
 
 
 bundle_decoder = msgspec.json.Decoder(Bundle)
@@ -190,6 +197,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     checkpoints: dict[int, bytes] = field(default_factory=dict)
     anchors: list[EvmAnchor] = field(default_factory=list)
+    claims: list[ClaimResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -211,7 +219,15 @@ def verify_bundle(data: bytes, *, operator_key: bytes | None = None) -> Report:
     try:
         b = bundle_decoder.decode(data)
     except (msgspec.DecodeError, ValueError) as exc:  # ValueError: includes invalid UTF-8
-        rep.problems.append(f"bundle: not a {FORMAT} bundle ({exc})")
+        rep.problems.append(f"bundle: not a {FORMAT} or {FORMAT_V2} bundle ({exc})")
+        return rep
+    v2 = b.format == FORMAT_V2
+    unset = [n for n in ("complete", "contents") if getattr(b, n) is msgspec.UNSET]
+    if v2 and unset:
+        rep.problems.append(f"bundle: a {FORMAT_V2} bundle needs {' and '.join(repr(n) for n in unset)}")
+        return rep
+    if not v2 and len(unset) < 2:
+        rep.problems.append(f"bundle: {FORMAT} has no 'complete' or 'contents' (those are {FORMAT_V2})")
         return rep
     op = _hx(b.operator_key)
     if operator_key is not None and op != operator_key:
@@ -221,7 +237,7 @@ def verify_bundle(data: bytes, *, operator_key: bytes | None = None) -> Report:
     def check(where: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
-        except (_Fail, ValueError, WireError, CheckpointError) as exc:
+        except (_Fail, ValueError, WireError, CheckpointError, ClaimFailed) as exc:
             rep.problems.append(f"{where}: {exc}")
             return None
 
@@ -240,7 +256,7 @@ def verify_bundle(data: bytes, *, operator_key: bytes | None = None) -> Report:
         root = check(f"batches[{no}]", _batch, op, no, bp, cps)
         if root is not None:
             batches[no] = root
-    headers: dict[str, Any] = {}
+    headers: dict[str, BlockHeader] = {}
     for bh, blk in b.blocks.items():
         hdr = check(f"blocks[{bh[:16]}…]", _block, bh, blk, keys, b.batches, batches)
         if hdr is not None:
@@ -248,10 +264,26 @@ def verify_bundle(data: bytes, *, operator_key: bytes | None = None) -> Report:
     for i, a in enumerate(b.evm):
         if check(f"evm[{i}]", _evm, op, a, batches, cps) is not None:
             rep.anchors.append(a)
+    drops: list[tuple[str, SpoolDrop]] = []  # (device, drop) of every proven SpoolDrop record
     for i, r in enumerate(b.records):
-        if check(f"records[{i}]", _record, r, headers) is not None:
+        rec = check(f"records[{i}]", _record, r, headers)
+        if rec is not None:
             rep.records += 1
-    if not b.records:
+            if isinstance(rec, SpoolDrop):
+                drops.append((r.device_id, rec))
+    complete_blocks: dict[str, int] = {}
+    for bh, c in (b.contents or {}).items():
+        recs = check(f"contents[{bh[:16]}…]", _contents, bh, c, headers)
+        if recs is not None:
+            complete_blocks[bh] = len(recs)
+            rep.records += len(recs)
+            drops += [(headers[bh].device_id, r) for r in recs if isinstance(r, SpoolDrop)]
+    for i, claim in enumerate(b.complete or []):
+        mine = [d for dev, d in drops if dev == claim.device_id]
+        res = check(f"complete[{i}]", check_claim, claim, headers, complete_blocks, mine)
+        if res is not None:
+            rep.claims.append(res)
+    if not b.records and not b.contents:
         rep.problems.append("records: the bundle proves no record")
     return rep
 
@@ -310,7 +342,7 @@ def _block(
     keys: dict[str, KeyStatement],
     all_batches: dict[str, BatchProof],
     batches: dict[str, bytes],
-) -> Any:
+) -> BlockHeader:
     hb = _hx(blk.header)
     if block_hash(hb).hex() != bh:
         raise _Fail("header bytes do not hash to this block hash")
@@ -348,12 +380,39 @@ def _evm(op: bytes, a: EvmAnchor, batches: dict[str, bytes], cps: dict[str, byte
     return a
 
 
-def _record(r: RecordProof, headers: dict[str, Any]) -> bool:
-    raw = _hx(r.raw)
+def _decode(raw: bytes) -> Any:
     try:
-        rec = decode_record(raw)
+        return decode_record(raw)
     except (msgspec.DecodeError, WireError, ValueError) as exc:  # ValueError: invalid UTF-8 in a string
         raise _Fail(f"raw record does not decode ({exc})") from None
+
+
+def _contents(bh: str, c: BlockContents, headers: dict[str, BlockHeader]) -> list[Any]:
+    hdr = headers.get(bh)
+    if hdr is None:
+        raise _Fail("its block is missing or invalid")
+    if len(c.records) != hdr.count:
+        raise _Fail(f"{len(c.records)} records, the block's header says {hdr.count}")
+    raws = [_hx(r) for r in c.records]
+    recs = []
+    for i, raw in enumerate(raws):
+        try:
+            rec = _decode(raw)
+        except _Fail as exc:
+            raise _Fail(f"record {i}: {exc}") from None
+        if not hdr.t_first <= rec.ts_ns <= hdr.t_last:
+            raise _Fail(f"record {i}: time outside the block's [t_first, t_last]")
+        recs.append(rec)
+    if records_root(_hx(c.seed), raws) != hdr.root:
+        raise _Fail(
+            "the records and seed do not rebuild the block's records root (a record is missing or changed)"
+        )
+    return recs
+
+
+def _record(r: RecordProof, headers: dict[str, BlockHeader]) -> Any:
+    raw = _hx(r.raw)
+    rec = _decode(raw)
     want = TABLE_OF_KIND[type(rec)]
     if r.table != want:
         raise _Fail(f"a {type(rec).__name__} does not belong in {r.table}")
@@ -370,7 +429,7 @@ def _record(r: RecordProof, headers: dict[str, Any]) -> bool:
     got = merkle.root_from_inclusion_path(leaf, r.idx, hdr.count, [_hx(p) for p in r.path])
     if got != hdr.root:
         raise _Fail("record is not in its block (leaf, salt or inclusion path fails)")
-    return True
+    return rec
 
 
 def proven_rows(data: bytes) -> list[dict[str, Any]]:
@@ -380,16 +439,22 @@ def proven_rows(data: bytes) -> list[dict[str, Any]]:
     bundle ``verify_bundle`` accepted; it checks nothing itself."""
     b = bundle_decoder.decode(data)
     out = []
-    for r in b.records:
-        blk = b.blocks[r.block]
+    refs = [(r.block, r.table, r.device_id, r.block_seq, r.idx, r.raw) for r in b.records]
+    for bh, c in (b.contents or {}).items():
+        hdr = decode_header(_hx(b.blocks[bh].header))
+        for i, raw in enumerate(c.records):
+            kind = TABLE_OF_KIND[type(decode_record(_hx(raw)))]
+            refs.append((bh, kind, hdr.device_id, hdr.seq, i, raw))
+    for bh, table, device_id, seq, idx, raw in refs:
+        blk = b.blocks[bh]
         batch = b.batches[str(blk.batch_no)]
-        rec = msgspec.structs.asdict(decode_record(_hx(r.raw)))
+        rec = msgspec.structs.asdict(decode_record(_hx(raw)))
         out.append(
             {
-                "table": r.table,
-                "device_id": r.device_id,
-                "block_seq": r.block_seq,
-                "idx": r.idx,
+                "table": table,
+                "device_id": device_id,
+                "block_seq": seq,
+                "idx": idx,
                 "values": rec,
                 "batch_no": blk.batch_no,
                 "ledger_entry": batch.log_index,

@@ -6,7 +6,7 @@ and for the proof, audit and erasure tests. The transports are covered by the in
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from edge_agent.sources.vehicle import VehicleModel
@@ -80,6 +80,33 @@ def ingest_offline(
         for v in fleet:
             if registry.get(v.key.key_id) is None:
                 registry.add(v.key.public_key, device_id=v.device_id)
+
+    def blocks() -> Iterator[tuple[str, bytes]]:
+        for _ in range(blocks_per_vehicle):
+            for v in fleet:
+                yield v.device_id, v.next_block(block_records)
+
+    return ingest_blocks(
+        store,
+        registry,
+        ledger,
+        blocks(),
+        batch_blocks=max(1, batch_records // block_records),
+        progress=progress,
+    )
+
+
+def ingest_blocks(
+    store: Store,
+    registry: Registry,
+    ledger: Ledger,
+    blocks: Iterable[tuple[str, bytes]],
+    *,
+    batch_blocks: int = 200,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Feed ``(device_id, envelope)`` pairs through the consumer's commit sequence, ``batch_blocks``
+    envelopes per batch; return records stored. The devices' keys must be registered."""
     store.claim("offline", [0], "offline ingest")  # its one "partition": a writer of its own
     proc = Processor(store, registry, max_block_bytes=4 * 1024 * 1024)
 
@@ -89,7 +116,7 @@ def ingest_offline(
     # The consumer's commit sequence, without a transport: no dead-letter topic; the positions of the
     # one "partition" are stored with each batch, as the consumer's are.
     checkpoint = Checkpoint(proc, store, anchor=anchor)
-    offset = 0
+    offset = store.positions("offline").get(("offline", 0), 0)
     stored = 0
     msgs: list[RawMessage] = []
 
@@ -106,12 +133,10 @@ def ingest_offline(
         if progress:
             progress(sealed.rows.record_count)
 
-    per_batch = max(1, batch_records // block_records)
-    for _ in range(blocks_per_vehicle):
-        for v in fleet:
-            msgs.append(RawMessage("offline", 0, offset, v.device_id.encode(), v.next_block(block_records)))
-            offset += 1
-            if len(msgs) >= per_batch:
-                flush()
+    for device_id, wire in blocks:
+        msgs.append(RawMessage("offline", 0, offset, device_id.encode(), wire))
+        offset += 1
+        if len(msgs) >= batch_blocks:
+            flush()
     flush()
     return stored

@@ -17,8 +17,10 @@ from ingest.storage.registry import DeviceKey, Registry
 from ingest.storage.schema import TABLE_NAMES
 from ingest.storage.store import Store
 from schemas import merkle
+from schemas.completeness import BlockContents, Completeness
 from schemas.crypto import TAG_KEY_STATEMENT, SigningKey, leaf_salt
 from schemas.proof import (
+    FORMAT_V2,
     BatchProof,
     BlockProof,
     Bundle,
@@ -225,11 +227,7 @@ class Prover:
                 for p in merkle.inclusion_path([merkle.leaf_hash(h) for h in batch_hashes], batch_index)
             ],
         )
-        if key_id not in keys:
-            k = self.registry.get(key_id)
-            if k is None:
-                raise ProveError(f"key {key_id} of block {r.device_id}/{r.block_seq} is not in the registry")
-            keys[key_id] = key_statement(k, self.operator, now)
+        self._key(key_id, f"{r.device_id}/{r.block_seq}", keys, now)
         no = str(batch_no)
         if no not in batches:
             batches[no] = self._batch(int(batch_no), len(batch_hashes), checkpoints, evm)
@@ -276,6 +274,173 @@ class Prover:
             checkpoint=str(size),
             log_path=[p.hex() for p in self.ledger.inclusion(rc.index, size)],
         )
+
+    def complete(self, device_id: str, from_ns: int, to_ns: int) -> Bundle:
+        """A vt-proof/2 bundle holding EVERY block ``device_id`` sealed in ``[from_ns, to_ns]``
+        (device clock), each anchored, with all records of each block that meets the period: the
+        chain from the block before the period (or the device's first block) to the block after
+        it (or the device's last anchored block), passing only holes the vehicle declared
+        (docs/PROOFS.md §14). ProveError names the first hole it cannot prove."""
+        if from_ns > to_ns:
+            raise ProveError("--from is after --to")
+        con = self.store.con
+        anchored = "batch_no IN (SELECT batch_no FROM anchors)"
+
+        def one(q: str, *args: object) -> int | None:
+            row = con.execute(q, [device_id, *args]).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        meet = "device_id = ? AND epoch_ns(t_first) <= ? AND epoch_ns(t_last) >= ?"
+        first_meet = one(f"SELECT min(seq) FROM blocks WHERE {meet}", to_ns, from_ns)
+        last_meet = one(f"SELECT max(seq) FROM blocks WHERE {meet}", to_ns, from_ns)
+        lo = one(
+            "SELECT max(seq) FROM blocks WHERE device_id = ? AND epoch_ns(t_last) < ? AND seq < ?",
+            from_ns,
+            first_meet if first_meet is not None else 2**63 - 1,
+        )
+        start = "before"
+        if lo is None:
+            start, lo = "genesis", 0
+        hi = one(
+            f"SELECT min(seq) FROM blocks WHERE device_id = ? AND epoch_ns(t_first) > ? AND seq > ? AND {anchored}",
+            to_ns,
+            last_meet if last_meet is not None else lo,
+        )
+        end = "after"
+        if hi is None:
+            end = "head"
+            hi = one(f"SELECT max(seq) FROM blocks WHERE device_id = ? AND {anchored}")
+            if hi is None:
+                raise ProveError(f"device {device_id} has no anchored block")
+        rows = con.execute(
+            "SELECT seq, block_hash, header, signature, salt_seed, key_id, record_count, batch_no,"
+            " batch_index, epoch_ns(t_first), epoch_ns(t_last), batch_no IN (SELECT batch_no FROM anchors)"
+            " FROM blocks WHERE device_id = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+            [device_id, lo, hi],
+        ).fetchall()
+        have = {int(r[0]): r for r in rows}
+        if lo not in have:
+            raise ProveError(f"block {device_id}/{lo}, where the proof must start, is not stored")
+        unanchored = [int(r[0]) for r in rows if not r[11]]
+        if unanchored:
+            raise ProveError(
+                f"block {device_id}/{unanchored[0]} is not anchored yet (is the ingest still catching up?)"
+            )
+        drops = con.execute(
+            "SELECT block_seq, idx, first_seq, last_seq FROM spool_drops WHERE device_id = ?"
+            " AND last_seq >= ? AND first_seq <= ? ORDER BY first_seq",
+            [device_id, lo, hi],
+        ).fetchall()
+        need_drops: set[tuple[int, int]] = set()
+        for s in range(lo, hi + 1):
+            if s in have:
+                continue
+            d = next(((int(b), int(i)) for b, i, f, la in drops if f <= s <= la), None)
+            if d is None:
+                erased = con.execute(
+                    "SELECT erasure_id FROM erased_blocks WHERE device_id = ? AND seq = ?", [device_id, s]
+                ).fetchone()
+                why = (
+                    f"it was erased (erasure {erased[0]})"
+                    if erased
+                    else "the vehicle declared no drop of it (a gap: `telematics gaps`)"
+                )
+                raise ProveError(f"cannot prove completeness: block {device_id}/{s} is missing and {why}")
+            need_drops.add(d)
+        meeting = [s for s, r in have.items() if r[9] <= to_ns and r[10] >= from_ns]
+        raws: dict[int, list[tuple[int, bytes]]] = {s: [] for s in meeting}
+        if meeting:
+            a, b = min(meeting), max(meeting)
+            for t in TABLES:
+                for bs, idx, raw in con.execute(
+                    f"SELECT block_seq, idx, raw FROM {t} WHERE device_id = ? AND block_seq BETWEEN ? AND ?",
+                    [device_id, a, b],
+                ).fetchall():
+                    if int(bs) in raws:
+                        raws[int(bs)].append((int(idx), bytes(raw)))
+        blocks: dict[str, BlockProof] = {}
+        batches: dict[str, BatchProof] = {}
+        keys: dict[str, KeyStatement] = {}
+        checkpoints: dict[str, str] = {}
+        evm: dict[tuple[str, int], EvmAnchor] = {}
+        contents: dict[str, BlockContents] = {}
+        batch_leaves = self._batch_leaves({int(r[7]) for r in rows})
+        now = time.time_ns()
+        for s, r in sorted(have.items()):
+            _, bh, header, sig, seed, key_id, count, batch_no, batch_index = r[:9]
+            bhx = bytes(bh).hex()
+            blocks[bhx] = BlockProof(
+                header=bytes(header).hex(),
+                signature=bytes(sig).hex(),
+                batch_no=int(batch_no),
+                batch_index=int(batch_index),
+                path=[p.hex() for p in merkle.inclusion_path(batch_leaves[int(batch_no)], int(batch_index))],
+            )
+            self._key(key_id, f"{device_id}/{s}", keys, now)
+            no = str(batch_no)
+            if no not in batches:
+                batches[no] = self._batch(int(batch_no), len(batch_leaves[int(batch_no)]), checkpoints, evm)
+            if s in raws:
+                got = sorted(raws[s])
+                if [i for i, _ in got] != list(range(int(count))):
+                    raise ProveError(
+                        f"block {device_id}/{s} has rows {len(got)} of {count}: run `telematics audit`"
+                    )
+                contents[bhx] = BlockContents(seed=bytes(seed).hex(), records=[raw.hex() for _, raw in got])
+        records: list[RecordProof] = []
+        for bs, idx in sorted(need_drops):
+            if bs in raws:
+                continue  # its block's contents carry it
+            ref = RowRef("spool_drops", device_id, bs, idx)
+            part = self.bundle([ref])
+            blocks.update(part.blocks)
+            batches.update(part.batches)
+            keys.update(part.keys)
+            checkpoints.update(part.checkpoints)
+            evm.update({(a.kind, a.number): a for a in part.evm})
+            records += part.records
+        return Bundle(
+            format=FORMAT_V2,  # type: ignore[arg-type]
+            operator_key=self.operator.public_key.hex(),
+            origin=self.ledger.origin,
+            checkpoints=checkpoints,
+            keys=keys,
+            blocks=blocks,
+            batches=batches,
+            evm=list(evm.values()),
+            records=records,
+            complete=[
+                Completeness(
+                    device_id=device_id,
+                    from_ns=from_ns,
+                    to_ns=to_ns,
+                    first_seq=lo,
+                    last_seq=hi,
+                    start=start,  # type: ignore[arg-type]
+                    end=end,  # type: ignore[arg-type]
+                )
+            ],
+            contents=contents,
+        )
+
+    def _batch_leaves(self, batch_nos: set[int]) -> dict[int, list[bytes]]:
+        """The leaf hashes of each batch's tree, erased blocks included, in one query."""
+        out: dict[int, list[tuple[int, bytes]]] = {n: [] for n in batch_nos}
+        if batch_nos:
+            ns = ",".join(str(n) for n in sorted(batch_nos))
+            for no, idx, h in self.store.con.execute(
+                f"SELECT batch_no, batch_index, block_hash FROM blocks WHERE batch_no IN ({ns})"
+                f" UNION ALL SELECT batch_no, batch_index, block_hash FROM erased_blocks WHERE batch_no IN ({ns})"
+            ).fetchall():
+                out[int(no)].append((int(idx), bytes(h)))
+        return {n: [merkle.leaf_hash(h) for _, h in sorted(v)] for n, v in out.items()}
+
+    def _key(self, key_id: str, where: str, keys: dict[str, KeyStatement], now: int) -> None:
+        if key_id not in keys:
+            k = self.registry.get(key_id)
+            if k is None:
+                raise ProveError(f"key {key_id} of block {where} is not in the registry")
+            keys[key_id] = key_statement(k, self.operator, now)
 
     def _evm_anchors(self, batch_no: int, index: int) -> list[EvmAnchor]:
         return self.witness.anchors_for(batch_no, index) if self.witness is not None else []
