@@ -1,7 +1,7 @@
 # One command for the static checks: `make check` (ruff lint + format check + mypy strict + the
 # import layering of pyproject.toml's [tool.importlinter]).
 PY := .venv/bin
-SRC := schemas common edge_agent ingest devtools simulators tests bench
+SRC := schemas common figures edge_agent ingest devtools simulators tests bench
 
 .PHONY: check lint typecheck layers format test demo
 check: lint typecheck layers

@@ -20,6 +20,7 @@ from ingest import cli_args, wiring
 from ingest.config import Config, load_config
 
 if TYPE_CHECKING:
+    from figures.score import Score
     from ingest.ledger.local import LocalLedger
     from ingest.storage.store import Store
     from schemas.completeness import ClaimResult
@@ -278,6 +279,77 @@ def _claim_line(c: ClaimResult) -> str:
         n = f"{h.records:,} records" if h.records is not None else "records"
         line += f"\n  DECLARED HOLE: seq {h.first_seq}..{h.last_seq}, {n} dropped by the vehicle ({h.reason}){span}"
     return line
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from figures.score import score
+    from ingest.ops.figures import declared_drops, driving_records
+
+    if args.from_ns > args.to_ns:
+        print("telematics score: --from is after --to", file=sys.stderr)
+        return 2
+    cfg = _cfg(args)
+    store = _open_store(cfg, "score")
+    if store is None:
+        return 1
+    try:
+        samples, triggers = driving_records(store, args.device, args.from_ns, args.to_ns)
+        dropped = declared_drops(store, args.device, args.from_ns, args.to_ns)
+    finally:
+        store.close()
+    if not samples:
+        print(f"telematics score: no driving samples of device {args.device} in that period", file=sys.stderr)
+        return 1
+    sc = score(args.device, samples, triggers, args.from_ns, args.to_ns)
+    if args.json:
+        out = msgspec.to_builtins(sc)
+        out["declared_drops"] = {"blocks": dropped[0], "records": dropped[1]}
+        print(json.dumps(out, indent=1))
+        return 0
+    print(render_score(sc, args.show))
+    if dropped[0]:
+        print(
+            f"  the vehicle declared {dropped[0]} block(s), {dropped[1]:,} record(s) dropped by its spool in this period"
+        )
+    return 0
+
+
+def render_score(sc: Score, show: int) -> str:
+    """The score, its totals, trips and events, one screen."""
+    t = sc.period
+    e = t.events
+
+    def pct(x: float) -> str:
+        return f"{100 * x / t.driving_s:.1f} %" if t.driving_s else "-"
+
+    lines = [
+        f"driving score ({sc.algorithm}) of device {sc.device_id}, {_iso(sc.from_ns)} .. {_iso(sc.to_ns)}",
+        f"  SCORE {t.score:.1f} / 100   {t.distance_km:,.1f} km, {t.driving_s / 3600:,.2f} h driving,"
+        f" {pct(t.night_s)} at night, {pct(t.speeding_s)} speeding ({sc.samples:,} samples)",
+        "  harsh events: "
+        + ", ".join(
+            f"{k} {e[k]} (+{e[k + '_severe']} severe)" for k in ("braking", "acceleration", "cornering")
+        ),
+        f"  {len(sc.trips)} trip(s):",
+    ]
+    for tr in sc.trips[:show]:
+        n = sum(tr.events.values())
+        lines.append(
+            f"    {_iso(tr.start_ns)} .. {_iso(tr.end_ns)}  {tr.distance_km:7,.1f} km  {tr.driving_s / 60:6.1f} min"
+            f"  {n:3d} events  score {tr.score:5.1f}"
+        )
+    if len(sc.trips) > show:
+        lines.append(f"    … {len(sc.trips) - show} more (--show N, or --json)")
+    for ev in sc.events[:show]:
+        lines.append(
+            f"  {_iso(ev.start_ns)}  {ev.kind:<12} {'SEVERE' if ev.severe else 'harsh':<6} peak {ev.peak_g:.2f} g"
+            + (" (vehicle trigger)" if ev.trigger else "")
+        )
+    if len(sc.events) > show:
+        lines.append(f"  … {len(sc.events) - show} more events (--show N, or --json)")
+    return "\n".join(lines)
 
 
 def cmd_verify_proof(args: argparse.Namespace) -> int:
@@ -844,6 +916,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idx", type=int, help="position of the row in its block")
     p.add_argument("-o", "--out", default="proof.json", help="output file, - for stdout (default proof.json)")
     p.set_defaults(fn=cmd_prove)
+
+    p = sub.add_parser(
+        "score", help="a vehicle's driving score over a period, with its trips and events (docs/SCORING.md)"
+    )
+    p.add_argument("--device", required=True, help="device id")
+    p.add_argument("--from", dest="from_ns", required=True, type=cli_args.instant_ns, help="ISO 8601 or ns")
+    p.add_argument("--to", dest="to_ns", required=True, type=cli_args.instant_ns, help="ISO 8601 or ns")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.add_argument("--show", type=int, default=20, help="trips and events to print (default 20)")
+    p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("verify-proof", help="verify a proof bundle offline (no DuckDB needed)")
     p.add_argument("bundle")

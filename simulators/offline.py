@@ -6,7 +6,7 @@ and for the proof, audit and erasure tests. The transports are covered by the in
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from edge_agent.sources.vehicle import VehicleModel
@@ -54,10 +54,16 @@ class OfflineVehicle:
         return b.to_wire()
 
 
-def make_fleet(vehicles: int, *, seed: int = 1, rate_hz: float = 10.0) -> list[OfflineVehicle]:
+def make_fleet(
+    vehicles: int, *, seed: int = 1, rate_hz: float = 10.0, profiles: Sequence[str] = ("normal",)
+) -> list[OfflineVehicle]:
+    """``vehicles`` vehicles, their driver profiles taken from ``profiles`` in turn."""
     return [
         OfflineVehicle(
-            SigningKey.generate(), VehicleModel(seed * 100_003 + i, start_ns=START_NS, rate_hz=rate_hz)
+            SigningKey.generate(),
+            VehicleModel(
+                seed * 100_003 + i, start_ns=START_NS, rate_hz=rate_hz, profile=profiles[i % len(profiles)]
+            ),
         )
         for i in range(vehicles)
     ]

@@ -18,6 +18,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from schemas.records import BatterySample, DrivingSample, Record
 
@@ -36,6 +37,31 @@ JERK_MPS3 = 4.0
 WHEELBASE_M = 2.9
 STEERING_RATIO = 15.0
 LOW_SOC_PCT = 20.0
+
+
+@dataclass(frozen=True)
+class DriverProfile:
+    """How a driver drives: the ranges the trip state machine draws from (before ``factor``)."""
+
+    name: str
+    factor: tuple[float, float]  # aggressiveness, drawn once per vehicle; scales acceleration and braking
+    accel: tuple[float, float]  # m/s², the acceleration limit of a start
+    decel: tuple[float, float]  # m/s², braking from cruise to a stop
+    hard_stop_p: float  # share of stops that are hard stops
+    hard_decel: tuple[float, float]  # m/s², a hard stop
+    turn: tuple[float, float]  # m/s², peak lateral acceleration of a turn
+    speed: float  # target speeds scaled by this
+
+
+# Harsh-event rates these produce at the score's default thresholds: docs/SCORING.md.
+PROFILES: dict[str, DriverProfile] = {
+    p.name: p
+    for p in (
+        DriverProfile("calm", (0.8, 0.95), (1.0, 1.8), (1.0, 2.0), 0.01, (2.6, 3.4), (0.5, 2.0), 0.92),
+        DriverProfile("normal", (0.9, 1.1), (1.2, 2.2), (1.2, 2.4), 0.06, (3.0, 4.2), (0.5, 2.6), 1.0),
+        DriverProfile("aggressive", (1.05, 1.25), (1.8, 3.0), (2.0, 3.6), 0.15, (4.5, 6.5), (1.0, 3.8), 1.12),
+    )
+}
 
 
 class Mode(enum.Enum):
@@ -65,9 +91,13 @@ class VehicleModel:
         rate_hz: float = 10.0,
         battery_every: int = 10,
         origin: tuple[float, float] = (48.137, 11.575),
+        profile: str = "normal",
     ) -> None:
         if rate_hz <= 0.0 or battery_every < 1 or start_ns < 0:
             raise ValueError("rate_hz must be > 0, battery_every >= 1 and start_ns >= 0")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown driver profile {profile!r} (one of {', '.join(PROFILES)})")
+        self.profile = PROFILES[profile]
         self.rate_hz = float(rate_hz)
         self.battery_every = battery_every
         self._start_ns = start_ns
@@ -78,7 +108,7 @@ class VehicleModel:
         self._mass = rng.uniform(1800.0, 2400.0)
         self._cda = rng.uniform(0.50, 0.70)
         self._crr = rng.uniform(0.008, 0.012)
-        self._driver = rng.uniform(0.8, 1.2)  # aggressiveness
+        self._driver = rng.uniform(*self.profile.factor)  # aggressiveness
         self._ambient_c = rng.uniform(5.0, 30.0)
         self._aux_w = 300.0 + 60.0 * abs(self._ambient_c - 21.0)
         self._soh = rng.uniform(92.0, 99.0)
@@ -142,17 +172,21 @@ class VehicleModel:
         elif m is Mode.STOPPED and self._need_charge:
             self._start_charging(until_s=math.inf, to_soc=rng.uniform(78.0, 82.0))
         elif m is Mode.STOPPED and self._mode_t >= self._mode_len:
-            self._target = rng.uniform(8.0, 35.0)
-            self._a_max = _clamp(rng.uniform(1.2, 2.6) * self._driver, 0.8, 3.0)
+            self._target = rng.uniform(8.0, 35.0) * self.profile.speed
+            self._a_max = _clamp(rng.uniform(*self.profile.accel) * self._driver, 0.8, 4.0)
             self._enter(Mode.APPROACH)
         elif m is Mode.APPROACH and abs(self._target - self._v) < 0.5:
             self._enter(Mode.CRUISE, rng.uniform(20.0, 120.0))
         elif m is Mode.CRUISE and self._mode_t >= self._mode_len:
             if rng.random() < 0.35:
-                self._decel = _clamp(rng.uniform(1.5, 4.5) * self._driver, 1.0, 6.0)
+                prof = self.profile
+                hard = rng.random() < prof.hard_stop_p
+                self._decel = _clamp(
+                    rng.uniform(*(prof.hard_decel if hard else prof.decel)) * self._driver, 1.0, 8.0
+                )
                 self._enter(Mode.BRAKE)
             else:
-                self._target = rng.uniform(8.0, 35.0)
+                self._target = rng.uniform(8.0, 35.0) * self.profile.speed
                 self._enter(Mode.APPROACH)
 
     def _resistance_n(self, v: float) -> float:
@@ -163,7 +197,8 @@ class VehicleModel:
         v, m = self._v, self._mode
         if m is Mode.APPROACH:
             power_limit = (MAX_TRACTION_W / max(v, 1.0) - self._resistance_n(v)) / self._mass
-            return _clamp(0.5 * (self._target - v), -2.5, min(self._a_max, power_limit))
+            ease_off = self.profile.decel[1] * self._driver  # slowing to a lower target speed
+            return _clamp(0.5 * (self._target - v), -ease_off, min(self._a_max, power_limit))
         if m is Mode.CRUISE:
             return _clamp(0.4 * (self._target - v) + self._rng.gauss(0.0, 0.15), -1.0, 1.0)
         if m is Mode.BRAKE:
@@ -174,7 +209,7 @@ class VehicleModel:
         """Advance the current gentle turn; return the path curvature (1/m, + = left)."""
         can_turn = self._turn_len == 0.0 and self._v > 5.0 and self._mode in (Mode.APPROACH, Mode.CRUISE)
         if can_turn and self._rng.random() < self._dt / 25.0:  # about one turn every 25 s of driving
-            self._turn_a = self._rng.choice((-1.0, 1.0)) * self._rng.uniform(0.5, 2.5)
+            self._turn_a = self._rng.choice((-1.0, 1.0)) * self._rng.uniform(*self.profile.turn)
             self._turn_t, self._turn_len = 0.0, self._rng.uniform(3.0, 12.0)
         if self._turn_len == 0.0:
             return 0.0
