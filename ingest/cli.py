@@ -316,6 +316,64 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_battery_passport(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from figures.battery import passport
+    from ingest.ops.figures import battery_records
+
+    cfg = _cfg(args)
+    store = _open_store(cfg, "battery-passport")
+    if store is None:
+        return 1
+    frm, to = args.from_ns or 0, args.to_ns or 2**63 - 2
+    try:
+        samples = battery_records(store, args.device, frm, to)
+    finally:
+        store.close()
+    if not samples:
+        print(f"telematics battery-passport: no battery samples of device {args.device}", file=sys.stderr)
+        return 1
+    pp = passport(args.device, samples, frm, to)
+    if args.plot:
+        from ingest.ops.plots import plot_passport
+
+        try:
+            plot_passport(pp, args.plot)
+        except ImportError:
+            print("telematics battery-passport: --plot needs matplotlib (the 'bench' extra)", file=sys.stderr)
+            return 1
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(pp), indent=1))
+        return 0
+    c = pp.battery_condition
+    t = c["temperatureInformation"]
+    soh = pp.soh_by_day
+    r = pp.resistance
+    lines = [
+        f"battery passport ({pp.algorithm}) of device {args.device}, {_iso(samples[0].ts_ns)} .. {_iso(samples[-1].ts_ns)}"
+        f" ({pp.samples:,} samples)",
+        f"  state of certified energy (SOCE) {c['stateOfCertifiedEnergy']['stateOfCertifiedEnergyValue']:.2f} %"
+        + (f", from {soh[0][1]:.2f} % on {_iso(soh[0][0])[:10]}" if len(soh) > 1 else ""),
+        f"  {pp.equivalent_full_cycles:,.2f} equivalent full cycles; throughput {c['energyThroughput']:,.1f} kWh,"
+        f" {c['capacityThroughput']['capacityThroughputValue']:,.1f} Ah (charge + discharge)",
+        f"  {len(pp.charging_sessions)} charging session(s), {sum(x.energy_kwh for x in pp.charging_sessions):,.1f} kWh,"
+        f" peak {max((x.peak_power_kw for x in pp.charging_sessions), default=0):,.0f} kW",
+        f"  extreme temperatures: {t['timeExtremeHighTemp']:,.0f} min hot ({t['timeExtremeHighTempCharging']:,.0f} charging),"
+        f" {t['timeExtremeLowTemp']:,.0f} min cold ({t['timeExtremeLowTempCharging']:,.0f} charging)",
+        f"  deep discharges: {len(pp.deep_discharges)}",
+        "  internal resistance: "
+        + (
+            f"{r['ohm'] * 1000:.1f} mΩ (median of {r['steps']} current steps, IQR {r['iqr_ohm'] * 1000:.2f} mΩ)"
+            if r["ohm"] is not None
+            else f"not enough current steps ({r['steps']})"
+        ),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
 def render_score(sc: Score, show: int) -> str:
     """The score, its totals, trips and events, one screen."""
     t = sc.period
@@ -926,6 +984,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.add_argument("--show", type=int, default=20, help="trips and events to print (default 20)")
     p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser(
+        "battery-passport", help="a vehicle's battery life-cycle figures, BatteryPass names (docs/BATTERY.md)"
+    )
+    p.add_argument("--device", required=True, help="device id")
+    p.add_argument(
+        "--from", dest="from_ns", type=cli_args.instant_ns, help="ISO 8601 or ns (default: the first sample)"
+    )
+    p.add_argument(
+        "--to", dest="to_ns", type=cli_args.instant_ns, help="ISO 8601 or ns (default: the last sample)"
+    )
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.add_argument("--plot", help="also draw SoH, throughput and charging over time into this PNG")
+    p.set_defaults(fn=cmd_battery_passport)
 
     p = sub.add_parser("verify-proof", help="verify a proof bundle offline (no DuckDB needed)")
     p.add_argument("bundle")

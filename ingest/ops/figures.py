@@ -7,7 +7,7 @@ from typing import Any
 
 from ingest.storage.store import Store
 from schemas.block import decode_record
-from schemas.records import DrivingSample, TriggerEvent
+from schemas.records import BatterySample, DrivingSample, TriggerEvent
 
 
 def driving_records(
@@ -23,6 +23,16 @@ def driving_records(
         ).fetchall()
         got[table] = [decode_record(bytes(r[0])) for r in rows]
     return got["driving_samples"], got["trigger_events"]
+
+
+def battery_records(store: Store, device_id: str, from_ns: int, to_ns: int) -> list[BatterySample]:
+    """The device's battery samples with ``from_ns <= ts <= to_ns``."""
+    rows = store.con.execute(
+        "SELECT raw FROM battery_samples WHERE device_id = ? AND epoch_ns(ts) BETWEEN ? AND ?"
+        " ORDER BY ts, block_seq, idx",
+        [device_id, from_ns, to_ns],
+    ).fetchall()
+    return [decode_record(bytes(r[0])) for r in rows]  # type: ignore[misc]
 
 
 def declared_drops(store: Store, device_id: str, from_ns: int, to_ns: int) -> tuple[int, int]:
