@@ -151,8 +151,7 @@ def check_claim(
         d = next((d for d in drops if d.first_seq <= s <= d.last_seq), None)
         if d is None:
             raise ClaimFailed(
-                f"hole at seq {s}: block {s} is missing and the vehicle declared no drop of it"
-                + (f" (after t {prev_t})" if prev_t is not None else "")
+                f"hole at seq {s}: block {s} is missing and the vehicle declared no drop of it (after t {prev_t})"
             )
         if s == d.first_seq and prev_hash is not None and d.prev != prev_hash:
             raise ClaimFailed(
