@@ -291,6 +291,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         print("telematics score: --from is after --to", file=sys.stderr)
         return 2
     cfg = _cfg(args)
+    if args.prove:
+        return _prove_figure(cfg, "driving-score", args.device, args.from_ns, args.to_ns, args.prove)
     store = _open_store(cfg, "score")
     if store is None:
         return 1
@@ -323,10 +325,12 @@ def cmd_battery_passport(args: argparse.Namespace) -> int:
     from ingest.ops.figures import battery_records
 
     cfg = _cfg(args)
+    frm, to = args.from_ns or 0, args.to_ns or 2**63 - 2
+    if args.prove:
+        return _prove_figure(cfg, "battery-passport", args.device, frm, to, args.prove)
     store = _open_store(cfg, "battery-passport")
     if store is None:
         return 1
-    frm, to = args.from_ns or 0, args.to_ns or 2**63 - 2
     try:
         samples = battery_records(store, args.device, frm, to)
     finally:
@@ -374,6 +378,52 @@ def cmd_battery_passport(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prove_figure(cfg: Config, kind: str, device: str, frm: int, to: int, out: str) -> int:
+    """A completeness bundle of ``device`` over ``[frm, to]`` carrying figure ``kind`` computed from
+    the bundle's own rows (what ``verify-proof --recompute-…`` repeats)."""
+    import msgspec
+
+    from figures.recompute import compute, headline
+    from ingest.ledger.base import LedgerError
+    from ingest.ops.proofs import ProveError, Prover
+    from schemas.proof import Figure, encode_bundle, proven_records, verify_bundle
+
+    command = "score" if kind == "driving-score" else "battery-passport"
+    store = _open_store(cfg, command)
+    if store is None:
+        return 1
+    registry = wiring.open_registry(cfg)
+    try:
+        operator = wiring.operator_key(cfg)
+        local = wiring.open_log(cfg, operator)
+        bundle = Prover(store, registry, local, operator, witness=wiring.open_witness(cfg, local)).complete(
+            device, frm, to
+        )
+    except (ProveError, LedgerError) as exc:
+        print(f"telematics {command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+        registry.close()
+    algorithm, params, result = compute(kind, device, proven_records(encode_bundle(bundle)), frm, to)
+    fig = Figure(kind, algorithm, device, frm, to, params, result)  # type: ignore[arg-type]
+    data = encode_bundle(msgspec.structs.replace(bundle, figures=[fig]))
+    rep = verify_bundle(data, operator_key=operator.public_key)
+    if not rep.ok:
+        for p in rep.problems:
+            print(f"telematics {command}: the stored data does not prove: {p}", file=sys.stderr)
+        return 1
+    from pathlib import Path
+
+    Path(out).write_bytes(data)
+    print(
+        f"wrote {out}: {algorithm} {headline(fig)} of device {device}, {rep.records:,} records ({len(data):,} bytes)"
+    )
+    for c in rep.claims:
+        print(_claim_line(c))
+    return 0
+
+
 def render_score(sc: Score, show: int) -> str:
     """The score, its totals, trips and events, one screen."""
     t = sc.period
@@ -417,7 +467,8 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from schemas.proof import proven_rows, verify_bundle
+    from figures.recompute import headline
+    from schemas.proof import bundle_figures, proven_rows, verify_bundle
 
     cfg = _cfg(args)
     pinned, pinned_from = None, ""
@@ -441,6 +492,19 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
                 "--rpc: the bundle has no EVM anchor to check (made with the local ledger backend)"
             )
         problems += check_anchors_on_chain(args.rpc, rep.anchors, confirmations=args.confirmations)
+    kinds = {
+        k
+        for k, on in (("driving-score", args.recompute_score), ("battery-passport", args.recompute_passport))
+        if on
+    }
+    redone = []
+    if kinds and not problems and rep.ok:
+        from figures.recompute import recompute
+
+        redone = recompute(data, rep.claims, kinds)
+        problems += [f"figures[{r.index}] ({r.figure.kind}): {r.problem}" for r in redone if r.problem]
+        if not redone:
+            problems.append(f"--recompute: the bundle carries no {' or '.join(sorted(kinds))}")
     unpinned = pinned is None and not args.trust_bundle_key
     rows = proven_rows(data) if not problems and rep.ok else []
     if args.json:
@@ -470,6 +534,15 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     print(f"OK: {rep.records} record(s) proven up to signed checkpoint(s) {cps}")
     for c in rep.claims:
         print(_claim_line(c))
+    for rc in redone:
+        f = rc.figure
+        print(
+            f"RECOMPUTED {f.kind} ({f.algorithm}) of device {f.device_id}: {rc.headline}, identical to the bundle's"
+        )
+    for i, f in enumerate(bundle_figures(data)):
+        if f.kind not in kinds:
+            flag = "--recompute-score" if f.kind == "driving-score" else "--recompute-passport"
+            print(f"  carries figures[{i}] {f.kind} ({f.algorithm}) {headline(f)}: not recomputed ({flag})")
     for r in rows[: args.show]:
         v = dict(r["values"])
         ts = v.pop("ts_ns", None)
@@ -983,6 +1056,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_ns", required=True, type=cli_args.instant_ns, help="ISO 8601 or ns")
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.add_argument("--show", type=int, default=20, help="trips and events to print (default 20)")
+    p.add_argument(
+        "--prove", metavar="FILE", help="write a completeness bundle carrying the score (vt-proof/2)"
+    )
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser(
@@ -997,6 +1073,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.add_argument("--plot", help="also draw SoH, throughput and charging over time into this PNG")
+    p.add_argument(
+        "--prove", metavar="FILE", help="write a completeness bundle carrying the passport (vt-proof/2)"
+    )
     p.set_defaults(fn=cmd_battery_passport)
 
     p = sub.add_parser("verify-proof", help="verify a proof bundle offline (no DuckDB needed)")
@@ -1011,6 +1090,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confirmations", type=int, default=1, help="with --rpc: required confirmations")
     p.add_argument("--show", type=int, default=20, help="proven records to print (default 20)")
     p.add_argument("--json", action="store_true", help="every proven record with its values, as JSON")
+    p.add_argument(
+        "--recompute-score", action="store_true", help="recompute the bundle's driving scores from its rows"
+    )
+    p.add_argument(
+        "--recompute-passport",
+        action="store_true",
+        help="recompute the bundle's battery passports from its rows",
+    )
     p.set_defaults(fn=cmd_verify_proof)
 
     p = sub.add_parser("audit", help="recompute every leaf, root, signature and ledger link from DuckDB")

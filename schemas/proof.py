@@ -168,6 +168,20 @@ class BatchProof(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_path: list[Hex32]
 
 
+class Figure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A figure the operator computed from the bundle's rows (vt-proof/2, PROOFS.md §14.5): which
+    algorithm, over which device and period, with which parameters, and what it gave. Not signed and
+    not checked by ``verify_bundle``: ``verify-proof --recompute-…`` repeats it from the rows."""
+
+    kind: Literal["driving-score", "battery-passport"]
+    algorithm: str
+    device_id: HexId32
+    from_ns: Uint
+    to_ns: Uint
+    params: dict[str, Any]
+    result: dict[str, Any]
+
+
 class Bundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     format: Literal["vt-proof/1", "vt-proof/2"]
     operator_key: Hex32
@@ -182,6 +196,7 @@ class Bundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # by block hash.
     complete: list[Completeness] | msgspec.UnsetType = msgspec.UNSET
     contents: dict[Hex32, BlockContents] | msgspec.UnsetType = msgspec.UNSET
+    figures: list[Figure] | msgspec.UnsetType = msgspec.UNSET
 
 
 bundle_decoder = msgspec.json.Decoder(Bundle)
@@ -222,12 +237,15 @@ def verify_bundle(data: bytes, *, operator_key: bytes | None = None) -> Report:
         rep.problems.append(f"bundle: not a {FORMAT} or {FORMAT_V2} bundle ({exc})")
         return rep
     v2 = b.format == FORMAT_V2
-    unset = [n for n in ("complete", "contents") if getattr(b, n) is msgspec.UNSET]
+    v2_parts = ("complete", "contents", "figures")
+    unset = [n for n in v2_parts if getattr(b, n) is msgspec.UNSET]
     if v2 and unset:
         rep.problems.append(f"bundle: a {FORMAT_V2} bundle needs {' and '.join(repr(n) for n in unset)}")
         return rep
-    if not v2 and len(unset) < 2:
-        rep.problems.append(f"bundle: {FORMAT} has no 'complete' or 'contents' (those are {FORMAT_V2})")
+    if not v2 and len(unset) < len(v2_parts):
+        rep.problems.append(
+            f"bundle: {FORMAT} has no 'complete', 'contents' or 'figures' (those are {FORMAT_V2})"
+        )
         return rep
     op = _hx(b.operator_key)
     if operator_key is not None and op != operator_key:
@@ -430,6 +448,22 @@ def _record(r: RecordProof, headers: dict[str, BlockHeader]) -> Any:
     if got != hdr.root:
         raise _Fail("record is not in its block (leaf, salt or inclusion path fails)")
     return rec
+
+
+def bundle_figures(data: bytes) -> list[Figure]:
+    """The figures a bundle carries (none for vt-proof/1); on a bundle that decodes."""
+    return list(bundle_decoder.decode(data).figures or [])
+
+
+def proven_records(data: bytes) -> list[tuple[str, Any]]:
+    """``(device_id, record)`` of every record the bundle proves, in ``records`` then ``contents``
+    order. Call it on a bundle ``verify_bundle`` accepted."""
+    b = bundle_decoder.decode(data)
+    out = [(r.device_id, decode_record(_hx(r.raw))) for r in b.records]
+    for bh, c in (b.contents or {}).items():
+        device = decode_header(_hx(b.blocks[bh].header)).device_id
+        out += [(device, decode_record(_hx(raw))) for raw in c.records]
+    return out
 
 
 def proven_rows(data: bytes) -> list[dict[str, Any]]:

@@ -421,6 +421,7 @@ class Prover:
                 )
             ],
             contents=contents,
+            figures=[],
         )
 
     def _batch_leaves(self, batch_nos: set[int]) -> dict[int, list[bytes]]:

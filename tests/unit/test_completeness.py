@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from ingest.ledger.local import LocalLedger
+from ingest import wiring
+from ingest.config import load_config
 from ingest.ops.proofs import ProveError, Prover
 from ingest.storage.registry import Registry
 from ingest.storage.store import FileStore
@@ -34,16 +35,20 @@ class Chain:
     device: str
     # seq -> (t_first, t_last) of every block the vehicle sealed (sent or not)
     times: dict[int, tuple[int, int]]
+    config: Path  # a config whose store, registry, ledger and operator key these are
 
 
 def _drive(tmp: Path, blocks: int, *, drop: tuple[int, int] | None = None, lose: int | None = None) -> Chain:
     """One vehicle seals ``blocks`` blocks. ``drop = (a, b)``: its spool drops blocks a..b and declares
     it in the next block it seals; ``lose``: a block that never arrives and is not declared."""
-    store = FileStore(tmp / "t.duckdb")
-    registry = Registry(tmp / "registry.sqlite")
-    operator = SigningKey.generate()
-    ledger = LocalLedger(tmp / "ledger.jsonl", operator)
-    v: OfflineVehicle = make_fleet(1, seed=5)[0]
+    config = tmp / "t.toml"
+    config.write_text(f'data_dir = "{tmp / "data"}"\n[store]\nbackend = "duckdb"\n')
+    cfg = load_config(str(config))
+    operator = wiring.operator_key(cfg, create=True)
+    store = FileStore(wiring.paths(cfg).store)
+    registry = Registry(wiring.paths(cfg).registry)
+    ledger = wiring.open_log(cfg, operator)
+    v: OfflineVehicle = make_fleet(1, seed=5, profiles=("aggressive",))[0]
     registry.add(v.key.public_key, device_id=v.device_id)
     times: dict[int, tuple[int, int]] = {}
 
@@ -78,7 +83,7 @@ def _drive(tmp: Path, blocks: int, *, drop: tuple[int, int] | None = None, lose:
             yield v.device_id, wire
 
     ingest_blocks(store, registry, ledger, blocks_(), batch_blocks=3)
-    return Chain(Prover(store, registry, ledger, operator), operator, v.device_id, times)
+    return Chain(Prover(store, registry, ledger, operator), operator, v.device_id, times, config)
 
 
 @pytest.fixture
@@ -178,7 +183,9 @@ def test_a_v1_bundle_may_not_carry_v2_parts_and_v2_needs_them(chain: Chain) -> N
     t = chain.times
     data = encode_bundle(chain.prover.complete(chain.device, t[3][0], t[7][1]))
     rep = _verify(_edit(data, lambda b: b.update(format="vt-proof/1")), chain)
-    assert rep.problems == ["bundle: vt-proof/1 has no 'complete' or 'contents' (those are vt-proof/2)"]
+    assert rep.problems == [
+        "bundle: vt-proof/1 has no 'complete', 'contents' or 'figures' (those are vt-proof/2)"
+    ]
     rep = _verify(_edit(data, lambda b: b.pop("complete")), chain)
     assert rep.problems == ["bundle: a vt-proof/2 bundle needs 'complete'"]
 
@@ -208,3 +215,47 @@ def test_prove_and_verify_proof_commands_say_what_is_complete(chain: Chain, tmp_
     assert f"COMPLETE device {chain.device}" in r.stdout and "seq 2..8 (7 blocks, 50 records" in r.stdout, (
         r.stdout
     )
+
+
+def _cli(c: Chain, *argv: str) -> subprocess.CompletedProcess[str]:
+    c.prover.store.close()  # DuckDB: one process at a time
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "--config", str(c.config), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(("command", "flag", "says"), [
+    ("score", "--recompute-score", "score "),
+    ("battery-passport", "--recompute-passport", "SOCE "),
+])  # fmt: skip
+def test_a_proven_figure_is_recomputed_offline_and_tampering_fails(
+    tmp_path: Path, command: str, flag: str, says: str
+) -> None:
+    c = _drive(tmp_path, 40)
+    t = c.times
+    out = tmp_path / "fig.json"
+    r = _cli(
+        c, command, "--device", c.device, "--from", str(t[5][0]), "--to", str(t[30][1]), "--prove", str(out)
+    )
+    assert r.returncode == 0 and "COMPLETE device" in r.stdout, r.stdout + r.stderr
+    key = c.operator.public_key.hex()
+    r = _cli(c, "verify-proof", str(out), "--operator-key", key, flag)
+    assert r.returncode == 0 and "RECOMPUTED" in r.stdout and says in r.stdout, r.stdout + r.stderr
+    b = json.loads(out.read_bytes())
+    fig = b["figures"][0]
+    if command == "score":
+        fig["result"]["period"]["score"] += 0.1
+    else:
+        fig["result"]["battery_condition"]["energyThroughput"] *= 1.01
+    out.write_text(json.dumps(b))
+    r = _cli(c, "verify-proof", str(out), "--operator-key", key, flag)
+    assert r.returncode == 1 and "FAIL figures[0]" in r.stdout and "recomputed" in r.stdout, r.stdout
+    # the figure's period must be covered by a claim: widen it past the claim
+    fig["result"] = json.loads(out.read_bytes())["figures"][0]["result"]
+    fig["to_ns"] = t[39][1] + 10**12
+    out.write_text(json.dumps(b))
+    r = _cli(c, "verify-proof", str(out), "--operator-key", key, flag)
+    assert r.returncode == 1 and "no completeness claim of the bundle covers" in r.stdout, r.stdout
