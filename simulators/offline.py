@@ -37,6 +37,10 @@ class OfflineVehicle:
         while len(self.pending) < n:
             self.pending += [encode_record(r) for r in self.model.step()]
         recs, self.pending = self.pending[:n], self.pending[n:]
+        return self.seal(recs)
+
+    def seal(self, recs: list[bytes]) -> bytes:
+        """The next block of the chain, holding ``recs``: signed, as an envelope."""
         ts = [decode_record(r).ts_ns for r in recs]
         b = build_block(
             self.key,

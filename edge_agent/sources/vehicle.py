@@ -37,6 +37,13 @@ JERK_MPS3 = 4.0
 WHEELBASE_M = 2.9
 STEERING_RATIO = 15.0
 LOW_SOC_PCT = 20.0
+# Ageing (docs/BATTERY.md §5): capacity fade = calendar fade + cycle fade, faster when hot, at high
+# state of charge and at high C-rates; the resistance grows with the fade.
+CAL_FADE_PCT = 2.5 / math.sqrt(365.0)  # per sqrt(day at 25 °C and 50 % SoC): 2.5 % after a year
+CYC_FADE_PCT_PER_EFC = 0.01  # 10 % after 1000 equivalent full cycles at 25 °C and at most 1C
+ARRHENIUS_K = 50_000.0 / 8.314  # activation energy / gas constant, K
+RESISTANCE_GROWTH = 0.03  # +3 % resistance per percent of capacity lost
+PACK_CAPACITY_AH = PACK_CAPACITY_C / 3600.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class VehicleModel:
         battery_every: int = 10,
         origin: tuple[float, float] = (48.137, 11.575),
         profile: str = "normal",
+        soh_pct: float | None = None,
     ) -> None:
         if rate_hz <= 0.0 or battery_every < 1 or start_ns < 0:
             raise ValueError("rate_hz must be > 0, battery_every >= 1 and start_ns >= 0")
@@ -112,6 +120,13 @@ class VehicleModel:
         self._ambient_c = rng.uniform(5.0, 30.0)
         self._aux_w = 300.0 + 60.0 * abs(self._ambient_c - 21.0)
         self._soh = rng.uniform(92.0, 99.0)
+        if soh_pct is not None:
+            self._soh = soh_pct
+        self._soh0 = self._soh  # at the start; calendar and cycle fade accumulate from here
+        self._age_days = 0.0  # calendar age, in days at 25 °C and 50 % SoC
+        self._cycle_fade = 0.0
+        self._resistance = PACK_RESISTANCE_OHM
+        self._offset_ns = 0  # time spent parked (no ticks)
         # Driving state.
         self._mode = Mode.STOPPED
         self._mode_t = 0.0  # seconds spent in the current mode
@@ -224,7 +239,7 @@ class VehicleModel:
 
     def step(self) -> list[Record]:
         rng, dt = self._rng, self._dt
-        ts = self._start_ns + round(self._tick * 1e9 / self.rate_hz)
+        ts = self.now_ns
         self._update_mode()
         self._mode_t += dt
 
@@ -308,12 +323,105 @@ class VehicleModel:
     # -- battery ------------------------------------------------------------------
 
     def _charge_w_now(self) -> float:
-        """Charger power, tapering above 60 % SoC but never under 50 kW."""
+        """Charger power: a DC charger tapers above 60 % SoC but never under 50 kW; AC stays flat."""
         taper = 1.0 if self._soc < 60.0 else 1.0 - 0.65 * (self._soc - 60.0) / 40.0
-        return max(50_000.0, self._charge_w * taper)
+        return max(min(50_000.0, self._charge_w), self._charge_w * taper)
+
+    @property
+    def now_ns(self) -> int:
+        """The time of the next sample."""
+        return self._start_ns + self._offset_ns + round(self._tick * 1e9 / self.rate_hz)
+
+    def _age(self, dt: float) -> None:
+        """Calendar and cycle fade over ``dt`` seconds at the present temperature, SoC and current."""
+        t = self._temp
+        arrhenius = math.exp(ARRHENIUS_K * (1.0 / 298.15 - 1.0 / (t + 273.15)))
+        self._age_days += dt / 86_400.0 * arrhenius * (0.6 + 0.8 * self._soc / 100.0)
+        c_rate = abs(self._current) / PACK_CAPACITY_AH
+        stress = (1.0 + 0.5 * max(0.0, c_rate - 1.0)) * (
+            1.0 + 0.04 * max(0.0, t - 30.0) + 0.03 * max(0.0, 10.0 - t)
+        )
+        self._cycle_fade += (
+            CYC_FADE_PCT_PER_EFC * abs(self._current) * dt / 3600.0 / (2.0 * PACK_CAPACITY_AH) * stress
+        )
+        fade = CAL_FADE_PCT * math.sqrt(self._age_days) + self._cycle_fade
+        self._soh = max(0.0, self._soh0 - fade)
+        self._resistance = PACK_RESISTANCE_OHM * (1.0 + RESISTANCE_GROWTH * fade)
+
+    # -- a life: parking, charging at home, the end of a trip ----------------------
+
+    def set_ambient(self, celsius: float) -> None:
+        """The air temperature from now on (seasons, day and night)."""
+        self._ambient_c = celsius
+        self._aux_w = 300.0 + 60.0 * abs(celsius - 21.0)
+
+    @property
+    def soc_pct(self) -> float:
+        return self._soc
+
+    @property
+    def soh_pct(self) -> float:
+        return self._soh
+
+    def _standstill(self) -> None:
+        self._v = self._a_cmd = 0.0
+        self._turn_len = 0.0
+        self._need_charge = False
+        self._charge_w = 0.0
+        self._enter(Mode.STOPPED, self._rng.uniform(1.0, 5.0))
+
+    def park(self, seconds: float, *, sample_every_s: float = 1800.0) -> list[Record]:
+        """Stand parked, switched off, for ``seconds``: the pack cools towards the air and ages by
+        the calendar; a battery sample every ``sample_every_s``. No driving samples."""
+        self._standstill()
+        out: list[Record] = []
+        left = seconds
+        while left > 0:
+            dt = min(sample_every_s, left)
+            self._temp = self._ambient_c + (self._temp - self._ambient_c) * math.exp(-dt / 1800.0)
+            self._current = self._power = 0.0
+            self._voltage = CELLS_IN_SERIES * cell_ocv(self._soc)
+            self._age(dt)
+            self._offset_ns += round(dt * 1e9)
+            left -= dt
+            out.append(self._battery_sample(self.now_ns))
+        return out
+
+    def charge(
+        self, power_w: float, to_soc: float, max_s: float, *, sample_every_s: float = 60.0
+    ) -> list[Record]:
+        """Plugged in while parked (an AC wallbox, or a DC charger), until ``to_soc`` or ``max_s``;
+        a battery sample every ``sample_every_s``."""
+        self._standstill()
+        self._enter(Mode.CHARGING)
+        self._charge_w = power_w
+        out: list[Record] = []
+        t = 0.0
+        while t < max_s and self._soc < to_soc:
+            dt = min(sample_every_s, max_s - t)
+            self._update_battery(0.94 * self._charge_w_now() - 200.0, dt)
+            self._offset_ns += round(dt * 1e9)
+            t += dt
+            out.append(self._battery_sample(self.now_ns))
+        self._standstill()
+        return out
+
+    def finish_trip(self, max_s: float = 120.0) -> list[Record]:
+        """Brake gently to a standstill (the end of a trip); the samples until stopped."""
+        out: list[Record] = []
+        if self._mode is not Mode.STOPPED:
+            self._decel = self._rng.uniform(*self.profile.decel) * self._driver * 0.7
+            self._need_charge = False
+            self._enter(Mode.BRAKE)
+            for _ in range(round(max_s * self.rate_hz)):
+                out += self.step()
+                if self._v == 0.0:
+                    break
+        self._standstill()
+        return out
 
     def _update_battery(self, power_w: float, dt: float) -> None:
-        r = PACK_RESISTANCE_OHM
+        r = self._resistance
         ocv = CELLS_IN_SERIES * cell_ocv(self._soc)
         power_w = max(power_w, -0.8 * ocv * ocv / (4.0 * r))  # stay on the solvable side
         # Terminal voltage V = OCV + I·R with I > 0 charging; solve V·I = P for I.
@@ -331,6 +439,7 @@ class VehicleModel:
         heat_w = current * current * r
         cooling = (self._temp - self._ambient_c) / 1800.0 + max(0.0, self._temp - 32.0) / 120.0
         self._temp += dt * (heat_w / PACK_HEAT_CAPACITY_J_PER_K - cooling)
+        self._age(dt)
 
     def _battery_sample(self, ts: int) -> BatterySample:
         spread_t = 0.8 + 0.004 * abs(self._current)
