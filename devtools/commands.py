@@ -10,7 +10,7 @@ import importlib
 import sys
 from typing import Any
 
-from ingest import wiring
+from ingest import cli_args, wiring
 from ingest.config import Config, load_config
 
 # `telematics bench <name> ...`: the module whose main(argv) runs it, and its one-line help.
@@ -89,6 +89,48 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0 if res.unacked == 0 else 1
 
 
+def cmd_life(args: argparse.Namespace) -> int:
+    from common.progress import ProgressBar
+    from ingest.ops.figures import fleet_table, render_fleet_table
+    from ingest.storage.store import StoreError
+    from simulators.life import fleet_plan, life_fleet
+    from simulators.offline import ingest_blocks
+
+    cfg = _cfg(args)
+    start_ns = args.start
+    try:
+        store = wiring.open_store(cfg)
+    except StoreError as exc:
+        print(f"telematics life: {exc} (is the stack up? `telematics stack up`)", file=sys.stderr)
+        return 1
+    registry = wiring.open_registry(cfg)
+    operator = wiring.operator_key(cfg, create=True)
+    ledger = wiring.open_log(cfg, operator)
+    plan = fleet_plan(args.vehicles, args.seed)
+    bar = ProgressBar("living", args.vehicles * args.days, unit=" vehicle-days")
+    try:
+        vehicles, blocks = life_fleet(
+            plan, start_ns=start_ns, days=args.days, rate_hz=args.rate_hz, progress=bar.update
+        )
+        for v in vehicles:
+            registry.add(v.key.public_key, device_id=v.device_id, label="life")
+        stored = ingest_blocks(store, registry, ledger, blocks, batch_blocks=500)
+        bar.close()
+        print(
+            f"stored {stored:,} records of {args.vehicles} vehicles over {args.days} days, every batch anchored"
+        )
+        end_ns = start_ns + args.days * 86_400 * 10**9
+        rows = fleet_table(
+            store, [(v.device_id, p.label) for v, p in zip(vehicles, plan, strict=True)], start_ns, end_ns
+        )
+    finally:
+        bar.close()
+        store.close()
+        registry.close()
+    print(render_fleet_table(rows))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from devtools.demo import run_demo
 
@@ -130,6 +172,22 @@ def register(sub: Any) -> None:
         help="do not add the vehicles' keys to the registry",
     )
     p.set_defaults(fn=cmd_sim)
+
+    p = sub.add_parser(
+        "life",
+        help="months or years of a simulated fleet's life, signed and stored in minutes (simulators/life.py)",
+    )
+    p.add_argument("--vehicles", type=int, default=20)
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument(
+        "--start",
+        type=cli_args.instant_ns,
+        default=cli_args.instant_ns("2026-01-01T00:00Z"),
+        help="the first day's midnight, ISO 8601 or ns (default 2026-01-01)",
+    )
+    p.add_argument("--rate-hz", type=float, default=1.0, help="driving samples per second (default 1)")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(fn=cmd_life)
 
     p = sub.add_parser("demo", help="stack up, ingest, simulate a fleet, wait for anchoring, summarize")
     p.add_argument("--vehicles", type=int, default=20)

@@ -40,8 +40,9 @@ class ScoreParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     braking_severe_g: Pos = 0.45
     acceleration_severe_g: Pos = 0.45
     cornering_severe_g: Pos = 0.56
-    # Samples over a threshold less than this apart belong to one event.
-    event_gap_s: Pos = 1.0
+    # Points over a threshold at most this far apart belong to one event (more than the sampling
+    # interval: at 1 Hz, consecutive samples of one manoeuvre are one event).
+    event_gap_s: Pos = 2.0
     # Speeding: above this speed (130 km/h) for at least speeding_min_s in a row.
     speed_limit_mps: Pos = 130 / 3.6
     speeding_min_s: NonNeg = 5.0
@@ -141,7 +142,7 @@ def _trigger_kind(t: TriggerEvent) -> tuple[Kind, float] | None:
 def detect_events(
     samples: Sequence[DrivingSample], triggers: Iterable[TriggerEvent], p: ScoreParams
 ) -> list[Event]:
-    """Harsh events: runs of samples at or over a kind's harsh threshold, merged when less than
+    """Harsh events: runs of samples at or over a kind's harsh threshold, merged when at most
     ``event_gap_s`` apart, with the trigger events of the same kind that fall in or near them."""
     gap_ns = round(p.event_gap_s * 1e9)
     out: list[Event] = []
@@ -156,7 +157,7 @@ def detect_events(
         points.sort()
         run: list[tuple[int, float, bool]] = []
         for pt in [*points, (2**63, 0.0, False)]:
-            if run and pt[0] - run[-1][0] >= gap_ns:
+            if run and pt[0] - run[-1][0] > gap_ns:
                 peak = max(g for _, g, _ in run)
                 out.append(
                     Event(
