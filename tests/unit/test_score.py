@@ -44,7 +44,11 @@ def test_thresholds_severity_and_merging() -> None:
     ss = _drive(60)
     brake = [_sample(10 + i / 10, a=-0.3 * g) for i in range(10)]  # 1 s at 0.3 g: harsh
     severe = [_sample(20 + i / 10, a=-0.5 * g) for i in range(5)]  # 0.5 g: severe
-    split = [_sample(30, a=-0.3 * g), _sample(32, a=-0.3 * g), _sample(34.5, a=-0.3 * g)]  # 2 s: one; 2.5 s: two
+    split = [
+        _sample(30, a=-0.3 * g),
+        _sample(32, a=-0.3 * g),
+        _sample(34.5, a=-0.3 * g),
+    ]  # 2 s: one; 2.5 s: two
     corner = [_sample(40, lat_a=-0.35 * g)]
     accel = [_sample(50, a=0.19 * g), _sample(51, a=0.21 * g)]  # below, then at the threshold
     ev = detect_events(sorted(ss + brake + severe + split + corner + accel, key=lambda s: s.ts_ns), [], P)
