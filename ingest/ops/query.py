@@ -9,6 +9,7 @@ import datetime as dt
 import decimal
 import io
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,15 @@ def run(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     return cols, cur.fetchall()
 
 
+def load_figures(con: Any) -> None:
+    """The figures' table macros (``vt_score``, ``vt_score_events``, ``vt_battery``: figures/figures.sql)."""
+    con.execute((resources.files("figures") / "figures.sql").read_text())
+
+
 def _execute(con: Any, sql: str) -> Any:
     if not sql.strip():
         raise QueryError(EMPTY)
+    load_figures(con)
     try:
         return con.execute(sql)
     except duckdb.Error as exc:
