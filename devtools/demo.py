@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from common.progress import ProgressBar
@@ -89,6 +90,7 @@ def _run(
         reg = wiring.open_registry(cfg)
         ticks = int(duration * rate)
         bar = ProgressBar("publishing", ticks, unit=" ticks")
+        t_start = time.time_ns()
         try:
             fleet = run_fleet(
                 mqtt=cfg.mqtt,
@@ -139,6 +141,13 @@ def _run(
             (title, sql, store.con.execute(sql).fetchall(), [d[0] for d in store.con.description or []])
             for title, sql in EXAMPLE_QUERIES
         ]
+        query.load_figures(store.con)
+        span = f"make_timestamp_ns({t_start - 10**9}), make_timestamp_ns({time.time_ns()})"
+        figures = store.con.execute(
+            f"SELECT s.device_id, s.km, s.score, s.braking + s.braking_severe + s.acceleration"
+            f" + s.acceleration_severe + s.cornering + s.cornering_severe, b.soh_last"
+            f" FROM vt_score({span}) s LEFT JOIN vt_battery({span}) b USING (device_id) ORDER BY s.score DESC"
+        ).fetchall()
     finally:
         store.close()
     ledger = wiring.open_log(cfg)
@@ -194,6 +203,24 @@ def _run(
     else:
         print(f"\nStore: DuckDB file {wiring.paths(cfg).store.resolve()}")
     print(f"Ledger: {wiring.paths(cfg).ledger.resolve()}")
+    cfg_opt = f" --config {config_path}" if config_path else ""
+    print(
+        f"\nThis run's fleet by driving score (docs/SCORING.md; {duration:g} s of driving each, so few km),"
+        " with the battery's state of health (docs/BATTERY.md):"
+    )
+    shown = figures if len(figures) <= 10 else [*figures[:5], None, *figures[-5:]]
+    print(f"  {'device':<34} {'km':>6} {'score':>6} {'harsh events':>13} {'SoH %':>7}")
+    for f in shown:
+        if f is None:
+            print(f"  {'…':<34}")
+            continue
+        print(f"  {f[0]:<34} {f[1]:>6.2f} {f[2]:>6.1f} {f[3]:>13} {f[4] if f[4] is not None else 0:>7.2f}")
+    if figures:
+        frm = datetime.fromtimestamp(t_start / 1e9 - 1, UTC).isoformat(timespec="seconds")
+        print(
+            f"  one vehicle in full: .venv/bin/telematics{cfg_opt} score --device {figures[-1][0]} --from {frm} --to now\n"
+            f"                       .venv/bin/telematics{cfg_opt} battery-passport --device {figures[-1][0]}"
+        )
     if cfg.store.backend == "lake":
         print(
             "\nTry these (read-only; they work while an ingest writes; the lake's catalog is the stack's"
@@ -203,7 +230,6 @@ def _run(
         print(
             "\nTry these (read-only; DuckDB allows one writer or several readers, so not while an ingest runs):"
         )
-    cfg_opt = f" --config {config_path}" if config_path else ""
     for title, sql, res, cols in results:
         print(f'\n  -- {title}\n  .venv/bin/telematics{cfg_opt} query "{sql}"')
         for ln in query.table(cols, res).splitlines():

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,15 +47,17 @@ def public_key(text: str) -> bytes:
 
 
 def instant_ns(text: str) -> int:
-    """A moment: nanoseconds since the epoch, or ISO 8601 (``2026-12-01T10:00Z``; no zone: UTC)."""
+    """A moment: nanoseconds since the epoch, ISO 8601 (``2026-12-01T10:00Z``; no zone: UTC) or ``now``."""
     t = text.strip()
     if t.isdigit():
         return int(t)
+    if t.lower() == "now":
+        return time.time_ns()
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"not a time: {text!r} (ISO 8601 such as 2026-12-01T10:00Z, or nanoseconds since the epoch)"
+            f"not a time: {text!r} (ISO 8601 such as 2026-12-01T10:00Z, nanoseconds since the epoch, or now)"
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)

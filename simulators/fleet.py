@@ -17,11 +17,13 @@ from common.config import EdgeConfig, MqttConfig
 from common.keys import generate_key_file, load_key_file
 from edge_agent.agent import Agent
 from edge_agent.publisher import MqttPublisher, Publisher
-from edge_agent.sources.vehicle import VehicleModel
+from edge_agent.sources.vehicle import PROFILES, VehicleModel
 from edge_agent.spool import Spool
 from schemas.crypto import SigningKey, device_id_for
 
 Progress = Callable[[int, int], None]
+# Vehicle i drives with profile DRIVERS[i % 3]: calm, normal, aggressive.
+DRIVERS = list(PROFILES)
 
 
 @dataclass
@@ -98,7 +100,9 @@ def run_fleet(
                 keep_hashes=keep_hashes,
                 max_inflight=mqtt.max_inflight,
             )
-            model = VehicleModel(seed * 100_003 + i, start_ns=start_ns, rate_hz=rate_hz)
+            model = VehicleModel(
+                seed * 100_003 + i, start_ns=start_ns, rate_hz=rate_hz, profile=DRIVERS[i % 3]
+            )
             fleet.append(Vehicle(i, key, dev, model, agent, pub))
 
         t0 = time.monotonic()
