@@ -869,6 +869,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if store is None:
         return 1
     try:
+        query.load_figures(store.con)  # vt_score, vt_battery, …: docs/ANALYSTS.md §3
         if args.format == "parquet":
             n = query.write_parquet(store.con, args.sql, Path(args.out))
             print(f"wrote {args.out}: {n:,} rows", file=sys.stderr)

@@ -43,7 +43,6 @@ def load_figures(con: Any) -> None:
 def _execute(con: Any, sql: str) -> Any:
     if not sql.strip():
         raise QueryError(EMPTY)
-    load_figures(con)
     try:
         return con.execute(sql)
     except duckdb.Error as exc:
