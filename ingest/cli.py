@@ -421,6 +421,17 @@ def _prove_figure(cfg: Config, kind: str, device: str, frm: int, to: int, out: s
     )
     for c in rep.claims:
         print(_claim_line(c))
+        lost_ns = sum(
+            max(0, min(h.before_ns, to) - max(h.after_ns, frm))
+            for h in c.holes
+            if h.after_ns is not None and h.before_ns is not None
+        )
+        if c.holes:
+            records = sum(h.records or 0 for h in c.holes)
+            print(
+                f"  the {kind} leaves out {lost_ns / 1e9:,.0f} s of the period that the vehicle declared"
+                f" dropped ({records:,} records): it is computed from the rest"
+            )
     return 0
 
 

@@ -259,3 +259,21 @@ def test_a_proven_figure_is_recomputed_offline_and_tampering_fails(
     out.write_text(json.dumps(b))
     r = _cli(c, "verify-proof", str(out), "--operator-key", key, flag)
     assert r.returncode == 1 and "no completeness claim of the bundle covers" in r.stdout, r.stdout
+
+
+def test_a_declared_drop_in_a_scored_period_is_shown_with_what_it_covers(tmp_path: Path) -> None:
+    c = _drive(tmp_path, 30, drop=(10, 12))
+    t = c.times
+    out = tmp_path / "score.json"
+    r = _cli(
+        c, "score", "--device", c.device, "--from", str(t[5][0]), "--to", str(t[20][1]), "--prove", str(out)
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"DECLARED HOLE: seq 10..12, {3 * RECORDS} records dropped by the vehicle (full)" in r.stdout, (
+        r.stdout
+    )
+    assert "the driving-score leaves out 3 s of the period" in r.stdout, r.stdout
+    r = _cli(c, "verify-proof", str(out), "--operator-key", c.operator.public_key.hex(), "--recompute-score")
+    assert r.returncode == 0 and "RECOMPUTED driving-score" in r.stdout and "DECLARED HOLE" in r.stdout, (
+        r.stdout
+    )
