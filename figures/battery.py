@@ -66,6 +66,9 @@ class Passport(msgspec.Struct, frozen=True):
     equivalent_full_cycles: float  # discharged energy / rated energy
     battery_condition: dict[str, Any]  # BatteryPass names
     soh_by_day: list[tuple[int, float]]  # (day start ns, mean SoH %), days with samples
+    throughput_by_day: list[
+        tuple[int, float]
+    ]  # (day start ns, energy throughput so far, kWh) at the day's end
     charging_sessions: list[Session]
     deep_discharges: list[tuple[int, float]]  # (start ns, lowest SoC %)
     resistance: dict[str, Any]  # the estimate and how good it is
@@ -108,6 +111,17 @@ def passport(
     for s in ss:
         days.setdefault(s.ts_ns // DAY_NS * DAY_NS, []).append(s.soh_pct)
     soh_by_day = [(d, sum(v) / len(v)) for d, v in sorted(days.items())]
+    throughput_by_day: list[tuple[int, float]] = []
+    total_j = 0.0
+    for a, b in itertools.pairwise(ss):
+        total_j += max(0.0, b.charged_energy_j - a.charged_energy_j) + max(
+            0.0, b.consumed_energy_j - a.consumed_energy_j
+        )
+        day = b.ts_ns // DAY_NS * DAY_NS
+        if throughput_by_day and throughput_by_day[-1][0] == day:
+            throughput_by_day[-1] = (day, total_j / 3.6e6)
+        else:
+            throughput_by_day.append((day, total_j / 3.6e6))
     last = ss[-1] if ss else None
     resistance = _resistance(ss, p)
     soce = last.soh_pct if last else None
@@ -158,6 +172,7 @@ def passport(
         equivalent_full_cycles=discharged_j / 3.6e6 / p.rated_energy_kwh,
         battery_condition=condition,
         soh_by_day=soh_by_day,
+        throughput_by_day=throughput_by_day,
         charging_sessions=sessions,
         deep_discharges=deep,
         resistance=resistance,

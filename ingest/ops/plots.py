@@ -25,6 +25,14 @@ def plot_passport(pp: Passport, out: str | Path) -> None:
         f"battery passport {pp.device_id} ({pp.algorithm}): {pp.equivalent_full_cycles:,.1f} full cycles"
     )
     ax1.grid(alpha=0.3)
+    ax1b = ax1.twinx()
+    ax1b.plot(
+        [day(d) for d, _ in pp.throughput_by_day],
+        [v for _, v in pp.throughput_by_day],
+        color="tab:gray",
+        alpha=0.7,
+    )
+    ax1b.set_ylabel("energy throughput so far, kWh", color="tab:gray")
     s = pp.charging_sessions
     fast = [x for x in s if x.high_power_share >= 0.5]
     slow = [x for x in s if x.high_power_share < 0.5]
