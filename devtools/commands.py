@@ -110,7 +110,12 @@ def cmd_life(args: argparse.Namespace) -> int:
     bar = ProgressBar("living", args.vehicles * args.days, unit=" vehicle-days")
     try:
         vehicles, blocks = life_fleet(
-            plan, start_ns=start_ns, days=args.days, rate_hz=args.rate_hz, progress=bar.update
+            plan,
+            start_ns=start_ns,
+            days=args.days,
+            rate_hz=args.rate_hz,
+            battery_every=args.battery_every,
+            progress=bar.update,
         )
         for v in vehicles:
             registry.add(v.key.public_key, device_id=v.device_id, label="life")
@@ -186,6 +191,13 @@ def register(sub: Any) -> None:
         help="the first day's midnight, ISO 8601 or ns (default 2026-01-01)",
     )
     p.add_argument("--rate-hz", type=float, default=1.0, help="driving samples per second (default 1)")
+    p.add_argument(
+        "--battery-every",
+        type=int,
+        default=10,
+        help="a battery sample every N driving samples (default 10; the internal-resistance estimate needs"
+        " samples at most 2 s apart, e.g. 1 or 2 at 1 Hz)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(fn=cmd_life)
 

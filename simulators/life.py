@@ -145,6 +145,7 @@ def life_fleet(
     start_ns: int,
     days: int,
     rate_hz: float = 1.0,
+    battery_every: int = 10,
     block_records: int = 100,
     block_age_s: float = 60.0,
     progress: Callable[[int], None] | None = None,
@@ -155,7 +156,12 @@ def life_fleet(
         OfflineVehicle(
             SigningKey.generate(),
             VehicleModel(
-                v.seed, start_ns=start_ns, rate_hz=rate_hz, battery_every=10, profile=v.profile, soh_pct=100.0
+                v.seed,
+                start_ns=start_ns,
+                rate_hz=rate_hz,
+                battery_every=battery_every,
+                profile=v.profile,
+                soh_pct=100.0,
             ),
         )
         for v in plan
