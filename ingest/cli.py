@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING
 from common.argparser import OneLineParser
 from common.config import ConfigError
 from common.errors import TelematicsError
+from common.times import iso_utc
 from common.version import version
 from ingest import cli_args, wiring
 from ingest.config import Config, load_config
 
 if TYPE_CHECKING:
-    from figures.score import Score
     from ingest.ledger.local import LocalLedger
     from ingest.storage.store import Store
-    from schemas.completeness import ClaimResult
 
 
 # Where other packages add commands: an entry point whose object is ``register(subparsers)``.
@@ -203,7 +202,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 def cmd_prove(args: argparse.Namespace) -> int:
     from ingest.ledger.base import LedgerError
-    from ingest.ops.proofs import ProveError, Prover, RowRef, select_rows, table_name
+    from ingest.ops.proofs import ProveError, Prover, RowRef, claim_line, select_rows, table_name
     from schemas.proof import encode_bundle, verify_bundle
 
     cfg = _cfg(args)
@@ -254,38 +253,15 @@ def cmd_prove(args: argparse.Namespace) -> int:
             f" {len(bundle.batches)} batches, {len(bundle.evm)} chain anchors ({len(data):,} bytes)"
         )
         for c in rep.claims:
-            print(_claim_line(c))
+            print(claim_line(c))
     return 0
-
-
-def _claim_line(c: ClaimResult) -> str:
-    """What a completeness claim proved, in one paragraph."""
-    k = c.claim
-    line = (
-        f"COMPLETE device {k.device_id} {_iso(k.from_ns)} .. {_iso(c.covered_to_ns)}: every block"
-        f" seq {k.first_seq}..{k.last_seq} ({c.blocks} blocks, {c.records:,} records in the period's blocks)"
-    )
-    if c.complete_until_ns is not None and c.complete_until_ns < k.to_ns:
-        line += (
-            f"\n  OPEN END: the device's last anchored block ends at {_iso(c.complete_until_ns)};"
-            " later blocks were not held when the bundle was built"
-        )
-    for h in c.holes:
-        span = (
-            f", {(h.before_ns - h.after_ns) / 1e9:,.0f} s between {_iso(h.after_ns)} and {_iso(h.before_ns)}"
-            if h.after_ns is not None and h.before_ns is not None
-            else ""
-        )
-        n = f"{h.records:,} records" if h.records is not None else "records"
-        line += f"\n  DECLARED HOLE: seq {h.first_seq}..{h.last_seq}, {n} dropped by the vehicle ({h.reason}){span}"
-    return line
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     import msgspec
 
     from figures.score import score
-    from ingest.ops.figures import declared_drops, driving_records
+    from ingest.ops.figures import declared_drops, driving_records, render_score
 
     if args.from_ns > args.to_ns:
         print("telematics score: --from is after --to", file=sys.stderr)
@@ -322,7 +298,7 @@ def cmd_battery_passport(args: argparse.Namespace) -> int:
     import msgspec
 
     from figures.battery import passport
-    from ingest.ops.figures import battery_records
+    from ingest.ops.figures import battery_records, render_passport
 
     cfg = _cfg(args)
     frm, to = args.from_ns or 0, args.to_ns or 2**63 - 2
@@ -351,30 +327,7 @@ def cmd_battery_passport(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(msgspec.to_builtins(pp), indent=1))
         return 0
-    c = pp.battery_condition
-    t = c["temperatureInformation"]
-    soh = pp.soh_by_day
-    r = pp.resistance
-    lines = [
-        f"battery passport ({pp.algorithm}) of device {args.device}, {_iso(samples[0].ts_ns)} .. {_iso(samples[-1].ts_ns)}"
-        f" ({pp.samples:,} samples)",
-        f"  state of certified energy (SOCE) {c['stateOfCertifiedEnergy']['stateOfCertifiedEnergyValue']:.2f} %"
-        + (f", from {soh[0][1]:.2f} % on {_iso(soh[0][0])[:10]}" if len(soh) > 1 else ""),
-        f"  {pp.equivalent_full_cycles:,.2f} equivalent full cycles; throughput {c['energyThroughput']:,.1f} kWh,"
-        f" {c['capacityThroughput']['capacityThroughputValue']:,.1f} Ah (charge + discharge)",
-        f"  {len(pp.charging_sessions)} charging session(s), {sum(x.energy_kwh for x in pp.charging_sessions):,.1f} kWh,"
-        f" peak {max((x.peak_power_kw for x in pp.charging_sessions), default=0):,.0f} kW",
-        f"  extreme temperatures: {t['timeExtremeHighTemp']:,.0f} min hot ({t['timeExtremeHighTempCharging']:,.0f} charging),"
-        f" {t['timeExtremeLowTemp']:,.0f} min cold ({t['timeExtremeLowTempCharging']:,.0f} charging)",
-        f"  deep discharges: {len(pp.deep_discharges)}",
-        "  internal resistance: "
-        + (
-            f"{r['ohm'] * 1000:.1f} mΩ (median of {r['steps']} current steps, IQR {r['iqr_ohm'] * 1000:.2f} mΩ)"
-            if r["ohm"] is not None
-            else f"not enough current steps ({r['steps']})"
-        ),
-    ]
-    print("\n".join(lines))
+    print(render_passport(pp, samples[0].ts_ns, samples[-1].ts_ns, args.device))
     return 0
 
 
@@ -385,7 +338,7 @@ def _prove_figure(cfg: Config, kind: str, device: str, frm: int, to: int, out: s
 
     from figures.recompute import compute, headline
     from ingest.ledger.base import LedgerError
-    from ingest.ops.proofs import ProveError, Prover
+    from ingest.ops.proofs import ProveError, Prover, claim_line
     from schemas.proof import Figure, encode_bundle, proven_records, verify_bundle
 
     command = "score" if kind == "driving-score" else "battery-passport"
@@ -420,7 +373,7 @@ def _prove_figure(cfg: Config, kind: str, device: str, frm: int, to: int, out: s
         f"wrote {out}: {algorithm} {headline(fig)} of device {device}, {rep.records:,} records ({len(data):,} bytes)"
     )
     for c in rep.claims:
-        print(_claim_line(c))
+        print(claim_line(c))
         lost_ns = sum(
             max(0, min(h.before_ns, to) - max(h.after_ns, frm))
             for h in c.holes
@@ -435,42 +388,6 @@ def _prove_figure(cfg: Config, kind: str, device: str, frm: int, to: int, out: s
     return 0
 
 
-def render_score(sc: Score, show: int) -> str:
-    """The score, its totals, trips and events, one screen."""
-    t = sc.period
-    e = t.events
-
-    def pct(x: float) -> str:
-        return f"{100 * x / t.driving_s:.1f} %" if t.driving_s else "-"
-
-    lines = [
-        f"driving score ({sc.algorithm}) of device {sc.device_id}, {_iso(sc.from_ns)} .. {_iso(sc.to_ns)}",
-        f"  SCORE {t.score:.1f} / 100   {t.distance_km:,.1f} km, {t.driving_s / 3600:,.2f} h driving,"
-        f" {pct(t.night_s)} at night, {pct(t.speeding_s)} speeding ({sc.samples:,} samples)",
-        "  harsh events: "
-        + ", ".join(
-            f"{k} {e[k]} (+{e[k + '_severe']} severe)" for k in ("braking", "acceleration", "cornering")
-        ),
-        f"  {len(sc.trips)} trip(s):",
-    ]
-    for tr in sc.trips[:show]:
-        n = sum(tr.events.values())
-        lines.append(
-            f"    {_iso(tr.start_ns)} .. {_iso(tr.end_ns)}  {tr.distance_km:7,.1f} km  {tr.driving_s / 60:6.1f} min"
-            f"  {n:3d} events  score {tr.score:5.1f}"
-        )
-    if len(sc.trips) > show:
-        lines.append(f"    … {len(sc.trips) - show} more (--show N, or --json)")
-    for ev in sc.events[:show]:
-        lines.append(
-            f"  {_iso(ev.start_ns)}  {ev.kind:<12} {'SEVERE' if ev.severe else 'harsh':<6} peak {ev.peak_g:.2f} g"
-            + (" (vehicle trigger)" if ev.trigger else "")
-        )
-    if len(sc.events) > show:
-        lines.append(f"  … {len(sc.events) - show} more events (--show N, or --json)")
-    return "\n".join(lines)
-
-
 def cmd_verify_proof(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
@@ -479,6 +396,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     import msgspec
 
     from figures.recompute import headline
+    from ingest.ops.proofs import claim_line
     from schemas.proof import bundle_figures, proven_rows, verify_bundle
 
     cfg = _cfg(args)
@@ -544,7 +462,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     cps = ", ".join(f"size {n} root {r.hex()[:16]}…" for n, r in sorted(rep.checkpoints.items()))
     print(f"OK: {rep.records} record(s) proven up to signed checkpoint(s) {cps}")
     for c in rep.claims:
-        print(_claim_line(c))
+        print(claim_line(c))
     for rc in redone:
         f = rc.figure
         print(
@@ -787,12 +705,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _iso(ns: int) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="seconds")
-
-
 def cmd_gaps(args: argparse.Namespace) -> int:
     from ingest.ops.gaps import broker_resets, gap_report
 
@@ -819,7 +731,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     for r in resets:
         print(
             f"ALARM: the broker's log of {r.topic}/{r.partition} went backwards ({r.kind}: expected offset"
-            f" {r.expected_offset}, broker at {r.broker_offset}) at {_iso(r.detected_at)}: acknowledged"
+            f" {r.expected_offset}, broker at {r.broker_offset}) at {iso_utc(r.detected_at)}: acknowledged"
             " messages may be lost; gaps below may be broker losses"
         )
     if not segs:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.times import iso_utc
+from figures.battery import Passport
+from figures.score import Score
 from ingest.storage.store import Store
 from schemas.block import decode_record
 from schemas.records import BatterySample, DrivingSample, TriggerEvent
@@ -92,4 +95,68 @@ def render_fleet_table(rows: list[dict[str, Any]]) -> str:
             f"{r['device_id'][:8]:<10} {r['label']:<28} {r['km']:>8,.0f} {r['score']:>6.1f} {r['harsh_per_100km']:>11.1f}"
             f" {r['soh_start'] or 0:>9.2f} {r['soh_end'] or 0:>8.2f} {r['full_cycles']:>7.1f} {100 * r['fast_charge_share']:>7.0f}%"
         )
+    return "\n".join(lines)
+
+
+def render_score(sc: Score, show: int) -> str:
+    """The score, its totals, trips and events, one screen."""
+    t = sc.period
+    e = t.events
+
+    def pct(x: float) -> str:
+        return f"{100 * x / t.driving_s:.1f} %" if t.driving_s else "-"
+
+    lines = [
+        f"driving score ({sc.algorithm}) of device {sc.device_id}, {iso_utc(sc.from_ns)} .. {iso_utc(sc.to_ns)}",
+        f"  SCORE {t.score:.1f} / 100   {t.distance_km:,.1f} km, {t.driving_s / 3600:,.2f} h driving,"
+        f" {pct(t.night_s)} at night, {pct(t.speeding_s)} speeding ({sc.samples:,} samples)",
+        "  harsh events: "
+        + ", ".join(
+            f"{k} {e[k]} (+{e[k + '_severe']} severe)" for k in ("braking", "acceleration", "cornering")
+        ),
+        f"  {len(sc.trips)} trip(s):",
+    ]
+    for tr in sc.trips[:show]:
+        n = sum(tr.events.values())
+        lines.append(
+            f"    {iso_utc(tr.start_ns)} .. {iso_utc(tr.end_ns)}  {tr.distance_km:7,.1f} km  {tr.driving_s / 60:6.1f} min"
+            f"  {n:3d} events  score {tr.score:5.1f}"
+        )
+    if len(sc.trips) > show:
+        lines.append(f"    … {len(sc.trips) - show} more (--show N, or --json)")
+    for ev in sc.events[:show]:
+        lines.append(
+            f"  {iso_utc(ev.start_ns)}  {ev.kind:<12} {'SEVERE' if ev.severe else 'harsh':<6} peak {ev.peak_g:.2f} g"
+            + (" (vehicle trigger)" if ev.trigger else "")
+        )
+    if len(sc.events) > show:
+        lines.append(f"  … {len(sc.events) - show} more events (--show N, or --json)")
+    return "\n".join(lines)
+
+
+def render_passport(pp: Passport, first_ns: int, last_ns: int, device: str) -> str:
+    """The passport's figures, one screen."""
+    c = pp.battery_condition
+    t = c["temperatureInformation"]
+    soh = pp.soh_by_day
+    r = pp.resistance
+    lines = [
+        f"battery passport ({pp.algorithm}) of device {device}, {iso_utc(first_ns)} .. {iso_utc(last_ns)}"
+        f" ({pp.samples:,} samples)",
+        f"  state of certified energy (SOCE) {c['stateOfCertifiedEnergy']['stateOfCertifiedEnergyValue']:.2f} %"
+        + (f", from {soh[0][1]:.2f} % on {iso_utc(soh[0][0])[:10]}" if len(soh) > 1 else ""),
+        f"  {pp.equivalent_full_cycles:,.2f} equivalent full cycles; throughput {c['energyThroughput']:,.1f} kWh,"
+        f" {c['capacityThroughput']['capacityThroughputValue']:,.1f} Ah (charge + discharge)",
+        f"  {len(pp.charging_sessions)} charging session(s), {sum(x.energy_kwh for x in pp.charging_sessions):,.1f} kWh,"
+        f" peak {max((x.peak_power_kw for x in pp.charging_sessions), default=0):,.0f} kW",
+        f"  extreme temperatures: {t['timeExtremeHighTemp']:,.0f} min hot ({t['timeExtremeHighTempCharging']:,.0f} charging),"
+        f" {t['timeExtremeLowTemp']:,.0f} min cold ({t['timeExtremeLowTempCharging']:,.0f} charging)",
+        f"  deep discharges: {len(pp.deep_discharges)}",
+        "  internal resistance: "
+        + (
+            f"{r['ohm'] * 1000:.1f} mΩ (median of {r['steps']} current steps, IQR {r['iqr_ohm'] * 1000:.2f} mΩ)"
+            if r["ohm"] is not None
+            else f"not enough current steps ({r['steps']})"
+        ),
+    ]
     return "\n".join(lines)

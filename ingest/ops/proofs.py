@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from common.errors import Fatal
+from common.times import iso_utc
 from ingest.ledger.local import LocalLedger
 from ingest.storage.registry import DeviceKey, Registry
 from ingest.storage.schema import TABLE_NAMES
 from ingest.storage.store import Store
 from schemas import merkle
-from schemas.completeness import BlockContents, Completeness
+from schemas.completeness import BlockContents, ClaimResult, Completeness
 from schemas.crypto import TAG_KEY_STATEMENT, SigningKey, leaf_salt
 from schemas.proof import (
     FORMAT_V2,
@@ -445,3 +446,26 @@ class Prover:
 
     def _evm_anchors(self, batch_no: int, index: int) -> list[EvmAnchor]:
         return self.witness.anchors_for(batch_no, index) if self.witness is not None else []
+
+
+def claim_line(c: ClaimResult) -> str:
+    """What a completeness claim proved, in one paragraph."""
+    k = c.claim
+    line = (
+        f"COMPLETE device {k.device_id} {iso_utc(k.from_ns)} .. {iso_utc(c.covered_to_ns)}: every block"
+        f" seq {k.first_seq}..{k.last_seq} ({c.blocks} blocks, {c.records:,} records in the period's blocks)"
+    )
+    if c.complete_until_ns is not None and c.complete_until_ns < k.to_ns:
+        line += (
+            f"\n  OPEN END: the device's last anchored block ends at {iso_utc(c.complete_until_ns)};"
+            " later blocks were not held when the bundle was built"
+        )
+    for h in c.holes:
+        span = (
+            f", {(h.before_ns - h.after_ns) / 1e9:,.0f} s between {iso_utc(h.after_ns)} and {iso_utc(h.before_ns)}"
+            if h.after_ns is not None and h.before_ns is not None
+            else ""
+        )
+        n = f"{h.records:,} records" if h.records is not None else "records"
+        line += f"\n  DECLARED HOLE: seq {h.first_seq}..{h.last_seq}, {n} dropped by the vehicle ({h.reason}){span}"
+    return line
