@@ -28,7 +28,7 @@ DAY_NS = 86_400 * 10**9
 class PassportParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The pack's rated (certified usable) energy and rated capacity: cycles and fades are relative to them.
     rated_energy_kwh: Pos = 75.0
-    rated_capacity_ah: Pos = 75.0 * 1000 / (96 * 3.7)
+    rated_capacity_ah: Pos = 75_000.0 / 355.2  # 75 kWh at a nominal 355.2 V
     # Extreme temperatures (the hottest / coldest cell), °C.
     high_temp_c: float = 40.0
     low_temp_c: float = -10.0
@@ -87,12 +87,15 @@ def passport(
     params: PassportParams | None = None,
 ) -> Passport:
     p = params or PassportParams()
-    ss = sorted((s for s in samples if from_ns <= s.ts_ns <= to_ns), key=lambda s: s.ts_ns)
+    ss = sorted(
+        (s for s in samples if from_ns <= s.ts_ns <= to_ns),
+        key=lambda s: (s.ts_ns, s.charged_energy_j, s.consumed_energy_j, s.soc_pct),
+    )
     step_ns = round(p.max_step_s * 1e9)
     charged_j = _increase(s.charged_energy_j for s in ss)
     discharged_j = _increase(s.consumed_energy_j for s in ss)
-    charged_ah = _increase(s.charged_throughput_c for s in ss) / 3600.0
-    discharged_ah = _increase(s.consumed_throughput_c for s in ss) / 3600.0
+    charged_c = _increase(s.charged_throughput_c for s in ss)
+    discharged_c = _increase(s.consumed_throughput_c for s in ss)
     hot = cold = hot_chg = cold_chg = 0.0
     for a, b in itertools.pairwise(ss):
         dt_ns = b.ts_ns - a.ts_ns
@@ -127,7 +130,7 @@ def passport(
     soce = last.soh_pct if last else None
     condition: dict[str, Any] = {
         "energyThroughput": (charged_j + discharged_j) / 3.6e6,
-        "capacityThroughput": {"capacityThroughputValue": charged_ah + discharged_ah},
+        "capacityThroughput": {"capacityThroughputValue": (charged_c + discharged_c) / 3600.0},
         "numberOfFullCycles": {"numberOfFullCyclesValue": int(discharged_j / 3.6e6 / p.rated_energy_kwh)},
         "stateOfCertifiedEnergy": {"stateOfCertifiedEnergyValue": soce},
         # (sic: the data model 1.2.0 spells this property "remainingEnergyalue")

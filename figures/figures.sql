@@ -48,7 +48,7 @@ WITH s AS (
     SELECT device_id, epoch_ns(ts) AS t, speed_mps AS v, longitude_deg AS lon, odometer_m AS odo,
            lead(epoch_ns(ts)) OVER w AS t2, lead(odometer_m) OVER w AS odo2
     FROM driving_samples WHERE ts BETWEEN t_from AND t_to
-    WINDOW w AS (PARTITION BY device_id ORDER BY ts, block_seq, idx)
+    WINDOW w AS (PARTITION BY device_id ORDER BY ts, odometer_m, speed_mps, accel_long_mps2, accel_lat_mps2)
 ), pairs AS (  -- consecutive samples of distinct instants; a gap over 5 s counts nothing
     SELECT *, (t2 - t) / 1e9 AS dt, t2 - t > 5000000000 AS gap FROM s WHERE t2 IS NOT NULL AND t2 > t
 ), steps AS (
@@ -101,7 +101,7 @@ WITH b AS (
            lead(consumed_energy_j) OVER w - consumed_energy_j AS d_out,
            lead(charged_energy_j) OVER w - charged_energy_j AS d_in
     FROM battery_samples WHERE ts BETWEEN t_from AND t_to
-    WINDOW w AS (PARTITION BY device_id ORDER BY ts, block_seq, idx)
+    WINDOW w AS (PARTITION BY device_id ORDER BY ts, charged_energy_j, consumed_energy_j, soc_pct)
 )
 SELECT device_id,
        arg_min(soh_pct, ts) AS soh_first,

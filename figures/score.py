@@ -254,6 +254,11 @@ def split_trips(samples: Sequence[DrivingSample], p: ScoreParams) -> list[tuple[
     return trips
 
 
+def sample_order(s: DrivingSample) -> tuple[int, float, float, float, float]:
+    """Samples in time order; samples of one instant by odometer, speed, then the accelerations."""
+    return (s.ts_ns, s.odometer_m, s.speed_mps, s.accel_long_mps2, s.accel_lat_mps2)
+
+
 def score(
     device_id: str,
     samples: Iterable[DrivingSample],
@@ -265,13 +270,13 @@ def score(
     """The score of ``device_id`` over ``[from_ns, to_ns]`` (vehicle clock, inclusive): the samples and
     trigger events in the period are used, whatever else is passed."""
     p = params or ScoreParams()
-    ss = sorted((s for s in samples if from_ns <= s.ts_ns <= to_ns), key=lambda s: s.ts_ns)
+    ss = sorted((s for s in samples if from_ns <= s.ts_ns <= to_ns), key=sample_order)
     ts = [t for t in triggers if from_ns <= t.ts_ns <= to_ns]
     events = detect_events(ss, ts, p)
     trips = []
     for i, j in split_trips(ss, p):
         a, b = ss[i].ts_ns, ss[j - 1].ts_ns
-        trips.append(_totals(ss[i:j], [e for e in events if a <= e.start_ns <= b], p, a, b))
+        trips.append(_totals(ss[i:j], [e for e in events if e.start_ns <= b and e.end_ns >= a], p, a, b))
     return Score(
         algorithm=ALGORITHM,
         params=p,
