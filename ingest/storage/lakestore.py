@@ -156,7 +156,7 @@ class LakeStore(_DuckStore):
         # The order of every writer's commits: the latest device head and Kafka position win.
         c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.commit_seq")
         # A lake filled before the sequence existed (or restored from a backup): never reuse a number.
-        row = self.con.execute("SELECT max(batch_no) FROM batches").fetchone()
+        row = next(iter(self.con.execute("SELECT max(batch_no) FROM batches").fetchall()), None)
         if row and row[0] is not None:
             c.execute(
                 f"SELECT setval('{SCHEMA}.batch_no', greatest(%s,"

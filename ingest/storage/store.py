@@ -441,8 +441,10 @@ class FileStore(_DuckStore):
 
     def next_batch_no(self) -> int:
         """A batch number no batch of this store has used, nor will be given again by this process."""
-        row = self.con.execute("SELECT coalesce(max(batch_no) + 1, 0) FROM batches").fetchone()
-        self._last_batch_no = max(self._last_batch_no + 1, int(row[0]) if row else 0)
+        # fetchall, never fetchone: an unfinished result keeps its transaction open, and an open
+        # transaction stops every checkpoint (the write-ahead log then grows without bound)
+        rows = self._read("SELECT coalesce(max(batch_no) + 1, 0) FROM batches")
+        self._last_batch_no = max(self._last_batch_no + 1, int(rows[0][0]) if rows else 0)
         return self._last_batch_no
 
     def claim(self, topic: str, partitions: list[int], owner: str) -> None:
