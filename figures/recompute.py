@@ -56,8 +56,25 @@ def _plain(obj: Any) -> dict[str, Any]:
 def headline(f: Figure) -> str:
     if f.kind == "driving-score":
         return f"score {f.result.get('period', {}).get('score')}"
-    cond = f.result.get("battery_condition", {})
-    return f"SOCE {cond.get('stateOfCertifiedEnergy', {}).get('stateOfCertifiedEnergyValue')} %"
+    soce = (
+        f.result.get("battery_condition", {})
+        .get("stateOfCertifiedEnergy", {})
+        .get("stateOfCertifiedEnergyValue")
+    )
+    return f"SOCE {soce:.2f} %" if isinstance(soce, float) else f"SOCE {soce}"
+
+
+def first_difference(mine: Any, theirs: Any, path: str = "") -> str:
+    """Where two results first differ: ``period.score 87.4, the bundle says 87.5``."""
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for k in sorted(set(mine) | set(theirs)):
+            if mine.get(k, ...) != theirs.get(k, ...):
+                return first_difference(mine.get(k), theirs.get(k), f"{path}.{k}" if path else k)
+    if isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs):
+        for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+            if a != b:
+                return first_difference(a, b, f"{path}[{i}]")
+    return f"{path or 'the result'} {json.dumps(mine)[:80]}, the bundle says {json.dumps(theirs)[:80]}"
 
 
 def recompute(data: bytes, claims: list[ClaimResult], kinds: set[str]) -> list[Recomputed]:
@@ -90,8 +107,7 @@ def recompute(data: bytes, claims: list[ClaimResult], kinds: set[str]) -> list[R
         elif params != f.params:
             problem = "the parameters do not read back as given (unknown or out of range)"
         elif result != f.result:
-            redo = Figure(f.kind, algorithm, f.device_id, f.from_ns, f.to_ns, params, result)
-            problem = f"recomputed {headline(redo)}, the bundle says {headline(f)}"
+            problem = f"recomputed {first_difference(result, f.result)}"
         else:
             problem = None
         out.append(Recomputed(i, f, problem, headline(f)))

@@ -252,7 +252,8 @@ def test_a_proven_figure_is_recomputed_offline_and_tampering_fails(
         fig["result"]["battery_condition"]["energyThroughput"] *= 1.01
     out.write_text(json.dumps(b))
     r = _cli(c, "verify-proof", str(out), "--operator-key", key, flag)
-    assert r.returncode == 1 and "FAIL figures[0]" in r.stdout and "recomputed" in r.stdout, r.stdout
+    field = "period.score" if command == "score" else "battery_condition.energyThroughput"
+    assert r.returncode == 1 and f"FAIL figures[0] ({fig['kind']}): recomputed {field} " in r.stdout, r.stdout
     # the figure's period must be covered by a claim: widen it past the claim
     fig["result"] = json.loads(out.read_bytes())["figures"][0]["result"]
     fig["to_ns"] = t[39][1] + 10**12
