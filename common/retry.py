@@ -7,7 +7,8 @@ consumer's Kafka connections, the store and the ledger (``[retry] min_s`` / ``ma
 The n-th consecutive failure (n = 1, 2, …) waits a random time in
 ``[0, min(max_s, min_s · 2^(n-1))]`` ("full jitter": many clients cut off together do not come back
 together). A failure is logged with what failed, the error, the wait and the attempt number when n
-is a power of two, so an outage of an hour is a dozen lines, not thousands.
+is a power of two, or when the error is of another type than the one logged last, so an outage of
+an hour is a dozen lines, not thousands, and a new kind of failure is never hidden.
 
 Loops that retry one call use :func:`aretrying` (tenacity: the error types that are retried, the
 wait above, a sleep that stopping interrupts, the log line); loops that hold a connection for a long
@@ -50,12 +51,16 @@ def worth_logging(failures: int) -> bool:
 
 
 def _log_failure(log: logging.Logger, what: Callable[[], str]) -> Callable[[tenacity.RetryCallState], None]:
+    last: list[str] = []  # the type of the error logged last
+
     def before_sleep(state: tenacity.RetryCallState) -> None:
         n = state.attempt_number
-        if worth_logging(n):
-            exc = state.outcome.exception() if state.outcome is not None else None
+        exc = state.outcome.exception() if state.outcome is not None else None
+        said = type(exc).__name__
+        if worth_logging(n) or last != [said]:  # another kind of error is always said
             wait = state.next_action.sleep if state.next_action is not None else 0.0
             log.warning("%s: %s; retrying in %.1fs (attempt %d)", what(), exc, wait, n)
+            last[:] = [said]
 
     return before_sleep
 

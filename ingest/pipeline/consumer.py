@@ -566,16 +566,22 @@ class BatchConsumer:
         the pipeline; the number of consecutive failures."""
         now = time.time_ns()
         st = self.stalled or {"since_ns": now, "retries": 0}
-        self.stalled = {**st, "retries": st["retries"] + 1, "error": str(exc)[:500]}
+        self.stalled = {
+            **st,
+            "retries": st["retries"] + 1,
+            "error": str(exc)[:500],
+            "kind": type(exc).__name__,
+        }
         self.write_status()
         return int(self.stalled["retries"])
 
     def _stall(self, exc: Exception) -> float:
         """Say loudly (log and status file) that an infrastructure failure holds the pipeline; how
         long to wait before retrying (the retry policy, common/retry.py)."""
+        before = (self.stalled or {}).get("kind")
         failures = self._held(exc)
         delay = self.cfg.retry.delay(failures)
-        if worth_logging(failures):
+        if worth_logging(failures) or type(exc).__name__ != before:  # a new kind of failure is always said
             log.error(
                 "PIPELINE HELD: %s; nothing is committed, rewinding to the committed offsets"
                 " and retrying in %.1fs (attempt %d, since %.0fs)",

@@ -86,3 +86,24 @@ def test_stop_ends_the_wait_and_raises_the_last_error() -> None:
         return time.monotonic() - t0
 
     assert asyncio.run(go()) < 10.0
+
+
+def test_another_kind_of_error_is_always_logged(caplog: pytest.LogCaptureFixture) -> None:
+    class Fenced(Retryable):
+        pass
+
+    # attempt 3 is a new kind (logged although 3 is no power of two); 5 the same kind again (not logged)
+    errors: list[Exception | None] = [Retryable("down 1"), Retryable("down 2"), Fenced("lost"), Fenced("lost 2"),
+                                      Fenced("lost 3"), None]  # fmt: skip
+
+    async def go() -> None:
+        async for attempt in aretrying(Backoff(0.001, 0.002), Retryable, what="store", log=log):
+            with attempt:
+                e = errors.pop(0)
+                if e is not None:
+                    raise e
+
+    with caplog.at_level(logging.WARNING, "test.retry"):
+        asyncio.run(go())
+    got = [r.getMessage().split(";")[0] for r in caplog.records]
+    assert got == ["store: down 1", "store: down 2", "store: lost", "store: lost 2"], got
