@@ -157,6 +157,9 @@ class Bridge:
         # the paho thread waits on this condition while they are over the cap.
         self._room = threading.Condition()
         self._inbox_bytes = 0
+        # Messages the paho thread received and the event loop has not taken yet: the loop is woken
+        # once per burst, not once per message (a cross-thread wake-up is a system call).
+        self._arrived: deque[mqtt.MQTTMessage] = deque()
         self._gate_open = True
         self._subscribed = False
         m = cfg.metrics
@@ -268,7 +271,18 @@ class Bridge:
             while self._gate_open and self._inbox_bytes > 0 and self._inbox_bytes + size > cap:
                 self._room.wait(0.2)
             self._inbox_bytes += size
-        self._loop.call_soon_threadsafe(self._inbox.put_nowait, msg)
+            wake = not self._arrived
+            self._arrived.append(msg)
+        if wake:
+            self._loop.call_soon_threadsafe(self._take_arrived)
+
+    def _take_arrived(self) -> None:
+        """(event loop) Move what the paho thread received into the inbox, in arrival order."""
+        with self._room:
+            batch = list(self._arrived)
+            self._arrived.clear()
+        for m in batch:
+            self._inbox.put_nowait(m)
 
     def _handed_over(self, size: int) -> None:
         with self._room:
@@ -280,6 +294,7 @@ class Bridge:
             self._gate_open = open_
             if open_:
                 self._inbox_bytes = 0
+                self._arrived.clear()
             self._room.notify_all()
 
     def _connect(self) -> mqtt.Client:
