@@ -8,7 +8,7 @@ bundle it writes with the same offline verifier a third party would use.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.errors import Fatal
@@ -110,6 +110,28 @@ def key_statement(key: DeviceKey, operator: SigningKey, as_of: int) -> KeyStatem
         as_of=as_of,
         signature=sig.hex(),
     )
+
+
+@dataclass
+class _Parts:
+    """What a bundle is built from, filled block by block."""
+
+    blocks: dict[str, BlockProof] = field(default_factory=dict)
+    batches: dict[str, BatchProof] = field(default_factory=dict)
+    keys: dict[str, KeyStatement] = field(default_factory=dict)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    evm: dict[tuple[str, int], EvmAnchor] = field(default_factory=dict)
+    contents: dict[str, BlockContents] = field(default_factory=dict)
+    records: list[RecordProof] = field(default_factory=list)
+
+    def add(self, part: Bundle) -> None:
+        """Merge another bundle's parts (its rows, blocks, batches, keys, checkpoints, anchors)."""
+        self.blocks.update(part.blocks)
+        self.batches.update(part.batches)
+        self.keys.update(part.keys)
+        self.checkpoints.update(part.checkpoints)
+        self.evm.update({(a.kind, a.number): a for a in part.evm})
+        self.records += part.records
 
 
 class Prover:
@@ -284,36 +306,9 @@ class Prover:
         (docs/PROOFS.md §14). ProveError names the first hole it cannot prove."""
         if from_ns > to_ns:
             raise ProveError("--from is after --to")
-        con = self.store.con
-        anchored = "batch_no IN (SELECT batch_no FROM anchors)"
-
-        def one(q: str, *args: object) -> int | None:
-            row = con.execute(q, [device_id, *args]).fetchone()
-            return None if row is None or row[0] is None else int(row[0])
-
-        meet = "device_id = ? AND epoch_ns(t_first) <= ? AND epoch_ns(t_last) >= ?"
-        first_meet = one(f"SELECT min(seq) FROM blocks WHERE {meet}", to_ns, from_ns)
-        last_meet = one(f"SELECT max(seq) FROM blocks WHERE {meet}", to_ns, from_ns)
-        lo = one(
-            "SELECT max(seq) FROM blocks WHERE device_id = ? AND epoch_ns(t_last) < ? AND seq < ?",
-            from_ns,
-            first_meet if first_meet is not None else 2**63 - 1,
-        )
-        start = "before"
-        if lo is None:
-            start, lo = "genesis", 0
-        hi = one(
-            f"SELECT min(seq) FROM blocks WHERE device_id = ? AND epoch_ns(t_first) > ? AND seq > ? AND {anchored}",
-            to_ns,
-            last_meet if last_meet is not None else lo,
-        )
-        end = "after"
-        if hi is None:
-            end = "head"
-            hi = one(f"SELECT max(seq) FROM blocks WHERE device_id = ? AND {anchored}")
-            if hi is None:
-                raise ProveError(f"device {device_id} has no anchored block")
-        rows = con.execute(
+        claim = self._claim(device_id, from_ns, to_ns)
+        lo, hi = claim.first_seq, claim.last_seq
+        rows = self.store.con.execute(
             "SELECT seq, block_hash, header, signature, salt_seed, key_id, record_count, batch_no,"
             " batch_index, epoch_ns(t_first), epoch_ns(t_last), batch_no IN (SELECT batch_no FROM anchors)"
             " FROM blocks WHERE device_id = ? AND seq BETWEEN ? AND ? ORDER BY seq",
@@ -327,12 +322,92 @@ class Prover:
             raise ProveError(
                 f"block {device_id}/{unanchored[0]} is not anchored yet (is the ingest still catching up?)"
             )
+        drops = self._declared_drops(device_id, lo, hi, set(have))
+        raws = self._records_of(device_id, [s for s, r in have.items() if r[9] <= to_ns and r[10] >= from_ns])
+        b = _Parts()
+        batch_leaves = self._batch_leaves({int(r[7]) for r in rows})
+        now = time.time_ns()
+        for s, r in sorted(have.items()):
+            _, bh, header, sig, seed, key_id, count, batch_no, batch_index = r[:9]
+            bhx = bytes(bh).hex()
+            b.blocks[bhx] = BlockProof(
+                header=bytes(header).hex(),
+                signature=bytes(sig).hex(),
+                batch_no=int(batch_no),
+                batch_index=int(batch_index),
+                path=[p.hex() for p in merkle.inclusion_path(batch_leaves[int(batch_no)], int(batch_index))],
+            )
+            self._key(key_id, f"{device_id}/{s}", b.keys, now)
+            if str(batch_no) not in b.batches:
+                b.batches[str(batch_no)] = self._batch(
+                    int(batch_no), len(batch_leaves[int(batch_no)]), b.checkpoints, b.evm
+                )
+            if s in raws:
+                got = sorted(raws[s])
+                if [i for i, _ in got] != list(range(int(count))):
+                    raise ProveError(
+                        f"block {device_id}/{s} has rows {len(got)} of {count}: run `telematics audit`"
+                    )
+                b.contents[bhx] = BlockContents(seed=bytes(seed).hex(), records=[raw.hex() for _, raw in got])
+        # a declared drop travelling in a block outside the period's blocks: proven as a row
+        outside = [RowRef("spool_drops", device_id, bs, idx) for bs, idx in sorted(drops) if bs not in raws]
+        if outside:
+            b.add(self.bundle(outside))
+        return Bundle(
+            format=FORMAT_V2,  # type: ignore[arg-type]
+            operator_key=self.operator.public_key.hex(),
+            origin=self.ledger.origin,
+            checkpoints=b.checkpoints,
+            keys=b.keys,
+            blocks=b.blocks,
+            batches=b.batches,
+            evm=list(b.evm.values()),
+            records=b.records,
+            complete=[claim],
+            contents=b.contents,
+            figures=[],
+        )
+
+    def _claim(self, device_id: str, from_ns: int, to_ns: int) -> Completeness:
+        """The chain run a completeness bundle must hold (PROOFS.md §14.2, points 1 and 2)."""
+
+        def one(q: str, *args: object) -> int | None:
+            rows = self.store.con.execute(q, [device_id, *args]).fetchall()
+            return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+        anchored = "batch_no IN (SELECT batch_no FROM anchors)"
+        meet = "device_id = ? AND epoch_ns(t_first) <= ? AND epoch_ns(t_last) >= ?"
+        first_meet = one(f"SELECT min(seq) FROM blocks WHERE {meet}", to_ns, from_ns)
+        last_meet = one(f"SELECT max(seq) FROM blocks WHERE {meet}", to_ns, from_ns)
+        lo = one(
+            "SELECT max(seq) FROM blocks WHERE device_id = ? AND epoch_ns(t_last) < ? AND seq < ?",
+            from_ns,
+            first_meet if first_meet is not None else 2**63 - 1,
+        )
+        start = "before" if lo is not None else "genesis"
+        lo = lo if lo is not None else 0
+        hi = one(
+            f"SELECT min(seq) FROM blocks WHERE device_id = ? AND epoch_ns(t_first) > ? AND seq > ? AND {anchored}",
+            to_ns,
+            last_meet if last_meet is not None else lo,
+        )
+        end = "after" if hi is not None else "head"
+        if hi is None:
+            hi = one(f"SELECT max(seq) FROM blocks WHERE device_id = ? AND {anchored}")
+            if hi is None:
+                raise ProveError(f"device {device_id} has no anchored block")
+        return Completeness(device_id, from_ns, to_ns, lo, hi, start, end)  # type: ignore[arg-type]
+
+    def _declared_drops(self, device_id: str, lo: int, hi: int, have: set[int]) -> set[tuple[int, int]]:
+        """The ``(block_seq, idx)`` of the SpoolDrop records declaring every seq in ``lo..hi`` not in
+        ``have``; ProveError at the first one no drop declares (a gap, or an erased block)."""
+        con = self.store.con
         drops = con.execute(
             "SELECT block_seq, idx, first_seq, last_seq FROM spool_drops WHERE device_id = ?"
             " AND last_seq >= ? AND first_seq <= ? ORDER BY first_seq",
             [device_id, lo, hi],
         ).fetchall()
-        need_drops: set[tuple[int, int]] = set()
+        need: set[tuple[int, int]] = set()
         for s in range(lo, hi + 1):
             if s in have:
                 continue
@@ -340,90 +415,28 @@ class Prover:
             if d is None:
                 erased = con.execute(
                     "SELECT erasure_id FROM erased_blocks WHERE device_id = ? AND seq = ?", [device_id, s]
-                ).fetchone()
+                ).fetchall()
                 why = (
-                    f"it was erased (erasure {erased[0]})"
+                    f"it was erased (erasure {erased[0][0]})"
                     if erased
                     else "the vehicle declared no drop of it (a gap: `telematics gaps`)"
                 )
                 raise ProveError(f"cannot prove completeness: block {device_id}/{s} is missing and {why}")
-            need_drops.add(d)
-        meeting = [s for s, r in have.items() if r[9] <= to_ns and r[10] >= from_ns]
-        raws: dict[int, list[tuple[int, bytes]]] = {s: [] for s in meeting}
-        if meeting:
-            a, b = min(meeting), max(meeting)
+            need.add(d)
+        return need
+
+    def _records_of(self, device_id: str, seqs: list[int]) -> dict[int, list[tuple[int, bytes]]]:
+        """``(idx, raw)`` of every record of the device's blocks ``seqs``, all record tables."""
+        raws: dict[int, list[tuple[int, bytes]]] = {s: [] for s in seqs}
+        if seqs:
             for t in TABLES:
-                for bs, idx, raw in con.execute(
+                for bs, idx, raw in self.store.con.execute(
                     f"SELECT block_seq, idx, raw FROM {t} WHERE device_id = ? AND block_seq BETWEEN ? AND ?",
-                    [device_id, a, b],
+                    [device_id, min(seqs), max(seqs)],
                 ).fetchall():
                     if int(bs) in raws:
                         raws[int(bs)].append((int(idx), bytes(raw)))
-        blocks: dict[str, BlockProof] = {}
-        batches: dict[str, BatchProof] = {}
-        keys: dict[str, KeyStatement] = {}
-        checkpoints: dict[str, str] = {}
-        evm: dict[tuple[str, int], EvmAnchor] = {}
-        contents: dict[str, BlockContents] = {}
-        batch_leaves = self._batch_leaves({int(r[7]) for r in rows})
-        now = time.time_ns()
-        for s, r in sorted(have.items()):
-            _, bh, header, sig, seed, key_id, count, batch_no, batch_index = r[:9]
-            bhx = bytes(bh).hex()
-            blocks[bhx] = BlockProof(
-                header=bytes(header).hex(),
-                signature=bytes(sig).hex(),
-                batch_no=int(batch_no),
-                batch_index=int(batch_index),
-                path=[p.hex() for p in merkle.inclusion_path(batch_leaves[int(batch_no)], int(batch_index))],
-            )
-            self._key(key_id, f"{device_id}/{s}", keys, now)
-            no = str(batch_no)
-            if no not in batches:
-                batches[no] = self._batch(int(batch_no), len(batch_leaves[int(batch_no)]), checkpoints, evm)
-            if s in raws:
-                got = sorted(raws[s])
-                if [i for i, _ in got] != list(range(int(count))):
-                    raise ProveError(
-                        f"block {device_id}/{s} has rows {len(got)} of {count}: run `telematics audit`"
-                    )
-                contents[bhx] = BlockContents(seed=bytes(seed).hex(), records=[raw.hex() for _, raw in got])
-        records: list[RecordProof] = []
-        for bs, idx in sorted(need_drops):
-            if bs in raws:
-                continue  # its block's contents carry it
-            ref = RowRef("spool_drops", device_id, bs, idx)
-            part = self.bundle([ref])
-            blocks.update(part.blocks)
-            batches.update(part.batches)
-            keys.update(part.keys)
-            checkpoints.update(part.checkpoints)
-            evm.update({(a.kind, a.number): a for a in part.evm})
-            records += part.records
-        return Bundle(
-            format=FORMAT_V2,  # type: ignore[arg-type]
-            operator_key=self.operator.public_key.hex(),
-            origin=self.ledger.origin,
-            checkpoints=checkpoints,
-            keys=keys,
-            blocks=blocks,
-            batches=batches,
-            evm=list(evm.values()),
-            records=records,
-            complete=[
-                Completeness(
-                    device_id=device_id,
-                    from_ns=from_ns,
-                    to_ns=to_ns,
-                    first_seq=lo,
-                    last_seq=hi,
-                    start=start,  # type: ignore[arg-type]
-                    end=end,  # type: ignore[arg-type]
-                )
-            ],
-            contents=contents,
-            figures=[],
-        )
+        return raws
 
     def _batch_leaves(self, batch_nos: set[int]) -> dict[int, list[bytes]]:
         """The leaf hashes of each batch's tree, erased blocks included, in one query."""

@@ -278,3 +278,19 @@ def test_a_declared_drop_in_a_scored_period_is_shown_with_what_it_covers(tmp_pat
     assert r.returncode == 0 and "RECOMPUTED driving-score" in r.stdout and "DECLARED HOLE" in r.stdout, (
         r.stdout
     )
+
+
+def test_a_drop_declared_in_the_block_after_the_period_travels_as_a_proven_row(tmp_path: Path) -> None:
+    c = _drive(tmp_path, 12, drop=(4, 5))  # the drop record is in block 6
+    t = c.times
+    data = encode_bundle(c.prover.complete(c.device, t[1][0], t[3][1]))
+    b = json.loads(data)
+    assert [r["table"] for r in b["records"]] == ["spool_drops"] and b["records"][0]["block_seq"] == 6
+    rep = _verify(data, c)
+    assert rep.ok, rep.problems
+    (claim,) = rep.claims
+    assert (claim.claim.last_seq, [(h.first_seq, h.last_seq) for h in claim.holes]) == (6, [(4, 5)])
+    # without it the hole is undeclared
+    b["records"] = []
+    rep = _verify(json.dumps(b).encode(), c)
+    assert any("hole at seq 4" in p for p in rep.problems), rep.problems
