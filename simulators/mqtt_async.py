@@ -134,6 +134,8 @@ class AsyncPublisher:
     async def publish(self, topic: str, payload: bytes) -> int:
         if self._writer is None:
             raise MqttError(f"{self.client_id}: not connected")
+        if self.closed is not None and self.closed.done():  # the connection broke: no PUBACK will come
+            raise MqttError(f"{self.client_id}: connection lost")
         async with self._room:  # the broker's receive maximum: unacknowledged QoS 1 messages
             self._next_id = self._next_id % 65535 + 1
             pid = self._next_id
