@@ -21,8 +21,13 @@ from ingest import cli_args, wiring
 from ingest.config import Config, load_config
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ingest.ledger.local import LocalLedger
+    from ingest.ops.proofs import Prover
     from ingest.storage.store import Store
+    from schemas.crypto import SigningKey
+    from schemas.proof import Bundle, Report
 
 
 # Where other packages add commands: an entry point whose object is ``register(subparsers)``.
@@ -200,48 +205,75 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def cmd_prove(args: argparse.Namespace) -> int:
+def _build_bundle(
+    cfg: Config, command: str, build: Callable[[Prover, Store], Bundle]
+) -> tuple[Bundle, SigningKey] | None:
+    """Open the store, the registry and the operator's log, ``build`` a bundle and close them; None
+    (the reason printed, one line) when the stored data cannot make it."""
     from ingest.ledger.base import LedgerError
-    from ingest.ops.proofs import ProveError, Prover, RowRef, claim_line, select_rows, table_name
-    from schemas.proof import encode_bundle, verify_bundle
+    from ingest.ops.proofs import ProveError, Prover
 
-    cfg = _cfg(args)
-    store = _open_store(cfg, "prove")
+    store = _open_store(cfg, command)
     if store is None:
-        return 1
+        return None
     registry = wiring.open_registry(cfg)
     try:
         operator = wiring.operator_key(cfg)
         local = wiring.open_log(cfg, operator)
         prover = Prover(store, registry, local, operator, witness=wiring.open_witness(cfg, local))
-        if args.complete:
-            if args.device is None or args.from_ns is None or args.to_ns is None:
-                print("telematics prove: --complete needs --device, --from and --to", file=sys.stderr)
-                return 2
-            bundle = prover.complete(args.device, args.from_ns, args.to_ns)
-        elif args.device is not None:
-            if args.seq is None or args.idx is None or not args.table:
-                print(
-                    "telematics prove: --device needs --seq, --idx and --table (or --complete)",
-                    file=sys.stderr,
-                )
-                return 2
-            bundle = prover.bundle([RowRef(table_name(args.table), args.device, args.seq, args.idx)])
-        else:
-            bundle = prover.bundle(select_rows(store, args.table, args.where, args.limit, args.sample))
+        return build(prover, store), operator
     except (ProveError, LedgerError) as exc:
-        print(f"telematics prove: {exc}", file=sys.stderr)
-        return 1
+        print(f"telematics {command}: {exc}", file=sys.stderr)
+        return None
     finally:
         store.close()
         registry.close()
+
+
+def _checked(command: str, bundle: Bundle, operator: SigningKey) -> tuple[bytes, Report] | None:
+    """The bundle's bytes and what the offline verifier a third party uses says of them; None (the
+    problems printed) if it does not verify: nothing is written then."""
+    from schemas.proof import encode_bundle, verify_bundle
+
     data = encode_bundle(bundle)
     rep = verify_bundle(data, operator_key=operator.public_key)
-    if not rep.ok:
-        for p in rep.problems:
-            print(f"telematics prove: the stored data does not prove: {p}", file=sys.stderr)
-        print("telematics prove: run `telematics audit`; no bundle written", file=sys.stderr)
+    if rep.ok:
+        return data, rep
+    for p in rep.problems:
+        print(f"telematics {command}: the stored data does not prove: {p}", file=sys.stderr)
+    print(f"telematics {command}: run `telematics audit`; no bundle written", file=sys.stderr)
+    return None
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    from ingest.ops.proofs import RowRef, claim_line, select_rows, table_name
+
+    if args.complete and (args.device is None or args.from_ns is None or args.to_ns is None):
+        print("telematics prove: --complete needs --device, --from and --to", file=sys.stderr)
+        return 2
+    if (
+        not args.complete
+        and args.device is not None
+        and (args.seq is None or args.idx is None or not args.table)
+    ):
+        print("telematics prove: --device needs --seq, --idx and --table (or --complete)", file=sys.stderr)
+        return 2
+
+    def build(prover: Prover, store: Store) -> Bundle:
+        if args.complete:
+            return prover.complete(args.device, args.from_ns, args.to_ns)
+        if args.device is not None:
+            return prover.bundle([RowRef(table_name(args.table), args.device, args.seq, args.idx)])
+        return prover.bundle(select_rows(store, args.table, args.where, args.limit, args.sample))
+
+    built = _build_bundle(_cfg(args), "prove", build)
+    if built is None:
         return 1
+    bundle, operator = built
+    checked = _checked("prove", bundle, operator)
+    if checked is None:
+        return 1
+    data, rep = checked
     if args.out == "-":
         sys.stdout.buffer.write(data)
     else:
@@ -337,35 +369,20 @@ def _prove_figure(cfg: Config, kind: str, device: str, frm: int, to: int, out: s
     import msgspec
 
     from figures.recompute import compute, headline
-    from ingest.ledger.base import LedgerError
-    from ingest.ops.proofs import ProveError, Prover, claim_line
-    from schemas.proof import Figure, encode_bundle, proven_records, verify_bundle
+    from ingest.ops.proofs import claim_line
+    from schemas.proof import Figure, bundle_records
 
     command = "score" if kind == "driving-score" else "battery-passport"
-    store = _open_store(cfg, command)
-    if store is None:
+    built = _build_bundle(cfg, command, lambda prover, _store: prover.complete(device, frm, to))
+    if built is None:
         return 1
-    registry = wiring.open_registry(cfg)
-    try:
-        operator = wiring.operator_key(cfg)
-        local = wiring.open_log(cfg, operator)
-        bundle = Prover(store, registry, local, operator, witness=wiring.open_witness(cfg, local)).complete(
-            device, frm, to
-        )
-    except (ProveError, LedgerError) as exc:
-        print(f"telematics {command}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-        registry.close()
-    algorithm, params, result = compute(kind, device, proven_records(encode_bundle(bundle)), frm, to)
+    bundle, operator = built
+    algorithm, params, result = compute(kind, device, bundle_records(bundle), frm, to)
     fig = Figure(kind, algorithm, device, frm, to, params, result)  # type: ignore[arg-type]
-    data = encode_bundle(msgspec.structs.replace(bundle, figures=[fig]))
-    rep = verify_bundle(data, operator_key=operator.public_key)
-    if not rep.ok:
-        for p in rep.problems:
-            print(f"telematics {command}: the stored data does not prove: {p}", file=sys.stderr)
+    checked = _checked(command, msgspec.structs.replace(bundle, figures=[fig]), operator)
+    if checked is None:
         return 1
+    data, rep = checked
     from pathlib import Path
 
     Path(out).write_bytes(data)

@@ -458,7 +458,11 @@ def bundle_figures(data: bytes) -> list[Figure]:
 def proven_records(data: bytes) -> list[tuple[str, Any]]:
     """``(device_id, record)`` of every record the bundle proves, in ``records`` then ``contents``
     order. Call it on a bundle ``verify_bundle`` accepted."""
-    b = bundle_decoder.decode(data)
+    return bundle_records(bundle_decoder.decode(data))
+
+
+def bundle_records(b: Bundle) -> list[tuple[str, Any]]:
+    """``proven_records`` of a bundle already decoded (or being built)."""
     out = [(r.device_id, decode_record(_hx(r.raw))) for r in b.records]
     for bh, c in (b.contents or {}).items():
         device = decode_header(_hx(b.blocks[bh].header)).device_id

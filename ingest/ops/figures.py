@@ -13,29 +13,28 @@ from schemas.block import decode_record
 from schemas.records import BatterySample, DrivingSample, TriggerEvent
 
 
+def _records(store: Store, table: str, device_id: str, from_ns: int, to_ns: int) -> list[Any]:
+    """The device's records of ``table`` with ``from_ns <= ts <= to_ns``, decoded from ``raw``."""
+    rows = store.con.execute(
+        f"SELECT raw FROM {table} WHERE device_id = ? AND epoch_ns(ts) BETWEEN ? AND ? ORDER BY ts, block_seq, idx",
+        [device_id, from_ns, to_ns],
+    ).fetchall()
+    return [decode_record(bytes(r[0])) for r in rows]
+
+
 def driving_records(
     store: Store, device_id: str, from_ns: int, to_ns: int
 ) -> tuple[list[DrivingSample], list[TriggerEvent]]:
     """The device's driving samples and trigger events with ``from_ns <= ts <= to_ns``."""
-    got: dict[str, list[Any]] = {}
-    for table in ("driving_samples", "trigger_events"):
-        rows = store.con.execute(
-            f"SELECT raw FROM {table} WHERE device_id = ? AND epoch_ns(ts) BETWEEN ? AND ?"
-            " ORDER BY ts, block_seq, idx",
-            [device_id, from_ns, to_ns],
-        ).fetchall()
-        got[table] = [decode_record(bytes(r[0])) for r in rows]
-    return got["driving_samples"], got["trigger_events"]
+    return (
+        _records(store, "driving_samples", device_id, from_ns, to_ns),
+        _records(store, "trigger_events", device_id, from_ns, to_ns),
+    )
 
 
 def battery_records(store: Store, device_id: str, from_ns: int, to_ns: int) -> list[BatterySample]:
     """The device's battery samples with ``from_ns <= ts <= to_ns``."""
-    rows = store.con.execute(
-        "SELECT raw FROM battery_samples WHERE device_id = ? AND epoch_ns(ts) BETWEEN ? AND ?"
-        " ORDER BY ts, block_seq, idx",
-        [device_id, from_ns, to_ns],
-    ).fetchall()
-    return [decode_record(bytes(r[0])) for r in rows]  # type: ignore[misc]
+    return _records(store, "battery_samples", device_id, from_ns, to_ns)
 
 
 def declared_drops(store: Store, device_id: str, from_ns: int, to_ns: int) -> tuple[int, int]:
