@@ -41,6 +41,7 @@ from common.progress import ProgressBar
 from ingest import wiring
 
 if TYPE_CHECKING:  # the heavy imports wait until a benchmark runs (this module also builds CLI help)
+    from bench.analysts import Analysts
     from ingest.config import Config
     from simulators.load import LoadFleet, Manifest, ReleaseStats
 
@@ -80,6 +81,12 @@ class PhaseResult:
     rss_mib: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sessions: int = 0  # MQTT sessions the fleet held (one per vehicle with --sessions vehicle)
+    broker_fds: int = 0  # mosquitto's open files once the fleet connected
+    connect_s: float = 0.0  # to open every session
+    cpu_us_per_block: dict[str, float] = field(default_factory=dict)
+    analysts_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # query -> p50/p95/max/n
+    analyst_errors: list[str] = field(default_factory=list)
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -109,6 +116,28 @@ def _rss_mib(pid: int, key: str = "VmHWM") -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _open_files(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def _analysts(cfg: Config, args: argparse.Namespace, res: PhaseResult) -> Analysts | None:
+    """The dashboard queries during the phase (bench/analysts.py): the lake only, which readers
+    open while the consumer writes (one DuckDB file admits one process)."""
+    if not args.analysts_every:
+        return None
+    if cfg.store.backend != "lake":
+        res.notes.append(
+            "no analysts: one DuckDB file cannot be read while the consumer writes it (--store lake)"
+        )
+        return None
+    from bench.analysts import Analysts
+
+    return Analysts(cfg, args.analysts_every)
 
 
 def _write_config(path: Path, data: Path, args: argparse.Namespace) -> None:
@@ -242,9 +271,18 @@ def run_phase(
             "bridge": [bridge.pid],
             "consumer": [consumer.pid, *_children(consumer.pid)],
         }
+        t = time.monotonic()
+        res.sessions = fleet.connect(
+            host=cfg.mqtt.host, port=cfg.mqtt.port, paced=paced, per_vehicle=args.sessions == "vehicle"
+        )
+        res.connect_s = round(time.monotonic() - t, 2)
+        res.broker_fds = _open_files(pids["mosquitto"] or 0)
+        analysts = _analysts(cfg, args, res)
         cpu0 = {k: sum(_cpu_s(p) for p in v) for k, v in who.items()}
         t0 = time.time_ns() + 300_000_000
-        fleet.release(host=cfg.mqtt.host, port=cfg.mqtt.port, t0_ns=t0, paced=paced)
+        fleet.go(t0)
+        if analysts is not None:
+            analysts.start()
         bar = ProgressBar(name, total, unit=" records")
         stats: list[ReleaseStats] | None = None
         drain_s = max(120.0, 3 * args.duration)
@@ -277,6 +315,9 @@ def run_phase(
                 break
         bar.close()
         t_end = time.time_ns()
+        if analysts is not None:
+            analysts.stop()
+            res.analysts_ms, res.analyst_errors = analysts.latencies(), analysts.errors[:10]
         cpu1 = {k: sum(_cpu_s(p) for p in v) for k, v in who.items()}
         res.rss_mib = {k: round(sum(_rss_mib(p) for p in v), 1) for k, v in who.items() if k != "simulator"}
         # the largest consumer process (the memory target is per process)
@@ -344,6 +385,8 @@ def _analyse(
     res.stored_rps = res.stored_records / res.seconds if res.seconds > 0 else 0.0
     res.blocks_ps = res.stored_blocks / res.seconds if res.seconds > 0 else 0.0
     res.batches_ps = res.batches / res.seconds if res.seconds > 0 else 0.0
+    if res.stored_blocks:
+        res.cpu_us_per_block = {k: round((cpu1[k] - cpu0[k]) / res.stored_blocks * 1e6, 1) for k in who}
     _timeline(res, stats, batches, t0)
 
 
@@ -477,8 +520,15 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
         ("rejections", [str(r.rejections) for r in results]),
         ("redelivered blocks (deduplicated)", [str(r.redelivered_blocks) for r in results]),
     ]
+    rows.append(
+        ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results])
+    )
     for comp in ("simulator", "mosquitto", "kafka broker", "bridge", "consumer", "total"):
         rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
+    for comp in ("simulator", "mosquitto", "kafka broker", "bridge", "consumer"):
+        rows.append((f"CPU {comp} (µs per block)", [_fmt(r.cpu_us_per_block.get(comp, 0)) for r in results]))
+    for q in dict.fromkeys(q for r in results for q in r.analysts_ms):
+        rows.append((f"analysts: {q}, p95 ms", [_pair(r.analysts_ms.get(q, {}), "p95") for r in results]))
     for comp in ("mosquitto", "kafka broker", "bridge", "consumer", "one consumer"):
         rows.append((f"peak RSS {comp} (MiB)", [_fmt(r.rss_mib.get(comp, 0)) for r in results]))
     lines = ["| | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
@@ -609,6 +659,19 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
         help="the consumer's store: the lake (DuckLake on the stack's PostgreSQL) or one DuckDB file",
     )
     ap.add_argument("--consumers", type=int, default=1, help="consumer processes (the lake only)")
+    ap.add_argument(
+        "--sessions",
+        choices=("worker", "vehicle"),
+        default="worker",
+        help="MQTT sessions: one per simulator process, vehicles multiplexed on it (worker), or one per"
+        " vehicle as in a real fleet (vehicle)",
+    )
+    ap.add_argument(
+        "--analysts-every",
+        type=float,
+        default=0.0,
+        help="seconds between rounds of five dashboard queries on a read-only snapshot (0: none; the lake only)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"

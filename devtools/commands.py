@@ -16,6 +16,10 @@ from ingest.config import Config, load_config
 # `telematics bench <name> ...`: the module whose main(argv) runs it, and its one-line help.
 BENCHES: dict[str, tuple[str, str]] = {
     "e2e": ("bench.e2e", "the fleet simulator against the real local stack: throughput, latency, CPU, loss"),
+    "fleet": (
+        "bench.fleet",
+        "a real fleet's shape (10 Hz, 1-s blocks, a session per vehicle): vehicles sustained",
+    ),
     "knobs": ("bench.knobs", "the maximum e2e throughput per vehicles, block size and batch size"),
     "rejections": ("bench.rejections", "rejected junk vs accepted blocks through the real consumer"),
     "campaign": ("bench.campaign", "hostile frames beside an honest fleet: accounting, delay, peak memory"),

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import Fatal
+from common.limits import raise_open_files
 from ingest.config import Config
 
 log = logging.getLogger(__name__)
@@ -676,6 +677,7 @@ class Stack:
         self.state.mkdir(parents=True, exist_ok=True)
         if not self.durable:
             log.warning(MEMORY_WARNING)
+        raise_open_files()  # inherited by mosquitto: one open file per MQTT session
         deadline = time.monotonic() + self.cfg.stack.start_timeout_s
         while True:
             pids = {svc.name: self._ensure(svc, deadline) for svc in self._services()}

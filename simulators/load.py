@@ -27,12 +27,14 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from common.config import EdgeConfig
+from common.limits import raise_open_files
 from edge_agent.agent import Agent
 from edge_agent.publisher import MemoryPublisher
 from edge_agent.sources.vehicle import VehicleModel
@@ -89,6 +91,7 @@ class ReleaseStats:
     cpu_s: float = 0.0
     lag_ms: dict[str, float] = field(default_factory=dict)  # p50 / p99 / max of publish - due
     per_second: list[int] = field(default_factory=list)  # records published in each second after t0
+    sessions: int = 1  # MQTT sessions this worker held
 
 
 def _generate(spec: LoadSpec, conn: Connection) -> tuple[Manifest, list[tuple[int, str, bytes, int]]]:
@@ -160,7 +163,7 @@ def _release(
     *,
     host: str,
     port: int,
-    t0_ns: int,
+    start: Callable[[int], int],
     paced: bool,
     window: int,
     conn: Connection,
@@ -195,6 +198,7 @@ def _release(
     client.loop_start()
     if not connected.wait(30):
         raise RuntimeError(f"load worker {worker}: no MQTT connection to {host}:{port}")
+    t0_ns = start(1)
     cpu0 = time.process_time()
     lags: list[int] = []
     per_second: list[int] = []
@@ -230,14 +234,114 @@ def _release(
     client.disconnect()
     client.loop_stop()
     st.blocks, st.acked, st.refused, st.per_second = sent, acked[0], refused[0], per_second
-    if lags:
-        lags.sort()
-        st.lag_ms = {
-            "p50": lags[len(lags) // 2] / 1e6,
-            "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] / 1e6,
-            "max": lags[-1] / 1e6,
-        }
+    st.lag_ms = _lag_quantiles(lags)
     return st
+
+
+def _release_sessions(
+    worker: int,
+    blocks: list[tuple[int, str, bytes, int]],
+    *,
+    host: str,
+    port: int,
+    start: Callable[[int], int],
+    paced: bool,
+    window: int,
+    conn: Connection,
+) -> ReleaseStats:
+    """Like ``_release``, but each vehicle has its own MQTT 5 session (client id = its device id),
+    as in a real fleet: thousands of connections, one asyncio client each (``mqtt_async``)."""
+    import asyncio
+
+    from simulators.mqtt_async import AsyncPublisher
+
+    topics = list(dict.fromkeys(topic for _, topic, _, _ in blocks))
+    limit = raise_open_files()
+    if len(topics) + 64 > limit:
+        raise RuntimeError(
+            f"{len(topics)} sessions need {len(topics) + 64} open files; this process may open {limit}"
+            " (raise the hard limit: `ulimit -Hn`, or LimitNOFILE in a systemd unit)"
+        )
+    st = ReleaseStats(worker)
+
+    async def run() -> None:
+        pubs = {t: AsyncPublisher(host, port, t.split("/")[1], keepalive_s=60) for t in topics}
+        gate = asyncio.Semaphore(200)  # connections being opened at once
+
+        async def connect(p: AsyncPublisher) -> None:
+            async with gate:
+                await p.connect(timeout=60)
+
+        await asyncio.gather(*(connect(p) for p in pubs.values()))
+        st.sessions = len(pubs)
+        t0_ns = start(len(pubs))
+        acked = [0]
+        refused = [0]
+        room = asyncio.Event()
+
+        def on_ack(fut: asyncio.Future[int]) -> None:
+            acked[0] += 1
+            exc = fut.exception()
+            # 16 = "no matching subscribers": a success code in MQTT 5, but nobody got the block.
+            if exc is not None or fut.result() >= 0x80 or fut.result() == 0x10:
+                refused[0] += 1
+            room.set()
+
+        cpu0 = time.process_time()
+        lags: list[int] = []
+        per_second: list[int] = []
+        sent = 0
+        last_report = time.monotonic()
+        for offset, topic, payload, nrec in blocks:
+            due = t0_ns + offset
+            if paced:
+                ahead = due - time.time_ns()
+                if ahead > 1_000_000:
+                    await asyncio.sleep(ahead / 1e9)
+            while sent - acked[0] >= window:
+                room.clear()
+                await room.wait()
+            pub = pubs[topic]
+            while not pub.room:  # this vehicle's broker receive maximum: wait for its PUBACKs
+                await asyncio.sleep(0.001)
+            pub.publish_nowait(topic, payload).add_done_callback(on_ack)
+            now = time.time_ns()
+            sent += 1
+            st.records += nrec
+            if paced:
+                lags.append(now - due)
+            sec = max(0, (now - t0_ns) // 1_000_000_000)
+            while len(per_second) <= sec:
+                per_second.append(0)
+            per_second[sec] += nrec
+            if sent % 64 == 0:
+                await asyncio.sleep(0)  # let the sessions read their PUBACKs
+            if time.monotonic() - last_report > 0.25:
+                conn.send(("released", st.records))
+                last_report = time.monotonic()
+        st.seconds_published = (time.time_ns() - t0_ns) / 1e9
+        deadline = time.monotonic() + 120
+        while acked[0] < sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        st.seconds = (time.time_ns() - t0_ns) / 1e9
+        st.cpu_s = time.process_time() - cpu0
+        await asyncio.gather(*(p.close() for p in pubs.values()))
+        st.blocks, st.acked, st.refused, st.per_second = sent, acked[0], refused[0], per_second
+        st.lag_ms = _lag_quantiles(lags)
+
+    asyncio.run(run())
+    return st
+
+
+def _lag_quantiles(lags: list[int]) -> dict[str, float]:
+    if not lags:
+        return {}
+    lags.sort()
+    return {
+        "p50": lags[len(lags) // 2] / 1e6,
+        "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] / 1e6,
+        "max": lags[-1] / 1e6,
+    }
 
 
 def _worker_main(spec: LoadSpec, conn: Connection) -> None:
@@ -248,16 +352,26 @@ def _worker_main(spec: LoadSpec, conn: Connection) -> None:
             msg = conn.recv()
             if msg[0] == "quit":
                 return
-            _, host, port, t0_ns, paced, window = msg
+            _, host, port, paced, window, per_vehicle = msg
+
+            def start(sessions: int) -> int:
+                """Report the sessions connected; the schedule's t0 from the parent."""
+                conn.send(("connected", sessions))
+                go = conn.recv()
+                if go[0] != "go":
+                    raise LoadError(f"expected go, got {go[0]}")
+                return int(go[1])
+
+            release = _release_sessions if per_vehicle else _release
             conn.send(
                 (
                     "done",
-                    _release(
+                    release(
                         spec.worker,
                         blocks,
                         host=host,
                         port=port,
-                        t0_ns=t0_ns,
+                        start=start,
                         paced=paced,
                         window=window,
                         conn=conn,
@@ -318,6 +432,7 @@ class LoadFleet:
             self.conns.append(parent)
             self.procs.append(p)
         self.progress = [0] * procs
+        self.sessions = [0] * procs  # MQTT sessions connected, per worker
         self.manifests: list[Manifest] = []
         self._done: dict[int, ReleaseStats] = {}  # workers that finished the current release
 
@@ -355,10 +470,28 @@ class LoadFleet:
         self.manifests = [got[w] for w in range(len(self.conns))]
         return self.manifests
 
-    def release(self, *, host: str, port: int, t0_ns: int, paced: bool, window: int = 1000) -> None:
+    def connect(
+        self, *, host: str, port: int, paced: bool, window: int = 1000, per_vehicle: bool = False
+    ) -> int:
+        """Open the workers' MQTT sessions, one per worker or one per vehicle (``per_vehicle``: a real
+        fleet's connection count); the number connected. ``go`` then starts the release."""
         self.progress = [0] * len(self.conns)
+        self.sessions = [0] * len(self.conns)
         for c in self.conns:
-            c.send(("release", host, port, t0_ns, paced, window))
+            c.send(("release", host, port, paced, window, per_vehicle))
+        waiting = set(range(len(self.conns)))
+        while waiting:
+            for w in list(waiting):
+                msg = self._recv(w, 0.05)
+                if msg is not None and msg[0] == "connected":
+                    self.sessions[w] = msg[1]
+                    waiting.discard(w)
+        return sum(self.sessions)
+
+    def go(self, t0_ns: int) -> None:
+        """Publish every block at ``t0_ns`` + its offset (``paced``), or as fast as acknowledged."""
+        for c in self.conns:
+            c.send(("go", t0_ns))
 
     def poll_release(self, timeout: float = 0.05) -> list[ReleaseStats] | None:
         """Collect progress; the stats of every worker once all are done, else None."""

@@ -101,7 +101,9 @@ class AsyncPublisher:
         self._pinger: asyncio.Task[None] | None = None
         self._acks: dict[int, asyncio.Future[int]] = {}
         self._next_id = 0
-        self._room: asyncio.Semaphore = asyncio.Semaphore(65535)
+        self._max_inflight = 65535  # the broker's receive maximum: unacknowledged QoS 1 messages
+        self._inflight = 0
+        self._freed = asyncio.Event()
         self.closed: asyncio.Future[None] | None = None
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -124,7 +126,7 @@ class AsyncPublisher:
         if body[1] != 0:
             writer.close()
             raise MqttError(f"{self.client_id}: connection refused, reason code 0x{body[1]:02x}")
-        self._room = asyncio.Semaphore(_receive_maximum(body[2:]))
+        self._max_inflight = _receive_maximum(body[2:])
         self._writer = writer
         self.closed = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.create_task(self._read(reader))
@@ -132,17 +134,39 @@ class AsyncPublisher:
             self._pinger = asyncio.create_task(self._ping())
 
     async def publish(self, topic: str, payload: bytes) -> int:
+        while self._writer is not None and self._inflight >= self._max_inflight:
+            self._freed.clear()
+            await self._freed.wait()
+        return await self.publish_nowait(topic, payload)
+
+    @property
+    def room(self) -> bool:
+        """Whether another message fits under the broker's receive maximum now."""
+        return self._inflight < self._max_inflight
+
+    def publish_nowait(self, topic: str, payload: bytes) -> asyncio.Future[int]:
+        """Write one QoS 1 PUBLISH now and return the future of its PUBACK reason code: no task per
+        message (a load generator's thousands of sessions). Needs ``room``; ``publish`` waits for it."""
         if self._writer is None:
             raise MqttError(f"{self.client_id}: not connected")
         if self.closed is not None and self.closed.done():  # the connection broke: no PUBACK will come
             raise MqttError(f"{self.client_id}: connection lost")
-        async with self._room:  # the broker's receive maximum: unacknowledged QoS 1 messages
-            self._next_id = self._next_id % 65535 + 1
-            pid = self._next_id
-            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            self._acks[pid] = fut
-            self._writer.write(publish_packet(topic, payload, pid))
-            return await fut
+        if self._inflight >= self._max_inflight:
+            raise MqttError(
+                f"{self.client_id}: the broker's receive maximum ({self._max_inflight}) is reached"
+            )
+        self._inflight += 1
+        self._next_id = self._next_id % 65535 + 1
+        pid = self._next_id
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(self._acked)
+        self._acks[pid] = fut
+        self._writer.write(publish_packet(topic, payload, pid))
+        return fut
+
+    def _acked(self, _: asyncio.Future[int]) -> None:
+        self._inflight -= 1
+        self._freed.set()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         error: BaseException = MqttError(f"{self.client_id}: connection closed")
@@ -179,6 +203,7 @@ class AsyncPublisher:
     async def close(self) -> None:
         """DISCONNECT (normal disconnection) and close the connection."""
         w, self._writer = self._writer, None
+        self._freed.set()  # a publisher waiting for room learns the session is closed
         for task in (self._pinger, self._reader_task):
             if task is not None:
                 task.cancel()
