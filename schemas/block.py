@@ -198,16 +198,19 @@ class OpenedBlock(msgspec.Struct, frozen=True):
     leaf_hashes: list[bytes]
 
 
-def open_envelope(env: Envelope, public_key: bytes) -> OpenedBlock:
+def open_envelope(env: Envelope, public_key: bytes, *, signature_ok: bool | None = None) -> OpenedBlock:
     """Verify a decoded envelope against the signer's public key, in this order:
 
     1. Ed25519 signature over the exact header bytes (before the header is decoded);
     2. decode the header; its key id must be the envelope's;
     3. record count, timestamps and the Merkle root recomputed from the carried records.
 
-    Raises WireError with the reason of the first check that fails.
+    Raises WireError with the reason of the first check that fails. ``signature_ok``: step 1's
+    answer when the caller verified the signature already (``crypto.verify_block_signatures``).
     """
-    if not crypto.verify_block_signature(public_key, env.header, env.sig):
+    if signature_ok is None:
+        signature_ok = crypto.verify_block_signature(public_key, env.header, env.sig)
+    if not signature_ok:
         raise WireError(Reason.SIGNATURE, f"signature does not verify with key {env.key_id}")
     header = decode_header(env.header)
     if header.v != SCHEMA_VERSION:

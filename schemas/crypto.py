@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
+from concurrent.futures import Executor
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -108,6 +110,21 @@ def verify_block_signature(public_key: bytes, header_bytes: bytes, signature: by
     if len(signature) != SIGNATURE_SIZE:
         return False
     return _verify(public_key, signing_input(header_bytes), signature)
+
+
+def verify_block_signatures(
+    items: Sequence[tuple[bytes, bytes, bytes]], pool: Executor | None = None, *, chunk: int = 64
+) -> list[bool]:
+    """``verify_block_signature`` of each (public key, header bytes, signature), in order. With a
+    ``pool`` the items are verified in chunks on its threads: libsodium runs without Python's global
+    lock, so a consumer's other work goes on meanwhile (and several cores verify)."""
+    if pool is None or len(items) <= chunk:
+        return [verify_block_signature(pk, h, s) for pk, h, s in items]
+    parts = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+    out: list[bool] = []
+    for got in pool.map(lambda part: [verify_block_signature(pk, h, s) for pk, h, s in part], parts):
+        out += got
+    return out
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -66,7 +66,11 @@ class BatchConsumer:
         self.ledger = ledger
         self.passthrough = passthrough
         self.proc = Processor(
-            store, registry, max_block_bytes=cfg.ingest.max_block_bytes, verify=not passthrough
+            store,
+            registry,
+            max_block_bytes=cfg.ingest.max_block_bytes,
+            verify=not passthrough,
+            verify_threads=cfg.ingest.verify_threads,
         )
         # Steps 1-6 of every batch, in order (ingest/pipeline/batch.py).
         self.checkpoint = Checkpoint(
@@ -727,6 +731,7 @@ class ConsumerService:
         try:
             await self.consumer.run()
         finally:
+            self.consumer.proc.close()
             self.store.close()
             self.registry.close()
 

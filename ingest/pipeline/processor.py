@@ -15,6 +15,7 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,7 +42,7 @@ from schemas.block import (
     decode_header,
     open_envelope,
 )
-from schemas.crypto import ZERO_HASH, block_hash
+from schemas.crypto import ZERO_HASH, block_hash, verify_block_signatures
 from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import Record
 from schemas.session import SessionError, SignedSession, open_session, verify_session
@@ -135,10 +136,21 @@ def _header_value(headers: Any, name: str) -> bytes | None:
 
 
 class Processor:
-    def __init__(self, store: Store, keyring: KeyRing, *, max_block_bytes: int, verify: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyring: KeyRing,
+        *,
+        max_block_bytes: int,
+        verify: bool = True,
+        verify_threads: int = 0,
+    ) -> None:
         """``verify=False`` is the benchmark's pass-through baseline only (``bench/e2e.py``): no
-        signature, no Merkle root, no leaf hashes (stored empty), no batch root. Never in production."""
+        signature, no Merkle root, no leaf hashes (stored empty), no batch root. Never in production.
+        ``verify_threads``: a poll's signatures are checked on this many threads beside the
+        processing (0: in line, one by one)."""
         self.verify = verify
+        self._pool = ThreadPoolExecutor(verify_threads, "verify") if verify_threads > 0 else None
         self.store = store
         self.keyring = keyring
         self.max_block_bytes = max_block_bytes
@@ -188,8 +200,26 @@ class Processor:
             except WireError as e:
                 envs.append(e)
         self._keys = self.keyring.lookup(key_ids)
-        for m, decoded in zip(messages, envs, strict=True):
-            self._process(m, decoded)
+        signed = self._signatures(envs)
+        for i, (m, decoded) in enumerate(zip(messages, envs, strict=True)):
+            self._process(m, decoded, signed.get(i))
+
+    def _signatures(self, envs: list[Envelope | SignedSession | WireError]) -> dict[int, bool]:
+        """Whether each block's signature verifies with its registered key (by position in the
+        poll), checked all at once: on the verify threads, while nothing else needs the answers."""
+        if not self.verify or self._pool is None:
+            return {}
+        at: list[int] = []
+        items: list[tuple[bytes, bytes, bytes]] = []
+        for i, env in enumerate(envs):
+            if isinstance(env, Envelope) and (key := self._keys.get(env.key_id)) is not None:
+                at.append(i)
+                items.append((key.public_key, env.header, env.sig))
+        return dict(zip(at, verify_block_signatures(items, self._pool), strict=True))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def _decode(self, m: Message) -> Envelope | SignedSession:
         value = m.value or b""
@@ -213,7 +243,9 @@ class Processor:
                 raise WireError(Reason(exc.reason), str(exc)) from None
         return decode_envelope(value)
 
-    def _process(self, m: Message, env: Envelope | SignedSession | WireError) -> None:
+    def _process(
+        self, m: Message, env: Envelope | SignedSession | WireError, signature_ok: bool | None
+    ) -> None:
         p = self.pending
         if p.messages == 0:
             p.started = time.monotonic()
@@ -227,7 +259,7 @@ class Processor:
             if isinstance(env, SignedSession):
                 self._session(m, env)
             else:
-                self._accept(m, env)
+                self._accept(m, env, signature_ok)
         except WireError as e:
             self._reject(m, e, env if not isinstance(env, WireError) else None)
 
@@ -309,11 +341,15 @@ class Processor:
             )
         )
 
-    def _accept(self, m: Message, env: Envelope) -> None:
+    def _accept(self, m: Message, env: Envelope, signature_ok: bool | None) -> None:
         key = self._keys.get(env.key_id)
         if key is None:
             raise WireError(Reason.UNKNOWN_KEY, f"key {env.key_id} is not in the device registry")
-        opened = open_envelope(env, key.public_key) if self.verify else _open_unverified(env)
+        opened = (
+            open_envelope(env, key.public_key, signature_ok=signature_ok)
+            if self.verify
+            else _open_unverified(env)
+        )
         h = opened.header
         if not key.covers(h.t_first, h.t_last):
             # Judged after the signature: only the key's holder can have chosen these timestamps.

@@ -182,3 +182,35 @@ def test_a_stored_batch_holds_the_heads_of_its_own_blocks(setup: Any, tmp_path: 
     assert not again.pending.rejections and not again.pending.duplicates and not again.pending.gaps
     store.write_batch(again.build_rows(store.next_batch_no()))
     assert store.heads()[dev.id].last_seq == 4 and store.counts()["blocks"] == 5
+
+
+def test_signatures_checked_on_threads_give_the_same_verdicts(setup: Any, tmp_path: Path) -> None:
+    """A poll of 300 blocks with one signature bit flipped in block 137: on the verify threads
+    (chunks of 64) exactly that block is rejected for its signature, as in line."""
+    _, dev, _, _ = setup
+    k = dev.id.encode()
+    wires = [dev.block(i).to_wire() for i in range(300)]
+    env = msgspec.msgpack.decode(wires[137])
+    sig = bytearray(env[3])
+    sig[5] ^= 0x10
+    env[3] = bytes(sig)
+    wires[137] = msgspec.msgpack.encode(env)
+    verdicts = []
+    for threads in (0, 2):
+        store = FileStore(tmp_path / f"v{threads}.duckdb")
+        reg = Registry(tmp_path / f"v{threads}.sqlite")
+        reg.add(dev.key.public_key)
+        proc = Processor(store, reg, max_block_bytes=512 * 1024, verify_threads=threads)
+        proc.process_all([Msg("t", 0, i, k, w) for i, w in enumerate(wires)])
+        verdicts.append(
+            (
+                [(r.offset, str(r.reason)) for r in proc.pending.rejections],
+                [b.seq for b in proc.pending.blocks],
+            )
+        )
+        proc.close()
+        store.close()
+        reg.close()
+    assert verdicts[0] == verdicts[1]
+    assert verdicts[1][0] == [(137, "bad_signature")]
+    assert len(verdicts[1][1]) == 299 and 137 not in verdicts[1][1]
