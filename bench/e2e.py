@@ -173,6 +173,7 @@ backend = "{args.store}"
 batch_max_records = {args.batch_records}
 batch_max_age_ms = {args.batch_age_ms}
 poll_max_records = {args.poll_records}
+verify_threads = {args.verify_threads}
 session_timeout_ms = 6000
 """
     )
@@ -644,6 +645,12 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--poll-records", type=int, default=2000, help="Kafka messages per consumer poll")
     ap.add_argument("--bridge-pending", type=int, default=5000, help="MQTT messages the bridge holds unacked")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument(
+        "--verify-threads",
+        type=int,
+        default=2,
+        help="threads checking signatures in each consumer (0: in line)",
+    )
     ap.add_argument(
         "--kafka-storage",
         choices=("memory", "s3"),

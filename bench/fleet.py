@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--consumers", type=int, default=1, help="consumer processes")
+    ap.add_argument(
+        "--verify-threads",
+        type=int,
+        default=2,
+        help="threads checking signatures in each consumer (0: in line)",
+    )
     ap.add_argument("--kafka-storage", choices=("memory", "s3"), default="memory")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="bench/out/fleet", help="directory for data, logs and the report")
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         procs=args.procs,
         partitions=args.partitions,
         consumers=args.consumers,
+        verify_threads=args.verify_threads,
         kafka_storage=args.kafka_storage,
         store="lake",
         seed=args.seed,

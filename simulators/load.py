@@ -8,9 +8,12 @@ Each worker process owns a slice of the fleet and works in two steps.
    ``epoch_ns``. This is the vehicle side's whole per-record cost (about 10 µs per record here),
    which a real fleet spreads over thousands of vehicles, so it is done before the measured run.
 2. **Release.** Each block is published over MQTT 5, QoS 1, at the moment its vehicle would have
-   sealed it: ``t0 + (t_last - epoch_ns)``, where ``t_last`` is its newest sample. Vehicles are
-   multiplexed over one connection per worker, each still on its own topic
-   ``vehicles/<device_id>/blocks``. A worker that cannot keep its schedule reports how late it
+   sealed it: ``t0 + (t_last - epoch_ns)``, where ``t_last`` is its newest sample. Vehicles start
+   at different moments within one block age, so blocks close spread over each second. Either the
+   vehicles are multiplexed over one connection per worker (paho), each still on its own topic
+   ``vehicles/<device_id>/blocks``, or each vehicle holds its own session (``per_vehicle``: a real
+   fleet's connection count; ``mqtt_async``, thousands per process). The sessions are connected
+   before the schedule's clock starts. A worker that cannot keep its schedule reports how late it
    published (``lag``): a growing lag means the simulator, not the pipeline, is the bottleneck.
 
 ``paced=False`` releases everything as fast as the broker acknowledges (a flood), bounded by the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import random
 import shutil
 import threading
 import time
@@ -119,9 +123,13 @@ def _generate(spec: LoadSpec, conn: Connection) -> tuple[Manifest, list[tuple[in
         pub = MemoryPublisher()
         spool = Spool(work / f"{dev}.spool", fsync=False, max_bytes=edge.spool_max_bytes)
         agent = Agent(key, edge, pub, spool)
+        vseed = spec.seed * 1_000_003 + spec.worker * 10_007 + v
+        # Vehicles start at different moments: their blocks close spread over each second, not in a
+        # fleet-wide burst (a real fleet is not synchronised). Within one block age of the epoch.
+        phase_ns = random.Random(vseed).randrange(max(1, spec.block_age_ms) * 1_000_000)
         model = VehicleModel(
-            spec.seed * 1_000_003 + spec.worker * 10_007 + v,
-            start_ns=spec.epoch_ns,
+            vseed,
+            start_ns=spec.epoch_ns + phase_ns,
             rate_hz=spec.tick_hz,
             battery_every=BATTERY_EVERY,
         )

@@ -38,3 +38,28 @@ def test_bench_e2e_smoke_stores_every_block_once_and_writes_the_report(tmp_path:
     png = (out / "e2e.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "stored records/s" in (out / "e2e.md").read_text()
+
+
+def test_bench_fleet_smoke_one_session_per_vehicle_and_the_dashboard(tmp_path: Path) -> None:
+    """`telematics bench fleet --smoke`: two small fleets, each vehicle on its own MQTT session, every
+    block stored once, the analysts' five queries answered on read-only snapshots during the run."""
+    from bench import fleet
+    from bench.analysts import DASHBOARD, OPEN
+
+    out = tmp_path / "fleet"
+    assert fleet.main(["--smoke", "--out", str(out)]) == 0
+    report = json.loads((out / "fleet.json").read_text())
+    assert [p["vehicles"] for p in report["phases"]] == [20, 40]
+    for p in report["phases"]:
+        assert p["sessions"] == p["vehicles"]  # one MQTT session per vehicle
+        assert p["broker_fds"] >= p["vehicles"]  # and mosquitto holds a socket for each
+        assert p["stored_blocks"] == p["generated_blocks"] > 0
+        assert p["lost_records"] == p["duplicated_records"] == p["unexpected_blocks"] == 0
+        assert p["anchored"] == p["batches"] > 0
+        assert not p["analyst_errors"]
+        assert set(p["analysts_ms"]) == {OPEN, *(q[0] for q in DASHBOARD)}
+        assert all(v["n"] >= 1 for v in p["analysts_ms"].values())
+        assert p["cpu_us_per_block"]["consumer"] > 0
+    assert {s["vehicles"] for s in report["sustained"]} == {20, 40}
+    assert (out / "fleet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MQTT sessions" in (out / "fleet.md").read_text()

@@ -68,6 +68,32 @@ def test_hundreds_of_sessions_publish_qos1_and_every_message_arrives(env: Any) -
         sub.disconnect()
 
 
+def test_one_session_over_the_brokers_receive_maximum(env: Any) -> None:
+    """More messages in flight than the receive maximum: ``publish`` waits for room and every message is
+    acknowledged; ``publish_nowait`` refuses once it is full. (mosquitto announces none, which means
+    65,535; the limit is set as a CONNACK announcing 8 would set it.)"""
+    m = env.cfg.mqtt
+
+    async def go() -> tuple[list[int], int, int]:
+        p = AsyncPublisher(m.host, m.port, f"rm-{os.urandom(4).hex()}")
+        await p.connect()
+        assert p._max_inflight == 65535
+        limit = p._max_inflight = 8
+        codes = await asyncio.gather(*(p.publish(f"nobody-{i}/x", b"x") for i in range(5 * limit)))
+        futs = []
+        while p.room:
+            futs.append(p.publish_nowait("nobody/y", b"y"))
+        with pytest.raises(MqttError, match="receive maximum"):
+            p.publish_nowait("nobody/y", b"y")
+        await asyncio.gather(*futs)
+        await p.close()
+        return list(codes), len(futs), limit
+
+    codes, nowait, limit = asyncio.run(go())
+    assert nowait == limit
+    assert codes == [0x10] * (5 * limit)  # acknowledged: "no matching subscribers"
+
+
 async def _wait(pred: Any, seconds: float) -> bool:
     for _ in range(int(seconds * 20)):
         if pred():
