@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the heavy imports wait until a benchmark runs (this module 
     from simulators.load import LoadFleet, Manifest, ReleaseStats
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+COMPONENTS = ("simulator", "mosquitto", "kafka broker", "bridge", "consumer", "catalog (PostgreSQL)")
 PHASES = ("full", "passthrough", "half")
 
 
@@ -108,6 +109,16 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU of ``pid`` and its children, the exited ones included (PostgreSQL's backends)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    own = sum(int(f) for f in fields[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+    return own + sum(_cpu_s(c) for c in _children(pid))
+
+
 def _rss_mib(pid: int, key: str = "VmHWM") -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -116,6 +127,13 @@ def _rss_mib(pid: int, key: str = "VmHWM") -> float:
     except OSError:
         pass
     return 0.0
+
+
+CATALOG = "catalog (PostgreSQL)"
+
+
+def _cpu_of(who: dict[str, list[int]]) -> dict[str, float]:
+    return {k: sum((_tree_cpu_s if k == CATALOG else _cpu_s)(p) for p in v) for k, v in who.items()}
 
 
 def _open_files(pid: int) -> int:
@@ -158,6 +176,7 @@ partitions = {args.partitions}
 [bridge]
 client_id = "bench-bridge"
 max_pending = {args.bridge_pending}
+linger_ms = {args.bridge_linger_ms}
 
 [stack]
 kafka_storage = "{args.kafka_storage}"
@@ -272,6 +291,8 @@ def run_phase(
             "bridge": [bridge.pid],
             "consumer": [consumer.pid, *_children(consumer.pid)],
         }
+        if pids.get("postgres"):
+            who[CATALOG] = [pids["postgres"] or 0]
         t = time.monotonic()
         res.sessions = fleet.connect(
             host=cfg.mqtt.host, port=cfg.mqtt.port, paced=paced, per_vehicle=args.sessions == "vehicle"
@@ -279,7 +300,7 @@ def run_phase(
         res.connect_s = round(time.monotonic() - t, 2)
         res.broker_fds = _open_files(pids["mosquitto"] or 0)
         analysts = _analysts(cfg, args, res)
-        cpu0 = {k: sum(_cpu_s(p) for p in v) for k, v in who.items()}
+        cpu0 = _cpu_of(who)
         t0 = time.time_ns() + 300_000_000
         fleet.go(t0)
         if analysts is not None:
@@ -319,8 +340,12 @@ def run_phase(
         if analysts is not None:
             analysts.stop()
             res.analysts_ms, res.analyst_errors = analysts.latencies(), analysts.errors[:10]
-        cpu1 = {k: sum(_cpu_s(p) for p in v) for k, v in who.items()}
-        res.rss_mib = {k: round(sum(_rss_mib(p) for p in v), 1) for k, v in who.items() if k != "simulator"}
+        cpu1 = _cpu_of(who)
+        res.rss_mib = {
+            k: round(sum(_rss_mib(p) for p in v), 1)
+            for k, v in who.items()
+            if k not in ("simulator", CATALOG)
+        }
         # the largest consumer process (the memory target is per process)
         res.rss_mib["one consumer"] = round(max(_rss_mib(p) for p in who["consumer"]), 1)
         assert stats is not None
@@ -524,9 +549,9 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
     rows.append(
         ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results])
     )
-    for comp in ("simulator", "mosquitto", "kafka broker", "bridge", "consumer", "total"):
+    for comp in (*COMPONENTS, "total"):
         rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
-    for comp in ("simulator", "mosquitto", "kafka broker", "bridge", "consumer"):
+    for comp in COMPONENTS:
         rows.append((f"CPU {comp} (µs per block)", [_fmt(r.cpu_us_per_block.get(comp, 0)) for r in results]))
     for q in dict.fromkeys(q for r in results for q in r.analysts_ms):
         rows.append((f"analysts: {q}, p95 ms", [_pair(r.analysts_ms.get(q, {}), "p95") for r in results]))
@@ -644,6 +669,7 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--batch-age-ms", type=int, default=500, help="a batch is flushed after this age")
     ap.add_argument("--poll-records", type=int, default=2000, help="Kafka messages per consumer poll")
     ap.add_argument("--bridge-pending", type=int, default=5000, help="MQTT messages the bridge holds unacked")
+    ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument(
         "--verify-threads",

@@ -64,7 +64,7 @@ def table(results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]]) -> s
         ("lost / duplicated records", [f"{r.lost_records} / {r.duplicated_records}" for r in results]),
         ("anchor lag p50 / max ms", [e2e._pair(r.anchor_lag_ms, "p50", "max") for r in results]),
     ]
-    comps = ("simulator", "mosquitto", "kafka broker", "bridge", "consumer")
+    comps = e2e.COMPONENTS
     for comp in (*comps, "total"):
         rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
     for comp in comps:
@@ -97,7 +97,7 @@ def chart(results: list[e2e.PhaseResult], p99_ms: float, path: Path) -> None:
     ax2.set_ylabel("ms")
     bottom = [0.0] * len(results)
     width = max(1, min(n) // 3) if len(n) == 1 else (max(n) - min(n)) / len(n) / 2
-    for comp in ("simulator", "mosquitto", "kafka broker", "bridge", "consumer"):
+    for comp in e2e.COMPONENTS:
         v = [r.cpu_cores.get(comp, 0) for r in results]
         ax3.bar(n, v, width=width, bottom=bottom, label=comp)
         bottom = [a + b for a, b in zip(bottom, v, strict=True)]
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads checking signatures in each consumer (0: in line)",
     )
     ap.add_argument("--kafka-storage", choices=("memory", "s3"), default="memory")
+    ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="bench/out/fleet", help="directory for data, logs and the report")
     ap.add_argument(
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         partitions=args.partitions,
         consumers=args.consumers,
         verify_threads=args.verify_threads,
+        bridge_linger_ms=args.bridge_linger_ms,
         kafka_storage=args.kafka_storage,
         store="lake",
         seed=args.seed,

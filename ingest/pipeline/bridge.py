@@ -448,7 +448,7 @@ class Bridge:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.cfg.kafka.bootstrap,
                 acks="all",
-                linger_ms=2,
+                linger_ms=self.cfg.bridge.linger_ms,
                 # Large producer batches: with the durable local broker every batch is an S3 write
                 # (aiokafka's default 16 KB made that one block per write: docs/PRODUCTION.md).
                 max_batch_size=1024 * 1024,
