@@ -1,6 +1,6 @@
 """A real fleet's shape against the real local stack: how many vehicles this host takes.
 
-    .venv/bin/telematics bench fleet --vehicles 2000,4000,6000 --duration 60
+    .venv/bin/telematics bench fleet --vehicles 1000,2000,3000,4000 --duration 30
 
 Every vehicle samples at 10 Hz (a battery sample with every tenth driving sample: 11 records/s),
 seals a signed block every second (~11 records) and holds **its own MQTT 5 session** (QoS 1), as
@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
-        "--vehicles", default="1000,2000,4000", help="comma-separated fleet sizes, one phase each"
+        "--vehicles", default="1000,2000,3000,4000", help="comma-separated fleet sizes, one phase each"
     )
-    ap.add_argument("--duration", type=float, default=60.0, help="seconds of driving per fleet size")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds of driving per fleet size")
     ap.add_argument("--p99-ms", type=float, default=2000.0, help="the latency a sustained fleet keeps")
     ap.add_argument(
         "--analysts-every", type=float, default=5.0, help="seconds between dashboard rounds (0: none)"
