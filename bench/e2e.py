@@ -349,9 +349,13 @@ def run_phase(
         # the largest consumer process (the memory target is per process)
         res.rss_mib["one consumer"] = round(max(_rss_mib(p) for p in who["consumer"]), 1)
         assert stats is not None
-    finally:
+    except BaseException:
         for p in procs:
             _stop(p)
+        stack.down()  # the run failed: leave no broker behind
+        raise
+    for p in procs:
+        _stop(p)
     try:
         _analyse(
             res,

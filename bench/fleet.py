@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         out=str(out),
     )
-    from simulators.load import LoadFleet
+    from devtools.stack import StackError
+    from simulators.load import LoadError, LoadFleet
 
     t_start = time.monotonic()
     results: list[e2e.PhaseResult] = []
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
             e2e_args.vehicles, e2e_args.rate = n, rate
             r = e2e.run_phase(f"{n}-vehicles", fleet, manifests, e2e_args, paced=True, passthrough=False)
+        except (LoadError, StackError) as exc:  # a worker or the stack failed: one line, not a traceback
+            print(f"bench fleet: {n:,} vehicles: {exc}", file=sys.stderr)
+            return 1
         finally:
             fleet.close()
         results.append(r)
