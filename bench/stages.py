@@ -19,7 +19,7 @@ hundreds of thousands of corpus objects would inflate the allocation-heavy stage
                       batch tree, DuckDB insert + commit, anchor to the local ledger
   consumer total      Processor.process_all + build_rows + Store.write_batch + ledger anchor
                       (+ receipt), batch after batch: the consumer without Kafka, i.e. its
-                      single-core ceiling
+                      single-core ceiling; again with a poll's signatures checked on 2 threads
 
 Prints a markdown table on stdout (stage | µs/record | µs/block | µs/batch | records/s on one
 core = 1e6 / µs per record), then the sum of the ingest stages per record next to the measured
@@ -345,13 +345,14 @@ def stage_anchor(c: Corpus) -> Timing:
     return elapsed, c.record_count
 
 
-def stage_consumer_total(c: Corpus) -> Timing:
+def stage_consumer_total(c: Corpus, verify_threads: int = 0) -> Timing:
     # What ingest.pipeline.consumer does per poll and per flush, minus Kafka (and the dead-letter producer,
     # idle here: nothing is rejected). Returns the records actually stored, counted in DuckDB.
+    # ``verify_threads``: a poll's signatures checked on that many threads ([ingest] verify_threads).
     with tempfile.TemporaryDirectory(prefix="bench-stages-consumer-") as tmp:
         store, registry = _consumer_state(c, Path(tmp) / "consumer")
         ledger = LocalLedger(Path(tmp) / "ledger.jsonl", SigningKey.generate())
-        proc = Processor(store, registry, max_block_bytes=64 * 1024 * 1024)
+        proc = Processor(store, registry, max_block_bytes=64 * 1024 * 1024, verify_threads=verify_threads)
         batches = c.message_batches()
         t = time.perf_counter()
         for msgs in batches:
@@ -364,6 +365,7 @@ def stage_consumer_total(c: Corpus) -> Timing:
             proc.pending = Pending()
         elapsed = time.perf_counter() - t
         stored = store.counts()["records"]
+        proc.close()
         store.close()
         registry.close()
     return elapsed, stored
@@ -396,6 +398,12 @@ def stages() -> list[Stage]:
         Stage("DuckDB insert + commit", "ingest", "batch", stage_duckdb_insert),
         Stage("anchor (local ledger)", "ingest", "batch", stage_anchor),
         Stage("consumer total (Processor)", "ingest", "batch", stage_consumer_total),
+        Stage(
+            "consumer total, 2 verify threads",
+            "ingest",
+            "batch",
+            lambda c: stage_consumer_total(c, verify_threads=2),
+        ),
     ]
 
 

@@ -24,6 +24,7 @@ STAGE_NAMES = [
     "DuckDB insert + commit",
     "anchor (local ledger)",
     "consumer total (Processor)",
+    "consumer total, 2 verify threads",
 ]
 
 
