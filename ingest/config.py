@@ -79,8 +79,8 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # a rejected payload is kept until its dead letter is produced): the consumer's memory cap.
     batch_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 64 << 20
     session_timeout_ms: Annotated[int, Meta(ge=1000)] = 10_000
-    # Threads that check a poll's block signatures beside the consumer's other work (libsodium runs
-    # without Python's global lock); 0: one by one in line.
+    # Threads that check a poll's block signatures in parallel (libsodium runs without Python's
+    # global lock, so the batch writer's thread goes on meanwhile); 0: one by one in line.
     verify_threads: Annotated[int, Meta(ge=0, le=64)] = 2
 
 

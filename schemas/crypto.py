@@ -117,7 +117,7 @@ def verify_block_signatures(
 ) -> list[bool]:
     """``verify_block_signature`` of each (public key, header bytes, signature), in order. With a
     ``pool`` the items are verified in chunks on its threads: libsodium runs without Python's global
-    lock, so a consumer's other work goes on meanwhile (and several cores verify)."""
+    lock, so several cores verify, and other threads of the process go on meanwhile."""
     if pool is None or len(items) <= chunk:
         return [verify_block_signature(pk, h, s) for pk, h, s in items]
     parts = [items[i : i + chunk] for i in range(0, len(items), chunk)]

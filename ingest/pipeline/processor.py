@@ -147,8 +147,8 @@ class Processor:
     ) -> None:
         """``verify=False`` is the benchmark's pass-through baseline only (``bench/e2e.py``): no
         signature, no Merkle root, no leaf hashes (stored empty), no batch root. Never in production.
-        ``verify_threads``: a poll's signatures are checked on this many threads beside the
-        processing (0: in line, one by one)."""
+        ``verify_threads``: a poll's signatures are checked in parallel on this many threads before
+        its blocks are processed (0: in line, one by one)."""
         self.verify = verify
         self._pool = ThreadPoolExecutor(verify_threads, "verify") if verify_threads > 0 else None
         self.store = store
@@ -206,7 +206,7 @@ class Processor:
 
     def _signatures(self, envs: list[Envelope | SignedSession | WireError]) -> dict[int, bool]:
         """Whether each block's signature verifies with its registered key (by position in the
-        poll), checked all at once: on the verify threads, while nothing else needs the answers."""
+        poll), checked all at once on the verify threads; the other checks then use the answers."""
         if not self.verify or self._pool is None:
             return {}
         at: list[int] = []
