@@ -46,7 +46,8 @@ if TYPE_CHECKING:  # the heavy imports wait until a benchmark runs (this module 
     from simulators.load import LoadFleet, Manifest, ReleaseStats
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-COMPONENTS = ("simulator", "mosquitto", "kafka broker", "bridge", "consumer", "catalog (PostgreSQL)")
+CATALOG = "catalog (PostgreSQL)"  # the lake's catalog server and its backends
+COMPONENTS = ("simulator", "mosquitto", "kafka broker", "bridge", "consumer", CATALOG)
 PHASES = ("full", "passthrough", "half")
 
 
@@ -127,9 +128,6 @@ def _rss_mib(pid: int, key: str = "VmHWM") -> float:
     except OSError:
         pass
     return 0.0
-
-
-CATALOG = "catalog (PostgreSQL)"
 
 
 def _cpu_of(who: dict[str, list[int]]) -> dict[str, float]:

@@ -206,43 +206,24 @@ def _release(
     client.loop_start()
     if not connected.wait(30):
         raise RuntimeError(f"load worker {worker}: no MQTT connection to {host}:{port}")
-    t0_ns = start(1)
-    cpu0 = time.process_time()
-    lags: list[int] = []
-    per_second: list[int] = []
-    sent = 0
-    last_report = time.monotonic()
+    tally = _Tally(st, start(1), paced, conn)
     for offset, topic, payload, nrec in blocks:
-        due = t0_ns + offset
+        due = tally.t0_ns + offset
         if paced:
             ahead = due - time.time_ns()
             if ahead > 1_000_000:
                 time.sleep(ahead / 1e9)
-        while sent - acked[0] >= window:
+        while tally.sent - acked[0] >= window:
             time.sleep(0.0005)
         client.publish(topic, payload, qos=1)
-        now = time.time_ns()
-        sent += 1
-        st.records += nrec
-        if paced:
-            lags.append(now - due)
-        sec = max(0, (now - t0_ns) // 1_000_000_000)
-        while len(per_second) <= sec:
-            per_second.append(0)
-        per_second[sec] += nrec
-        if time.monotonic() - last_report > 0.25:
-            conn.send(("released", st.records))
-            last_report = time.monotonic()
-    st.seconds_published = (time.time_ns() - t0_ns) / 1e9
+        tally.published(due, nrec)
+    tally.all_published()
     deadline = time.monotonic() + 120
-    while acked[0] < sent and time.monotonic() < deadline:
+    while acked[0] < tally.sent and time.monotonic() < deadline:
         time.sleep(0.01)
-    st.seconds = (time.time_ns() - t0_ns) / 1e9
-    st.cpu_s = time.process_time() - cpu0
+    tally.finish(acked[0], refused[0])
     client.disconnect()
     client.loop_stop()
-    st.blocks, st.acked, st.refused, st.per_second = sent, acked[0], refused[0], per_second
-    st.lag_ms = _lag_quantiles(lags)
     return st
 
 
@@ -295,61 +276,76 @@ def _release_sessions(
                 refused[0] += 1
             room.set()
 
-        cpu0 = time.process_time()
-        lags: list[int] = []
-        per_second: list[int] = []
-        sent = 0
-        last_report = time.monotonic()
+        tally = _Tally(st, t0_ns, paced, conn)
         for offset, topic, payload, nrec in blocks:
             due = t0_ns + offset
             if paced:
                 ahead = due - time.time_ns()
                 if ahead > 1_000_000:
                     await asyncio.sleep(ahead / 1e9)
-            while sent - acked[0] >= window:
+            while tally.sent - acked[0] >= window:
                 room.clear()
                 await room.wait()
             pub = pubs[topic]
             while not pub.room:  # this vehicle's broker receive maximum: wait for its PUBACKs
                 await asyncio.sleep(0.001)
             pub.publish_nowait(topic, payload).add_done_callback(on_ack)
-            now = time.time_ns()
-            sent += 1
-            st.records += nrec
-            if paced:
-                lags.append(now - due)
-            sec = max(0, (now - t0_ns) // 1_000_000_000)
-            while len(per_second) <= sec:
-                per_second.append(0)
-            per_second[sec] += nrec
-            if sent % 64 == 0:
+            tally.published(due, nrec)
+            if tally.sent % 64 == 0:
                 await asyncio.sleep(0)  # let the sessions read their PUBACKs
-            if time.monotonic() - last_report > 0.25:
-                conn.send(("released", st.records))
-                last_report = time.monotonic()
-        st.seconds_published = (time.time_ns() - t0_ns) / 1e9
+        tally.all_published()
         deadline = time.monotonic() + 120
-        while acked[0] < sent and time.monotonic() < deadline:
+        while acked[0] < tally.sent and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        st.seconds = (time.time_ns() - t0_ns) / 1e9
-        st.cpu_s = time.process_time() - cpu0
+        tally.finish(acked[0], refused[0])
         await asyncio.gather(*(p.close() for p in pubs.values()))
-        st.blocks, st.acked, st.refused, st.per_second = sent, acked[0], refused[0], per_second
-        st.lag_ms = _lag_quantiles(lags)
 
     asyncio.run(run())
     return st
 
 
-def _lag_quantiles(lags: list[int]) -> dict[str, float]:
-    if not lags:
-        return {}
-    lags.sort()
-    return {
-        "p50": lags[len(lags) // 2] / 1e6,
-        "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] / 1e6,
-        "max": lags[-1] / 1e6,
-    }
+class _Tally:
+    """What a worker published, second by second, and how late against its schedule (both ways of
+    releasing); progress goes to the parent four times a second."""
+
+    def __init__(self, st: ReleaseStats, t0_ns: int, paced: bool, conn: Connection) -> None:
+        self.st, self.t0_ns, self.paced, self.conn = st, t0_ns, paced, conn
+        self.sent = 0
+        self.lags: list[int] = []
+        self.per_second: list[int] = []
+        self.cpu0 = time.process_time()
+        self.last_report = time.monotonic()
+
+    def published(self, due_ns: int, records: int) -> None:
+        now = time.time_ns()
+        self.sent += 1
+        self.st.records += records
+        if self.paced:
+            self.lags.append(now - due_ns)
+        sec = max(0, (now - self.t0_ns) // 1_000_000_000)
+        while len(self.per_second) <= sec:
+            self.per_second.append(0)
+        self.per_second[sec] += records
+        if time.monotonic() - self.last_report > 0.25:
+            self.conn.send(("released", self.st.records))
+            self.last_report = time.monotonic()
+
+    def all_published(self) -> None:
+        self.st.seconds_published = (time.time_ns() - self.t0_ns) / 1e9
+
+    def finish(self, acked: int, refused: int) -> None:
+        """Every PUBACK is in (or the wait for them ended)."""
+        st = self.st
+        st.seconds = (time.time_ns() - self.t0_ns) / 1e9
+        st.cpu_s = time.process_time() - self.cpu0
+        st.blocks, st.acked, st.refused, st.per_second = self.sent, acked, refused, self.per_second
+        if self.lags:
+            lags = sorted(self.lags)
+            st.lag_ms = {
+                "p50": lags[len(lags) // 2] / 1e6,
+                "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] / 1e6,
+                "max": lags[-1] / 1e6,
+            }
 
 
 def _worker_main(spec: LoadSpec, conn: Connection) -> None:
