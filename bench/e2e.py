@@ -649,6 +649,41 @@ def verdict(results: list[PhaseResult]) -> list[str]:
 
 # -- main -----------------------------------------------------------------------------------------
 
+# The options `bench fleet` passes through to its phases as they are.
+STACK_ARGS = (
+    "procs",
+    "partitions",
+    "consumers",
+    "verify_threads",
+    "bridge_linger_ms",
+    "kafka_storage",
+    "seed",
+)
+
+
+def add_stack_args(ap: argparse.ArgumentParser) -> None:
+    """The generator's processes and the pipeline's knobs (``STACK_ARGS``), for e2e and fleet."""
+    ap.add_argument(
+        "--procs", type=int, default=2, help="simulator processes (vehicles are split between them)"
+    )
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--consumers", type=int, default=1, help="consumer processes (the lake only)")
+    ap.add_argument(
+        "--verify-threads",
+        type=int,
+        default=2,
+        help="threads checking signatures in each consumer (0: in line)",
+    )
+    ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
+    ap.add_argument(
+        "--kafka-storage",
+        choices=("memory", "s3"),
+        default="memory",
+        help="the local Kafka-protocol broker's storage: memory (as measured in docs/PERFORMANCE.md; "
+        "loses acknowledged messages if it stops) or s3 (the stack's durable default, on SeaweedFS)",
+    )
+    ap.add_argument("--seed", type=int, default=1)
+
 
 def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     ap = ap or argparse.ArgumentParser(
@@ -671,29 +706,13 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--batch-age-ms", type=int, default=500, help="a batch is flushed after this age")
     ap.add_argument("--poll-records", type=int, default=2000, help="Kafka messages per consumer poll")
     ap.add_argument("--bridge-pending", type=int, default=5000, help="MQTT messages the bridge holds unacked")
-    ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument(
-        "--verify-threads",
-        type=int,
-        default=2,
-        help="threads checking signatures in each consumer (0: in line)",
-    )
-    ap.add_argument(
-        "--kafka-storage",
-        choices=("memory", "s3"),
-        default="memory",
-        help="the local Kafka-protocol broker's storage: memory (as measured in docs/PERFORMANCE.md; "
-        "loses acknowledged messages if it stops) or s3 (the stack's durable default, on SeaweedFS)",
-    )
-    ap.add_argument("--procs", type=int, default=2, help="simulator processes")
+    add_stack_args(ap)
     ap.add_argument(
         "--store",
         choices=["lake", "duckdb"],
         default="lake",
         help="the consumer's store: the lake (DuckLake on the stack's PostgreSQL) or one DuckDB file",
     )
-    ap.add_argument("--consumers", type=int, default=1, help="consumer processes (the lake only)")
     ap.add_argument(
         "--sessions",
         choices=("worker", "vehicle"),
@@ -707,7 +726,6 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
         default=0.0,
         help="seconds between rounds of five dashboard queries on a read-only snapshot (0: none; the lake only)",
     )
-    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
     )

@@ -130,20 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--batch-age-ms", type=int, default=250, help="a consumer batch is flushed after this age"
     )
-    ap.add_argument(
-        "--procs", type=int, default=2, help="simulator processes (sessions are split between them)"
-    )
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--consumers", type=int, default=1, help="consumer processes")
-    ap.add_argument(
-        "--verify-threads",
-        type=int,
-        default=2,
-        help="threads checking signatures in each consumer (0: in line)",
-    )
-    ap.add_argument("--kafka-storage", choices=("memory", "s3"), default="memory")
-    ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
-    ap.add_argument("--seed", type=int, default=1)
+    e2e.add_stack_args(ap)
     ap.add_argument("--out", default="bench/out/fleet", help="directory for data, logs and the report")
     ap.add_argument(
         "--smoke", action="store_true", help="two tiny fleets for a few seconds (CI): the machinery"
@@ -170,20 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     # one phase of `bench e2e` per size, with a real fleet's shape
     e2e_args = e2e.build_parser().parse_args([])
     e2e_args.__dict__.update(
+        {k: getattr(args, k) for k in e2e.STACK_ARGS},
         duration=args.duration,
         block_records=100,  # a block closes on age (1 s, ~11 records), not on size
         block_age_ms=1000,
         batch_age_ms=args.batch_age_ms,
         sessions="vehicle",
         analysts_every=args.analysts_every,
-        procs=args.procs,
-        partitions=args.partitions,
-        consumers=args.consumers,
-        verify_threads=args.verify_threads,
-        bridge_linger_ms=args.bridge_linger_ms,
-        kafka_storage=args.kafka_storage,
         store="lake",
-        seed=args.seed,
         out=str(out),
     )
     from devtools.stack import StackError
@@ -198,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             vehicles=n,
             rate=rate,
             duration=args.duration,
-            block_records=100,
-            block_age_ms=1000,
+            block_records=e2e_args.block_records,
+            block_age_ms=e2e_args.block_age_ms,
             procs=args.procs,
             seed=args.seed,
             work_dir=out / "spools",
