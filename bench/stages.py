@@ -49,9 +49,9 @@ from common.progress import ProgressBar
 from edge_agent.sources.vehicle import VehicleModel
 from ingest.ledger.local import LocalLedger
 from ingest.pipeline import (
-    processor as _processor,  # private helpers: used only in _decode_records, _arrow_tables
+    processor as _processor,  # private helpers: used only in _decode_records
 )
-from ingest.pipeline.processor import Message, Pending, Processor, RawMessage
+from ingest.pipeline.processor import Message, Pending, Processor, RawMessage, TableRows
 from ingest.storage.registry import Registry
 from ingest.storage.schema import RECORD_TABLES
 from ingest.storage.store import BatchRows, FileStore, Store
@@ -86,8 +86,7 @@ FLEET_SEED = 1  # make_fleet's default: the model-step stage rebuilds the same v
 class Batch:
     """One consumer batch as the real Processor accumulated it."""
 
-    rows: dict[str, list[Any]]  # record table name -> decoded records (Pending.rows)
-    meta: dict[str, list[Any]]  # record table name -> (device_id, block_seq, idx, raw, leaf) (Pending.meta)
+    rows: dict[str, TableRows]  # record table name -> its rows as columns (Pending.rows)
     block_hashes: list[bytes]
     batch_rows: BatchRows  # what Processor.build_rows made of it, ready for Store.write_batch
 
@@ -160,7 +159,7 @@ def build_corpus(vehicles: int, blocks: int, block_records: int, batch_records: 
         rows = proc.build_rows(batch_no)
         # build_rows hands out the Processor's live DeviceHead objects, which later batches move on.
         rows.heads = {d: dataclasses.replace(h) for d, h in rows.heads.items()}
-        c.batches.append(Batch(p.rows, p.meta, p.block_hashes, rows))
+        c.batches.append(Batch(p.rows, p.block_hashes, rows))
         proc.pending = Pending()
     store.close()
     registry.close()
@@ -183,7 +182,8 @@ def _consumer_state(c: Corpus, work: Path) -> tuple[Store, Registry]:
 
 # ================================================================================================
 # Processor internals: the ONLY place that reaches into ingest.pipeline.processor's private helpers. If
-# they are renamed or replaced, adapt these two functions to what Processor does now.
+# they are renamed or replaced, adapt these two functions to what Processor does now (_arrow_tables
+# mirrors build_rows through the public TableRows).
 # ================================================================================================
 
 
@@ -193,10 +193,9 @@ def _decode_records(env: Envelope) -> list[Any]:
     return [decode(r) for r in env.records]
 
 
-def _arrow_tables(rows: dict[str, list[Any]], meta: dict[str, list[Any]]) -> dict[str, pa.Table]:
+def _arrow_tables(rows: dict[str, TableRows]) -> dict[str, pa.Table]:
     """Build a batch's record tables the way Processor.build_rows does."""
-    table = _processor._table
-    return {t.name: table(rows[t.name], meta[t.name], t.columns) for t in RECORD_TABLES if rows[t.name]}
+    return {t.name: rows[t.name].table(t.columns) for t in RECORD_TABLES if rows[t.name]}
 
 
 # ================================================================================================
@@ -312,7 +311,7 @@ def stage_record_decode(c: Corpus) -> Timing:
 def stage_arrow_build(c: Corpus) -> Timing:
     t = time.perf_counter()
     for b in c.batches:
-        _arrow_tables(b.rows, b.meta)
+        _arrow_tables(b.rows)
     return time.perf_counter() - t, c.record_count
 
 

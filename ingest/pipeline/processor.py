@@ -58,7 +58,6 @@ from schemas.transport import (
 DEAD_LETTER_HEAD = 1024  # bytes of an oversized payload kept for the dead-letter topic
 _record_list_decoder = msgspec.msgpack.Decoder(Record)
 _TABLE_OF = {t.kind: t.name for t in RECORD_TABLES}
-RowMeta = tuple[str, int, int, bytes, bytes]  # device_id, block_seq, idx, raw, leaf
 
 
 class Message(Protocol):
@@ -113,8 +112,7 @@ class Pending:
     block_sources: list[tuple[str, int, int]] = field(default_factory=list)  # Kafka position per block
     block_hashes: list[bytes] = field(default_factory=list)
     block_index: dict[tuple[str, int], bytes] = field(default_factory=dict)
-    rows: dict[str, list[Any]] = field(default_factory=lambda: {t.name: [] for t in RECORD_TABLES})
-    meta: dict[str, list[RowMeta]] = field(default_factory=lambda: {t.name: [] for t in RECORD_TABLES})
+    rows: dict[str, TableRows] = field(default_factory=lambda: {t.name: TableRows() for t in RECORD_TABLES})
     gaps: list[GapRow] = field(default_factory=list)
     sessions: list[SessionRow] = field(default_factory=list)
     session_sources: list[tuple[str, int, int]] = field(default_factory=list)
@@ -126,6 +124,53 @@ class Pending:
     @property
     def empty(self) -> bool:
         return self.messages == 0
+
+
+@dataclass
+class TableRows:
+    """One record table's rows of the pending batch, as columns: a block's rows are appended at once
+    (a list extended per column, not a tuple per row), and the Arrow table is built from the columns."""
+
+    records: list[Any] = field(default_factory=list)  # decoded, one kind
+    device_id: list[str] = field(default_factory=list)
+    block_seq: list[int] = field(default_factory=list)
+    idx: list[int] = field(default_factory=list)  # the record's position in its block
+    raw: list[bytes] = field(default_factory=list)  # its exact bytes
+    leaf: list[bytes] = field(default_factory=list)  # its leaf hash
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def extend(
+        self,
+        device_id: str,
+        seq: int,
+        records: Sequence[Any],
+        idx: Sequence[int],
+        raw: Sequence[bytes],
+        leaf: Sequence[bytes],
+    ) -> None:
+        n = len(records)
+        self.records += records
+        self.device_id += [device_id] * n
+        self.block_seq += [seq] * n
+        self.idx += idx
+        self.raw += raw
+        self.leaf += leaf
+
+    def table(self, columns: Columns) -> pa.Table:
+        values = list(zip(*map(msgspec.structs.astuple, self.records), strict=True))
+        arrays: dict[str, pa.Array] = {
+            "device_id": pa.array(self.device_id, pa.string()),
+            "block_seq": pa.array(self.block_seq, pa.uint64()),
+            "idx": pa.array(self.idx, pa.uint16()),
+            "ts": pa.array(values[0], pa.int64()).cast(pa.timestamp("ns")),
+        }
+        for (name, _, typ), col in zip(columns, values[1:], strict=True):
+            arrays[name] = pa.array(col, typ)
+        arrays["raw"] = pa.array(self.raw, pa.binary())
+        arrays["leaf"] = pa.array(self.leaf, pa.binary())
+        return pa.table(arrays)
 
 
 def _header_value(headers: Any, name: str) -> bytes | None:
@@ -465,11 +510,22 @@ class Processor:
         )
         p.block_sources.append((m.topic, m.partition, m.offset))
         p.block_hashes.append(opened.hash)
-        rows, meta = p.rows, p.meta
-        for i, (r, raw, leaf) in enumerate(zip(recs, env.records, opened.leaf_hashes, strict=True)):
-            t = _TABLE_OF[type(r)]
-            rows[t].append(r)
-            meta[t].append((dev, h.seq, i, raw, leaf))
+        kinds = set(map(type, recs))
+        if len(kinds) == 1:  # a block of one kind: its columns are appended as they are
+            p.rows[_TABLE_OF[kinds.pop()]].extend(
+                dev, h.seq, recs, range(len(recs)), env.records, opened.leaf_hashes
+            )
+        else:
+            for kind in kinds:
+                at = [i for i, r in enumerate(recs) if type(r) is kind]
+                p.rows[_TABLE_OF[kind]].extend(
+                    dev,
+                    h.seq,
+                    [recs[i] for i in at],
+                    at,
+                    [env.records[i] for i in at],
+                    [opened.leaf_hashes[i] for i in at],
+                )
         p.records += h.count
 
     # -- at flush ---------------------------------------------------------------------------------
@@ -507,11 +563,7 @@ class Processor:
             batch_no=batch_no,
             root=root,
             created_at=time.time_ns(),
-            records={
-                t.name: _table(p.rows[t.name], p.meta[t.name], t.columns)
-                for t in RECORD_TABLES
-                if p.rows[t.name]
-            },
+            records={t.name: p.rows[t.name].table(t.columns) for t in RECORD_TABLES if p.rows[t.name]},
             blocks=blocks,
             gaps=p.gaps,
             sessions=p.sessions,
@@ -552,19 +604,3 @@ def _open_unverified(env: Envelope) -> OpenedBlock:
 
 class _Duplicate(Exception):
     pass
-
-
-def _table(recs: list[Any], meta: list[RowMeta], columns: Columns) -> pa.Table:
-    values = list(zip(*(msgspec.structs.astuple(r) for r in recs), strict=True))
-    dev, seq, idx, raw, leaf = zip(*meta, strict=True)
-    arrays: dict[str, pa.Array] = {
-        "device_id": pa.array(dev, pa.string()),
-        "block_seq": pa.array(seq, pa.uint64()),
-        "idx": pa.array(idx, pa.uint16()),
-        "ts": pa.array(values[0], pa.int64()).cast(pa.timestamp("ns")),
-    }
-    for (name, _, typ), col in zip(columns, values[1:], strict=True):
-        arrays[name] = pa.array(col, typ)
-    arrays["raw"] = pa.array(raw, pa.binary())
-    arrays["leaf"] = pa.array(leaf, pa.binary())
-    return pa.table(arrays)

@@ -14,7 +14,7 @@ from ingest.pipeline.processor import Processor
 from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
 from ingest.storage.store import FileStore, Store
-from schemas.block import Block, build_block, encode_record
+from schemas.block import Block, build_block, encode_record, leaf_hashes
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 from schemas.records import DrivingSample
 
@@ -182,6 +182,34 @@ def test_a_stored_batch_holds_the_heads_of_its_own_blocks(setup: Any, tmp_path: 
     assert not again.pending.rejections and not again.pending.duplicates and not again.pending.gaps
     store.write_batch(again.build_rows(store.next_batch_no()))
     assert store.heads()[dev.id].last_seq == 4 and store.counts()["blocks"] == 5
+
+
+def test_a_block_of_mixed_kinds_lands_in_each_table_at_its_positions(setup: Any) -> None:
+    """Driving and battery records interleaved in one block (after a one-kind block): each table holds
+    its records with their index in the block, exact bytes and leaf hash; one-kind and mixed blocks
+    take different paths into the batch's columns."""
+    store, dev, proc, feed = setup
+    k = dev.id.encode()
+    recs: list[bytes] = []
+    while len({msgspec.msgpack.decode(r)[0] for r in recs}) < 2:
+        recs += [encode_record(r) for r in dev.model.step()]
+    one_kind = [r for r in recs if msgspec.msgpack.decode(r)[0] == "d"]
+    mixed = recs[-1:] + recs[:-1]  # the last step's battery record (if any) moves first
+    blocks = [dev.block(0, records=one_kind), dev.block(1, records=mixed)]
+    feed(*((b.to_wire(), k) for b in blocks))
+    assert not proc.pending.rejections
+    _flush(store, proc)
+    want: dict[str, list[tuple[int, int, bytes, bytes]]] = {"d": [], "b": []}  # kind -> rows in block order
+    for seq, b in enumerate(blocks):
+        leaves = leaf_hashes(b.seed, b.records)
+        for i, raw in enumerate(b.records):
+            want[msgspec.msgpack.decode(raw)[0]].append((seq, i, raw, leaves[i]))
+    for kind, table in (("d", "driving_samples"), ("b", "battery_samples")):
+        got = store.con.execute(
+            f"SELECT block_seq, idx, raw, leaf FROM {table} WHERE device_id = ? ORDER BY block_seq, idx",
+            [dev.id],
+        ).fetchall()
+        assert [tuple(r) for r in got] == want[kind] and want[kind]
 
 
 def test_signatures_checked_on_threads_give_the_same_verdicts(setup: Any, tmp_path: Path) -> None:
