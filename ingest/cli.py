@@ -405,6 +405,35 @@ def _prove_figure(cfg: Config, kind: str, device: str, frm: int, to: int, out: s
     return 0
 
 
+def cmd_witness(args: argparse.Namespace) -> int:
+    """A witness (its own key and state in --dir): ``init`` prints its public key, ``serve`` cosigns
+    the listed logs' checkpoints over HTTP (C2SP tlog-witness add-checkpoint)."""
+    from pathlib import Path
+
+    from ingest.ledger.witness import Witness, serve
+
+    state = Path(args.dir)
+    state.mkdir(parents=True, exist_ok=True)
+    w = Witness(state, args.name, dict(args.log or []))
+    try:
+        if args.action == "init":
+            print(f"witness {args.name}: public key {w.key.public_key.hex()} (in {state / 'witness.pub'})")
+            return 0
+        if not w.logs:
+            print("telematics witness serve: no log to witness (--log ORIGIN=PUBLIC_KEY)", file=sys.stderr)
+            return 2
+        host, _, port = args.listen.rpartition(":")
+        print(
+            f"witness {args.name} ({w.key.public_key.hex()}) on http://{args.listen}: "
+            + ", ".join(sorted(w.logs)),
+            flush=True,
+        )
+        serve(w, host or "127.0.0.1", int(port))
+        return 0
+    finally:
+        w.close()
+
+
 def cmd_verify_proof(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
@@ -428,7 +457,16 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"telematics verify-proof: cannot read {args.bundle}: {exc}", file=sys.stderr)
         return 2
-    rep = verify_bundle(data, operator_key=pinned)
+    if args.min_witnesses > len(args.witness or []):
+        print(
+            f"telematics verify-proof: --min-witnesses {args.min_witnesses} but only"
+            f" {len(args.witness or [])} --witness given",
+            file=sys.stderr,
+        )
+        return 2
+    rep = verify_bundle(
+        data, operator_key=pinned, witnesses=args.witness or [], min_witnesses=args.min_witnesses
+    )
     problems = list(rep.problems)
     if args.rpc and not problems:
         from ingest.ledger.evm import check_anchors_on_chain
@@ -458,6 +496,10 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
             "ok": not problems and rep.ok and not unpinned,
             "problems": problems,
             "pinned": pinned_from or None,
+            "cosignatures": {
+                str(n): [{"witness": c.name, "timestamp": c.timestamp} for c in cos]
+                for n, cos in sorted(rep.cosignatures.items())
+            },
         }
         claims = [
             {
@@ -478,6 +520,11 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
         return 1
     cps = ", ".join(f"size {n} root {r.hex()[:16]}…" for n, r in sorted(rep.checkpoints.items()))
     print(f"OK: {rep.records} record(s) proven up to signed checkpoint(s) {cps}")
+    for n, cos in sorted(rep.cosignatures.items()):
+        names = ", ".join(
+            f"{c.name} at {datetime.fromtimestamp(c.timestamp, UTC):%Y-%m-%dT%H:%M:%SZ}" for c in cos
+        )
+        print(f"    checkpoint {n} cosigned by {len(cos)} trusted witness(es): {names or 'none'}")
     for c in rep.claims:
         print(claim_line(c))
     for rc in redone:
@@ -969,6 +1016,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="a checkpoint note you kept: verify the latest checkpoint extends it")
     p.set_defaults(fn=cmd_ledger)
 
+    p = sub.add_parser("witness", help="run an independent witness that cosigns a log's checkpoints")
+    p.add_argument("action", choices=["init", "serve"])
+    p.add_argument("--dir", required=True, help="the witness's own key and state (created if missing)")
+    p.add_argument("--name", required=True, help="its key name in cosignature lines, e.g. witness.example/w1")
+    p.add_argument(
+        "--log",
+        action="append",
+        type=cli_args.origin_key,
+        metavar="ORIGIN=KEY",
+        help="a log to witness: its checkpoint origin and the operator's hex public key (repeat)",
+    )
+    p.add_argument("--listen", default="127.0.0.1:7381", help="host:port (default 127.0.0.1:7381)")
+    p.set_defaults(fn=cmd_witness)
+
     p = sub.add_parser("prove", help="write a self-contained proof bundle for selected rows (docs/PROOFS.md)")
     p.add_argument("--table", help="driving or battery (default: both)")
     p.add_argument("--where", help='SQL filter on the table, e.g. "speed_mps > 30"')
@@ -1026,6 +1087,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-bundle-key",
         action="store_true",
         help="accept the operator key the bundle carries (proves the bundle is consistent, not who made it)",
+    )
+    p.add_argument(
+        "--witness",
+        action="append",
+        type=cli_args.cosigner,
+        metavar="NAME=KEY",
+        help="a witness you trust: its name and hex Ed25519 public key (repeat for several)",
+    )
+    p.add_argument(
+        "--min-witnesses",
+        type=int,
+        default=0,
+        metavar="K",
+        help="require valid cosignatures by at least K of the --witness keys on every checkpoint",
     )
     p.add_argument("--rpc", help="also check each EVM anchor transaction on this JSON-RPC node")
     p.add_argument("--confirmations", type=int, default=1, help="with --rpc: required confirmations")

@@ -12,6 +12,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from schemas.witness import Cosigner
+
 _HEX = re.compile(r"(0x)?([0-9a-fA-F]{64})")
 
 
@@ -44,6 +46,28 @@ def public_key(text: str) -> bytes:
             f"not an Ed25519 public key: expected 64 hex digits or a .pub file, got {text[:80]!r}"
         )
     return bytes.fromhex(m.group(2))
+
+
+def _named_key(text: str, what: str) -> tuple[str, bytes]:
+    name, sep, key = text.rpartition("=")
+    if not sep or not name or any(c.isspace() for c in name):
+        raise argparse.ArgumentTypeError(
+            f"expected {what}=KEY (KEY: 64 hex digits or a .pub file), got {text[:80]!r}"
+        )
+    return name, public_key(key)
+
+
+def origin_key(text: str) -> tuple[str, bytes]:
+    """``ORIGIN=KEY``: a log's checkpoint origin and its operator's Ed25519 public key."""
+    return _named_key(text, "ORIGIN")
+
+
+def cosigner(text: str) -> Cosigner:
+    """``NAME=KEY``: a witness's key name and its Ed25519 public key."""
+    name, key = _named_key(text, "NAME")
+    if "+" in name:
+        raise argparse.ArgumentTypeError(f"a witness name has no '+': {name!r}")
+    return Cosigner(name, key)
 
 
 def instant_ns(text: str) -> int:

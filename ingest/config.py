@@ -131,6 +131,14 @@ class EvmConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_s: Annotated[float, Meta(gt=0)] = 30.0
 
 
+class WitnessConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A witness the ledger submits its checkpoints to (C2SP tlog-witness; docs/PROOFS.md 9)."""
+
+    name: Annotated[str, Meta(pattern=r"^[^\s+]+$")]  # its key name in cosignature lines
+    url: Annotated[str, Meta(pattern=r"^https?://")]  # its submission prefix (`<url>/add-checkpoint`)
+    public_key: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]  # its Ed25519 key, hex
+
+
 class LedgerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # "local": the signed Merkle log only. "evm": the same log, with its roots or checkpoints also
     # written to an EVM chain (Ethereum, PlatON, a local anvil) as transaction calldata.
@@ -143,6 +151,9 @@ class LedgerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     origin: str = "telematics.local/ledger"
     # Sign a checkpoint after this many new entries.
     checkpoint_every: Annotated[int, Meta(ge=1)] = 1
+    # Independent witnesses: each checkpoint is submitted to every one of them in the background; a
+    # refusal is logged as an ERROR and ingestion goes on. Proof bundles carry their cosignatures.
+    witnesses: list[WitnessConfig] = []
     evm: EvmConfig = EvmConfig()
 
 

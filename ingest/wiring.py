@@ -140,12 +140,21 @@ def operator_public_key(cfg: Config, given: bytes | None = None) -> bytes:
         raise ConfigError(f"{pub} does not hold the operator public key (64 hex digits): {exc}") from None
 
 
-def open_log(cfg: Config, key: SigningKey | None = None) -> LocalLedger:
-    """The local signed Merkle log: read-only without ``key``, appendable (and checkpointing) with it."""
+def open_log(cfg: Config, key: SigningKey | None = None, *, witnessed: bool = False) -> LocalLedger:
+    """The local signed Merkle log: read-only without ``key``, appendable (and checkpointing) with it;
+    ``witnessed``: its checkpoints are also submitted to the configured witnesses."""
+    from ingest.ledger.cosigning import WitnessEndpoint
     from ingest.ledger.local import LocalLedger
 
     lc = cfg.ledger
-    return LocalLedger(paths(cfg).ledger, key, origin=lc.origin, checkpoint_every=lc.checkpoint_every)
+    witnesses = [WitnessEndpoint(w.name, w.url, bytes.fromhex(w.public_key)) for w in lc.witnesses]
+    return LocalLedger(
+        paths(cfg).ledger,
+        key,
+        origin=lc.origin,
+        checkpoint_every=lc.checkpoint_every,
+        witnesses=witnesses if witnessed else (),
+    )
 
 
 def open_witness(cfg: Config, local: LocalLedger) -> EvmLedger | None:
@@ -162,7 +171,7 @@ def open_ledger(cfg: Config) -> Ledger:
     local log, or the local log witnessed on an EVM chain."""
     lc = cfg.ledger
     key = operator_key(cfg, create=True)
-    local = open_log(cfg, key)
+    local = open_log(cfg, key, witnessed=True)
     if lc.backend == "local":
         return local
     from ingest.ledger.evm import EvmLedger

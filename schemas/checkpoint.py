@@ -55,6 +55,10 @@ class CheckpointError(ValueError):
     """A checkpoint or signed note is malformed, unsigned or signed wrongly."""
 
 
+class SignatureError(CheckpointError):
+    """The note carries no signature by the expected key, or one that does not verify."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A log's tree head: who (origin), how many leaves (size), and the RFC 6962 root."""
@@ -97,13 +101,12 @@ def sign_note(text: str, name: str, key: crypto.SigningKey) -> str:
     return f"{text}\n{SIGNATURE_PREFIX}{name} {blob}\n"
 
 
-def open_note(note: str, name: str, public_key: bytes) -> str:
-    """Verify ``note`` against the Ed25519 key ``public_key`` named ``name``; return its text.
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """A note's text (up to and including the newline before the blank line) and its signature
+    lines as (key name, decoded blob = 4-byte key id || signature), strictly parsed, not verified.
 
-    Raises ``CheckpointError`` if the note is malformed, carries no signature by that key, or
-    carries one that does not verify.
+    Raises ``CheckpointError`` if the note is malformed.
     """
-    key_id = note_key_id(name, public_key)
     try:
         note.encode("utf-8")
     except UnicodeEncodeError:
@@ -115,25 +118,33 @@ def open_note(note: str, name: str, public_key: bytes) -> str:
     split = note.rfind("\n\n")
     if split < 0:
         raise CheckpointError("malformed note: no blank line before the signatures")
-    text = note[: split + 1]
     signature_lines = note[split + 2 : -1].split("\n")
     if signature_lines == [""]:
         raise CheckpointError("malformed note: no signature lines")
     if len(signature_lines) > MAX_SIGNATURES:
         raise CheckpointError(f"malformed note: more than {MAX_SIGNATURES} signatures")
-    message = text.encode("utf-8")
+    return note[: split + 1], [_parse_signature_line(line) for line in signature_lines]
 
+
+def open_note(note: str, name: str, public_key: bytes) -> str:
+    """Verify ``note`` against the Ed25519 key ``public_key`` named ``name``; return its text.
+
+    Raises ``CheckpointError`` if the note is malformed, carries no signature by that key, or
+    carries one that does not verify.
+    """
+    key_id = note_key_id(name, public_key)
+    text, signatures = split_note(note)
+    message = text.encode("utf-8")
     found = False
-    for line in signature_lines:
-        signer, blob = _parse_signature_line(line)
+    for signer, blob in signatures:
         if signer != name or blob[:KEY_ID_SIZE] != key_id:
             continue  # another key's signature: ignored, as signed-note requires
         signature = blob[KEY_ID_SIZE:]
         if len(signature) != crypto.SIGNATURE_SIZE or not crypto.verify(public_key, message, signature):
-            raise CheckpointError(f"bad signature by {name}")
+            raise SignatureError(f"bad signature by {name}")
         found = True
     if not found:
-        raise CheckpointError(f"no signature by {name}")
+        raise SignatureError(f"no signature by {name}")
     return text
 
 

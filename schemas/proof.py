@@ -20,6 +20,7 @@ parse to the same number; the values are what ``raw`` decodes to.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,7 @@ from schemas.crypto import (
 )
 from schemas.patterns import DecimalKey, Hex, Hex32, Hex64, HexId16, HexId32, whole
 from schemas.records import RECORD_KINDS, TABLE_OF_KIND, SpoolDrop
+from schemas.witness import Cosignature, Cosigner, WitnessError, verify_cosignatures
 
 FORMAT = "vt-proof/1"
 # vt-proof/2: vt-proof/1 plus completeness claims and whole block contents (docs/PROOFS.md §14).
@@ -213,6 +215,7 @@ class Report:
     checkpoints: dict[int, bytes] = field(default_factory=dict)
     anchors: list[EvmAnchor] = field(default_factory=list)
     claims: list[ClaimResult] = field(default_factory=list)
+    cosignatures: dict[int, list[Cosignature]] = field(default_factory=dict)  # by trusted witnesses
 
     @property
     def ok(self) -> bool:
@@ -227,9 +230,16 @@ def _hx(s: str) -> bytes:
     return bytes.fromhex(s)
 
 
-def verify_bundle(data: bytes, *, operator_key: bytes | None = None) -> Report:
+def verify_bundle(
+    data: bytes,
+    *,
+    operator_key: bytes | None = None,
+    witnesses: Sequence[Cosigner] = (),
+    min_witnesses: int = 0,
+) -> Report:
     """Verify a bundle offline. ``operator_key`` pins the ingest operator's public key; without it
-    the key carried by the bundle is used (and the caller should say so)."""
+    the key carried by the bundle is used (and the caller should say so). ``min_witnesses``: every
+    checkpoint must carry valid cosignatures by at least that many of ``witnesses`` (PROOFS.md 9)."""
     rep = Report()
     try:
         b = bundle_decoder.decode(data)
@@ -262,6 +272,10 @@ def verify_bundle(data: bytes, *, operator_key: bytes | None = None) -> Report:
     cps: dict[str, bytes] = {}
     for size, note in b.checkpoints.items():
         root = check(f"checkpoints[{size}]", _checkpoint, b, op, size, note)
+        if root is not None and (witnesses or min_witnesses):
+            cos = check(f"checkpoints[{size}]", _cosigned, note, witnesses, min_witnesses)
+            rep.cosignatures[int(size)] = cos or []
+            root = root if cos is not None else None
         if root is not None:
             cps[size] = root
             rep.checkpoints[int(size)] = root
@@ -313,6 +327,17 @@ def _checkpoint(b: Bundle, op: bytes, size: str, note: str) -> bytes:
     if str(cp.size) != size:
         raise _Fail(f"checkpoint is for tree size {cp.size}, listed under {size}")
     return cp.root
+
+
+def _cosigned(note: str, witnesses: Sequence[Cosigner], k: int) -> list[Cosignature]:
+    try:
+        got = verify_cosignatures(note, witnesses)
+    except WitnessError as exc:
+        raise _Fail(str(exc)) from None
+    if len(got) < k:
+        names = ", ".join(c.name for c in got) or "none"
+        raise _Fail(f"cosigned by {len(got)} of the trusted witnesses ({names}); {k} required")
+    return got
 
 
 def _key(op: bytes, kid: str, ks: KeyStatement) -> KeyStatement:

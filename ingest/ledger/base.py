@@ -86,6 +86,10 @@ class Ledger(Protocol):
         """Publish whatever is due (the EVM backend's checkpoint mode); a no-op elsewhere."""
         ...
 
+    def close(self) -> None:
+        """At shutdown: offer the last checkpoint to the witnesses, if any are configured."""
+        ...
+
 
 class MemoryLedger:
     """For unit tests: same semantics as the local log, nothing on disk, can be told to fail."""
@@ -116,6 +120,9 @@ class MemoryLedger:
         return VerifyReport(len(self._by_batch), True, [])
 
     def sync(self, force: bool = False) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
 

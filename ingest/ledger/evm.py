@@ -139,6 +139,9 @@ class EvmLedger:
     def verify(self, public_key: bytes | None = None) -> VerifyReport:
         return self.log.verify(public_key)
 
+    def close(self) -> None:
+        self.log.close()
+
     def sync(self, force: bool = False) -> None:
         """Checkpoint mode: put the current log checkpoint on chain if it is due (or ``force``)."""
         if self.cfg.mode != "checkpoint" or self.log.size <= self._witnessed_size:

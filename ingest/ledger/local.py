@@ -22,13 +22,14 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from ingest.ledger.base import LedgerConflict, LedgerDamaged, LedgerError, Receipt, VerifyReport
+from ingest.ledger.cosigning import Cosigning, WitnessEndpoint
 from schemas import merkle
 from schemas.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sign_checkpoint
 from schemas.crypto import TAG_LEDGER_ENTRY, ZERO_HASH, SigningKey, tagged_hash, verify
@@ -62,7 +63,10 @@ class LocalLedger:
         *,
         origin: str = DEFAULT_ORIGIN,
         checkpoint_every: int = 1,
+        witnesses: Sequence[WitnessEndpoint] = (),
     ) -> None:
+        """``witnesses``: with a signing key, every checkpoint signed is submitted to them in the
+        background (``ingest.ledger.cosigning``) and their cosignatures kept in ``<name>.cosignatures``."""
         self.path = Path(path)
         self.key = key
         self.origin = origin
@@ -75,7 +79,14 @@ class LocalLedger:
         self._tree = merkle.MerkleFrontier()
         self._checkpoints: dict[int, str] = {}  # tree size -> signed note
         self._file: tuple[int, int, int] | None = None  # (st_dev, st_ino, size) as last written
+        self.cosignatures_path = cosignatures_path(self.path)
         self._load()
+        self.cosigning = Cosigning(self, witnesses) if witnesses and key is not None else None
+
+    def close(self) -> None:
+        """Offer the last checkpoint to the witnesses (a few seconds at most), then stop doing so."""
+        if self.cosigning is not None:
+            self.cosigning.close()
 
     def _load(self) -> None:
         """Read the log and its checkpoints. A torn last line (no newline: never acknowledged) is
@@ -337,22 +348,54 @@ class LocalLedger:
         self._cp_pos += append_json_line(self.checkpoint_path, {"size": self.size, "note": note})
         self._cp_lines += 1
         self._checkpoints[self.size] = note
+        if self.cosigning is not None:
+            self.cosigning.submit(self.size, note)
         return note
 
+    def keep_cosignature(self, size: int, witness: str, line: str) -> None:
+        """Keep a witness's (verified) cosignature line on the checkpoint of ``size``."""
+        append_json_line(self.cosignatures_path, {"size": size, "witness": witness, "line": line})
+
+    def cosignatures(self) -> dict[int, list[str]]:
+        """Tree size -> the distinct cosignature lines kept for that checkpoint, as received (read
+        from the file each time: another process's witnesses may have answered)."""
+        out: dict[int, list[str]] = {}
+        try:
+            raw = self.cosignatures_path.read_text()
+        except FileNotFoundError:
+            return out
+        for text in raw.splitlines():
+            try:
+                obj = json.loads(text)
+                size, line = int(obj["size"]), str(obj["line"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line while a writer appends
+            if line not in out.setdefault(size, []):
+                out[size].append(line)
+        return out
+
     def checkpoints(self) -> dict[int, str]:
-        return dict(self._checkpoints)
+        """Tree size -> the signed checkpoint note, with the witnesses' cosignature lines kept for it."""
+        cos = self.cosignatures()
+        return {s: note + "".join(cos.get(s, ())) for s, note in self._checkpoints.items()}
 
     def covering_checkpoint(self, index: int) -> tuple[int, str] | None:
-        """The latest signed checkpoint whose tree includes entry ``index``."""
-        sizes = [s for s in self._checkpoints if s > index]
+        """The signed checkpoint whose tree includes entry ``index`` with the most cosignatures (the
+        latest among those): the newest checkpoint may not be cosigned yet."""
+        cps = self.checkpoints()
+        sizes = [s for s in cps if s > index]
         if not sizes:
             return None
-        s = max(sizes)
-        return s, self._checkpoints[s]
+        s = max(sizes, key=lambda s: (cps[s].count("\n\u2014 "), s))
+        return s, cps[s]
 
 
 def checkpoints_path(ledger_path: Path) -> Path:
     return ledger_path.with_name(ledger_path.stem + ".checkpoints")
+
+
+def cosignatures_path(ledger_path: Path) -> Path:
+    return ledger_path.with_name(ledger_path.stem + ".cosignatures")
 
 
 def append_json_line(path: Path, obj: dict[str, Any]) -> int:

@@ -732,6 +732,7 @@ class ConsumerService:
             await self.consumer.run()
         finally:
             self.consumer.proc.close()
+            self.consumer.ledger.close()
             self.store.close()
             self.registry.close()
 
