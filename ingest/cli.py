@@ -420,7 +420,9 @@ def cmd_witness(args: argparse.Namespace) -> int:
             print(f"witness {args.name}: public key {w.key.public_key.hex()} (in {state / 'witness.pub'})")
             return 0
         if not w.logs:
-            print("telematics witness serve: no log to witness (--log ORIGIN=PUBLIC_KEY)", file=sys.stderr)
+            print(
+                "telematics witness serve: no log to witness (--log-key ORIGIN=PUBLIC_KEY)", file=sys.stderr
+            )
             return 2
         host, _, port = args.listen.rpartition(":")
         print(
@@ -1021,8 +1023,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", required=True, help="the witness's own key and state (created if missing)")
     p.add_argument("--name", required=True, help="its key name in cosignature lines, e.g. witness.example/w1")
     p.add_argument(
-        "--log",
+        "--log-key",
         action="append",
+        dest="log",
         type=cli_args.origin_key,
         metavar="ORIGIN=KEY",
         help="a log to witness: its checkpoint origin and the operator's hex public key (repeat)",

@@ -4,7 +4,8 @@ tlog-witness ``add-checkpoint``, only when each extends the last one it cosigned
 A witness runs apart from the ingest, with its own key and its own state (a directory holding
 ``witness.key``, ``witness.pub`` and ``witness.sqlite``), ideally on another host under another
 operator. Its state holds, per log origin, the last cosigned checkpoint (size, root, note), and every
-refused request with its reason: the evidence of a log that showed two histories. Checkpoints carry
+refused request with its reason (but the routine 409 that tells a log the size to prove from): the
+evidence of a log that showed two histories. Checkpoints carry
 a log's origin, size and root only: nothing personal is ever stored here.
 
 Checking the old size and recording the new checkpoint happen in one SQLite write transaction, so
@@ -104,12 +105,15 @@ class Witness:
             db.execute("COMMIT")
         except Refusal as r:
             origin = req.note.split("\n", 1)[0] if req is not None else ""
-            if r.status != 404:  # a known log misbehaving (or a malformed request): kept as evidence
+            if r.status not in (404, 409):  # 409 is how a log learns the size: routine, not evidence
                 db.execute(
                     "INSERT INTO refused VALUES (?, ?, ?, ?, ?)", [now, origin, r.status, r.reason, body]
                 )
             db.execute("COMMIT")
-            log.warning("witness %s refused a checkpoint of %r: %s %s", self.name, origin, r.status, r.reason)
+            level = logging.INFO if r.status == 409 else logging.WARNING
+            log.log(
+                level, "witness %s refused a checkpoint of %r: %s %s", self.name, origin, r.status, r.reason
+            )
             if r.status == 409:
                 return Answer(409, SIZE_CONTENT_TYPE, f"{r.size}\n".encode())
             return Answer(r.status, "text/plain; charset=utf-8", (r.reason + "\n").encode())

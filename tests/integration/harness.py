@@ -26,12 +26,19 @@ def write_config(cfg: Config, path: Path) -> Path:
     """Write ``cfg`` as TOML (tables, nested tables as [a.b]) for the subprocesses to load."""
     lines: list[str] = []
 
+    def value(v: Any) -> str:  # TOML: JSON for scalars, inline tables for a list's tables
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)
+
     def emit(prefix: str, table: dict[str, Any]) -> None:
         if prefix:
             lines.append(f"\n[{prefix}]")
         for k, v in table.items():
             if not isinstance(v, dict):
-                lines.append(f"{k} = {json.dumps(v)}")
+                lines.append(f"{k} = {value(v)}")
         for k, v in table.items():
             if isinstance(v, dict):
                 emit(f"{prefix}.{k}" if prefix else k, v)
