@@ -132,7 +132,7 @@ class EvmConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class WitnessConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A witness the ledger submits its checkpoints to (C2SP tlog-witness; docs/PROOFS.md 9)."""
+    """A witness the ledger submits its checkpoints to (C2SP tlog-witness; docs/PROOFS.md 8.4)."""
 
     name: Annotated[str, Meta(pattern=r"^[^\s+]+$")]  # its key name in cosignature lines
     url: Annotated[str, Meta(pattern=r"^https?://")]  # its submission prefix (`<url>/add-checkpoint`)

@@ -239,7 +239,7 @@ def verify_bundle(
 ) -> Report:
     """Verify a bundle offline. ``operator_key`` pins the ingest operator's public key; without it
     the key carried by the bundle is used (and the caller should say so). ``min_witnesses``: every
-    checkpoint must carry valid cosignatures by at least that many of ``witnesses`` (PROOFS.md 9)."""
+    checkpoint must carry valid cosignatures by at least that many of ``witnesses`` (PROOFS.md 8.4)."""
     rep = Report()
     try:
         b = bundle_decoder.decode(data)

@@ -1,4 +1,4 @@
-"""Witness cosignatures on checkpoints, and the witness's add-checkpoint exchange (docs/PROOFS.md 9).
+"""Witness cosignatures on checkpoints, and the witness's add-checkpoint exchange (docs/PROOFS.md 8.4).
 
 A witness is an independent party that keeps, per log origin, the last checkpoint it cosigned, and
 cosigns a new checkpoint of that log only if a consistency proof shows the new tree extends the old
