@@ -1021,7 +1021,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("witness", help="run an independent witness that cosigns a log's checkpoints")
     p.add_argument("action", choices=["init", "serve"])
     p.add_argument("--dir", required=True, help="the witness's own key and state (created if missing)")
-    p.add_argument("--name", required=True, help="its key name in cosignature lines, e.g. witness.example/w1")
+    p.add_argument(
+        "--name",
+        required=True,
+        type=cli_args.key_name,
+        help="its key name in cosignature lines, e.g. witness.example/w1",
+    )
     p.add_argument(
         "--log-key",
         action="append",

@@ -62,12 +62,17 @@ def origin_key(text: str) -> tuple[str, bytes]:
     return _named_key(text, "ORIGIN")
 
 
+def key_name(text: str) -> str:
+    """A signed-note key name: not empty, no whitespace, no '+'."""
+    if not text or "+" in text or any(c.isspace() or ord(c) < 0x20 for c in text):
+        raise argparse.ArgumentTypeError(f"a key name is not empty and has no space or '+': {text!r}")
+    return text
+
+
 def cosigner(text: str) -> Cosigner:
     """``NAME=KEY``: a witness's key name and its Ed25519 public key."""
     name, key = _named_key(text, "NAME")
-    if "+" in name:
-        raise argparse.ArgumentTypeError(f"a witness name has no '+': {name!r}")
-    return Cosigner(name, key)
+    return Cosigner(key_name(name), key)
 
 
 def instant_ns(text: str) -> int:

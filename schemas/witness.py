@@ -113,7 +113,7 @@ def verify_cosignatures(note: str, witnesses: Sequence[Cosigner]) -> list[Cosign
     except CheckpointError as exc:
         raise WitnessError(str(exc)) from None
     by_id = {(w.name, w.key_id): w for w in witnesses}
-    out: dict[str, Cosignature] = {}
+    out: dict[bytes, Cosignature] = {}  # by public key: cosignature/v1 does not commit to the name
     for name, blob in lines:
         w = by_id.get((name, blob[:KEY_ID_SIZE]))
         if w is None:
@@ -126,7 +126,7 @@ def verify_cosignatures(note: str, witnesses: Sequence[Cosigner]) -> list[Cosign
             raise WitnessError(f"cosignature by {name} has timestamp {timestamp} outside 1..2^63-1")
         if not crypto.verify(w.public_key, cosigned_message(text, timestamp), rest[TIMESTAMP_SIZE:]):
             raise WitnessError(f"bad cosignature by {name}")
-        out[name] = Cosignature(name, timestamp)
+        out.setdefault(w.public_key, Cosignature(name, timestamp))
     return list(out.values())
 
 

@@ -25,6 +25,7 @@ from schemas.witness import SIZE_CONTENT_TYPE, AddCheckpoint, Cosigner, WitnessE
 log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 16  # more checkpoints waiting than this: only the newest is submitted
+MAX_ANSWER_BYTES = 64 * 1024  # a witness's answer: a few signature lines
 
 
 class WitnessedLog(Protocol):
@@ -36,6 +37,11 @@ class WitnessedLog(Protocol):
 
     def keep_cosignature(self, size: int, witness: str, line: str) -> None:
         """Store a verified cosignature line of the checkpoint of ``size``."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Entries in the log as this process knows it."""
         ...
 
 
@@ -105,15 +111,17 @@ class Cosigning:
             todo = sorted(b for b in batch if b is not None)
             if len(todo) > MAX_BACKLOG:  # behind: the newest checkpoint covers the ones skipped
                 todo = todo[-1:]
-            try:
-                for cp in todo:
-                    for w in self.witnesses:
+            for cp in todo:
+                for w in self.witnesses:
+                    try:
                         self._offer(w, *cp)
-            except Exception:  # never let the thread die: the ledger's anchoring does not wait on it
-                log.exception("submitting a checkpoint to the witnesses failed")
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                    except Exception as exc:  # never let the thread die; the next witness still gets it
+                        t = self.tally[w.name]
+                        t.unreachable += 1
+                        t.last_problem = f"failed: {exc!r}"
+                        log.exception("submitting checkpoint %d to witness %s failed", cp[0], w.name)
+            for _ in batch:
+                self._queue.task_done()
             if None in batch:
                 return
 
@@ -135,38 +143,33 @@ class Cosigning:
                     exc,
                 )
                 return
-            if a.status == 409 and a.content_type.startswith(SIZE_CONTENT_TYPE):
-                try:
-                    theirs = int(a.body.decode().strip())
-                except ValueError:
-                    theirs = -1
-                if 0 <= theirs <= size:
-                    old = theirs
-                    t.last_size = theirs
-                    continue
-                if theirs > size:  # another writer's newer checkpoint, or this log was rolled back
-                    t.last_size = theirs
-                    log.warning(
-                        "witness %s has cosigned a tree of %d entries, larger than checkpoint %d of this"
-                        " log: another writer's newer checkpoint, or the log was rolled back",
-                        w.name,
-                        theirs,
-                        size,
-                    )
+            theirs = _size_of(a) if a.status == 409 else None
+            if theirs is not None and theirs <= size and theirs != old:
+                old = t.last_size = theirs
+                continue
+            if theirs is not None and theirs > size:
+                t.last_size = theirs
+                if theirs <= self.log.size:  # another writer's newer checkpoint of this log
                     return
+                self._refused(w, size, f"it has cosigned a tree of {theirs} entries, larger than this log")
+                return
             if a.status == 200:
                 self._keep(w, size, note, a.body)
                 return
-            t.refused += 1
-            t.last_problem = f"{a.status} {a.body.decode(errors='replace').strip()}"
-            log.error(
-                "witness %s REFUSED checkpoint %d of the log: %s (a consistent log is never refused:"
-                " check the witness's configuration, or the log was forked or rolled back)",
-                w.name,
-                size,
-                t.last_problem,
-            )
+            self._refused(w, size, f"{a.status} {a.body.decode(errors='replace').strip()}")
             return
+
+    def _refused(self, w: WitnessEndpoint, size: int, problem: str) -> None:
+        t = self.tally[w.name]
+        t.refused += 1
+        t.last_problem = problem
+        log.error(
+            "witness %s REFUSED checkpoint %d of the log: %s (a consistent log is never refused:"
+            " check the witness's configuration, or the log was forked or rolled back)",
+            w.name,
+            size,
+            problem,
+        )
 
     def _keep(self, w: WitnessEndpoint, size: int, note: str, body: bytes) -> None:
         t = self.tally[w.name]
@@ -179,11 +182,7 @@ class Cosigning:
             except WitnessError as exc:
                 log.error("witness %s answered checkpoint %d with a bad cosignature: %s", w.name, size, exc)
         if not good:
-            t.refused += 1
-            t.last_problem = "200 without a valid cosignature by its key"
-            log.error(
-                "witness %s answered checkpoint %d without a valid cosignature by its key", w.name, size
-            )
+            self._refused(w, size, "200 without a valid cosignature by its key")
             return
         for line in good:
             self.log.keep_cosignature(size, w.name, line)
@@ -199,6 +198,14 @@ class Cosigning:
         )
         try:
             with urllib.request.urlopen(r, timeout=self.timeout_s) as resp:
-                return _Answer(resp.status, resp.headers.get("Content-Type", ""), resp.read())
+                return _Answer(resp.status, resp.headers.get("Content-Type", ""), resp.read(MAX_ANSWER_BYTES))
         except urllib.error.HTTPError as e:
-            return _Answer(e.code, e.headers.get("Content-Type", ""), e.read())
+            return _Answer(e.code, e.headers.get("Content-Type", ""), e.read(MAX_ANSWER_BYTES))
+
+
+def _size_of(a: _Answer) -> int | None:
+    """The size a 409 answer names (``text/x.tlog.size``), if it is one."""
+    if not a.content_type.startswith(SIZE_CONTENT_TYPE):
+        return None
+    text = a.body.decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None

@@ -380,14 +380,15 @@ class LocalLedger:
         return {s: note + "".join(cos.get(s, ())) for s, note in self._checkpoints.items()}
 
     def covering_checkpoint(self, index: int) -> tuple[int, str] | None:
-        """The signed checkpoint whose tree includes entry ``index`` with the most cosignatures (the
-        latest among those): the newest checkpoint may not be cosigned yet."""
-        cps = self.checkpoints()
-        sizes = [s for s in cps if s > index]
+        """The signed checkpoint whose tree includes entry ``index`` cosigned by the most witnesses (the
+        latest among those): the newest checkpoint may not be cosigned yet. (Cosignatures were
+        verified when they were kept; a verifier checks them again.)"""
+        cos = self.cosignatures()
+        sizes = [s for s in self._checkpoints if s > index]
         if not sizes:
             return None
-        s = max(sizes, key=lambda s: (cps[s].count("\n\u2014 "), s))
-        return s, cps[s]
+        s = max(sizes, key=lambda s: (len({line.split(" ")[1] for line in cos.get(s, ())}), s))
+        return s, self._checkpoints[s] + "".join(cos.get(s, ()))
 
 
 def checkpoints_path(ledger_path: Path) -> Path:

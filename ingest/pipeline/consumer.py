@@ -732,7 +732,7 @@ class ConsumerService:
             await self.consumer.run()
         finally:
             self.consumer.proc.close()
-            self.consumer.ledger.close()
+            await asyncio.to_thread(self.consumer.ledger.close)  # may wait on the witnesses
             self.store.close()
             self.registry.close()
 

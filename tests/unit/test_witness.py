@@ -98,6 +98,10 @@ def test_verify_cosignatures_counts_trusted_witnesses_and_catches_a_flipped_bit(
     assert [(c.name, c.timestamp) for c in verify_cosignatures(both, trusted)] == [("w1", T), ("w2", T + 1)]
     assert [c.name for c in verify_cosignatures(both, trusted[1:])] == ["w2"]  # w1 not trusted: ignored
     assert verify_cosignatures(note, trusted) == []
+    # one key listed under a second name is still one witness
+    alias = [*trusted, Cosigner("w1-again", W1.public_key)]
+    twice = both + cosign(cp, "w1-again", W1, T)
+    assert len(verify_cosignatures(twice, alias)) == 2
     # a bit flipped in w2's signature, in its timestamp, or in the checkpoint's size: w2 fails loudly
     line = cosign(cp, "w2", W2, T)
     blob = bytearray(base64.b64decode(line.split(" ")[-1]))
