@@ -1018,6 +1018,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="a checkpoint note you kept: verify the latest checkpoint extends it")
     p.set_defaults(fn=cmd_ledger)
 
+    from ingest import cli_consent
+
+    cli_consent.register(sub, OPERATOR_KEY_HELP)
+
     p = sub.add_parser("witness", help="run an independent witness that cosigns a log's checkpoints")
     p.add_argument("action", choices=["init", "serve"])
     p.add_argument("--dir", required=True, help="the witness's own key and state (created if missing)")

@@ -161,6 +161,21 @@ class RegistryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "registry.sqlite"
 
 
+class ConsentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Owners, grants and the data-access API (`telematics serve`; docs/CONSENT.md)."""
+
+    # Owners with their history, the grants and revocations received, the accesses served, refusals.
+    path: str = "consent.sqlite"
+    # The access log: a signed Merkle log of the ledger's format (origin "<[ledger] origin>/accesses",
+    # the operator key); every grant, revocation and served request is appended before it takes effect.
+    access_log: str = "accesses.jsonl"
+    # The API's address.
+    listen: str = "127.0.0.1:8480"
+    # Requests per second per grantee key, with bursts of `burst`; more are refused (429).
+    rate_per_s: Annotated[float, Meta(gt=0)] = 5.0
+    burst: Annotated[int, Meta(ge=1)] = 20
+
+
 class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str = "stack"
     mosquitto_bin: str = ""  # empty: found on PATH or in /usr/sbin
@@ -208,6 +223,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: StoreConfig = StoreConfig()
     ledger: LedgerConfig = LedgerConfig()
     registry: RegistryConfig = RegistryConfig()
+    consent: ConsentConfig = ConsentConfig()
     stack: StackConfig = StackConfig()
     metrics: MetricsConfig = MetricsConfig()
     # Waiting for infrastructure (the Kafka broker for the bridge and the consumer, the store, the

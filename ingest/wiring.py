@@ -8,6 +8,8 @@ which ledger backend anchors, touches one place.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,10 @@ if TYPE_CHECKING:
     from ingest.ledger.base import Ledger
     from ingest.ledger.evm import EvmLedger
     from ingest.ledger.local import LocalLedger
+    from ingest.ops.access import AccessService
+    from ingest.ops.proofs import Prover
     from ingest.pipeline.service import Role
+    from ingest.storage.consent import ConsentStore
     from ingest.storage.registry import Registry
     from ingest.storage.store import Store
     from schemas.crypto import SigningKey
@@ -250,3 +255,59 @@ def read_status(cfg: Config, instance: int = 0) -> dict[str, Any] | None:
     from ingest.pipeline.consumer import read_status_file
 
     return read_status_file(status_path(cfg, instance))
+
+
+# -- consent and the data-access API ---------------------------------------------------------------
+def access_origin(cfg: Config) -> str:
+    """The access log's origin: the ledger's, with ``/accesses``."""
+    return cfg.ledger.origin + "/accesses"
+
+
+def open_consent(cfg: Config) -> ConsentStore:
+    from ingest.storage.consent import ConsentStore
+
+    return ConsentStore(cfg.path(cfg.consent.path))
+
+
+def open_access_log(cfg: Config, key: SigningKey | None = None, *, witnessed: bool = False) -> LocalLedger:
+    """The access log (the ledger's format, its own file and origin): read-only without ``key``."""
+    from ingest.ledger.cosigning import WitnessEndpoint
+    from ingest.ledger.local import LocalLedger
+
+    witnesses = [WitnessEndpoint(w.name, w.url, bytes.fromhex(w.public_key)) for w in cfg.ledger.witnesses]
+    return LocalLedger(
+        cfg.path(cfg.consent.access_log),
+        key,
+        origin=access_origin(cfg),
+        witnesses=witnesses if witnessed else (),
+    )
+
+
+@contextmanager
+def prover(cfg: Config) -> Iterator[tuple[Prover, Store]]:
+    """A prover over a read-only snapshot of the store, for one bundle (as ``telematics prove``)."""
+    from ingest.ops.proofs import Prover
+
+    store = open_store(cfg, read_only=True)
+    registry = open_registry(cfg)
+    try:
+        operator = operator_key(cfg)
+        local = open_log(cfg, operator)
+        yield Prover(store, registry, local, operator, witness=open_witness(cfg, local)), store
+    finally:
+        store.close()
+        registry.close()
+
+
+def access_service(cfg: Config, *, witnessed: bool = False) -> AccessService:
+    """The data-access API's service: consent store, access log (signed with the operator key)."""
+    from ingest.ops.access import AccessService
+
+    c = cfg.consent
+    return AccessService(
+        open_consent(cfg),
+        open_access_log(cfg, operator_key(cfg), witnessed=witnessed),
+        lambda: prover(cfg),
+        rate=c.rate_per_s,
+        burst=c.burst,
+    )

@@ -1,0 +1,353 @@
+"""The data-access API (``telematics serve``): a grantee fetches rows as proof bundles, within an
+active owner grant only, and every answer it serves is first written to the access log.
+
+Endpoints (docs/CONSENT.md 4):
+
+* ``POST /v1/grants``, ``POST /v1/revocations``: an owner-signed statement
+  (``{"statement": hex, "signature": hex}``); checked, kept, and logged.
+* ``GET /v1/rows?grant=G&device=D&table=T&from=NS&to=NS[&limit=N]``, signed by the grantee
+  (``X-VT-Key``, ``X-VT-Time``, ``X-VT-Signature`` over ``schemas.consent.request_message``):
+  a vt-proof/1 bundle of at most N anchored rows (default 100, at most 1,000), oldest first.
+
+The access log is a second signed Merkle log of the ledger's format (its own file and origin,
+``<[ledger] origin>/accesses``, the same operator key, witnessed like the ledger): entry ``i``
+anchors, under number = the time it was logged (ns), the SHA-256 digest of a grant, a revocation
+or an access record, with ``blocks`` = the rows served (1 for a statement: the format needs ≥ 1). The digests reveal
+nothing; the records themselves stay in the operator's consent store, where ``telematics
+accesses`` shows them to the owner with their inclusion proofs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from ingest.ledger.local import LocalLedger
+from ingest.ops.proofs import ProveError, Prover, RowRef
+from ingest.storage.consent import ConsentStore, OwnershipError
+from ingest.storage.store import Store
+from schemas import crypto
+from schemas.consent import (
+    MAX_CLOCK_SKEW_NS,
+    TAG_GRANT,
+    TAG_REVOCATION,
+    AccessRecord,
+    ConsentError,
+    Query,
+    Reason,
+    Refused,
+    access_digest,
+    access_record_bytes,
+    judge,
+    open_grant,
+    open_revocation,
+    read_signed,
+    request_message,
+)
+from schemas.proof import encode_bundle, verify_bundle
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_ROWS = 1000
+DEFAULT_ROWS = 100
+_STATUS = {
+    Reason.BAD_REQUEST: 400,
+    Reason.BAD_REQUEST_SIGNATURE: 401,
+    Reason.STALE_REQUEST: 401,
+    Reason.UNKNOWN_GRANT: 404,
+    Reason.RATE_LIMITED: 429,
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _refusal(r: Refused) -> Answer:
+    return Answer(
+        _STATUS.get(r.reason, 403), msgspec.json.encode({"refused": str(r.reason), "detail": r.detail})
+    )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class RateLimiter:
+    """A token bucket per grantee key: ``rate`` requests per second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[bytes, _Bucket] = {}
+
+    def allow(self, key: bytes, now: float) -> bool:
+        b = self._buckets.setdefault(key, _Bucket(float(self.burst), now))
+        b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate)
+        b.at = now
+        if b.tokens < 1.0:
+            return False
+        b.tokens -= 1.0
+        return True
+
+
+OpenProver = Callable[[], AbstractContextManager[tuple[Prover, Store]]]
+
+
+class AccessService:
+    """The API's logic, synchronous (the HTTP layer runs it on a thread, one request at a time)."""
+
+    def __init__(
+        self,
+        consent: ConsentStore,
+        access_log: LocalLedger,
+        open_prover: OpenProver,
+        *,
+        rate: float = 5.0,
+        burst: int = 20,
+    ) -> None:
+        self.consent = consent
+        self.log = access_log
+        self.open_prover = open_prover
+        self.limiter = RateLimiter(rate, burst)
+        self._seen: dict[bytes, int] = {}  # request signatures within the clock-skew window (replays)
+        self._lock = threading.Lock()
+        self.served = 0
+
+    def _log(self, digest: bytes, rows: int) -> int:
+        """Append a digest to the access log (fsynced) and return its entry index."""
+        return self.log.anchor(time.time_ns(), digest, rows).index
+
+    # -- statements ---------------------------------------------------------------------------------
+    def add_statement(self, kind: str, body: bytes) -> Answer:
+        try:
+            s = read_signed(body)
+            if kind == "grant":
+                g = open_grant(s)
+                for d in g.devices:
+                    owner = self.consent.owner(d)
+                    if owner is None or owner.owner_key != g.owner_key:
+                        raise Refused(Reason.NOT_OWNER, f"the grant's signer does not own device {d} now")
+                if not self.consent.add_grant(g.grant_id, s, None):
+                    return Answer(200, msgspec.json.encode({"grant": g.grant_id.hex(), "new": False}))
+                index = self._log(crypto.tagged_hash(TAG_GRANT, s.statement + s.signature), 1)
+                self.consent.set_grant_log_index(g.grant_id, index)
+                log.info("grant %s kept (access log entry %d)", g.grant_id.hex(), index)
+                return Answer(201, msgspec.json.encode({"grant": g.grant_id.hex(), "log_index": index}))
+            r = open_revocation(s)
+            kept = self.consent.grant(r.grant_id)
+            if kept is None:
+                raise Refused(Reason.UNKNOWN_GRANT, f"no grant {r.grant_id.hex()}")
+            if open_grant(kept).owner_key != r.owner_key:
+                raise Refused(Reason.NOT_OWNER, "the revocation is not signed by the grant's owner")
+            if not self.consent.add_revocation(r.grant_id, s, None):
+                return Answer(200, msgspec.json.encode({"revoked": r.grant_id.hex(), "new": False}))
+            index = self._log(crypto.tagged_hash(TAG_REVOCATION, s.statement + s.signature), 1)
+            self.consent.set_revocation_log_index(r.grant_id, index)
+            log.info("grant %s revoked (access log entry %d)", r.grant_id.hex(), index)
+            return Answer(201, msgspec.json.encode({"revoked": r.grant_id.hex(), "log_index": index}))
+        except ConsentError as exc:
+            return self._refuse(Refused(Reason.BAD_GRANT, str(exc)), None)
+        except OwnershipError as exc:
+            return self._refuse(Refused(Reason.BAD_GRANT, str(exc)), None)
+        except Refused as r:
+            return self._refuse(r, None)
+
+    def _refuse(self, r: Refused, grant_id: bytes | None) -> Answer:
+        self.consent.refuse(str(r.reason), grant_id, r.detail)
+        log.info("refused: %s %s", r.reason, r.detail)
+        return _refusal(r)
+
+    # -- rows ---------------------------------------------------------------------------------------
+    def rows(self, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        grant_id: bytes | None = None
+        try:
+            q, limit, grant_id = _parse_rows(target)
+            key = self._authenticate("GET", target, headers, body)
+            if not self.limiter.allow(key, time.monotonic()):
+                raise Refused(Reason.RATE_LIMITED, "too many requests for this key; slow down")
+            kept = self.consent.grant(grant_id)
+            if kept is None:
+                raise Refused(Reason.UNKNOWN_GRANT, f"no grant {grant_id.hex()}")
+            try:
+                g = open_grant(kept)
+            except ConsentError as exc:
+                raise Refused(Reason.BAD_GRANT, str(exc)) from None
+            judge(
+                g,
+                requester_key=key,
+                query=q,
+                owner=self.consent.owner(q.device_id),
+                revoked=self.consent.revoked(grant_id),
+                now_ns=time.time_ns(),
+            )
+        except Refused as r:
+            return self._refuse(r, grant_id)
+        try:
+            data, n = self._bundle(q, limit)
+        except ProveError as exc:
+            return Answer(404, msgspec.json.encode({"error": str(exc)}))
+        record = AccessRecord(
+            1,
+            grant_id,
+            bytes.fromhex(crypto.key_id_for(key)),
+            q.device_id,
+            q.table,
+            q.from_ns,
+            q.to_ns,
+            n,
+            hashlib.sha256(data).digest(),
+            time.time_ns(),
+        )
+        rb = access_record_bytes(record)
+        index = self._log(access_digest(rb), n)  # logged before the answer leaves
+        self.consent.add_access(index, rb, record)
+        self.served += 1
+        return Answer(200, data, headers={"X-VT-Access-Index": str(index), "X-VT-Access-Record": rb.hex()})
+
+    def _authenticate(self, method: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
+        try:
+            key = bytes.fromhex(headers["x-vt-key"])
+            t = int(headers["x-vt-time"])
+            sig = bytes.fromhex(headers["x-vt-signature"])
+        except (KeyError, ValueError):
+            raise Refused(
+                Reason.BAD_REQUEST_SIGNATURE, "the request needs X-VT-Key, X-VT-Time and X-VT-Signature"
+            ) from None
+        now = time.time_ns()
+        if abs(now - t) > MAX_CLOCK_SKEW_NS:
+            raise Refused(
+                Reason.STALE_REQUEST, f"X-VT-Time is {abs(now - t) / 1e9:.0f} s from the server's clock"
+            )
+        msg = request_message(method, target, t, hashlib.sha256(body).digest())
+        if len(key) != crypto.PUBLIC_KEY_SIZE or not crypto.verify(key, msg, sig):
+            raise Refused(Reason.BAD_REQUEST_SIGNATURE, "X-VT-Signature does not verify with X-VT-Key")
+        with self._lock:
+            self._seen = {s: at for s, at in self._seen.items() if now - at <= 2 * MAX_CLOCK_SKEW_NS}
+            if sig in self._seen:
+                raise Refused(Reason.STALE_REQUEST, "this signed request was already answered (a replay)")
+            self._seen[sig] = now
+        return key
+
+    def _bundle(self, q: Query, limit: int) -> tuple[bytes, int]:
+        with self.open_prover() as (prover, store):
+            rows = store.con.execute(
+                f"SELECT block_seq, idx FROM {q.table} r WHERE device_id = ?"
+                " AND ts BETWEEN make_timestamp_ns(?) AND make_timestamp_ns(?)"
+                " AND EXISTS (SELECT 1 FROM blocks b JOIN anchors a USING (batch_no)"
+                " WHERE b.device_id = r.device_id AND b.seq = r.block_seq)"
+                " ORDER BY ts, block_seq, idx LIMIT ?",
+                [q.device_id, q.from_ns, q.to_ns, limit],
+            ).fetchall()
+            if not rows:
+                raise ProveError("no anchored rows of that device in that range")
+            bundle = prover.bundle([RowRef(q.table, q.device_id, int(s), int(i)) for s, i in rows])
+        data = encode_bundle(bundle)
+        rep = verify_bundle(data, operator_key=prover.operator.public_key)
+        if not rep.ok:
+            raise ProveError(f"the stored data does not prove: {'; '.join(rep.problems[:3])}")
+        return data, len(rows)
+
+
+def _parse_rows(target: str) -> tuple[Query, int, bytes]:
+    qs = parse_qs(urlsplit(target).query, strict_parsing=False)
+
+    def one(name: str) -> str:
+        v = qs.get(name)
+        if not v or len(v) != 1:
+            raise Refused(Reason.BAD_REQUEST, f"query parameter {name!r} is required once")
+        return v[0]
+
+    try:
+        grant_id = bytes.fromhex(one("grant"))
+        q = Query(one("device"), one("table"), int(one("from")), int(one("to")))
+        limit = int(qs.get("limit", [str(DEFAULT_ROWS)])[0])
+    except ValueError as exc:
+        raise Refused(Reason.BAD_REQUEST, f"malformed query: {exc}") from None
+    if len(grant_id) != 16:
+        raise Refused(Reason.BAD_REQUEST, "grant is 32 hex digits")
+    if not 1 <= limit <= MAX_ROWS:
+        raise Refused(Reason.BAD_REQUEST, f"limit must be within 1..{MAX_ROWS}")
+    return q, limit, grant_id
+
+
+def app(service: AccessService) -> object:
+    """The HTTP application (aiohttp); request bodies over 16 KiB are refused with 413."""
+    import asyncio
+
+    from aiohttp import web
+
+    lock = asyncio.Lock()
+
+    def respond(a: Answer) -> web.Response:
+        return web.Response(status=a.status, body=a.body, content_type=a.content_type, headers=a.headers)
+
+    async def run(fn: Callable[..., Answer], *args: object) -> web.Response:
+        async with lock:
+            return respond(await asyncio.to_thread(fn, *args))
+
+    async def grants(request: web.Request) -> web.Response:
+        return await run(service.add_statement, "grant", await request.read())
+
+    async def revocations(request: web.Request) -> web.Response:
+        return await run(service.add_statement, "revocation", await request.read())
+
+    async def rows(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await run(service.rows, request.raw_path, headers, body)
+
+    application = web.Application(client_max_size=MAX_BODY_BYTES)
+    application.router.add_post("/v1/grants", grants)
+    application.router.add_post("/v1/revocations", revocations)
+    application.router.add_get("/v1/rows", rows)
+    return application
+
+
+def signed_headers(key: crypto.SigningKey, method: str, target: str, body: bytes = b"") -> dict[str, str]:
+    """The headers a grantee sends with a request (what a client library would do)."""
+    t = time.time_ns()
+    sig = key.sign(request_message(method, target, t, hashlib.sha256(body).digest()))
+    return {"X-VT-Key": key.public_key.hex(), "X-VT-Time": str(t), "X-VT-Signature": sig.hex()}
+
+
+def iter_access_proofs(
+    consent: ConsentStore, access_log: LocalLedger, device_id: str
+) -> Iterator[dict[str, object]]:
+    """For each access to ``device_id``: the record, its log entry, an inclusion path and the
+    signed checkpoint it reaches (everything an owner needs to check it offline)."""
+    for index, rb, rec in consent.accesses(device_id):
+        cov = access_log.covering_checkpoint(index)
+        if cov is None:
+            access_log.checkpoint()
+            cov = access_log.covering_checkpoint(index)
+        assert cov is not None
+        size, note = cov
+        eb, sig = access_log.entry(index)
+        grant = consent.grant(rec.grant_id)
+        yield {
+            "record": rb.hex(),
+            "grant": None
+            if grant is None
+            else {"statement": grant.statement.hex(), "signature": grant.signature.hex()},
+            "log_index": index,
+            "entry": eb.hex(),
+            "entry_signature": sig.hex(),
+            "checkpoint_size": size,
+            "checkpoint": note,
+            "path": [p.hex() for p in access_log.inclusion(index, size)],
+        }

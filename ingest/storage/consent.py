@@ -1,0 +1,204 @@
+"""The operator's consent records (``consent.sqlite`` beside the registry): vehicle owners with their
+history, the owner-signed grants and revocations it received, the accesses it served under them
+(each with its entry in the access log) and the requests it refused (counted, never served).
+
+Grants and revocations are kept as the exact signed bytes the owner sent; nothing here is trusted
+without its signature: the data-access API opens every grant again before it serves.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.consent import AccessRecord, Ownership, Signed, decode_access_record
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS owners (
+    device_id   TEXT NOT NULL,
+    owner_key   BLOB NOT NULL,
+    since_ns    INTEGER NOT NULL,
+    until_ns    INTEGER,               -- NULL: the owner now
+    recorded_ns INTEGER NOT NULL,
+    PRIMARY KEY (device_id, since_ns)
+);
+CREATE TABLE IF NOT EXISTS grants (
+    grant_id    BLOB PRIMARY KEY,
+    statement   BLOB NOT NULL,
+    signature   BLOB NOT NULL,
+    received_ns INTEGER NOT NULL,
+    log_index   INTEGER
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    grant_id    BLOB PRIMARY KEY,
+    statement   BLOB NOT NULL,
+    signature   BLOB NOT NULL,
+    received_ns INTEGER NOT NULL,
+    log_index   INTEGER
+);
+CREATE TABLE IF NOT EXISTS accesses (
+    log_index   INTEGER PRIMARY KEY,   -- its entry in the access log
+    grant_id    BLOB NOT NULL,
+    device_id   TEXT NOT NULL,
+    record      BLOB NOT NULL          -- the AccessRecord's exact bytes; the log anchors their hash
+);
+CREATE TABLE IF NOT EXISTS refusals (
+    at_ns     INTEGER NOT NULL,
+    reason    TEXT NOT NULL,
+    grant_id  BLOB,
+    detail    TEXT NOT NULL
+);
+"""
+
+
+class OwnershipError(ValueError):
+    """An ownership change that does not follow the history (one line, for the command line)."""
+
+
+@dataclass(frozen=True)
+class OwnerPeriod:
+    device_id: str
+    owner_key: bytes
+    since_ns: int
+    until_ns: int | None
+
+
+class ConsentStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_DDL)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- owners -----------------------------------------------------------------------------------
+    def set_owner(self, device_id: str, owner_key: bytes, since_ns: int) -> OwnerPeriod:
+        """``owner_key`` owns ``device_id`` from ``since_ns`` on; the previous owner's period ends
+        there (kept: the history is never rewritten)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute(
+                "SELECT owner_key, since_ns FROM owners WHERE device_id = ? AND until_ns IS NULL", [device_id]
+            ).fetchone()
+            if cur is not None:
+                if bytes(cur[0]) == owner_key:
+                    raise OwnershipError(f"device {device_id} is already owned by that key")
+                if since_ns <= int(cur[1]):
+                    raise OwnershipError(
+                        f"device {device_id}: a new owner from {since_ns} must start after the current"
+                        f" owner's start {int(cur[1])}"
+                    )
+                db.execute(
+                    "UPDATE owners SET until_ns = ? WHERE device_id = ? AND until_ns IS NULL",
+                    [since_ns, device_id],
+                )
+            db.execute(
+                "INSERT INTO owners VALUES (?, ?, ?, NULL, ?)",
+                [device_id, owner_key, since_ns, time.time_ns()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return OwnerPeriod(device_id, owner_key, since_ns, None)
+
+    def owner(self, device_id: str) -> Ownership | None:
+        row = self._db.execute(
+            "SELECT owner_key, since_ns FROM owners WHERE device_id = ? AND until_ns IS NULL", [device_id]
+        ).fetchone()
+        return Ownership(bytes(row[0]), int(row[1])) if row else None
+
+    def history(self, device_id: str | None = None) -> list[OwnerPeriod]:
+        q = "SELECT device_id, owner_key, since_ns, until_ns FROM owners"
+        args: list[object] = []
+        if device_id is not None:
+            q += " WHERE device_id = ?"
+            args.append(device_id)
+        return [
+            OwnerPeriod(d, bytes(k), int(s), None if u is None else int(u))
+            for d, k, s, u in self._db.execute(q + " ORDER BY device_id, since_ns", args)
+        ]
+
+    # -- grants and revocations ---------------------------------------------------------------------
+    def add_grant(self, grant_id: bytes, s: Signed, log_index: int | None) -> bool:
+        """Keep a grant; False if one with that id is kept already (the same bytes: nothing to do)."""
+        cur = self._db.execute("SELECT statement FROM grants WHERE grant_id = ?", [grant_id]).fetchone()
+        if cur is not None:
+            if bytes(cur[0]) != s.statement:
+                raise OwnershipError(f"another grant with id {grant_id.hex()} is kept already")
+            return False
+        self._db.execute(
+            "INSERT INTO grants VALUES (?, ?, ?, ?, ?)",
+            [grant_id, s.statement, s.signature, time.time_ns(), log_index],
+        )
+        return True
+
+    def grant(self, grant_id: bytes) -> Signed | None:
+        row = self._db.execute(
+            "SELECT statement, signature FROM grants WHERE grant_id = ?", [grant_id]
+        ).fetchone()
+        return Signed(bytes(row[0]), bytes(row[1])) if row else None
+
+    def grants(self) -> list[tuple[bytes, Signed]]:
+        return [
+            (bytes(g), Signed(bytes(s), bytes(sig)))
+            for g, s, sig in self._db.execute(
+                "SELECT grant_id, statement, signature FROM grants ORDER BY received_ns"
+            )
+        ]
+
+    def add_revocation(self, grant_id: bytes, s: Signed, log_index: int | None) -> bool:
+        if self.revoked(grant_id):
+            return False
+        self._db.execute(
+            "INSERT INTO revocations VALUES (?, ?, ?, ?, ?)",
+            [grant_id, s.statement, s.signature, time.time_ns(), log_index],
+        )
+        return True
+
+    def set_grant_log_index(self, grant_id: bytes, index: int) -> None:
+        self._db.execute("UPDATE grants SET log_index = ? WHERE grant_id = ?", [index, grant_id])
+
+    def set_revocation_log_index(self, grant_id: bytes, index: int) -> None:
+        self._db.execute("UPDATE revocations SET log_index = ? WHERE grant_id = ?", [index, grant_id])
+
+    def revoked(self, grant_id: bytes) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM revocations WHERE grant_id = ?", [grant_id]).fetchone()
+            is not None
+        )
+
+    # -- accesses and refusals ----------------------------------------------------------------------
+    def add_access(self, log_index: int, record: bytes, a: AccessRecord) -> None:
+        self._db.execute(
+            "INSERT INTO accesses VALUES (?, ?, ?, ?)", [log_index, a.grant_id, a.device_id, record]
+        )
+
+    def accesses(self, device_id: str | None = None) -> list[tuple[int, bytes, AccessRecord]]:
+        """(access log index, the record's exact bytes, the record), oldest first."""
+        q = "SELECT log_index, record FROM accesses"
+        args: list[object] = []
+        if device_id is not None:
+            q += " WHERE device_id = ?"
+            args.append(device_id)
+        return [
+            (int(i), bytes(r), decode_access_record(bytes(r)))
+            for i, r in self._db.execute(q + " ORDER BY log_index", args)
+        ]
+
+    def refuse(self, reason: str, grant_id: bytes | None, detail: str) -> None:
+        self._db.execute(
+            "INSERT INTO refusals VALUES (?, ?, ?, ?)", [time.time_ns(), reason, grant_id, detail]
+        )
+
+    def refusals(self) -> dict[str, int]:
+        return {
+            str(r): int(n) for r, n in self._db.execute("SELECT reason, count(*) FROM refusals GROUP BY 1")
+        }
