@@ -32,13 +32,10 @@ import msgspec
 from msgspec import Meta
 
 from schemas import crypto
+from schemas.crypto import TAG_ACCESS, TAG_GRANT, TAG_REQUEST, TAG_REVOCATION
 from schemas.patterns import HexId32
 
 CONSENT_VERSION: Literal[1] = 1
-TAG_GRANT = b"vt/v1/grant"
-TAG_REVOCATION = b"vt/v1/grant-revocation"
-TAG_REQUEST = b"vt/v1/access-request"
-TAG_ACCESS = b"vt/v1/access-record"
 
 Kind = Literal["battery", "driving", "position"]
 KINDS: tuple[Kind, ...] = ("battery", "driving", "position")

@@ -26,6 +26,10 @@ TAG_KEY_STATEMENT = b"vt/v1/key-statement"
 TAG_EVM_ANCHOR = b"vt/v1/evm-anchor"
 TAG_ERASURE = b"vt/v1/erasure"
 TAG_SESSION = b"vt/v1/session"
+TAG_GRANT = b"vt/v1/grant"
+TAG_REVOCATION = b"vt/v1/grant-revocation"
+TAG_REQUEST = b"vt/v1/access-request"
+TAG_ACCESS = b"vt/v1/access-record"
 
 SEED_SIZE = 32
 HASH_SIZE = 32

@@ -37,8 +37,6 @@ from ingest.storage.store import Store
 from schemas import crypto
 from schemas.consent import (
     MAX_CLOCK_SKEW_NS,
-    TAG_GRANT,
-    TAG_REVOCATION,
     AccessRecord,
     ConsentError,
     Query,
@@ -52,6 +50,7 @@ from schemas.consent import (
     read_signed,
     request_message,
 )
+from schemas.crypto import TAG_GRANT, TAG_REVOCATION
 from schemas.proof import encode_bundle, verify_bundle
 
 log = logging.getLogger(__name__)
