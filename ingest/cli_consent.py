@@ -85,6 +85,8 @@ def cmd_grant(args: argparse.Namespace) -> int:
     from schemas.consent import KINDS, ConsentError, new_grant, new_revocation, open_grant, read_signed
 
     if args.action == "show":
+        if not args.file:
+            return _fail("grant", "show needs the grant FILE", 2)
         try:
             g = open_grant(read_signed(Path(args.file).read_bytes()))
         except (OSError, ConsentError) as exc:
@@ -126,17 +128,29 @@ def cmd_grant(args: argparse.Namespace) -> int:
             )
         except ConsentError as exc:
             return _fail("grant", str(exc))
-        Path(args.out).write_bytes(s.to_json() + b"\n")
-        print(f"wrote {args.out}: grant {open_grant(s).grant_id.hex()}")
-        return 0
+        return _write("grant", args.out, s.to_json(), f"grant {open_grant(s).grant_id.hex()}")
+    if not args.grant:
+        return _fail("grant", "revoke needs --grant FILE (the grant to revoke)", 2)
     try:
         g = open_grant(read_signed(Path(args.grant).read_bytes()))
     except (OSError, ConsentError) as exc:
         return _fail("grant", f"{args.grant}: {exc}")
     if g.owner_key != owner.public_key:
         return _fail("grant", "this owner key did not sign that grant")
-    Path(args.out).write_bytes(new_revocation(owner, g.grant_id, now).to_json() + b"\n")
-    print(f"wrote {args.out}: revocation of grant {g.grant_id.hex()}")
+    return _write(
+        "grant",
+        args.out,
+        new_revocation(owner, g.grant_id, now).to_json(),
+        f"revocation of grant {g.grant_id.hex()}",
+    )
+
+
+def _write(command: str, out: str, data: bytes, what: str) -> int:
+    try:
+        Path(out).write_bytes(data + b"\n")
+    except OSError as exc:
+        return _fail(command, f"cannot write {out}: {exc.strerror}")
+    print(f"wrote {out}: {what}")
     return 0
 
 
@@ -158,7 +172,12 @@ def cmd_consent(args: argparse.Namespace) -> int:
             a = svc.add_statement(kind, data)
             body = msgspec.json.decode(a.body)
             if a.status >= 400:
-                worst = max(worst, _fail("consent", f"{f}: refused ({body['refused']}): {body['detail']}"))
+                why = (
+                    f"refused ({body['refused']}): {body['detail']}"
+                    if "refused" in body
+                    else body.get("error", "")
+                )
+                worst = max(worst, _fail("consent", f"{f}: {why}"))
             else:
                 print(
                     f"{f}: {kind} {'kept and logged' if body.get('log_index') is not None else 'already kept'}"
@@ -192,6 +211,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     listen = args.listen or cfg.consent.listen
     host, _, port = listen.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return _fail("serve", f"--listen / [consent] listen is HOST:PORT, not {listen!r}", 2)
     svc = wiring.access_service(cfg, witnessed=True)
     print(f"data-access API on http://{listen} (access log {svc.log.location})", flush=True)
     try:

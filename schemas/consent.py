@@ -173,8 +173,12 @@ def new_grant(
         raw,
         issued_ns,
     )
-    _check_grant(g)
-    return sign(TAG_GRANT, _enc.encode(g), owner)
+    data = _enc.encode(g)
+    try:
+        _check_grant(_grant_dec.decode(data))  # constraints are checked on decoding, not construction
+    except msgspec.DecodeError as exc:
+        raise ConsentError(f"not a valid grant: {exc}") from None
+    return sign(TAG_GRANT, data, owner)
 
 
 def new_revocation(owner: crypto.SigningKey, grant_id: bytes, revoked_ns: int) -> Signed:
@@ -293,6 +297,11 @@ def judge(
             f"the grant is signed by {crypto.key_id_for(grant.owner_key)}, who does not own device"
             f" {query.device_id} now",
         )
+    if grant.issued_ns < owner.since_ns:
+        raise Refused(
+            Reason.NOT_OWNER,
+            f"the grant was signed before its signer's current ownership of device {query.device_id}",
+        )
     if revoked:
         raise Refused(Reason.REVOKED, f"grant {grant.grant_id.hex()} was revoked by its owner")
     if now_ns > grant.expires_ns:
@@ -389,6 +398,8 @@ def verify_access(proof: AccessProof, *, operator_key: bytes, origin: str, owner
         raise ConsentError(f"the grant does not cover {rec.table} of device {rec.device_id}")
     if rec.from_ns < g.records_from_ns or rec.to_ns > g.records_to_ns or rec.served_ns > g.expires_ns:
         raise ConsentError("the access is outside the grant's time range or after its expiry")
+    if not g.raw:
+        raise ConsentError("raw rows were served under a grant for derived figures only")
     if crypto.key_id_for(g.grantee_key) != rec.grantee_key_id.hex():
         raise ConsentError("the access was served to another key than the grant's grantee")
     return rec

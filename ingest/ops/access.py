@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from common.errors import TelematicsError
 from ingest.ledger.local import LocalLedger
 from ingest.ops.proofs import ProveError, Prover, RowRef
 from ingest.storage.consent import ConsentStore, OwnershipError
@@ -39,6 +40,8 @@ from schemas.consent import (
     MAX_CLOCK_SKEW_NS,
     AccessRecord,
     ConsentError,
+    Grant,
+    Ownership,
     Query,
     Reason,
     Refused,
@@ -95,6 +98,9 @@ class RateLimiter:
         self._buckets: dict[bytes, _Bucket] = {}
 
     def allow(self, key: bytes, now: float) -> bool:
+        if len(self._buckets) > 10_000:  # forget keys that have refilled: new keys cost no memory for long
+            full = self.burst / self.rate
+            self._buckets = {k: b for k, b in self._buckets.items() if now - b.at < full}
         b = self._buckets.setdefault(key, _Bucket(float(self.burst), now))
         b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate)
         b.at = now
@@ -123,60 +129,70 @@ class AccessService:
         self.log = access_log
         self.open_prover = open_prover
         self.limiter = RateLimiter(rate, burst)
-        self._seen: dict[bytes, int] = {}  # request signatures within the clock-skew window (replays)
         self._lock = threading.Lock()
+        self._last = 0  # the last access log entry number this process used
         self.served = 0
 
     def _log(self, digest: bytes, rows: int) -> int:
-        """Append a digest to the access log (fsynced) and return its entry index."""
-        return self.log.anchor(time.time_ns(), digest, rows).index
+        """Append a digest to the access log (fsynced) and return its entry index. The entry's number
+        is the time in ns, made distinct within this process."""
+        with self._lock:
+            self._last = max(time.time_ns(), self._last + 1)
+            number = self._last
+        try:
+            return self.log.anchor(number, digest, rows).index
+        except TelematicsError as exc:
+            raise LogUnavailable(str(exc)) from exc
 
     # -- statements ---------------------------------------------------------------------------------
     def add_statement(self, kind: str, body: bytes) -> Answer:
+        """Keep an owner-signed grant or revocation: checked, logged, then kept (so nothing takes
+        effect unlogged)."""
         try:
             s = read_signed(body)
             if kind == "grant":
                 g = open_grant(s)
+                now = time.time_ns()
                 for d in g.devices:
-                    owner = self.consent.owner(d)
-                    if owner is None or owner.owner_key != g.owner_key:
-                        raise Refused(Reason.NOT_OWNER, f"the grant's signer does not own device {d} now")
-                if not self.consent.add_grant(g.grant_id, s, None):
+                    _check_owner(g, d, self.consent.owner(d))
+                if self.consent.kept_grant(g.grant_id, s):
                     return Answer(200, msgspec.json.encode({"grant": g.grant_id.hex(), "new": False}))
                 index = self._log(crypto.tagged_hash(TAG_GRANT, s.statement + s.signature), 1)
-                self.consent.set_grant_log_index(g.grant_id, index)
-                log.info("grant %s kept (access log entry %d)", g.grant_id.hex(), index)
+                self.consent.add_grant(g.grant_id, s, index)
+                log.info(
+                    "grant %s kept (access log entry %d, %d s to expiry)",
+                    g.grant_id.hex(),
+                    index,
+                    (g.expires_ns - now) // 10**9,
+                )
                 return Answer(201, msgspec.json.encode({"grant": g.grant_id.hex(), "log_index": index}))
             r = open_revocation(s)
-            kept = self.consent.grant(r.grant_id)
-            if kept is None:
-                raise Refused(Reason.UNKNOWN_GRANT, f"no grant {r.grant_id.hex()}")
-            if open_grant(kept).owner_key != r.owner_key:
-                raise Refused(Reason.NOT_OWNER, "the revocation is not signed by the grant's owner")
-            if not self.consent.add_revocation(r.grant_id, s, None):
+            if self.consent.revoked(r.grant_id, r.owner_key):
                 return Answer(200, msgspec.json.encode({"revoked": r.grant_id.hex(), "new": False}))
+            kept = self.consent.grant(r.grant_id)
+            if kept is not None and open_grant(kept).owner_key != r.owner_key:
+                raise Refused(Reason.NOT_OWNER, "the revocation is not signed by the grant's owner")
             index = self._log(crypto.tagged_hash(TAG_REVOCATION, s.statement + s.signature), 1)
-            self.consent.set_revocation_log_index(r.grant_id, index)
+            self.consent.add_revocation(r.grant_id, r.owner_key, s, index)
             log.info("grant %s revoked (access log entry %d)", r.grant_id.hex(), index)
             return Answer(201, msgspec.json.encode({"revoked": r.grant_id.hex(), "log_index": index}))
-        except ConsentError as exc:
-            return self._refuse(Refused(Reason.BAD_GRANT, str(exc)), None)
-        except OwnershipError as exc:
-            return self._refuse(Refused(Reason.BAD_GRANT, str(exc)), None)
+        except (ConsentError, OwnershipError) as exc:
+            return self._refuse(Refused(Reason.BAD_GRANT, str(exc)))
         except Refused as r:
-            return self._refuse(r, None)
+            return self._refuse(r)
+        except LogUnavailable as exc:
+            return _unavailable(exc)
 
-    def _refuse(self, r: Refused, grant_id: bytes | None) -> Answer:
-        self.consent.refuse(str(r.reason), grant_id, r.detail)
+    def _refuse(self, r: Refused) -> Answer:
+        self.consent.refuse(str(r.reason))
         log.info("refused: %s %s", r.reason, r.detail)
         return _refusal(r)
 
     # -- rows ---------------------------------------------------------------------------------------
-    def rows(self, target: str, headers: dict[str, str], body: bytes) -> Answer:
-        grant_id: bytes | None = None
+    def rows(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         try:
             q, limit, grant_id = _parse_rows(target)
-            key = self._authenticate("GET", target, headers, body)
+            key = self._authenticate(method, target, headers, body)
             if not self.limiter.allow(key, time.monotonic()):
                 raise Refused(Reason.RATE_LIMITED, "too many requests for this key; slow down")
             kept = self.consent.grant(grant_id)
@@ -191,11 +207,11 @@ class AccessService:
                 requester_key=key,
                 query=q,
                 owner=self.consent.owner(q.device_id),
-                revoked=self.consent.revoked(grant_id),
+                revoked=self.consent.revoked(grant_id, g.owner_key),
                 now_ns=time.time_ns(),
             )
         except Refused as r:
-            return self._refuse(r, grant_id)
+            return self._refuse(r)
         try:
             data, n = self._bundle(q, limit)
         except ProveError as exc:
@@ -213,8 +229,13 @@ class AccessService:
             time.time_ns(),
         )
         rb = access_record_bytes(record)
-        index = self._log(access_digest(rb), n)  # logged before the answer leaves
-        self.consent.add_access(index, rb, record)
+        access_id = self.consent.add_access(rb, record)  # kept first: a logged access always has its record
+        try:
+            index = self._log(access_digest(rb), n)  # logged before the answer leaves
+        except LogUnavailable as exc:
+            self.consent.forget_access(access_id)
+            return _unavailable(exc)
+        self.consent.logged(access_id, index)
         self.served += 1
         return Answer(200, data, headers={"X-VT-Access-Index": str(index), "X-VT-Access-Record": rb.hex()})
 
@@ -227,19 +248,18 @@ class AccessService:
             raise Refused(
                 Reason.BAD_REQUEST_SIGNATURE, "the request needs X-VT-Key, X-VT-Time and X-VT-Signature"
             ) from None
-        now = time.time_ns()
-        if abs(now - t) > MAX_CLOCK_SKEW_NS:
-            raise Refused(
-                Reason.STALE_REQUEST, f"X-VT-Time is {abs(now - t) / 1e9:.0f} s from the server's clock"
-            )
+        if not 0 <= t < 2**63:
+            raise Refused(Reason.BAD_REQUEST_SIGNATURE, "X-VT-Time is not a time in ns")
         msg = request_message(method, target, t, hashlib.sha256(body).digest())
         if len(key) != crypto.PUBLIC_KEY_SIZE or not crypto.verify(key, msg, sig):
             raise Refused(Reason.BAD_REQUEST_SIGNATURE, "X-VT-Signature does not verify with X-VT-Key")
-        with self._lock:
-            self._seen = {s: at for s, at in self._seen.items() if now - at <= 2 * MAX_CLOCK_SKEW_NS}
-            if sig in self._seen:
-                raise Refused(Reason.STALE_REQUEST, "this signed request was already answered (a replay)")
-            self._seen[sig] = now
+        now = time.time_ns()
+        if abs(now - t) > MAX_CLOCK_SKEW_NS:
+            raise Refused(
+                Reason.STALE_REQUEST, f"X-VT-Time is {abs(now - t) // 10**9} s from the server's clock"
+            )
+        if not self.consent.first_use(sig, now, 2 * MAX_CLOCK_SKEW_NS):
+            raise Refused(Reason.STALE_REQUEST, "this signed request was already answered (a replay)")
         return key
 
     def _bundle(self, q: Query, limit: int) -> tuple[bytes, int]:
@@ -260,6 +280,27 @@ class AccessService:
         if not rep.ok:
             raise ProveError(f"the stored data does not prove: {'; '.join(rep.problems[:3])}")
         return data, len(rows)
+
+
+class LogUnavailable(Exception):
+    """The access log could not take the entry: nothing is served or kept."""
+
+
+def _unavailable(exc: LogUnavailable) -> Answer:
+    log.error("the access log is unavailable, request not served: %s", exc)
+    return Answer(
+        503, msgspec.json.encode({"error": f"the access log is unavailable; nothing was served ({exc})"})
+    )
+
+
+def _check_owner(g: Grant, device_id: str, owner: Ownership | None) -> None:
+    """A grant counts only while its signer owns the device, and only if signed during that ownership."""
+    if owner is None or owner.owner_key != g.owner_key:
+        raise Refused(Reason.NOT_OWNER, f"the grant's signer does not own device {device_id} now")
+    if g.issued_ns < owner.since_ns:
+        raise Refused(
+            Reason.NOT_OWNER, f"the grant was signed before its signer's current ownership of {device_id}"
+        )
 
 
 def _parse_rows(target: str) -> tuple[Query, int, bytes]:
@@ -308,12 +349,12 @@ def app(service: AccessService) -> object:
     async def rows(request: web.Request) -> web.Response:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return await run(service.rows, request.raw_path, headers, body)
+        return await run(service.rows, request.method, request.raw_path, headers, body)
 
     application = web.Application(client_max_size=MAX_BODY_BYTES)
     application.router.add_post("/v1/grants", grants)
     application.router.add_post("/v1/revocations", revocations)
-    application.router.add_get("/v1/rows", rows)
+    application.router.add_get("/v1/rows", rows, allow_head=False)
     return application
 
 

@@ -32,23 +32,28 @@ CREATE TABLE IF NOT EXISTS grants (
     log_index   INTEGER
 );
 CREATE TABLE IF NOT EXISTS revocations (
-    grant_id    BLOB PRIMARY KEY,
+    grant_id    BLOB NOT NULL,         -- kept even before its grant arrives
+    owner_key   BLOB NOT NULL,         -- the signer: it revokes the grant only if it signed it
     statement   BLOB NOT NULL,
     signature   BLOB NOT NULL,
     received_ns INTEGER NOT NULL,
-    log_index   INTEGER
+    log_index   INTEGER,
+    PRIMARY KEY (grant_id, owner_key)
 );
 CREATE TABLE IF NOT EXISTS accesses (
-    log_index   INTEGER PRIMARY KEY,   -- its entry in the access log
+    id          INTEGER PRIMARY KEY,
+    log_index   INTEGER,               -- its entry in the access log (NULL until logged)
     grant_id    BLOB NOT NULL,
     device_id   TEXT NOT NULL,
     record      BLOB NOT NULL          -- the AccessRecord's exact bytes; the log anchors their hash
 );
 CREATE TABLE IF NOT EXISTS refusals (
-    at_ns     INTEGER NOT NULL,
-    reason    TEXT NOT NULL,
-    grant_id  BLOB,
-    detail    TEXT NOT NULL
+    reason    TEXT PRIMARY KEY,
+    count     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen_requests (
+    signature BLOB PRIMARY KEY,        -- answered request signatures, for the clock-skew window
+    at_ns     INTEGER NOT NULL
 );
 """
 
@@ -127,18 +132,19 @@ class ConsentStore:
         ]
 
     # -- grants and revocations ---------------------------------------------------------------------
-    def add_grant(self, grant_id: bytes, s: Signed, log_index: int | None) -> bool:
-        """Keep a grant; False if one with that id is kept already (the same bytes: nothing to do)."""
+    def kept_grant(self, grant_id: bytes, s: Signed) -> bool:
+        """Whether exactly this grant is kept already; ``OwnershipError`` if another one has its id."""
         cur = self._db.execute("SELECT statement FROM grants WHERE grant_id = ?", [grant_id]).fetchone()
-        if cur is not None:
-            if bytes(cur[0]) != s.statement:
-                raise OwnershipError(f"another grant with id {grant_id.hex()} is kept already")
-            return False
+        if cur is not None and bytes(cur[0]) != s.statement:
+            raise OwnershipError(f"another grant with id {grant_id.hex()} is kept already")
+        return cur is not None
+
+    def add_grant(self, grant_id: bytes, s: Signed, log_index: int) -> None:
+        """Keep a grant (already logged at ``log_index``); a second copy of the same bytes is ignored."""
         self._db.execute(
-            "INSERT INTO grants VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO grants VALUES (?, ?, ?, ?, ?)",
             [grant_id, s.statement, s.signature, time.time_ns(), log_index],
         )
-        return True
 
     def grant(self, grant_id: bytes) -> Signed | None:
         row = self._db.execute(
@@ -146,59 +152,59 @@ class ConsentStore:
         ).fetchone()
         return Signed(bytes(row[0]), bytes(row[1])) if row else None
 
-    def grants(self) -> list[tuple[bytes, Signed]]:
-        return [
-            (bytes(g), Signed(bytes(s), bytes(sig)))
-            for g, s, sig in self._db.execute(
-                "SELECT grant_id, statement, signature FROM grants ORDER BY received_ns"
-            )
-        ]
-
-    def add_revocation(self, grant_id: bytes, s: Signed, log_index: int | None) -> bool:
-        if self.revoked(grant_id):
-            return False
+    def add_revocation(self, grant_id: bytes, owner_key: bytes, s: Signed, log_index: int) -> None:
+        """Keep a revocation (already logged at ``log_index``), also before its grant arrives."""
         self._db.execute(
-            "INSERT INTO revocations VALUES (?, ?, ?, ?, ?)",
-            [grant_id, s.statement, s.signature, time.time_ns(), log_index],
+            "INSERT OR IGNORE INTO revocations VALUES (?, ?, ?, ?, ?, ?)",
+            [grant_id, owner_key, s.statement, s.signature, time.time_ns(), log_index],
         )
-        return True
 
-    def set_grant_log_index(self, grant_id: bytes, index: int) -> None:
-        self._db.execute("UPDATE grants SET log_index = ? WHERE grant_id = ?", [index, grant_id])
-
-    def set_revocation_log_index(self, grant_id: bytes, index: int) -> None:
-        self._db.execute("UPDATE revocations SET log_index = ? WHERE grant_id = ?", [index, grant_id])
-
-    def revoked(self, grant_id: bytes) -> bool:
-        return (
-            self._db.execute("SELECT 1 FROM revocations WHERE grant_id = ?", [grant_id]).fetchone()
-            is not None
-        )
+    def revoked(self, grant_id: bytes, owner_key: bytes) -> bool:
+        """Whether ``owner_key`` (the grant's signer) revoked the grant."""
+        q = "SELECT 1 FROM revocations WHERE grant_id = ? AND owner_key = ?"
+        return self._db.execute(q, [grant_id, owner_key]).fetchone() is not None
 
     # -- accesses and refusals ----------------------------------------------------------------------
-    def add_access(self, log_index: int, record: bytes, a: AccessRecord) -> None:
-        self._db.execute(
-            "INSERT INTO accesses VALUES (?, ?, ?, ?)", [log_index, a.grant_id, a.device_id, record]
+    def add_access(self, record: bytes, a: AccessRecord) -> int:
+        """Keep an access record before it is logged; its id, for ``logged``."""
+        cur = self._db.execute(
+            "INSERT INTO accesses (log_index, grant_id, device_id, record) VALUES (NULL, ?, ?, ?)",
+            [a.grant_id, a.device_id, record],
         )
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
+
+    def logged(self, access_id: int, log_index: int) -> None:
+        self._db.execute("UPDATE accesses SET log_index = ? WHERE id = ?", [log_index, access_id])
+
+    def forget_access(self, access_id: int) -> None:
+        """The access could not be logged, so it was not served: drop its record."""
+        self._db.execute("DELETE FROM accesses WHERE id = ?", [access_id])
 
     def accesses(self, device_id: str | None = None) -> list[tuple[int, bytes, AccessRecord]]:
-        """(access log index, the record's exact bytes, the record), oldest first."""
-        q = "SELECT log_index, record FROM accesses"
+        """(access log index, the record's exact bytes, the record) of logged accesses, oldest first."""
+        q = "SELECT log_index, record FROM accesses WHERE log_index IS NOT NULL"
         args: list[object] = []
         if device_id is not None:
-            q += " WHERE device_id = ?"
+            q += " AND device_id = ?"
             args.append(device_id)
-        return [
-            (int(i), bytes(r), decode_access_record(bytes(r)))
-            for i, r in self._db.execute(q + " ORDER BY log_index", args)
-        ]
+        rows = self._db.execute(q + " ORDER BY log_index", args)
+        return [(int(i), bytes(r), decode_access_record(bytes(r))) for i, r in rows]
 
-    def refuse(self, reason: str, grant_id: bytes | None, detail: str) -> None:
+    def refuse(self, reason: str) -> None:
+        """Count a refused request (by reason; the details go to the service's log)."""
         self._db.execute(
-            "INSERT INTO refusals VALUES (?, ?, ?, ?)", [time.time_ns(), reason, grant_id, detail]
+            "INSERT INTO refusals VALUES (?, 1) ON CONFLICT (reason) DO UPDATE SET count = count + 1",
+            [reason],
         )
 
     def refusals(self) -> dict[str, int]:
-        return {
-            str(r): int(n) for r, n in self._db.execute("SELECT reason, count(*) FROM refusals GROUP BY 1")
-        }
+        return {str(r): int(n) for r, n in self._db.execute("SELECT reason, count FROM refusals")}
+
+    def first_use(self, signature: bytes, now_ns: int, window_ns: int) -> bool:
+        """Record an answered request's signature; False if it was seen within ``window_ns`` (a
+        replay). Older ones are forgotten: the clock check refuses them anyway."""
+        db = self._db
+        db.execute("DELETE FROM seen_requests WHERE at_ns < ?", [now_ns - window_ns])
+        cur = db.execute("INSERT OR IGNORE INTO seen_requests VALUES (?, ?)", [signature, now_ns])
+        return cur.rowcount == 1

@@ -179,6 +179,15 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
         for reason, (st, body, _) in refusals.items():
             assert st == 403 and isinstance(body, dict) and body["refused"] == reason, (reason, st, body)
 
+        # a replayed request: the same signed headers again
+        target = "/v1/rows?" + urllib.parse.urlencode(
+            {"grant": gid, "device": dev, "table": "battery_samples", "from": now - HOUR, "to": now}
+        )
+        h = signed_headers(grantee, "GET", target)
+        assert _call(base + target, headers=h)[0] == 200
+        st, body, _ = _call(base + target, headers=h)
+        assert st == 401 and json.loads(body)["refused"] == "stale_request"
+
         # expired: a grant whose expiry has passed
         old = grant(expires_ns=now - 1)
         assert _call(base + "/v1/grants", "POST", old)[0] == 201
@@ -205,6 +214,19 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
         st, body, _ = rows("battery_samples")
         assert st == 403 and body["refused"] == "revoked"
 
+        # a revocation that arrives before its grant is kept: the grant is refused from the start
+        early = grant()
+        early_id = open_grant(read_signed(early)).grant_id
+        assert (
+            _call(
+                base + "/v1/revocations", "POST", new_revocation(owner, early_id, time.time_ns()).to_json()
+            )[0]
+            == 201
+        )
+        assert _call(base + "/v1/grants", "POST", early)[0] == 201
+        st, body, _ = rows("battery_samples", g=early_id.hex())
+        assert st == 403 and body["refused"] == "revoked"
+
         # the vehicle is sold: a grant by the previous owner is refused, even a fresh one
         second = grant()
         assert _call(base + "/v1/grants", "POST", second)[0] == 201
@@ -223,16 +245,18 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
     # the owner sees the one served access with a verifying inclusion proof; refusals are counted
     r = run_cli(cli, "accesses", "--device", dev)
     assert r.returncode == 0, r.stderr
-    assert "1 access(es) to device" in r.stdout and "proof OK" in r.stdout, r.stdout
-    assert "kind_not_granted 1" in r.stdout and "revoked 1" in r.stdout, r.stdout
+    assert "2 access(es) to device" in r.stdout and r.stdout.count("proof OK") == 2, r.stdout
+    assert "kind_not_granted 1" in r.stdout and "revoked 2" in r.stdout and "stale_request 1" in r.stdout, (
+        r.stdout
+    )
     r = run_cli(cli, "accesses", "--device", dev, "--json")
     proofs = json.loads(r.stdout)
-    assert [p["log_index"] for p in proofs] == [served_index]
+    assert len(proofs) == 2 and proofs[0]["log_index"] == served_index
     f = tmp_path / "accesses.json"
     f.write_text(r.stdout)
     pub = str(cfg.path(cfg.ledger.key_path + ".pub"))
     r = run_cli(cli, "verify-access", str(f), "--owner-key", owner.public_key.hex(), "--operator-key", pub)
-    assert r.returncode == 0 and "OK access log entry" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.count("OK access log entry") == 2, r.stdout + r.stderr
     proofs[0]["record"] = proofs[0]["record"][:-2] + ("00" if proofs[0]["record"][-2:] != "00" else "01")
     f.write_text(json.dumps(proofs))
     r = run_cli(cli, "verify-access", str(f), "--owner-key", owner.public_key.hex(), "--operator-key", pub)

@@ -87,6 +87,12 @@ def test_an_edited_scope_or_another_signer_does_not_verify() -> None:
     assert other.owner_key == OTHER.public_key
 
 
+def test_a_grant_out_of_its_limits_is_never_signed() -> None:
+    for bad in ({"devices": ["A" * 32]}, {"purpose": ""}, {"expires_ns": 2**63}):
+        with pytest.raises(ConsentError):
+            _grant(**bad)
+
+
 def test_revocation_is_signed_by_the_owner() -> None:
     g = open_grant(read_signed(_grant()))
     r = open_revocation(read_signed(new_revocation(OWNER, g.grant_id, NOW).to_json()))
@@ -123,6 +129,8 @@ def test_judge_gives_each_reason() -> None:
     assert reason(query=Query(DEV, "battery_samples", NOW, NOW + 10**12 + 1)) == Reason.OUTSIDE_TIME_RANGE
     # a new owner since NOW - 1 s: records sampled before that are never covered by their grants
     assert reason(owner=Ownership(OWNER.public_key, NOW - 10**8)) == Reason.OUTSIDE_TIME_RANGE
+    # bought back: the owner's grants from before the current ownership do not come back
+    assert reason(owner=Ownership(OWNER.public_key, NOW + 1)) == Reason.NOT_OWNER
     derived = open_grant(read_signed(_grant(raw=False)))
     with pytest.raises(Refused) as e:
         judge(derived, requester_key=GRANTEE.public_key, query=ok, owner=own, revoked=False, now_ns=NOW)
