@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
-from common.errors import TelematicsError
+from common.errors import Retryable, TelematicsError
 from ingest.ledger.local import LocalLedger
 from ingest.ops.proofs import ProveError, Prover, RowRef
 from ingest.storage.consent import ConsentStore, OwnershipError
@@ -282,7 +282,7 @@ class AccessService:
         return data, len(rows)
 
 
-class LogUnavailable(Exception):
+class LogUnavailable(Retryable):
     """The access log could not take the entry: nothing is served or kept."""
 
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import Refused
 from schemas.consent import AccessRecord, Ownership, Signed, decode_access_record
 
 _DDL = """
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS seen_requests (
 """
 
 
-class OwnershipError(ValueError):
+class OwnershipError(Refused):
     """An ownership change that does not follow the history (one line, for the command line)."""
 
 
