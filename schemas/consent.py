@@ -44,6 +44,13 @@ TABLE_KINDS: dict[str, frozenset[str]] = {
     "battery_samples": frozenset({"battery"}),
     "driving_samples": frozenset({"driving", "position"}),
 }
+# Derived figures: what each is computed from, and the kinds a grant needs for it (no position is
+# released: a driving score reports events and totals, not places).
+FIGURES: dict[str, tuple[str, frozenset[str]]] = {
+    "driving-score": ("driving_samples", frozenset({"driving"})),
+    "battery-passport": ("battery_samples", frozenset({"battery"})),
+}
+Released = Literal["rows", "driving-score", "battery-passport"]
 MAX_CLOCK_SKEW_NS = 300 * 10**9  # a request's time may differ from the server's by this much
 
 Ns = Annotated[int, Meta(ge=0, le=2**63 - 1)]
@@ -81,6 +88,7 @@ class AccessRecord(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_
     grantee_key_id: Annotated[bytes, Meta(min_length=8, max_length=8)]
     device_id: HexId32
     table: str
+    released: Released  # raw rows (a proof bundle) or a derived figure
     from_ns: Ns
     to_ns: Ns
     rows: Ns
@@ -267,13 +275,22 @@ class Ownership:
 
 @dataclass(frozen=True)
 class Query:
-    """What a grantee asks for: one device's rows of one table in ``[from_ns, to_ns]``."""
+    """What a grantee asks for: one device's rows of one table in ``[from_ns, to_ns]``, or a figure
+    (``released``) computed from them."""
 
     device_id: str
     table: str
     from_ns: int
     to_ns: int
-    raw: bool = True
+    released: Released = "rows"
+
+    @property
+    def kinds(self) -> frozenset[str] | None:
+        """The kinds a grant needs for this query (None: an unknown table or figure)."""
+        if self.released == "rows":
+            return TABLE_KINDS.get(self.table)
+        table, kinds = FIGURES[self.released]
+        return kinds if table == self.table else None
 
 
 def judge(
@@ -306,7 +323,7 @@ def judge(
         raise Refused(Reason.REVOKED, f"grant {grant.grant_id.hex()} was revoked by its owner")
     if now_ns > grant.expires_ns:
         raise Refused(Reason.EXPIRED, f"grant {grant.grant_id.hex()} expired at {grant.expires_ns}")
-    need = TABLE_KINDS.get(query.table)
+    need = query.kinds
     if need is None:
         raise Refused(Reason.BAD_REQUEST, f"no table {query.table!r} (battery_samples, driving_samples)")
     missing = sorted(need - set(grant.kinds))
@@ -326,7 +343,7 @@ def judge(
                 else ""
             ),
         )
-    if query.raw and not grant.raw:
+    if query.released == "rows" and not grant.raw:
         raise Refused(Reason.RAW_NOT_GRANTED, "the grant releases derived figures only, not raw rows")
 
 
@@ -394,11 +411,14 @@ def verify_access(proof: AccessProof, *, operator_key: bytes, origin: str, owner
         raise ConsentError("the grant is not signed by this owner key")
     if g.grant_id != rec.grant_id:
         raise ConsentError("the access names another grant")
-    if rec.device_id not in g.devices or not TABLE_KINDS.get(rec.table, frozenset({"?"})) <= set(g.kinds):
-        raise ConsentError(f"the grant does not cover {rec.table} of device {rec.device_id}")
+    need = Query(rec.device_id, rec.table, rec.from_ns, rec.to_ns, rec.released).kinds
+    if rec.device_id not in g.devices or need is None or not need <= set(g.kinds):
+        raise ConsentError(
+            f"the grant does not cover {rec.released} of {rec.table} of device {rec.device_id}"
+        )
     if rec.from_ns < g.records_from_ns or rec.to_ns > g.records_to_ns or rec.served_ns > g.expires_ns:
         raise ConsentError("the access is outside the grant's time range or after its expiry")
-    if not g.raw:
+    if rec.released == "rows" and not g.raw:
         raise ConsentError("raw rows were served under a grant for derived figures only")
     if crypto.key_id_for(g.grantee_key) != rec.grantee_key_id.hex():
         raise ConsentError("the access was served to another key than the grant's grantee")

@@ -37,6 +37,7 @@ from ingest.storage.consent import ConsentStore, OwnershipError
 from ingest.storage.store import Store
 from schemas import crypto
 from schemas.consent import (
+    FIGURES,
     MAX_CLOCK_SKEW_NS,
     AccessRecord,
     ConsentError,
@@ -45,6 +46,7 @@ from schemas.consent import (
     Query,
     Reason,
     Refused,
+    Released,
     access_digest,
     access_record_bytes,
     judge,
@@ -190,8 +192,18 @@ class AccessService:
 
     # -- rows ---------------------------------------------------------------------------------------
     def rows(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        """``GET /v1/rows``: a proof bundle of the rows."""
+        return self._serve(method, target, headers, body, figure=False)
+
+    def figures(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        """``GET /v1/figures``: a driving score or a battery passport computed from the rows."""
+        return self._serve(method, target, headers, body, figure=True)
+
+    def _serve(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, *, figure: bool
+    ) -> Answer:
         try:
-            q, limit, grant_id = _parse_rows(target)
+            q, limit, grant_id = _parse_query(target, figure=figure)
             key = self._authenticate(method, target, headers, body)
             if not self.limiter.allow(key, time.monotonic()):
                 raise Refused(Reason.RATE_LIMITED, "too many requests for this key; slow down")
@@ -213,7 +225,7 @@ class AccessService:
         except Refused as r:
             return self._refuse(r)
         try:
-            data, n = self._bundle(q, limit)
+            data, n = self._figure(q) if figure else self._bundle(q, limit)
         except ProveError as exc:
             return Answer(404, msgspec.json.encode({"error": str(exc)}))
         record = AccessRecord(
@@ -222,6 +234,7 @@ class AccessService:
             bytes.fromhex(crypto.key_id_for(key)),
             q.device_id,
             q.table,
+            q.released,
             q.from_ns,
             q.to_ns,
             n,
@@ -238,6 +251,23 @@ class AccessService:
         self.consent.logged(access_id, index)
         self.served += 1
         return Answer(200, data, headers={"X-VT-Access-Index": str(index), "X-VT-Access-Record": rb.hex()})
+
+    def _figure(self, q: Query) -> tuple[bytes, int]:
+        """The figure as JSON and the number of rows it was computed from."""
+        from figures.battery import passport
+        from figures.score import score
+        from ingest.ops.figures import battery_records, driving_records
+
+        with self.open_prover() as (_, store):
+            if q.released == "driving-score":
+                samples, triggers = driving_records(store, q.device_id, q.from_ns, q.to_ns)
+                fig: object = score(q.device_id, samples, triggers, q.from_ns, q.to_ns) if samples else None
+            else:
+                samples = battery_records(store, q.device_id, q.from_ns, q.to_ns)  # type: ignore[assignment]
+                fig = passport(q.device_id, samples, q.from_ns, q.to_ns) if samples else None  # type: ignore[arg-type]
+        if fig is None:
+            raise ProveError("no rows of that device in that range")
+        return msgspec.json.encode(fig), len(samples)
 
     def _authenticate(self, method: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
         try:
@@ -303,7 +333,7 @@ def _check_owner(g: Grant, device_id: str, owner: Ownership | None) -> None:
         )
 
 
-def _parse_rows(target: str) -> tuple[Query, int, bytes]:
+def _parse_query(target: str, *, figure: bool) -> tuple[Query, int, bytes]:
     qs = parse_qs(urlsplit(target).query, strict_parsing=False)
 
     def one(name: str) -> str:
@@ -314,7 +344,15 @@ def _parse_rows(target: str) -> tuple[Query, int, bytes]:
 
     try:
         grant_id = bytes.fromhex(one("grant"))
-        q = Query(one("device"), one("table"), int(one("from")), int(one("to")))
+        if figure:
+            name = one("figure")
+            if name not in FIGURES:
+                raise Refused(Reason.BAD_REQUEST, f"figure is one of {', '.join(FIGURES)}, not {name!r}")
+            released: Released = name  # type: ignore[assignment]
+            table = FIGURES[name][0]
+        else:
+            released, table = "rows", one("table")
+        q = Query(one("device"), table, int(one("from")), int(one("to")), released)
         limit = int(qs.get("limit", [str(DEFAULT_ROWS)])[0])
     except ValueError as exc:
         raise Refused(Reason.BAD_REQUEST, f"malformed query: {exc}") from None
@@ -351,10 +389,16 @@ def app(service: AccessService) -> object:
         headers = {k.lower(): v for k, v in request.headers.items()}
         return await run(service.rows, request.method, request.raw_path, headers, body)
 
+    async def figures(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await run(service.figures, request.method, request.raw_path, headers, body)
+
     application = web.Application(client_max_size=MAX_BODY_BYTES)
     application.router.add_post("/v1/grants", grants)
     application.router.add_post("/v1/revocations", revocations)
     application.router.add_get("/v1/rows", rows, allow_head=False)
+    application.router.add_get("/v1/figures", figures, allow_head=False)
     return application
 
 

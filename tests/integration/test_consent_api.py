@@ -188,6 +188,18 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
         st, body, _ = _call(base + target, headers=h)
         assert st == 401 and json.loads(body)["refused"] == "stale_request"
 
+        # derived figures only: a driving score (no position released), never the driving rows
+        derived = grant(kinds=["driving"], raw=False)
+        did = open_grant(read_signed(derived)).grant_id.hex()
+        assert _call(base + "/v1/grants", "POST", derived)[0] == 201
+        target = "/v1/figures?" + urllib.parse.urlencode(
+            {"grant": did, "device": dev, "figure": "driving-score", "from": now - 5 * HOUR, "to": now}
+        )
+        st, body, _ = _call(base + target, headers=signed_headers(grantee, "GET", target))
+        assert st == 200 and json.loads(body)["algorithm"], body
+        st, body, _ = rows("driving_samples", g=did)
+        assert st == 403 and body["refused"] == "kind_not_granted"
+
         # expired: a grant whose expiry has passed
         old = grant(expires_ns=now - 1)
         assert _call(base + "/v1/grants", "POST", old)[0] == 201
@@ -245,18 +257,18 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
     # the owner sees the one served access with a verifying inclusion proof; refusals are counted
     r = run_cli(cli, "accesses", "--device", dev)
     assert r.returncode == 0, r.stderr
-    assert "2 access(es) to device" in r.stdout and r.stdout.count("proof OK") == 2, r.stdout
-    assert "kind_not_granted 1" in r.stdout and "revoked 2" in r.stdout and "stale_request 1" in r.stdout, (
+    assert "3 access(es) to device" in r.stdout and r.stdout.count("proof OK") == 3, r.stdout
+    assert "kind_not_granted 2" in r.stdout and "revoked 2" in r.stdout and "stale_request 1" in r.stdout, (
         r.stdout
     )
     r = run_cli(cli, "accesses", "--device", dev, "--json")
     proofs = json.loads(r.stdout)
-    assert len(proofs) == 2 and proofs[0]["log_index"] == served_index
+    assert len(proofs) == 3 and proofs[0]["log_index"] == served_index
     f = tmp_path / "accesses.json"
     f.write_text(r.stdout)
     pub = str(cfg.path(cfg.ledger.key_path + ".pub"))
     r = run_cli(cli, "verify-access", str(f), "--owner-key", owner.public_key.hex(), "--operator-key", pub)
-    assert r.returncode == 0 and r.stdout.count("OK access log entry") == 2, r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.count("OK access log entry") == 3, r.stdout + r.stderr
     proofs[0]["record"] = proofs[0]["record"][:-2] + ("00" if proofs[0]["record"][-2:] != "00" else "01")
     f.write_text(json.dumps(proofs))
     r = run_cli(cli, "verify-access", str(f), "--owner-key", owner.public_key.hex(), "--operator-key", pub)

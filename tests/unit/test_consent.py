@@ -146,6 +146,15 @@ def test_driving_rows_need_driving_and_position() -> None:
         judge(no_pos, requester_key=GRANTEE.public_key, query=q, owner=own, revoked=False, now_ns=NOW)
     both = open_grant(read_signed(_grant(kinds=["driving", "position"])))
     judge(both, requester_key=GRANTEE.public_key, query=q, owner=own, revoked=False, now_ns=NOW)
+    # a driving score releases no position: "driving" is enough, even for a derived-only grant
+    figure = Query(DEV, "driving_samples", NOW - 10**9, NOW, "driving-score")
+    derived = open_grant(read_signed(_grant(kinds=["driving"], raw=False)))
+    judge(derived, requester_key=GRANTEE.public_key, query=figure, owner=own, revoked=False, now_ns=NOW)
+    battery_only = open_grant(read_signed(_grant()))
+    with pytest.raises(Refused, match="lacks driving"):
+        judge(
+            battery_only, requester_key=GRANTEE.public_key, query=figure, owner=own, revoked=False, now_ns=NOW
+        )
 
 
 def test_rate_limiter_allows_bursts_then_the_rate() -> None:
