@@ -28,6 +28,7 @@ import secrets
 import shutil
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from cryptography import x509
 from common.config import ConfigError, EdgeConfig, MqttConfig, load_toml
 from common.errors import Fatal
 from common.keys import KeyFileError, generate_key_file
+from ingest import cli_args
 from ingest.config import Config, load_config
 from ingest.ops.broker_auth import MqttSecurityError, delete_password, password_users, set_password
 from ingest.storage.registry import Registry, RegistryError
@@ -132,8 +134,10 @@ def enrol_device(
     vehicle_dir: str = "/etc/edge-agent",
     state_dir: str = "/var/lib/edge-agent",
     label: str | None = None,
+    owner_key: bytes | None = None,
 ) -> Enrolment:
-    """Enrol one vehicle into the bundle directory ``out`` (which must not exist, or be empty)."""
+    """Enrol one vehicle into the bundle directory ``out`` (which must not exist, or be empty);
+    ``owner_key``: its owner from now on (docs/CONSENT.md), recorded once the vehicle is enrolled."""
     bundle, passwd, ca = Path(out), Path(passwd_file), Path(ca_file)
     if bundle.exists() and (not bundle.is_dir() or any(bundle.iterdir())):
         raise EnrolError(f"bundle {bundle} exists already; refusing to overwrite it")
@@ -202,7 +206,26 @@ def enrol_device(
     finally:
         if registry is not None:
             registry.close()
+    if owner_key is not None:
+        _record_owner(cfg, device_id, owner_key, bundle)
     return Enrolment(device_id, key_id, pub, bundle, bundle / AGENT_CONFIG, vehicle_dir)
+
+
+def _record_owner(cfg: Config, device_id: str, owner_key: bytes, bundle: Path) -> None:
+    """After the registry entry (which has no undo): a failure here leaves an enrolled vehicle."""
+    from ingest.storage.consent import ConsentStore, OwnershipError
+
+    try:
+        store = ConsentStore(cfg.path(cfg.consent.path))
+        try:
+            store.set_owner(device_id, owner_key, time.time_ns())
+        finally:
+            store.close()
+    except (OwnershipError, sqlite3.Error, OSError) as exc:
+        raise EnrolError(
+            f"device {device_id} is enrolled ({bundle}) but its owner was not recorded: {exc};"
+            f" run `telematics owners set --device {device_id} --owner-key {owner_key.hex()}`"
+        ) from exc
 
 
 def instructions(e: Enrolment, passwd_file: str | Path, service_user: str = "edge-agent") -> str:
@@ -243,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         "--state-dir", default="/var/lib/edge-agent", help="the agent's state directory on the vehicle"
     )
     p.add_argument("--label", help="registry label, e.g. the vehicle's fleet number")
+    p.add_argument(
+        "--owner-key",
+        type=cli_args.public_key,
+        help="the owner's Ed25519 public key (hex or .pub): only its grants release the vehicle's data",
+    )
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -256,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             vehicle_dir=args.vehicle_dir,
             state_dir=args.state_dir,
             label=args.label,
+            owner_key=args.owner_key,
         )
     except (EnrolError, ConfigError) as exc:
         print(f"enrol: {exc}", file=sys.stderr)

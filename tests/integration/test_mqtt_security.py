@@ -31,7 +31,9 @@ from edge_agent.publisher import MqttPublisher
 from ingest.config import Config
 from ingest.ops.broker_auth import BRIDGE_USER, acl_rules, delete_password, password_users, set_password
 from ingest.ops.enrol import EnrolError, enrol_device
+from ingest.storage.consent import ConsentStore
 from ingest.storage.registry import Registry, RegistryError
+from schemas.crypto import SigningKey
 from schemas.transport import blocks_topic, state_topic
 from tests.integration.secure_fixtures import (
     TIMEOUT,
@@ -343,6 +345,9 @@ def test_a_broker_that_cannot_start_is_an_error_naming_its_output(secure_broker:
 # -- 6. enrolment -----------------------------------------------------------------------------------------
 
 
+OWNER = SigningKey.generate()
+
+
 def ingest_config(base: Path) -> Config:
     return msgspec.convert({"data_dir": str(base / "ingest")}, Config)
 
@@ -360,8 +365,13 @@ def test_enrolment_end_to_end(secure_broker: SecureBroker, bridge: Probe, tmp_pa
         vehicle_dir=str(bundle),
         state_dir=str(tmp_path / "vehicle-spool"),
         label="van 17",
+        owner_key=OWNER.public_key,
     )
     assert e.bundle == bundle and e.agent_config == bundle / "edge-agent.toml"
+    consent = ConsentStore(cfg.path(cfg.consent.path))
+    owner = consent.owner(e.device_id)
+    consent.close()
+    assert owner is not None and owner.owner_key == OWNER.public_key  # its owner, from enrolment
     assert sorted(p.name for p in bundle.iterdir()) == [
         "ca.crt",
         "device.key",
