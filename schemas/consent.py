@@ -242,10 +242,6 @@ def _check_grant(g: Grant) -> None:
         raise ConsentError("the grant's kinds must be distinct, in the order battery, driving, position")
 
 
-def grant_id_hex(grant_id: bytes) -> str:
-    return grant_id.hex()
-
-
 def request_message(method: str, target: str, time_ns: int, body_sha256: bytes) -> bytes:
     """The bytes a grantee signs for one API request: ``TAG_REQUEST || 0x00 ||`` the method, the
     path with its query, the time (decimal ns) and the body's SHA-256 (hex), one per line."""

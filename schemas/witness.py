@@ -41,7 +41,6 @@ from schemas.checkpoint import (
     CheckpointError,
     SignatureError,
     open_checkpoint,
-    parse_checkpoint_body,
     split_note,
 )
 
@@ -219,12 +218,3 @@ def judge(req: AddCheckpoint, logs: Mapping[str, bytes], latest: tuple[int, byte
     except merkle.ProofError as exc:
         raise Refusal(422, f"not consistent with the cosigned tree of size {req.old_size}: {exc}") from None
     return cp
-
-
-def checkpoint_of(note: str) -> Checkpoint:
-    """The (unverified) checkpoint in a note: for callers that verified the note already."""
-    try:
-        text, _ = split_note(note)
-        return parse_checkpoint_body(text)
-    except CheckpointError as exc:
-        raise WitnessError(str(exc)) from None

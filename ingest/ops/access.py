@@ -133,7 +133,6 @@ class AccessService:
         self.limiter = RateLimiter(rate, burst)
         self._lock = threading.Lock()
         self._last = 0  # the last access log entry number this process used
-        self.served = 0
 
     def _log(self, digest: bytes, rows: int) -> int:
         """Append a digest to the access log (fsynced) and return its entry index. The entry's number
@@ -249,7 +248,6 @@ class AccessService:
             self.consent.forget_access(access_id)
             return _unavailable(exc)
         self.consent.logged(access_id, index)
-        self.served += 1
         return Answer(200, data, headers={"X-VT-Access-Index": str(index), "X-VT-Access-Record": rb.hex()})
 
     def _figure(self, q: Query) -> tuple[bytes, int]:
