@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from ingest.ledger.base import load_or_create_key
 from ingest.ledger.cosigning import WitnessEndpoint
 from ingest.ledger.local import LocalLedger
 from ingest.storage.registry import Registry
+from ingest.storage.store import FileStore
 from schemas.crypto import SigningKey
 from schemas.witness import Cosigner, verify_cosignatures
 from simulators.fleet import run_fleet
@@ -104,13 +106,25 @@ def _start(witnesses: list[WitnessProc], tmp: Path, name: str, log_key: bytes) -
 
 
 def test_two_witnesses_cosign_every_checkpoint_of_a_pipeline_run(env, witnesses, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two honest witnesses cosign every checkpoint; a third, which was shown a forked history of this
+    log before the run, refuses every one, loudly in the consumer's log, and ingestion goes on."""
     cfg = env.cfg
     op = load_or_create_key(cfg.path(cfg.ledger.key_path))  # the ingest uses the key it finds
     w1 = _start(witnesses, tmp_path, "witness.example/w1", op.public_key)
     w2 = _start(witnesses, tmp_path, "witness.example/w2", op.public_key)
+    w3 = _start(witnesses, tmp_path, "witness.example/w3", op.public_key)
+    fork = LocalLedger(
+        tmp_path / "fork" / "ledger.jsonl", op, origin=cfg.ledger.origin, witnesses=[w3.endpoint]
+    )
+    for b in range(2):
+        fork.anchor(b, bytes([0xEE, b]) * 16, 1)  # another history under the operator's key
+    assert fork.cosigning is not None
+    fork.cosigning.drain()
+    assert fork.cosigning.tally[w3.name].last_size == 2
+    fork.close()
     ledger_cfg = msgspec.structs.replace(
         cfg.ledger,
-        witnesses=[WitnessConfig(w.name, w.url, w.public_key.hex()) for w in (w1, w2)],
+        witnesses=[WitnessConfig(w.name, w.url, w.public_key.hex()) for w in (w1, w2, w3)],
     )
     env.cfg = cfg = msgspec.structs.replace(cfg, ledger=ledger_cfg)
     write_config(cfg, env.config_path)
@@ -139,9 +153,12 @@ def test_two_witnesses_cosign_every_checkpoint_of_a_pipeline_run(env, witnesses,
     cps = log.checkpoints()
     assert len(cps) >= 2
     for size, note in cps.items():
-        got = {c.name for c in verify_cosignatures(note, [w1.cosigner, w2.cosigner])}
+        got = {c.name for c in verify_cosignatures(note, [w1.cosigner, w2.cosigner, w3.cosigner])}
         assert got == {w1.name, w2.name}, f"checkpoint {size} cosigned by {got}"
     assert w1.refused() == [] and w2.refused() == []
+    assert {status for status, _ in w3.refused()} == {422}  # shown this log after the fork: inconsistent
+    consumer_log = env.procs[0].log.read_text()
+    assert f"witness {w3.name} REFUSED checkpoint" in consumer_log
 
     bundle = cfg.path("proof.json")
     r = run_cli(env.config_path, "prove", "--sample", "--limit", "10", "-o", str(bundle))
@@ -171,16 +188,29 @@ def test_two_witnesses_cosign_every_checkpoint_of_a_pipeline_run(env, witnesses,
     )
     assert r.returncode == 1 and "cosigned by 2 of the trusted witnesses" in r.stdout, r.stdout + r.stderr
 
-    # Nothing personal in the ledger's files or the witnesses' state: no device id, in any form.
+    # Nothing personal in the ledger's files or the witnesses' state: no device id and no position
+    # of a stored row, in any form (text, bytes, IEEE 754 double as MessagePack or DuckDB store it).
     devices = list(fleet.per_vehicle)
     assert len(devices) == 3
+    store = FileStore(cfg.path(cfg.store.path), read_only=True)
+    try:
+        places = store.con.execute(
+            "SELECT latitude_deg, longitude_deg FROM driving_samples WHERE latitude_deg IS NOT NULL LIMIT 20"
+        ).fetchall()
+    finally:
+        store.close()
+    assert places
+    needles = [n for d in devices for n in (d.encode(), bytes.fromhex(d))]
+    for lat, lon in places:
+        for x in (lat, lon):
+            needles += [repr(x).encode(), struct.pack(">d", x), struct.pack("<d", x)]
     files = [p for p in cfg.path(cfg.ledger.path).parent.glob("ledger*") if p.is_file()]
-    files += [p for w in (w1, w2) for p in w.state.iterdir() if p.name.startswith("witness.sqlite")]
-    assert len(files) >= 4
+    files += [p for w in (w1, w2, w3) for p in w.state.iterdir() if p.name.startswith("witness.sqlite")]
+    assert len(files) >= 5
     for f in files:
         data = f.read_bytes()
-        for d in devices:
-            assert d.encode() not in data and bytes.fromhex(d) not in data, f"device {d} in {f}"
+        for n in needles:
+            assert n not in data, f"{n!r} in {f}"
 
 
 def test_a_witness_refuses_a_forked_log_and_the_log_goes_on(witnesses, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
