@@ -90,6 +90,10 @@ class Ledger(Protocol):
         """At shutdown: offer the last checkpoint to the witnesses, if any are configured."""
         ...
 
+    def witness_counts(self) -> dict[str, dict[str, int]]:
+        """Per configured witness: checkpoints ``cosigned``, ``refused``, ``unreachable`` (metrics)."""
+        ...
+
 
 class MemoryLedger:
     """For unit tests: same semantics as the local log, nothing on disk, can be told to fail."""
@@ -124,6 +128,9 @@ class MemoryLedger:
 
     def close(self) -> None:
         return None
+
+    def witness_counts(self) -> dict[str, dict[str, int]]:
+        return {}
 
 
 def load_key(path: Path) -> SigningKey:

@@ -142,6 +142,9 @@ class EvmLedger:
     def close(self) -> None:
         self.log.close()
 
+    def witness_counts(self) -> dict[str, dict[str, int]]:
+        return self.log.witness_counts()
+
     def sync(self, force: bool = False) -> None:
         """Checkpoint mode: put the current log checkpoint on chain if it is due (or ``force``)."""
         if self.cfg.mode != "checkpoint" or self.log.size <= self._witnessed_size:

@@ -88,6 +88,14 @@ class LocalLedger:
         if self.cosigning is not None:
             self.cosigning.close()
 
+    def witness_counts(self) -> dict[str, dict[str, int]]:
+        if self.cosigning is None:
+            return {}
+        return {
+            name: {"cosigned": t.cosigned, "refused": t.refused, "unreachable": t.unreachable}
+            for name, t in self.cosigning.tally.items()
+        }
+
     def _load(self) -> None:
         """Read the log and its checkpoints. A torn last line (no newline: never acknowledged) is
         dropped, and the writer truncates it. The writer refuses to open a log with any other damage

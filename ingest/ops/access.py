@@ -361,6 +361,32 @@ def _parse_query(target: str, *, figure: bool) -> tuple[Query, int, bytes]:
     return q, limit, grant_id
 
 
+def metrics_text(consent: ConsentStore) -> bytes:
+    """The API's ``/metrics`` (Prometheus text format), read from the consent store at each scrape."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, Metric
+
+    class _Consent:
+        def collect(self) -> Iterator[Metric]:
+            c = consent.counts()
+            for name, doc in (
+                ("accesses", "requests served, each in the access log"),
+                ("grants", "owner grants kept"),
+                ("revocations", "owner revocations kept"),
+            ):
+                yield CounterMetricFamily(f"telematics_access_{name}", doc, value=c[name])
+            ref = CounterMetricFamily(
+                "telematics_access_refusals", "requests refused, by reason", labels=["reason"]
+            )
+            for reason, n in sorted(consent.refusals().items()):
+                ref.add_metric([reason], n)
+            yield ref
+
+    registry = CollectorRegistry()
+    registry.register(_Consent())  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
 def app(service: AccessService) -> object:
     """The HTTP application (aiohttp); request bodies over 16 KiB are refused with 413."""
     import asyncio
@@ -397,6 +423,13 @@ def app(service: AccessService) -> object:
     application.router.add_post("/v1/revocations", revocations)
     application.router.add_get("/v1/rows", rows, allow_head=False)
     application.router.add_get("/v1/figures", figures, allow_head=False)
+
+    async def metrics(request: web.Request) -> web.Response:
+        async with lock:
+            text = await asyncio.to_thread(metrics_text, service.consent)
+        return web.Response(body=text, content_type="text/plain", charset="utf-8")
+
+    application.router.add_get("/metrics", metrics)
     return application
 
 

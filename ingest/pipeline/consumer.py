@@ -330,6 +330,15 @@ class BatchConsumer:
         for reason, n in sorted(self.rejected.items()):
             rej.add_metric([reason], n)
         yield rej
+        wit = CounterMetricFamily(
+            "telematics_witness_checkpoints",
+            "checkpoints offered to each witness, by outcome (cosigned, refused, unreachable)",
+            labels=["witness", "outcome"],
+        )
+        for name, counts in sorted(self.ledger.witness_counts().items()):
+            for outcome, n in sorted(counts.items()):
+                wit.add_metric([name, outcome], n)
+        yield wit
         lag = GaugeMetricFamily(
             "telematics_consumer_lag",
             "messages the broker holds beyond the last stored batch",

@@ -199,6 +199,15 @@ class ConsentStore:
             [reason],
         )
 
+    def counts(self) -> dict[str, int]:
+        """Accesses served (logged), grants and revocations kept."""
+        q = (
+            "SELECT (SELECT count(*) FROM accesses WHERE log_index IS NOT NULL),"
+            " (SELECT count(*) FROM grants), (SELECT count(*) FROM revocations)"
+        )
+        a, g, r = self._db.execute(q).fetchone()
+        return {"accesses": int(a), "grants": int(g), "revocations": int(r)}
+
     def refusals(self) -> dict[str, int]:
         return {str(r): int(n) for r, n in self._db.execute("SELECT reason, count FROM refusals")}
 

@@ -250,6 +250,12 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
         assert st == 403 and body["refused"] == "not_owner"
         st, body, _ = _call(base + "/v1/grants", "POST", grant())
         assert st == 403 and json.loads(body)["refused"] == "not_owner"
+
+        # what an operator scrapes
+        st, body, _ = _call(base + "/metrics")
+        text = body.decode()
+        assert st == 200 and "telematics_access_accesses_total 3.0" in text, text
+        assert 'telematics_access_refusals_total{reason="revoked"} 2.0' in text, text
     finally:
         serve.terminate()
         serve.wait(15)

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +147,30 @@ def test_two_witnesses_cosign_every_checkpoint_of_a_pipeline_run(env, witnesses,
     reg.close()
     assert fleet.records == 6_000
     wait_until(cfg, lambda s: s["records"] >= 6_000 and s["anchored"] == s["batches"], what="6,000 stored")
+
+    def witness_metric(text: str, witness: str, outcome: str) -> float:
+        labels = (f'witness="{witness}"', f'outcome="{outcome}"')
+        for line in text.splitlines():
+            if line.startswith("telematics_witness_checkpoints_total{") and all(x in line for x in labels):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    metrics = ""
+    for _ in range(100):  # the operator sees each witness's outcomes on the consumer's /metrics
+        with urllib.request.urlopen(f"http://127.0.0.1:{cfg.metrics.consumer_port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        if (
+            witness_metric(metrics, w3.name, "refused") > 0
+            and witness_metric(metrics, w1.name, "cosigned") > 0
+        ):
+            break
+        time.sleep(0.1)
+    assert (
+        witness_metric(metrics, w1.name, "cosigned") > 0 and witness_metric(metrics, w1.name, "refused") == 0
+    )
+    assert (
+        witness_metric(metrics, w3.name, "refused") > 0 and witness_metric(metrics, w3.name, "cosigned") == 0
+    )
     for p in env.procs:
         assert p.stop() == 0  # the consumer offers its last checkpoint to the witnesses as it stops
 
