@@ -75,13 +75,14 @@ def test_compose_ingest_config_is_valid_and_uses_the_lake(tmp_path: Path) -> Non
 
 
 def test_dashboard_and_docs_name_only_metrics_the_code_exports() -> None:
-    """deploy/grafana/telematics.json and PRODUCTION.md's metrics table against the names the bridge
-    and the consumer register (ingest/pipeline)."""
+    """deploy/grafana/telematics.json and PRODUCTION.md's metrics table against the names the bridge,
+    the consumer (ingest/pipeline) and the data-access API (ingest/ops/access.py) register."""
     import json
 
-    code = "".join((ROOT / "ingest/pipeline" / f).read_text() for f in ("consumer.py", "bridge.py"))
+    files = ("ingest/pipeline/consumer.py", "ingest/pipeline/bridge.py", "ingest/ops/access.py")
+    code = "".join((ROOT / f).read_text() for f in files)
     exported = set(re.findall(r'"(telematics_[a-z_]+)"', code))
-    counters = set(re.findall(r'counter\(\s*"(telematics_[a-z_]+)"', code)) | {"telematics_rejections"}
+    counters = set(re.findall(r'(?:counter|CounterMetricFamily)\(\s*"(telematics_[a-z_]+)"', code))
     names = {n + "_total" if n in counters else n for n in exported}
     names |= {n + s for n in exported for s in ("_bucket", "_sum", "_count") if n.endswith("_seconds")}
     dash = json.loads((ROOT / "deploy/grafana/telematics.json").read_text())
