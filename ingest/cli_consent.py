@@ -84,13 +84,19 @@ def cmd_grant(args: argparse.Namespace) -> int:
     from common.times import iso_utc
     from schemas.consent import KINDS, ConsentError, new_grant, new_revocation, open_grant, read_signed
 
-    if args.action == "show":
-        if not args.file:
-            return _fail("grant", "show needs the grant FILE", 2)
+    def read_grant(path: str | None, what: str) -> Any:
+        """The grant in ``path``, opened; the exit status (the failure printed) if it cannot be."""
+        if not path:
+            return _fail("grant", f"{args.action} needs {what}", 2)
         try:
-            g = open_grant(read_signed(Path(args.file).read_bytes()))
+            return open_grant(read_signed(Path(path).read_bytes()))
         except (OSError, ConsentError) as exc:
-            return _fail("grant", f"{args.file}: {exc}")
+            return _fail("grant", f"{path}: {exc}")
+
+    if args.action == "show":
+        g = read_grant(args.file, "the grant FILE")
+        if isinstance(g, int):
+            return g
         print(
             f"grant {g.grant_id.hex()} (owner signature verified)\n  owner {g.owner_key.hex()}\n"
             f"  grantee {g.grantee_key.hex()}\n  devices {', '.join(g.devices)}\n  kinds {', '.join(g.kinds)}"
@@ -129,12 +135,9 @@ def cmd_grant(args: argparse.Namespace) -> int:
         except ConsentError as exc:
             return _fail("grant", str(exc))
         return _write("grant", args.out, s.to_json(), f"grant {open_grant(s).grant_id.hex()}")
-    if not args.grant:
-        return _fail("grant", "revoke needs --grant FILE (the grant to revoke)", 2)
-    try:
-        g = open_grant(read_signed(Path(args.grant).read_bytes()))
-    except (OSError, ConsentError) as exc:
-        return _fail("grant", f"{args.grant}: {exc}")
+    g = read_grant(args.grant, "--grant FILE (the grant to revoke)")
+    if isinstance(g, int):
+        return g
     if g.owner_key != owner.public_key:
         return _fail("grant", "this owner key did not sign that grant")
     return _write(

@@ -19,6 +19,7 @@ from ingest.config import Config
 
 if TYPE_CHECKING:
     from ingest.ledger.base import Ledger
+    from ingest.ledger.cosigning import WitnessEndpoint
     from ingest.ledger.evm import EvmLedger
     from ingest.ledger.local import LocalLedger
     from ingest.ops.access import AccessService
@@ -148,18 +149,23 @@ def operator_public_key(cfg: Config, given: bytes | None = None) -> bytes:
 def open_log(cfg: Config, key: SigningKey | None = None, *, witnessed: bool = False) -> LocalLedger:
     """The local signed Merkle log: read-only without ``key``, appendable (and checkpointing) with it;
     ``witnessed``: its checkpoints are also submitted to the configured witnesses."""
-    from ingest.ledger.cosigning import WitnessEndpoint
     from ingest.ledger.local import LocalLedger
 
     lc = cfg.ledger
-    witnesses = [WitnessEndpoint(w.name, w.url, bytes.fromhex(w.public_key)) for w in lc.witnesses]
     return LocalLedger(
         paths(cfg).ledger,
         key,
         origin=lc.origin,
         checkpoint_every=lc.checkpoint_every,
-        witnesses=witnesses if witnessed else (),
+        witnesses=witness_endpoints(cfg) if witnessed else (),
     )
+
+
+def witness_endpoints(cfg: Config) -> list[WitnessEndpoint]:
+    """The configured witnesses (``[[ledger.witnesses]]``), for the ledger and the access log."""
+    from ingest.ledger.cosigning import WitnessEndpoint
+
+    return [WitnessEndpoint(w.name, w.url, bytes.fromhex(w.public_key)) for w in cfg.ledger.witnesses]
 
 
 def open_witness(cfg: Config, local: LocalLedger) -> EvmLedger | None:
@@ -271,15 +277,13 @@ def open_consent(cfg: Config) -> ConsentStore:
 
 def open_access_log(cfg: Config, key: SigningKey | None = None, *, witnessed: bool = False) -> LocalLedger:
     """The access log (the ledger's format, its own file and origin): read-only without ``key``."""
-    from ingest.ledger.cosigning import WitnessEndpoint
     from ingest.ledger.local import LocalLedger
 
-    witnesses = [WitnessEndpoint(w.name, w.url, bytes.fromhex(w.public_key)) for w in cfg.ledger.witnesses]
     return LocalLedger(
         cfg.path(cfg.consent.access_log),
         key,
         origin=access_origin(cfg),
-        witnesses=witnesses if witnessed else (),
+        witnesses=witness_endpoints(cfg) if witnessed else (),
     )
 
 

@@ -26,14 +26,16 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
 
-from schemas import crypto
+from schemas import crypto, merkle
+from schemas.checkpoint import CheckpointError, open_checkpoint
 from schemas.crypto import TAG_ACCESS, TAG_GRANT, TAG_REQUEST, TAG_REVOCATION
 from schemas.patterns import HexId32
+from schemas.proof import entry_decoder
 
 CONSENT_VERSION: Literal[1] = 1
 
@@ -137,6 +139,7 @@ class Refused(Exception):
         self.detail = detail
 
 
+T = TypeVar("T", Grant, Revocation)
 _enc = msgspec.msgpack.Encoder()
 _grant_dec = msgspec.msgpack.Decoder(Grant)
 _revocation_dec = msgspec.msgpack.Decoder(Revocation)
@@ -211,26 +214,27 @@ def read_signed(data: bytes) -> Signed:
     return s
 
 
+def _open(s: Signed, decoder: msgspec.msgpack.Decoder[T], tag: bytes, what: str) -> T:
+    """Decode a statement and verify it is signed by the owner key it names."""
+    try:
+        st = decoder.decode(s.statement)
+    except msgspec.DecodeError as exc:
+        raise ConsentError(f"not a v{CONSENT_VERSION} {what}: {exc}") from None
+    if not crypto.verify(st.owner_key, _message(tag, s.statement), s.signature):  # type: ignore[attr-defined]
+        raise ConsentError(f"the {what}'s signature does not verify with the owner key it names")
+    return st
+
+
 def open_grant(s: Signed) -> Grant:
     """Decode a grant and verify it is signed by the owner key it names. Raises ``ConsentError``."""
-    try:
-        g = _grant_dec.decode(s.statement)
-    except msgspec.DecodeError as exc:
-        raise ConsentError(f"not a v{CONSENT_VERSION} grant: {exc}") from None
+    g = _open(s, _grant_dec, TAG_GRANT, "grant")
     _check_grant(g)
-    if not crypto.verify(g.owner_key, _message(TAG_GRANT, s.statement), s.signature):
-        raise ConsentError("the grant's signature does not verify with the owner key it names")
     return g
 
 
 def open_revocation(s: Signed) -> Revocation:
-    try:
-        r = _revocation_dec.decode(s.statement)
-    except msgspec.DecodeError as exc:
-        raise ConsentError(f"not a v{CONSENT_VERSION} revocation: {exc}") from None
-    if not crypto.verify(r.owner_key, _message(TAG_REVOCATION, s.statement), s.signature):
-        raise ConsentError("the revocation's signature does not verify with the owner key it names")
-    return r
+    """Decode a revocation and verify it is signed by the owner key it names. Raises ``ConsentError``."""
+    return _open(s, _revocation_dec, TAG_REVOCATION, "revocation")
 
 
 def _check_grant(g: Grant) -> None:
@@ -364,10 +368,6 @@ def verify_access(proof: AccessProof, *, operator_key: bytes, origin: str, owner
     signed by the operator, inclusion path to a checkpoint the operator signed for ``origin``), and
     it was served under a grant ``owner_key`` signed that covers it (device, table, range, before
     expiry). Raises ``ConsentError`` naming the first check that fails."""
-    from schemas import merkle
-    from schemas.checkpoint import CheckpointError, open_checkpoint
-    from schemas.proof import entry_decoder
-
     try:
         rb = bytes.fromhex(proof.record)
         rec = decode_access_record(rb)

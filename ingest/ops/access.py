@@ -23,7 +23,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -403,27 +403,27 @@ def app(service: AccessService) -> object:
         async with lock:
             return respond(await asyncio.to_thread(fn, *args))
 
-    async def grants(request: web.Request) -> web.Response:
-        return await run(service.add_statement, "grant", await request.read())
+    def statement(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            return await run(service.add_statement, kind, await request.read())
 
-    async def revocations(request: web.Request) -> web.Response:
-        return await run(service.add_statement, "revocation", await request.read())
+        return handle
 
-    async def rows(request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        return await run(service.rows, request.method, request.raw_path, headers, body)
+    def query(
+        fn: Callable[[str, str, dict[str, str], bytes], Answer],
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            return await run(fn, request.method, request.raw_path, headers, body)
 
-    async def figures(request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        return await run(service.figures, request.method, request.raw_path, headers, body)
+        return handle
 
     application = web.Application(client_max_size=MAX_BODY_BYTES)
-    application.router.add_post("/v1/grants", grants)
-    application.router.add_post("/v1/revocations", revocations)
-    application.router.add_get("/v1/rows", rows, allow_head=False)
-    application.router.add_get("/v1/figures", figures, allow_head=False)
+    application.router.add_post("/v1/grants", statement("grant"))
+    application.router.add_post("/v1/revocations", statement("revocation"))
+    application.router.add_get("/v1/rows", query(service.rows), allow_head=False)
+    application.router.add_get("/v1/figures", query(service.figures), allow_head=False)
 
     async def metrics(request: web.Request) -> web.Response:
         async with lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -130,6 +131,20 @@ def run_cli(config_path: Path, *args: str, check: bool = False) -> subprocess.Co
     )
 
 
+def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 60) -> None:
+    """Until a server process accepts connections on 127.0.0.1:``port``; its log if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+        time.sleep(0.05)
+
+
 def error_line(out: subprocess.CompletedProcess[str]) -> str:
     """The last line a failed command printed on stderr; it must have failed without a traceback."""
     assert out.returncode == 1, (out.returncode, out.stderr)
@@ -151,6 +166,11 @@ def wait_until(cfg: Config, pred: Any, timeout: float = 120, what: str = "condit
 def publish(cfg: Config, vehicles: int, records: int, seed: int, registry: Registry) -> int:
     """Drive ``vehicles`` simulated vehicles (keys and chains kept in ``<data_dir>/sim``, so a second call
     continues them) for exactly ``records`` records each, registering their keys; all acknowledged."""
+    return drive(cfg, vehicles, records, seed, registry).records
+
+
+def drive(cfg: Config, vehicles: int, records: int, seed: int, registry: Registry) -> FleetResult:
+    """``publish``, returning the fleet's result (its device ids in ``per_vehicle``)."""
     fleet = run_fleet(
         mqtt=cfg.mqtt,
         edge=cfg.edge,
@@ -164,7 +184,7 @@ def publish(cfg: Config, vehicles: int, records: int, seed: int, registry: Regis
         register=lambda k: registry.add(k.public_key),
     )
     assert fleet.unacked == 0
-    return fleet.records
+    return fleet
 
 
 class FleetInBackground:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,9 +25,8 @@ from ingest.storage.registry import Registry
 from schemas.consent import new_grant, new_revocation, open_grant, read_signed
 from schemas.crypto import SigningKey
 from schemas.proof import verify_bundle
-from simulators.fleet import run_fleet
 from tests.integration.conftest import free_port
-from tests.integration.harness import REPO, run_cli, wait_until, write_config
+from tests.integration.harness import REPO, drive, run_cli, wait_listening, wait_until, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -59,18 +57,7 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
     env.start("consumer")
     env.start("bridge")
     reg = Registry(cfg.path(cfg.registry.path))
-    fleet = run_fleet(
-        mqtt=cfg.mqtt,
-        edge=cfg.edge,
-        keys_dir=cfg.path("sim"),
-        vehicles=2,
-        ticks=20_000,
-        rate_hz=10.0,
-        seed=5,
-        realtime=False,
-        records_per_vehicle=1_000,
-        register=lambda k: reg.add(k.public_key),
-    )
+    fleet = drive(cfg, 2, 1_000, 5, reg)
     reg.close()
     wait_until(cfg, lambda s: s["records"] >= 2_000 and s["anchored"] == s["batches"], what="2,000 stored")
     for p in env.procs:
@@ -80,34 +67,19 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
     owner, grantee, buyer = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
     now = time.time_ns()
     cli = env.config_path
-    assert (
-        run_cli(
+    for d, k in ((dev, owner), (dev2, buyer)):
+        r = run_cli(
             cli,
             "owners",
             "set",
             "--device",
-            dev,
+            d,
             "--owner-key",
-            owner.public_key.hex(),
+            k.public_key.hex(),
             "--since",
             str(now - 10 * HOUR),
-        ).returncode
-        == 0
-    )
-    assert (
-        run_cli(
-            cli,
-            "owners",
-            "set",
-            "--device",
-            dev2,
-            "--owner-key",
-            buyer.public_key.hex(),
-            "--since",
-            str(now - 10 * HOUR),
-        ).returncode
-        == 0
-    )
+        )
+        assert r.returncode == 0, r.stderr
 
     def grant(signer: SigningKey = owner, **kw: Any) -> bytes:
         args: dict[str, Any] = {
@@ -133,14 +105,7 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "serve not listening"
-            time.sleep(0.1)
+        wait_listening(serve, port, tmp_path / "serve.log")
 
         battery = grant()
         gid = open_grant(read_signed(battery)).grant_id.hex()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -28,9 +27,8 @@ from ingest.storage.registry import Registry
 from ingest.storage.store import FileStore
 from schemas.crypto import SigningKey
 from schemas.witness import Cosigner, verify_cosignatures
-from simulators.fleet import run_fleet
 from tests.integration.conftest import free_port
-from tests.integration.harness import REPO, run_cli, wait_until, write_config
+from tests.integration.harness import REPO, drive, run_cli, wait_listening, wait_until, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +53,7 @@ class WitnessProc:
             cwd=REPO,
             env=dict(os.environ, PYTHONPATH=str(REPO)),
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"witness {name} exited: {(state / 'witness.log').read_text()[-2000:]}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"witness {name} not listening after 60 s")
+        wait_listening(self.proc, self.port, state / "witness.log")
 
     @property
     def endpoint(self) -> WitnessEndpoint:
@@ -132,20 +122,13 @@ def test_two_witnesses_cosign_every_checkpoint_of_a_pipeline_run(env, witnesses,
     env.start("consumer")
     env.start("bridge")
     reg = Registry(cfg.path(cfg.registry.path))
-    fleet = run_fleet(
-        mqtt=cfg.mqtt,
-        edge=cfg.edge,
-        keys_dir=cfg.path("sim"),
-        vehicles=3,
-        ticks=20_000,
-        rate_hz=10.0,
-        seed=11,
-        realtime=False,
-        records_per_vehicle=2_000,
-        register=lambda k: reg.add(k.public_key),
-    )
+    for half in (1, 2):  # two rounds, each stored before the next: at least two batches, two checkpoints
+        fleet = drive(cfg, 3, 1_000, 11, reg)  # the same vehicles go on
+        assert fleet.records == 3_000
+        wait_until(
+            cfg, lambda s, n=half * 3_000: s["records"] >= n and s["anchored"] == s["batches"], what="stored"
+        )
     reg.close()
-    assert fleet.records == 6_000
     wait_until(cfg, lambda s: s["records"] >= 6_000 and s["anchored"] == s["batches"], what="6,000 stored")
 
     def witness_metric(text: str, witness: str, outcome: str) -> float:
