@@ -52,6 +52,11 @@ class BridgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The Kafka producer waits this long for more messages to send with one request: fewer, larger
     # requests cost the bridge and the Kafka broker less per message (docs/PERFORMANCE.md).
     linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 20
+    # Bundles (WIRE.md 12.5): the messages of one burst that go to one Kafka partition travel as one
+    # Kafka record of at most this many messages and payload bytes, so Kafka, the bridge and the
+    # consumer pay their per-record costs once per bundle. 1: every message is a record of its own.
+    bundle_max_messages: Annotated[int, Meta(ge=1, le=65_535)] = 1000
+    bundle_max_bytes: Annotated[int, Meta(ge=1024, le=8 << 20)] = 512 * 1024
     # Per-device quota (the device id of the MQTT topic), a token bucket per device: on average at
     # most this many messages and bytes a second, in bursts of up to burst_s seconds' worth. Messages
     # over it are not forwarded: the bridge reports them to Kafka, a marker per device every

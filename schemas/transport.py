@@ -4,6 +4,11 @@ write. One list: the agent, the bridge, the processor and the dead-letter produc
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
 # -- MQTT (agent -> broker -> bridge), WIRE.md 12.1 --------------------------------------------------
 BLOCKS_FILTER = "vehicles/+/blocks"  # the bridge's subscriptions (under $share/<group>/)
 STATE_FILTER = "vehicles/+/state"  # session births, deaths and shutdowns (WIRE.md 12.4)
@@ -28,6 +33,40 @@ SIZE_HEADER = "vt-size"  # the original payload's (or payloads') size in bytes, 
 SHA256_HEADER = "vt-sha256"  # hex SHA-256 of the original payload(s)
 COUNT_HEADER = "vt-count"  # quota markers: how many messages the marker stands for
 
+BUNDLE_HEADER = "vt-bundle"  # the value is a bundle of MQTT messages (WIRE.md 12.5); header value "1"
+
 # -- Kafka headers of a dead letter, WIRE.md 12.3 ----------------------------------------------------
 REASON_HEADER = "vt-reason"  # the rejection reason (WIRE.md 13)
 SOURCE_HEADER = "vt-source"  # <topic>/<partition>/<offset> of the rejected message
+INDEX_HEADER = "vt-index"  # the rejected message's index in its bundle (WIRE.md 12.5), decimal
+
+
+# -- Bundles: several MQTT messages in one Kafka record, WIRE.md 12.5 --------------------------------
+BUNDLE_VERSION = b"1"  # the value of the vt-bundle header
+MAX_BUNDLE_ENTRIES = 65_535
+
+
+class BundleEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """One MQTT message of a bundle: its topic, its payload unchanged, and whether the agent
+    replayed it from its spool (the ``vt-historical`` user property)."""
+
+    topic: Annotated[str, Meta(min_length=1, max_length=65_535)]
+    payload: bytes
+    historical: bool
+
+
+_bundle_encoder = msgspec.msgpack.Encoder()
+_bundle_decoder = msgspec.msgpack.Decoder(
+    Annotated[list[BundleEntry], Meta(min_length=1, max_length=MAX_BUNDLE_ENTRIES)]
+)
+
+
+def encode_bundle(entries: list[tuple[str, bytes | bytearray, bool]]) -> bytes:
+    """The value of a bundle record: a MessagePack array of ``[topic, payload, historical]``."""
+    return _bundle_encoder.encode(entries)
+
+
+def decode_bundle(value: bytes) -> list[BundleEntry]:
+    """The entries of a bundle record, in order. Raises ``msgspec.ValidationError`` or
+    ``msgspec.DecodeError`` for anything that is not a bundle."""
+    return _bundle_decoder.decode(value)

@@ -10,8 +10,10 @@ Session messages (``vehicles/+/state``) travel the same way, so a vehicle's birt
 death stay in order. A block the agent replayed from its spool carries the MQTT 5 user property
 ``vt-historical``, forwarded as the Kafka header of the same name.
 
-Records are keyed by the device id from the topic, so each vehicle's blocks keep their order
-in one partition. Payloads too large for Kafka are not dropped: a marker with the payload's
+Each vehicle's messages keep their order in one partition: the one Kafka's default partitioner
+gives its device id. The messages of one burst bound for one partition travel as one Kafka record,
+a bundle (WIRE.md 12.5, ``[bridge] bundle_max_*``), so Kafka, the bridge and the consumer pay their
+per-record costs once per bundle; with bundling off each message is a record keyed by its device id. Payloads too large for Kafka are not dropped: a marker with the payload's
 size, SHA-256 and first KiB goes to Kafka, and the consumer dead-letters it as "oversized".
 
 One device cannot take the pipeline for itself: each device id has a quota (a token bucket of
@@ -42,6 +44,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -54,6 +57,8 @@ from ingest.config import Config
 from ingest.pipeline.metrics import Metric, Metrics, MetricsServer, counter, gauge
 from schemas.transport import (
     BLOCKS_FILTER,
+    BUNDLE_HEADER,
+    BUNDLE_VERSION,
     COUNT_HEADER,
     DETAIL_HEADER,
     HISTORICAL_HEADER,
@@ -64,6 +69,7 @@ from schemas.transport import (
     SIZE_HEADER,
     STATE_FILTER,
     blocks_topic,
+    encode_bundle,
 )
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,7 @@ log = logging.getLogger(__name__)
 class BridgeStats:
     received: int = 0
     forwarded: int = 0
+    bundles: int = 0  # Kafka records that carry a bundle (WIRE.md 12.5)
     oversized: int = 0
     over_quota: int = 0  # messages not forwarded because their device was over its quota
     over_quota_bytes: int = 0
@@ -137,6 +144,73 @@ def _chain(src: asyncio.Future[object], dst: asyncio.Future[object]) -> None:
         dst.set_result(None)
 
 
+@dataclass
+class _Bundle:
+    """The messages gathered for one Kafka partition; ``fut`` completes when Kafka acknowledged it."""
+
+    fut: asyncio.Future[object]
+    entries: list[tuple[str, bytes | bytearray, bool]]
+    size: int = 0
+
+
+class Bundler:
+    """Gathers the messages of one burst into one Kafka record per partition (WIRE.md 12.5). Each
+    message's partition is the one Kafka's default partitioner gives its device id, so a device's
+    messages, bundled or not, stay in one partition in arrival order."""
+
+    def __init__(self, topic: str, partitions: list[int], max_messages: int, max_bytes: int) -> None:
+        self.topic = topic
+        self.partitions = sorted(partitions)
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._open: dict[int, _Bundle] = {}
+        self._partition_of: dict[bytes, int] = {}
+
+    def partition(self, key: bytes) -> int:
+        p = self._partition_of.get(key)
+        if p is None:
+            if len(self._partition_of) > 1_000_000:
+                self._partition_of.clear()
+            p = self._partition_of[key] = DefaultPartitioner()(key, self.partitions, self.partitions)
+        return p
+
+    async def add(
+        self,
+        producer: AIOKafkaProducer,
+        key: bytes,
+        topic: str,
+        payload: bytes | bytearray,
+        historical: bool,
+        stats: BridgeStats,
+    ) -> asyncio.Future[object]:
+        """Put one message in its partition's bundle; the future completes when Kafka has that bundle."""
+        part = self.partition(key)
+        b = self._open.get(part)
+        if b is not None and (len(b.entries) >= self.max_messages or b.size + len(payload) > self.max_bytes):
+            await self._send(producer, part, stats)
+            b = None
+        if b is None:
+            b = self._open[part] = _Bundle(asyncio.get_running_loop().create_future(), [])
+        b.entries.append((topic, payload, historical))
+        b.size += len(payload)
+        return b.fut
+
+    async def flush(self, producer: AIOKafkaProducer, stats: BridgeStats, key: bytes | None = None) -> None:
+        """Send the open bundles (only the one of ``key``'s partition, when given)."""
+        parts = list(self._open) if key is None else [self.partition(key)]
+        for part in parts:
+            if part in self._open:
+                await self._send(producer, part, stats)
+
+    async def _send(self, producer: AIOKafkaProducer, part: int, stats: BridgeStats) -> None:
+        b = self._open.pop(part)
+        kfut = await producer.send(
+            self.topic, encode_bundle(b.entries), partition=part, headers=[(BUNDLE_HEADER, BUNDLE_VERSION)]
+        )
+        kfut.add_done_callback(lambda f, out=b.fut: _chain(f, out))
+        stats.bundles += 1
+
+
 class Bridge:
     def __init__(self, cfg: Config, *, status_path: Path) -> None:
         """``status_path``: written once the subscriptions are in place (a readiness signal)."""
@@ -171,6 +245,11 @@ class Bridge:
         yield counter("telematics_bridge_received", "MQTT messages received", st.received)
         yield counter(
             "telematics_bridge_forwarded", "messages acknowledged by Kafka, then to MQTT", st.forwarded
+        )
+        yield counter(
+            "telematics_bridge_bundles",
+            "Kafka records that carry a bundle of messages (WIRE.md 12.5)",
+            st.bundles,
         )
         yield counter(
             "telematics_bridge_oversized",
@@ -309,18 +388,25 @@ class Bridge:
         return c
 
     # -- Kafka side (asyncio) ---------------------------------------------------------------------
-    async def _produce(self, producer: AIOKafkaProducer, msg: mqtt.MQTTMessage) -> asyncio.Future[object]:
+    async def _produce(
+        self, producer: AIOKafkaProducer, msg: mqtt.MQTTMessage, bundler: Bundler | None
+    ) -> asyncio.Future[object]:
+        """Forward one message: into its partition's bundle, or as a Kafka record of its own (no
+        bundler, a payload too large for a bundle, a topic without a device id)."""
         parts = msg.topic.split("/")
         key = parts[1].encode() if len(parts) == 3 else None
         payload = msg.payload
         self.stats.received += 1
         if key is not None and self._quota_on and not self.quotas.admit(key, len(payload), time.monotonic()):
             return self._refuse(key, payload)
-        headers: list[tuple[str, bytes]] = [(MQTT_TOPIC_HEADER, msg.topic.encode())]
         props = getattr(msg, "properties", None)
-        for name, value in getattr(props, "UserProperty", None) or ():
-            if name == HISTORICAL_PROPERTY:
-                headers.append((HISTORICAL_HEADER, value.encode()))
+        historical = [v for n, v in getattr(props, "UserProperty", None) or () if n == HISTORICAL_PROPERTY]
+        if bundler is not None and key is not None:
+            if len(payload) <= bundler.max_bytes:
+                return await bundler.add(producer, key, msg.topic, payload, bool(historical), self.stats)
+            await bundler.flush(producer, self.stats, key)  # what came before it goes first
+        headers: list[tuple[str, bytes]] = [(MQTT_TOPIC_HEADER, msg.topic.encode())]
+        headers += [(HISTORICAL_HEADER, v.encode()) for v in historical]
         if len(payload) > self.cfg.bridge.max_payload_bytes:
             self.stats.oversized += 1
             headers += [
@@ -380,9 +466,20 @@ class Bridge:
                 self._warned[key] = now
                 log.warning("bridge: device %s over its quota: %s", key.decode(errors="replace"), detail)
 
+    async def _bundler(self, producer: AIOKafkaProducer) -> Bundler | None:
+        b = self.cfg.bridge
+        if b.bundle_max_messages <= 1:
+            return None
+        topic = self.cfg.kafka.blocks_topic
+        partitions = await producer.partitions_for(topic)
+        return Bundler(topic, sorted(partitions), b.bundle_max_messages, b.bundle_max_bytes)
+
     async def _pump(self, producer: AIOKafkaProducer, client: mqtt.Client) -> None:
         """Forward messages in arrival order; a separate task acknowledges them, in the same order,
-        as Kafka acknowledges them. A Kafka failure ends the session (the caller rebuilds it)."""
+        as Kafka acknowledges them. A Kafka failure ends the session (the caller rebuilds it).
+        With bundling on, the messages that have arrived when the loop looks (a burst) go out as
+        one bundle per partition: bundling waits for nothing."""
+        bundler = await self._bundler(producer)
         # (mid, qos, Kafka future): the payload itself is not held once it was handed to the producer.
         pending: deque[tuple[int, int, asyncio.Future[object]]] = deque()
         wake = asyncio.Event()
@@ -418,9 +515,24 @@ class Bridge:
                     msg = await self._inbox.get()
                 if msg is None or failure:
                     break
-                pending.append((msg.mid, msg.qos, await self._produce(producer, msg)))
-                self._handed_over(len(msg.payload))
+                burst = [msg]
+                end = False
+                while bundler is not None and len(burst) < 10_000 and not self._inbox.empty():
+                    nxt = self._inbox.get_nowait()
+                    if nxt is None:
+                        end = True
+                        break
+                    burst.append(nxt)
+                size = 0
+                for m in burst:
+                    pending.append((m.mid, m.qos, await self._produce(producer, m, bundler)))
+                    size += len(m.payload)
+                if bundler is not None:
+                    await bundler.flush(producer, self.stats)
+                self._handed_over(size)
                 wake.set()
+                if end:
+                    break
             await self._report_quota(producer, all_=True)
             if not failure:
                 # Drain: wait for Kafka to acknowledge what was forwarded, then ack it to MQTT.

@@ -33,14 +33,21 @@ from ingest.pipeline.metrics import (
     counter,
     gauge,
 )
-from ingest.pipeline.processor import Processor
+from ingest.pipeline.processor import Processor, in_chunks
 from ingest.storage.registry import Registry, RegistryError
 from ingest.storage.store import Store, StoreError
-from schemas.transport import DETAIL_HEADER, REASON_HEADER, SHA256_HEADER, SIZE_HEADER, SOURCE_HEADER
+from schemas.transport import (
+    DETAIL_HEADER,
+    INDEX_HEADER,
+    REASON_HEADER,
+    SHA256_HEADER,
+    SIZE_HEADER,
+    SOURCE_HEADER,
+)
 
 log = logging.getLogger(__name__)
 
-POLL_CHUNK = 64  # Kafka messages processed between checks of the batch limits
+POLL_CHUNK = 64  # messages processed between checks of the batch limits (whole bundles: WIRE.md 12.5)
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
 
 
@@ -93,7 +100,8 @@ class BatchConsumer:
         # Raised by every assignment: messages fetched under an older one are dropped, not processed.
         self.generation = 0
         # Kafka positions dead-lettered whose batch is not stored yet (pruned as batches commit).
-        self._dead_lettered: set[tuple[str, int, int]] = set()
+        # Keyed by position and payload SHA-256, as the rejections table (a bundle: several per offset).
+        self._dead_lettered: set[tuple[str, int, int, bytes]] = set()
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
         # Why the pipeline holds (an infrastructure failure: store or Kafka), shown in the status file
@@ -284,7 +292,11 @@ class BatchConsumer:
     async def _dead_letter(self, rejections: list[Any]) -> None:
         """Step 2. A message dead-lettered by an attempt that did not store its batch (a rewind)
         is not produced again when it comes round (a crash may still repeat it: at least once)."""
-        rejections = [r for r in rejections if (r.topic, r.partition, r.offset) not in self._dead_lettered]
+        rejections = [
+            r
+            for r in rejections
+            if (r.topic, r.partition, r.offset, r.payload_sha256) not in self._dead_lettered
+        ]
         if not rejections:
             return
         assert self.producer is not None
@@ -297,13 +309,15 @@ class BatchConsumer:
                 (SIZE_HEADER, str(r.payload_size).encode()),
                 (SHA256_HEADER, r.payload_sha256.hex().encode()),
             ]
+            if r.index is not None:
+                headers.append((INDEX_HEADER, str(r.index).encode()))
             futs.append(
                 await self.producer.send(
                     self.cfg.kafka.deadletter_topic, r.payload, key=r.key, headers=headers
                 )
             )
         await asyncio.gather(*futs)
-        self._dead_lettered.update((r.topic, r.partition, r.offset) for r in rejections)
+        self._dead_lettered.update((r.topic, r.partition, r.offset, r.payload_sha256) for r in rejections)
 
     def _collect(self) -> Iterator[Metric]:
         c = self.counts
@@ -460,12 +474,13 @@ class BatchConsumer:
                 gen = self.generation
                 await self._watch_positions(batch)
                 msgs = [m for part in batch.values() for m in part]
-                # In chunks, so a batch closes near batch_max_records whatever one poll brought.
-                for i in range(0, len(msgs), POLL_CHUNK):
+                # In chunks, so a batch closes near batch_max_records whatever one poll brought
+                # (bundles opened; a chunk ends where a Kafka record ends).
+                for chunk in in_chunks(msgs, POLL_CHUNK):
                     if gen != self.generation:
                         break  # a rebalance sought the partitions again: the rest is fetched again
                     try:
-                        self.proc.process_all(msgs[i : i + POLL_CHUNK])  # type: ignore[arg-type]
+                        self.proc.process_all(chunk)
                     except (RegistryError, StoreError) as exc:  # an input is unreachable: hold
                         await self._hold(exc)
                         break  # rewound: the rest of this poll is fetched again
@@ -565,7 +580,7 @@ class BatchConsumer:
                 log.warning(
                     "dead-lettering %s/%d/%d as unstorable: %s", u.topic, u.partition, u.offset, u.detail
                 )
-                self.proc.quarantine[(u.topic, u.partition, u.offset)] = (u.identity, u.detail)
+                self.proc.quarantine[(u.topic, u.partition, u.offset, u.identity)] = u.detail
             await self._rewind()
             return False
         except (StoreError, KafkaError) as exc:

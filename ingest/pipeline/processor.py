@@ -14,7 +14,7 @@ import copy
 import hashlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,12 +47,15 @@ from schemas.merkle import leaf_hash, root_from_leaf_hashes
 from schemas.records import Record
 from schemas.session import SessionError, SignedSession, open_session, verify_session
 from schemas.transport import (
+    BUNDLE_HEADER,
+    BUNDLE_VERSION,
     DETAIL_HEADER,
     HISTORICAL_HEADER,
     MQTT_TOPIC_HEADER,
     REJECT_HEADER,
     SHA256_HEADER,
     SIZE_HEADER,
+    decode_bundle,
 )
 
 DEAD_LETTER_HEAD = 1024  # bytes of an oversized payload kept for the dead-letter topic
@@ -84,6 +87,65 @@ class RawMessage:
     headers: Sequence[tuple[str, bytes]] = ()
 
 
+@dataclass(slots=True)
+class BundledMessage:
+    """One MQTT message of a bundle record (WIRE.md 12.5). It is processed as a Kafka record of its
+    own at the bundle's position; ``index``, its place in the bundle, tells it from the others."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    index: int
+
+
+def unbundle(m: Message) -> list[Message]:
+    """A Kafka record's messages: a bundle's entries in order, or the record itself (also a bundle
+    that does not decode, which ``Processor`` dead-letters whole)."""
+    if not m.headers or _header_value(m.headers, BUNDLE_HEADER) != BUNDLE_VERSION:
+        return [m]
+    try:
+        entries = decode_bundle(m.value or b"")
+    except msgspec.MsgspecError:
+        return [m]
+    out: list[Message] = []
+    for i, e in enumerate(entries):
+        parts = e.topic.split("/")
+        headers = [(MQTT_TOPIC_HEADER, e.topic.encode())]
+        if e.historical:
+            headers.append((HISTORICAL_HEADER, b"1"))
+        key = parts[1].encode() if len(parts) == 3 else None
+        out.append(BundledMessage(m.topic, m.partition, m.offset, key, e.payload, headers, i))
+    return out
+
+
+def in_chunks(records: Sequence[Message], size: int) -> Iterator[list[Message]]:
+    """The messages of Kafka ``records`` (bundles opened) in lists of at least ``size`` (the last
+    may be shorter), each ending where a record ends: a batch never holds part of a bundle, whose
+    one offset is committed with it."""
+    chunk: list[Message] = []
+    for r in records:
+        chunk += unbundle(r)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _bundle_problem(m: Message) -> str:
+    version = _header_value(m.headers, BUNDLE_HEADER)
+    if version != BUNDLE_VERSION:
+        return f"bundle version {version!r} is not {BUNDLE_VERSION!r}"
+    try:
+        decode_bundle(m.value or b"")
+    except msgspec.MsgspecError as exc:
+        return f"not a bundle: {exc}"
+    return "not a bundle"
+
+
 @dataclass(frozen=True)
 class Rejection:
     topic: str
@@ -98,6 +160,7 @@ class Rejection:
     device_id: str | None = None
     key_id: str | None = None
     seq: int | None = None
+    index: int | None = None  # in its bundle (WIRE.md 12.5)
 
 
 @dataclass
@@ -117,6 +180,7 @@ class Pending:
     sessions: list[SessionRow] = field(default_factory=list)
     session_sources: list[tuple[str, int, int]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    rejected: set[tuple[str, int, int, bytes]] = field(default_factory=set)  # their positions and hashes
     duplicates: list[DuplicateRow] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
@@ -207,7 +271,8 @@ class Processor:
         # Messages the store refused (Store.find_unstorable): Kafka position -> (block hash, or SHA-256
         # of a session message; why). Kept across ``reset`` so that exactly that message, when it is
         # redelivered at that position, is dead-lettered as ``unstorable`` instead of stored.
-        self.quarantine: dict[tuple[str, int, int], tuple[bytes, str]] = {}
+        # Keyed by (topic, partition, offset, identity): a bundle holds several messages at one offset.
+        self.quarantine: dict[tuple[str, int, int, bytes], str] = {}
 
     def quarantine_prune(self, committed: dict[tuple[str, int], int]) -> None:
         """Forget quarantined positions below the committed offsets: they are never redelivered."""
@@ -268,6 +333,8 @@ class Processor:
 
     def _decode(self, m: Message) -> Envelope | SignedSession:
         value = m.value or b""
+        if _header_value(m.headers, BUNDLE_HEADER) is not None:  # only one that did not open
+            raise WireError(Reason.DECODE, _bundle_problem(m))
         marker = _header_value(m.headers, REJECT_HEADER)
         if marker is not None:
             try:
@@ -309,9 +376,9 @@ class Processor:
             self._reject(m, e, env if not isinstance(env, WireError) else None)
 
     def _quarantined(self, m: Message, identity: bytes) -> None:
-        q = self.quarantine.get((m.topic, m.partition, m.offset))
-        if q is not None and q[0] == identity:
-            raise WireError(Reason.UNSTORABLE, q[1])
+        why = self.quarantine.get((m.topic, m.partition, m.offset, identity))
+        if why is not None:
+            raise WireError(Reason.UNSTORABLE, why)
 
     def _reject(self, m: Message, e: WireError, env: Envelope | SignedSession | None) -> None:
         value = m.value or b""
@@ -325,6 +392,11 @@ class Processor:
                 size, sha = int(size_h), bytes.fromhex(sha_h.decode())
         except ValueError:
             pass
+        # The same bytes twice in one bundle are one rejection: it is keyed by position and payload.
+        at = (m.topic, m.partition, m.offset, sha)
+        if at in self.pending.rejected:
+            return
+        self.pending.rejected.add(at)
         self.pending.rejections.append(
             Rejection(
                 m.topic,
@@ -340,6 +412,7 @@ class Processor:
                 sha,
                 m.key.decode(errors="replace") if m.key else None,
                 env.key_id if env is not None else None,
+                index=m.index if isinstance(m, BundledMessage) else None,
             )
         )
 
@@ -568,7 +641,12 @@ class Processor:
             gaps=p.gaps,
             sessions=p.sessions,
             rejections=rej,
-            duplicates=p.duplicates,
+            # One row per position and block (a bundle may carry the same block more than twice).
+            duplicates=list(
+                {
+                    (d.kafka_offset, d.kafka_partition, d.kafka_topic, d.block_hash): d for d in p.duplicates
+                }.values()
+            ),
             # Copies: the live heads move on while the writer thread stores this batch.
             heads={d: copy.copy(self.heads[d]) for d in p.touched},
             offsets=dict(p.offsets),

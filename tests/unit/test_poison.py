@@ -158,7 +158,7 @@ def test_bisection_names_exactly_the_refused_block_and_the_rest_is_stored(tmp_pa
         assert store.counts()["records"] == 0  # every probe was rolled back
 
         # As the consumer does: quarantine, forget the batch, process the same messages again.
-        proc.quarantine[(bad.topic, bad.partition, bad.offset)] = (bad.identity, bad.detail)
+        proc.quarantine[(bad.topic, bad.partition, bad.offset, bad.identity)] = bad.detail
         proc.reset()
         _feed(proc, *msgs)
         assert [(r.offset, r.reason) for r in proc.pending.rejections] == [(21, "unstorable")]
@@ -182,7 +182,7 @@ def test_quarantine_matches_the_exact_message_only(tmp_path: Path) -> None:
     try:
         a = Dev()
         proc = _proc(store, reg, a)
-        proc.quarantine[("blocks", 0, 0)] = (b"\x00" * 32, "refused earlier")
+        proc.quarantine[("blocks", 0, 0, b"\x00" * 32)] = "refused earlier"
         _feed(proc, (a.id, a.block([drive(T0)]), b"blocks"))
         assert not proc.pending.rejections and len(proc.pending.blocks) == 1
         proc.quarantine_prune({("blocks", 0): 1})
