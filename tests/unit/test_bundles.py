@@ -5,6 +5,7 @@ one, on a real DuckDB file and registry."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -188,5 +189,5 @@ def test_chunks_end_where_a_kafka_record_ends(two: Any) -> None:
     assert [[m.offset for m in c] for c in chunks] == [[0] * 12, [1, 2, 3, 4, 4, 4, 4, 4]]
     chunks = list(in_chunks(records, 2))
     assert [len(c) for c in chunks] == [12, 2, 6]
-    for earlier, later in zip(chunks, chunks[1:], strict=False):
+    for earlier, later in itertools.pairwise(chunks):
         assert not {m.offset for m in earlier} & {m.offset for m in later}
