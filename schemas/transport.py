@@ -4,6 +4,7 @@ write. One list: the agent, the bridge, the processor and the dead-letter produc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import msgspec
@@ -61,7 +62,7 @@ _bundle_decoder = msgspec.msgpack.Decoder(
 )
 
 
-def encode_bundle(entries: list[tuple[str, bytes | bytearray, bool]]) -> bytes:
+def encode_bundle(entries: Sequence[tuple[str, bytes | bytearray, bool]]) -> bytes:
     """The value of a bundle record: a MessagePack array of ``[topic, payload, historical]``."""
     return _bundle_encoder.encode(entries)
 

@@ -98,8 +98,8 @@ def two(tmp_path: Path) -> Any:
         return store, Processor(store, reg, max_block_bytes=512 * 1024)
 
     yield devs, processor
-    for s in stores:
-        s.close()
+    for st in stores:
+        st.close()
     reg.close()
 
 
@@ -108,7 +108,7 @@ def _interleaved(devs: list[Dev]) -> list[tuple[str, bytes, bool]]:
 
 
 def _stored(store: FileStore) -> list[Any]:
-    return store.con.execute(
+    return store.con.execute(  # type: ignore[no-any-return]
         "SELECT device_id, seq, block_hash, kafka_partition, kafka_offset, historical FROM blocks"
         " ORDER BY device_id, seq"
     ).fetchall()
