@@ -175,6 +175,7 @@ partitions = {args.partitions}
 client_id = "bench-bridge"
 max_pending = {args.bridge_pending}
 linger_ms = {args.bridge_linger_ms}
+bundle_max_messages = {args.bridge_bundle}
 
 [stack]
 kafka_storage = "{args.kafka_storage}"
@@ -656,6 +657,7 @@ STACK_ARGS = (
     "consumers",
     "verify_threads",
     "bridge_linger_ms",
+    "bridge_bundle",
     "kafka_storage",
     "seed",
 )
@@ -675,6 +677,12 @@ def add_stack_args(ap: argparse.ArgumentParser) -> None:
         help="threads checking signatures in each consumer (0: in line)",
     )
     ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
+    ap.add_argument(
+        "--bridge-bundle",
+        type=int,
+        default=1000,
+        help="[bridge] bundle_max_messages: messages per Kafka record (1: no bundles; WIRE.md 12.5)",
+    )
     ap.add_argument(
         "--kafka-storage",
         choices=("memory", "s3"),

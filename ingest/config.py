@@ -77,6 +77,8 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     group_id: str = "telematics-ingest"
     batch_max_records: Annotated[int, Meta(ge=1)] = 20_000
     batch_max_age_ms: Annotated[int, Meta(ge=1)] = 1000
+    # Messages per poll of Kafka; a bundle's messages count one each (the consumer asks Kafka for
+    # this many divided by the mean bundle size): larger polls only delay the batches.
     poll_max_records: Annotated[int, Meta(ge=1)] = 2000
     # Envelopes larger than this are dead-lettered as "oversized".
     max_block_bytes: Annotated[int, Meta(ge=1024)] = 512 * 1024

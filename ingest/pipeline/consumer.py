@@ -99,6 +99,9 @@ class BatchConsumer:
         self.owner = f"{socket.gethostname()}/{os.getpid()}"  # named in partition claims and fences
         # Raised by every assignment: messages fetched under an older one are dropped, not processed.
         self.generation = 0
+        # Messages per Kafka record, averaged over the polls (bundles, WIRE.md 12.5): a poll asks for
+        # poll_max_records messages, not records, or one poll of bundles would hold a minute of load.
+        self.per_record = 1.0
         # Kafka positions dead-lettered whose batch is not stored yet (pruned as batches commit).
         # Keyed by position and payload SHA-256, as the rejections table (a bundle: several per offset).
         self._dead_lettered: set[tuple[str, int, int, bytes]] = set()
@@ -355,7 +358,7 @@ class BatchConsumer:
         yield wit
         lag = GaugeMetricFamily(
             "telematics_consumer_lag",
-            "messages the broker holds beyond the last stored batch",
+            "Kafka records (a bundle counts once) the broker holds beyond the last stored batch",
             labels=["partition"],
         )
         for part, n in sorted(self.lag.items()):
@@ -466,7 +469,8 @@ class BatchConsumer:
         try:
             while not self._stop.is_set():
                 batch = await self.consumer.getmany(
-                    timeout_ms=min(200, ing.batch_max_age_ms), max_records=ing.poll_max_records
+                    timeout_ms=min(200, ing.batch_max_age_ms),
+                    max_records=max(1, round(ing.poll_max_records / self.per_record)),
                 )
                 # aiokafka returns only records at the partitions' current positions; a rebalance
                 # or rewind during the awaits below seeks them again, and the rest of this poll
@@ -476,7 +480,9 @@ class BatchConsumer:
                 msgs = [m for part in batch.values() for m in part]
                 # In chunks, so a batch closes near batch_max_records whatever one poll brought
                 # (bundles opened; a chunk ends where a Kafka record ends).
+                taken = 0
                 for chunk in in_chunks(msgs, POLL_CHUNK):
+                    taken += len(chunk)
                     if gen != self.generation:
                         break  # a rebalance sought the partitions again: the rest is fetched again
                     try:
@@ -489,12 +495,13 @@ class BatchConsumer:
                         and not await self._flush_or_rewind()
                     ):
                         break  # rewound: the rest of this poll is fetched again
-                if not msgs:
-                    if self.proc.due(ing.batch_max_records, max_age, ing.batch_max_bytes):
-                        await self._flush_or_rewind()
-                    elif self._inflight is None or self._inflight.done():
-                        await self._flush_or_rewind(seal=False)  # settle the finished batch
-                        await self._sync_ledger()
+                if msgs:  # (a poll cut short by a rewind counts only what was taken)
+                    self.per_record = 0.8 * self.per_record + 0.2 * max(1.0, taken / len(msgs))
+                elif self.proc.due(ing.batch_max_records, max_age, ing.batch_max_bytes):
+                    await self._flush_or_rewind()
+                elif self._inflight is None or self._inflight.done():
+                    await self._flush_or_rewind(seal=False)  # settle the finished batch
+                    await self._sync_ledger()
             await self._flush_or_rewind(wait=True)
             await self._sync_ledger(force=True)
         finally:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol
 
 import msgspec
@@ -223,15 +224,22 @@ class TableRows:
         self.leaf += leaf
 
     def table(self, columns: Columns) -> pa.Table:
-        values = list(zip(*map(msgspec.structs.astuple, self.records), strict=True))
+        """The Arrow table (at least one row). A column is gathered field by field (a C-level map
+        per column: about half the cost of turning each record into a tuple and transposing)."""
+        recs = self.records
+        fields = type(recs[0]).__struct_fields__  # one record kind per table: ts first, then ``columns``
+
+        def column(f: str) -> list[Any]:
+            return list(map(attrgetter(f), recs))
+
         arrays: dict[str, pa.Array] = {
             "device_id": pa.array(self.device_id, pa.string()),
             "block_seq": pa.array(self.block_seq, pa.uint64()),
             "idx": pa.array(self.idx, pa.uint16()),
-            "ts": pa.array(values[0], pa.int64()).cast(pa.timestamp("ns")),
+            "ts": pa.array(column(fields[0]), pa.int64()).cast(pa.timestamp("ns")),
         }
-        for (name, _, typ), col in zip(columns, values[1:], strict=True):
-            arrays[name] = pa.array(col, typ)
+        for (name, _, typ), f in zip(columns, fields[1:], strict=True):
+            arrays[name] = pa.array(column(f), typ)
         arrays["raw"] = pa.array(self.raw, pa.binary())
         arrays["leaf"] = pa.array(self.leaf, pa.binary())
         return pa.table(arrays)

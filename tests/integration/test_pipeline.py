@@ -2,19 +2,62 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from collections import defaultdict
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ingest.config import Config
 from ingest.storage.registry import Registry
 from ingest.storage.store import FileStore
+from schemas.block import decode_envelope, decode_header
+from schemas.transport import BUNDLE_HEADER, decode_bundle
 from simulators.fleet import run_fleet
 from tests.integration.checks import recheck
 from tests.integration.harness import wait_until
 
 pytestmark = pytest.mark.integration
+
+
+async def _records(cfg: Config) -> list[Any]:
+    """Every record of the blocks topic, from the beginning of each partition (no group)."""
+    c = AIOKafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [TopicPartition(cfg.kafka.blocks_topic, p) for p in range(cfg.kafka.partitions)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        total = sum((await c.end_offsets(tps)).values())  # a fresh topic: its partitions start at 0
+        out: list[Any] = []
+        for _ in range(120):
+            for msgs in (await c.getmany(timeout_ms=500)).values():
+                out += msgs
+            if len(out) >= total:
+                break
+        assert len(out) == total, f"read {len(out)} of the topic's {total} records"
+        return out
+    finally:
+        await c.stop()
+
+
+def _bundled_blocks(cfg: Config) -> tuple[dict[str, list[tuple[int, int, int, int]]], list[int]]:
+    """Per device, its blocks in Kafka as (partition, offset, index, seq), in the order Kafka holds
+    them; and the number of messages of each bundle (WIRE.md 12.5)."""
+    per_dev: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
+    sizes = []
+    for r in sorted(asyncio.run(_records(cfg)), key=lambda r: (r.partition, r.offset)):
+        assert dict(r.headers).get(BUNDLE_HEADER) == b"1" and r.key is None
+        entries = decode_bundle(r.value)
+        sizes.append(len(entries))
+        for i, e in enumerate(entries):
+            if e.topic.endswith("/blocks"):
+                seq = decode_header(decode_envelope(e.payload).header).seq
+                per_dev[e.topic.split("/")[1]].append((r.partition, r.offset, i, seq))
+    return per_dev, sizes
 
 
 def test_ten_vehicles_thousand_records_each(env) -> None:  # type: ignore[no-untyped-def]
@@ -70,6 +113,14 @@ def test_ten_vehicles_thousand_records_each(env) -> None:  # type: ignore[no-unt
         assert s.con.execute("SELECT count(*) FROM gaps").fetchone() == (0,)
     finally:
         s.close()
+
+    # In Kafka every record is a bundle; each vehicle's blocks sit in one partition, in chain order.
+    per_dev, sizes = _bundled_blocks(cfg)
+    assert {d: [b[3] for b in bs] for d, bs in per_dev.items()} == {
+        d: list(range(len(hs))) for d, hs in fleet.block_hashes.items()
+    }
+    assert all(len({b[0] for b in bs}) == 1 for bs in per_dev.values())
+    print(f"bundles: {len(sizes)} records carry {sum(sizes)} messages (largest {max(sizes)})")
 
     # Random rows of this real run: `telematics prove` writes a bundle that `verify-proof` accepts offline
     # (operator key pinned), and `telematics audit` finds nothing to report.
