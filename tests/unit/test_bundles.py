@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,21 @@ def test_chunks_end_where_a_kafka_record_ends(two: Any) -> None:
     assert [len(c) for c in chunks] == [12, 2, 6]
     for earlier, later in itertools.pairwise(chunks):
         assert not {m.offset for m in earlier} & {m.offset for m in later}
+
+
+def test_the_spec_example_is_what_the_bridge_writes() -> None:
+    """WIRE.md 12.5's example, read from the spec's text, against ``encode_bundle``."""
+    text = (Path(__file__).resolve().parents[2] / "schemas" / "WIRE.md").read_text()
+    example = text.split("Example: one block of 1 000 bytes, not replayed, as a bundle, in hex:\n`", 1)[1]
+    parts = re.findall(r'<the 48 bytes of "[^"]*">|<the [^>]*>|[0-9a-f]{2}', example.split("`", 1)[0])
+    topic, payload = blocks_topic("0123456789abcdef" * 2), bytes(range(256)) * 3 + bytes(232)
+    hand = b""
+    for p in parts:
+        if p.startswith("<the 48 bytes"):
+            hand += topic.encode()
+        elif p.startswith("<the"):
+            hand += payload
+        else:
+            hand += bytes.fromhex(p)
+    assert len(payload) == 1000 and len(topic) == 48
+    assert encode_bundle([(topic, payload, False)]) == hand
