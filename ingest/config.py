@@ -55,8 +55,10 @@ class BridgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Bundles (WIRE.md 12.5): the messages of one burst that go to one Kafka partition travel as one
     # Kafka record of at most this many messages and payload bytes, so Kafka, the bridge and the
     # consumer pay their per-record costs once per bundle. 1: every message is a record of its own.
+    # A bundle's encoded size stays within bundle_max_bytes; keep it below the Kafka broker's
+    # message.max.bytes (Kafka's default: about 1 MB), as max_payload_bytes.
     bundle_max_messages: Annotated[int, Meta(ge=1, le=65_535)] = 1000
-    bundle_max_bytes: Annotated[int, Meta(ge=1024, le=8 << 20)] = 512 * 1024
+    bundle_max_bytes: Annotated[int, Meta(ge=1024, le=1_000_000)] = 512 * 1024
     # Per-device quota (the device id of the MQTT topic), a token bucket per device: on average at
     # most this many messages and bytes a second, in bursts of up to burst_s seconds' worth. Messages
     # over it are not forwarded: the bridge reports them to Kafka, a marker per device every

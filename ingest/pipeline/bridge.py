@@ -150,7 +150,17 @@ class _Bundle:
 
     fut: asyncio.Future[object]
     entries: list[tuple[str, bytes | bytearray, bool]]
-    size: int = 0
+    size: int = 0  # of the encoded value, within a few bytes
+
+
+# MessagePack framing of one bundle entry beyond its topic and payload bytes, at most: array header
+# (1), str header (3, a topic under 64 KiB), bin header (5), bool (1); and the outer array's (5).
+ENTRY_OVERHEAD = 10
+
+
+def entry_size(topic: str, payload: bytes | bytearray) -> int:
+    """What one message adds to a bundle's encoded size, at most."""
+    return len(payload) + len(topic.encode()) + ENTRY_OVERHEAD
 
 
 class Bundler:
@@ -186,13 +196,14 @@ class Bundler:
         """Put one message in its partition's bundle; the future completes when Kafka has that bundle."""
         part = self.partition(key)
         b = self._open.get(part)
-        if b is not None and (len(b.entries) >= self.max_messages or b.size + len(payload) > self.max_bytes):
+        size = entry_size(topic, payload)
+        if b is not None and (len(b.entries) >= self.max_messages or b.size + size > self.max_bytes):
             await self._send(producer, part, stats)
             b = None
         if b is None:
             b = self._open[part] = _Bundle(asyncio.get_running_loop().create_future(), [])
         b.entries.append((topic, payload, historical))
-        b.size += len(payload)
+        b.size += size
         return b.fut
 
     async def flush(self, producer: AIOKafkaProducer, stats: BridgeStats, key: bytes | None = None) -> None:
@@ -226,6 +237,7 @@ class Bridge:
         self.quotas = Quotas(b.device_quota_msgs_per_s, b.device_quota_bytes_per_s, b.device_quota_burst_s)
         self._quota_on = b.device_quota_msgs_per_s > 0 or b.device_quota_bytes_per_s > 0
         self._refused: dict[bytes, _Refused] = {}
+        self._bundler: Bundler | None = None  # this Kafka session's
         self._warned: dict[bytes, float] = {}
         # Payload bytes received from MQTT and not yet handed to the producer (max_pending_bytes):
         # the paho thread waits on this condition while they are over the cap.
@@ -401,10 +413,12 @@ class Bridge:
             return self._refuse(key, payload)
         props = getattr(msg, "properties", None)
         historical = [v for n, v in getattr(props, "UserProperty", None) or () if n == HISTORICAL_PROPERTY]
+        partition = None
         if bundler is not None and key is not None:
-            if len(payload) <= bundler.max_bytes:
+            if entry_size(msg.topic, payload) <= bundler.max_bytes:
                 return await bundler.add(producer, key, msg.topic, payload, bool(historical), self.stats)
             await bundler.flush(producer, self.stats, key)  # what came before it goes first
+            partition = bundler.partition(key)  # after it, in the same partition
         headers: list[tuple[str, bytes]] = [(MQTT_TOPIC_HEADER, msg.topic.encode())]
         headers += [(HISTORICAL_HEADER, v.encode()) for v in historical]
         if len(payload) > self.cfg.bridge.max_payload_bytes:
@@ -420,7 +434,7 @@ class Bridge:
             ]
             payload = payload[:1024]
         fut: asyncio.Future[object] = await producer.send(
-            self.cfg.kafka.blocks_topic, payload, key=key, headers=headers
+            self.cfg.kafka.blocks_topic, payload, key=key, headers=headers, partition=partition
         )
         return fut
 
@@ -460,13 +474,17 @@ class Bridge:
                 (SHA256_HEADER, r.sha.hexdigest().encode()),
                 (COUNT_HEADER, str(r.count).encode()),
             ]
-            kfut = await producer.send(self.cfg.kafka.blocks_topic, r.head, key=key, headers=headers)
+            # In the partition of the device's bundles (the list the bundler holds for this session).
+            part = self._bundler.partition(key) if self._bundler is not None else None
+            kfut = await producer.send(
+                self.cfg.kafka.blocks_topic, r.head, key=key, headers=headers, partition=part
+            )
             kfut.add_done_callback(lambda f, out=r.fut: _chain(f, out))
             if now - self._warned.get(key, -1e9) >= 10.0:
                 self._warned[key] = now
                 log.warning("bridge: device %s over its quota: %s", key.decode(errors="replace"), detail)
 
-    async def _bundler(self, producer: AIOKafkaProducer) -> Bundler | None:
+    async def _make_bundler(self, producer: AIOKafkaProducer) -> Bundler | None:
         b = self.cfg.bridge
         if b.bundle_max_messages <= 1:
             return None
@@ -479,7 +497,7 @@ class Bridge:
         as Kafka acknowledges them. A Kafka failure ends the session (the caller rebuilds it).
         With bundling on, the messages that have arrived when the loop looks (a burst) go out as
         one bundle per partition: bundling waits for nothing."""
-        bundler = await self._bundler(producer)
+        bundler = self._bundler = await self._make_bundler(producer)
         # (mid, qos, Kafka future): the payload itself is not held once it was handed to the producer.
         pending: deque[tuple[int, int, asyncio.Future[object]]] = deque()
         wake = asyncio.Event()

@@ -488,6 +488,9 @@ class BatchConsumer:
                     try:
                         self.proc.process_all(chunk)
                     except (RegistryError, StoreError) as exc:  # an input is unreachable: hold
+                        # Part of a bundle may be pending: nothing of this batch may be sealed (by a
+                        # revocation's flush while the hold waits) with the bundle's offset.
+                        self.proc.discard_pending()
                         await self._hold(exc)
                         break  # rewound: the rest of this poll is fetched again
                     if (

@@ -100,6 +100,7 @@ class BundledMessage:
     value: bytes | None
     headers: list[tuple[str, bytes]]
     index: int
+    timestamp: int | None  # the bundle's Kafka timestamp (ms)
 
 
 def unbundle(m: Message) -> list[Message]:
@@ -109,7 +110,7 @@ def unbundle(m: Message) -> list[Message]:
         return [m]
     try:
         entries = decode_bundle(m.value or b"")
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, ValueError):  # a topic that is not UTF-8: UnicodeDecodeError
         return [m]
     out: list[Message] = []
     for i, e in enumerate(entries):
@@ -118,7 +119,8 @@ def unbundle(m: Message) -> list[Message]:
         if e.historical:
             headers.append((HISTORICAL_HEADER, b"1"))
         key = parts[1].encode() if len(parts) == 3 else None
-        out.append(BundledMessage(m.topic, m.partition, m.offset, key, e.payload, headers, i))
+        ts = getattr(m, "timestamp", None)
+        out.append(BundledMessage(m.topic, m.partition, m.offset, key, e.payload, headers, i, ts))
     return out
 
 
@@ -142,7 +144,7 @@ def _bundle_problem(m: Message) -> str:
         return f"bundle version {version!r} is not {BUNDLE_VERSION!r}"
     try:
         decode_bundle(m.value or b"")
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, ValueError) as exc:
         return f"not a bundle: {exc}"
     return "not a bundle"
 
@@ -287,6 +289,12 @@ class Processor:
         for pos in [q for q in self.quarantine if q[2] < committed.get((q[0], q[1]), 0)]:
             del self.quarantine[pos]
 
+    def discard_pending(self) -> None:
+        """Forget the batch being built, store untouched (a poll failed part of the way through a
+        bundle: its offset must not be committed with half of it). The chain heads it advanced are
+        reloaded by ``reset`` when the consumer rewinds."""
+        self.pending = Pending()
+
     def reset(self) -> None:
         """Forget the pending and in-flight batches and reload chain heads from the store (after a
         failed flush)."""
@@ -413,9 +421,12 @@ class Processor:
                 e.reason,
                 e.detail,
                 m.key,
-                # An oversized payload is kept as its first KiB (like the bridge's marker), so junk
-                # never holds more than that in memory per message while its batch is built.
-                value[:DEAD_LETTER_HEAD] if e.reason == Reason.OVERSIZED else value,
+                # An oversized payload (or a record that did not open as a bundle and is larger than
+                # a block may be) is kept as its first KiB, like the bridge's marker, so junk never
+                # holds more than that in memory per message while its batch is built.
+                value[:DEAD_LETTER_HEAD]
+                if e.reason == Reason.OVERSIZED or len(value) > self.max_block_bytes
+                else value,
                 size,
                 sha,
                 m.key.decode(errors="replace") if m.key else None,

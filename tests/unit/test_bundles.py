@@ -210,3 +210,25 @@ def test_the_spec_example_is_what_the_bridge_writes() -> None:
             hand += bytes.fromhex(p)
     assert len(payload) == 1000 and len(topic) == 48
     assert encode_bundle([(topic, payload, False)]) == hand
+
+
+def test_a_bundle_whose_topic_is_not_utf8_is_dead_lettered_not_a_crash(two: Any) -> None:
+    """msgspec reports a str that is not UTF-8 as a UnicodeDecodeError, not a DecodeError."""
+    _, processor = two
+    _, proc = processor("p")
+    value = b"\x91\x93\xa1\xff\xc4\x00\xc2"
+    msgs = unbundle(Msg("t", 0, 5, None, value, BUNDLE))
+    assert len(msgs) == 1
+    proc.process_all(msgs)
+    [r] = proc.pending.rejections
+    assert (r.reason, r.offset, r.index) == ("decode_error", 5, None) and "not a bundle" in r.detail
+
+
+def test_a_large_record_that_is_not_a_bundle_is_kept_as_its_first_kib(two: Any) -> None:
+    _, processor = two
+    _, proc = processor("p")
+    value = b"\xc1" + bytes(900_000)
+    proc.process_all(unbundle(Msg("t", 0, 6, None, value, BUNDLE)))
+    [r] = proc.pending.rejections
+    assert r.reason == "decode_error" and len(r.payload) == 1024
+    assert (r.payload_size, r.payload_sha256) == (len(value), hashlib.sha256(value).digest())
