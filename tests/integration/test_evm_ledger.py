@@ -33,8 +33,9 @@ def _evm_cfg(env, url: str) -> Config:  # type: ignore[no-untyped-def]
     b = msgspec.to_builtins(env.cfg)
     b["ledger"]["backend"] = "evm"
     b["ledger"]["evm"].update(rpc_url=url, confirmations=1, timeout_s=5.0)
-    # Small batches, so that a short run makes many of them.
+    # Small batches, so that a short run makes many of them (a batch holds whole bundles: none here).
     b["ingest"].update(batch_max_records=30, poll_max_records=3)
+    b["bridge"].update(bundle_max_messages=1)
     b["retry"] = {"min_s": 0.3, "max_s": 2.0}
     b["edge"].update(block_max_records=10)
     cfg = msgspec.convert(b, Config)
