@@ -13,8 +13,9 @@ death stay in order. A block the agent replayed from its spool carries the MQTT 
 Each vehicle's messages keep their order in one partition: the one Kafka's default partitioner
 gives its device id. The messages of one burst bound for one partition travel as one Kafka record,
 a bundle (WIRE.md 12.5, ``[bridge] bundle_max_*``), so Kafka, the bridge and the consumer pay their
-per-record costs once per bundle; with bundling off each message is a record keyed by its device id. Payloads too large for Kafka are not dropped: a marker with the payload's
-size, SHA-256 and first KiB goes to Kafka, and the consumer dead-letters it as "oversized".
+per-record costs once per bundle; with bundling off each message is a record keyed by its device
+id. Payloads too large for Kafka are not dropped: a marker with the payload's size, SHA-256 and
+first KiB goes to Kafka, and the consumer dead-letters it as "oversized".
 
 One device cannot take the pipeline for itself: each device id has a quota (a token bucket of
 messages and bytes per second, ``[bridge] device_quota_*``). Messages over it are not forwarded
