@@ -35,7 +35,7 @@ from ingest.pipeline.metrics import (
 )
 from ingest.pipeline.processor import Processor, in_chunks
 from ingest.storage.registry import Registry, RegistryError
-from ingest.storage.store import Store, StoreError
+from ingest.storage.store import Receipt, Store, StoreError
 from schemas.transport import (
     DETAIL_HEADER,
     INDEX_HEADER,
@@ -240,16 +240,20 @@ class BatchConsumer:
                 + "\n"
             )
 
-    async def _anchor(self, batch_no: int, root: bytes, blocks: int) -> None:
+    async def _anchor(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
+        """Step 4: the ledger's receipt for the batch, retried while the ledger is unavailable."""
+        receipt: Receipt | None = None
         try:
             async for attempt in aretrying(
                 self.cfg.retry, LedgerError, what=f"ledger unavailable for batch {batch_no}", log=log
             ):
                 with attempt:
-                    await asyncio.to_thread(self._anchor_and_record, batch_no, root, blocks)
+                    receipt = await asyncio.to_thread(self.ledger.anchor, batch_no, root, blocks)
         except Fatal as exc:  # a conflicting or damaged ledger: never retried
             self._fatal(exc)
             raise
+        assert receipt is not None
+        return receipt
 
     def _fatal(self, exc: Exception) -> None:
         """Record in the status file why the consumer stops without committing."""
@@ -272,14 +276,15 @@ class BatchConsumer:
             self._fatal(exc)
             raise exc
 
-    def _anchor_and_record(self, batch_no: int, root: bytes, blocks: int) -> None:
-        self.store.record_anchor(self.ledger.anchor(batch_no, root, blocks))
-
     async def recover(self) -> None:
-        """Anchor batches stored by an earlier run that crashed before their receipt was recorded."""
-        for batch_no, root, blocks in self.store.unanchored():
-            log.info("anchoring batch %d left unanchored by an earlier run", batch_no)
-            await self._anchor(batch_no, root, blocks)
+        """Record the receipts this run holds, then anchor the batches stored without a receipt
+        (by an earlier run that crashed, or by another consumer that did) and record theirs."""
+        await asyncio.to_thread(self.checkpoint.record_receipts)
+        late = []
+        for batch_no, root, blocks in await asyncio.to_thread(self.store.unanchored):
+            log.info("anchoring batch %d, stored without a ledger receipt", batch_no)
+            late.append(await self._anchor(batch_no, root, blocks))
+        await asyncio.to_thread(self.store.record_anchors, late)
         self.counts = self.store.counts()
 
     async def _commit_offsets(self, offsets: Offsets) -> None:
@@ -582,6 +587,9 @@ class BatchConsumer:
                 await self.flush()
             if wait or not seal:
                 await self._settle()
+                # No batch is being written now, and maybe none follows soon: the receipts wait
+                # for no later batch (step 5, ingest/pipeline/batch.py).
+                await asyncio.to_thread(self.checkpoint.record_receipts)
             return True
         except UnstorableMessages as exc:
             # The content is at fault, not the infrastructure: the messages the store refuses are

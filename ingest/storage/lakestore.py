@@ -18,16 +18,19 @@ DuckLake has no PRIMARY KEY. What the DuckDB file's keys did is done here:
   the stored rows in the batch's transaction; no other writer adds rows of the same device.
 * ``devices`` is a view over appended heads (``ingest/storage/schema.py``: ``lake_ddl``).
 
-PostgreSQL holds only what must be locked or counted across writers (claims, the batch number); every
-row analysts query is in the lake, with the Kafka positions in the same snapshot as the rows.
+PostgreSQL holds only what must be locked or counted across writers (claims, the batch number, the
+batches whose receipt is recorded: ``_claim_receipts``); every row analysts query is in the lake,
+with the Kafka positions in the same snapshot as the rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -44,9 +47,11 @@ from ingest.storage.schema import (
 )
 from ingest.storage.store import (
     BatchRows,
+    Receipt,
     StoreError,
     StoreFenced,
     _DuckStore,
+    receipt_row,
 )
 
 SCHEMA = "telematics_ingest"  # our own PostgreSQL schema beside DuckLake's catalog tables
@@ -153,6 +158,8 @@ class LakeStore(_DuckStore):
             " PRIMARY KEY (consumer_group, topic, kafka_partition))"
         )
         c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.batch_no MINVALUE 0 START 0")
+        # The batches whose ledger receipt a writer recorded (``_claim_receipts``).
+        c.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.receipts (batch_no bigint PRIMARY KEY)")
         # The order of every writer's commits: the latest device head and Kafka position win.
         c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.commit_seq")
         # A lake filled before the sequence existed (or restored from a backup): never reuse a number.
@@ -227,6 +234,8 @@ class LakeStore(_DuckStore):
                 # Taken under the claims' share lock: a later owner's commits all come after.
                 row = pg.execute(f"SELECT nextval('{SCHEMA}.commit_seq')").fetchone()
                 assert row is not None
+                if b.receipts:
+                    b = dataclasses.replace(b, receipts=self._claim_receipts(pg, b.receipts))
                 self._transaction(b, int(row[0]))
         except self._psycopg.Error as exc:
             # Raised after the lake's commit too (the fence's own commit failed): the batch is then
@@ -271,24 +280,57 @@ class LakeStore(_DuckStore):
     def _insert_heads(self, con: Any, seq: int) -> None:
         con.execute("INSERT INTO device_heads SELECT *, ? FROM _incoming", [seq])
 
-    def record_anchor(self, receipt: Any) -> None:
-        """Append the ledger receipt, unless this batch's receipt is stored already."""
+    def _insert_receipts(self, con: Any, receipts: Sequence[Receipt]) -> None:
+        con.executemany(
+            "INSERT INTO anchors SELECT ?, ?, ?, ?, make_timestamp_ns(?), ?",
+            [receipt_row(r) for r in receipts],
+        )
+
+    def _claim_receipts(self, pg: Any, receipts: Sequence[Receipt]) -> list[Receipt]:
+        """The receipts no writer has recorded (or is recording) yet, now this transaction's to
+        record: a row per batch number in PostgreSQL, so that two writers never both append a
+        batch's receipt (the lake has no key) and the batch's own transaction needs no lake scan.
+        A writer recording the same receipt meanwhile makes this wait for its commit."""
+        if not receipts:
+            return []
+        rows = pg.execute(
+            f"INSERT INTO {SCHEMA}.receipts (batch_no) SELECT unnest(%s::bigint[])"
+            " ON CONFLICT DO NOTHING RETURNING batch_no",
+            [[r.batch_no for r in receipts]],
+        ).fetchall()
+        mine = {int(n) for (n,) in rows}
+        return [r for r in receipts if r.batch_no in mine]
+
+    def record_anchors(self, receipts: Sequence[Receipt]) -> None:
+        """In a transaction of their own, each receipt unless stored already: claimed in PostgreSQL
+        and, for a receipt whose batch's commit stored it while its claim did not commit, checked
+        in the lake too."""
+        if not receipts:
+            return
         try:
-            self._w.execute(
+            pg = self._pg("fence")
+            with pg.transaction():
+                mine = self._claim_receipts(pg, receipts)
+                if mine:
+                    self._record_checked(mine)
+        except self._psycopg.Error as exc:
+            raise StoreError(f"ledger receipts not recorded: the catalog failed: {exc}") from exc
+
+    def _record_checked(self, receipts: list[Receipt]) -> None:
+        con = self._w
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.executemany(
                 "INSERT INTO anchors SELECT ?, ?, ?, ?, make_timestamp_ns(?), ?"
                 " WHERE NOT EXISTS (SELECT 1 FROM anchors WHERE batch_no = ?)",
-                [
-                    receipt.batch_no,
-                    receipt.ledger,
-                    receipt.index,
-                    receipt.entry_hash,
-                    receipt.time_ns,
-                    receipt.to_json(),
-                    receipt.batch_no,
-                ],
+                [(*receipt_row(r), r.batch_no) for r in receipts],
             )
+            con.execute("COMMIT")
         except duckdb.Error as exc:
-            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            batches = ", ".join(str(r.batch_no) for r in receipts)
+            raise StoreError(f"ledger receipts of batch(es) {batches} not recorded: {exc}") from exc
 
     # -- files ------------------------------------------------------------------------------------
     def purge(self) -> None:
