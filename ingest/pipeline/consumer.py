@@ -146,7 +146,8 @@ class BatchConsumer:
            chain heads, and the next Kafka offset of each partition in the batch (all or nothing);
            the lake commits it only while this consumer's claim on those partitions is the latest;
         4. the batch root is anchored to the ledger (idempotent per batch number);
-        5. the ledger receipt is recorded in the store (anchors);
+        5. the ledger receipt is recorded in the store (anchors): in the next batch's transaction
+           (its step 3), or in one of its own when the consumer idles, settles or stops;
         6. Kafka offsets are committed.
 
         ``Checkpoint`` (ingest/pipeline/batch.py) runs steps 1-6 in this order; this consumer
@@ -159,7 +160,7 @@ class BatchConsumer:
         positions (a rejection may then reach the dead-letter topic twice: its ``vt-source``
         header names the position). A crash after 3 reads nothing of this batch again: its
         positions are stored with it. On start, ``recover`` anchors every stored batch that has
-        no receipt yet (after 3, before 5).
+        no receipt yet (after 3, before 5: the ledger returns the receipt it gave before).
         A consumer that lost its partitions (a rebalance while it was paused) fails step 3
         (``StoreFenced``) and writes nothing; the new owner's claim waited for any step 3 in flight.
         Store failure at 3: roll back, forget this batch and the one being built, seek back to
