@@ -5,6 +5,7 @@ and for the proof, audit and erasure tests. The transports are covered by the in
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from ingest.ledger.base import Ledger
 from ingest.pipeline.batch import Checkpoint
 from ingest.pipeline.processor import Processor, RawMessage
 from ingest.storage.registry import Registry
-from ingest.storage.store import Receipt, Store
+from ingest.storage.store import Receipt, Store, StoreError
 from schemas.block import build_block, decode_record, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 
@@ -143,11 +144,16 @@ def ingest_blocks(
         if progress:
             progress(sealed.rows.record_count)
 
-    for device_id, wire in blocks:
-        msgs.append(RawMessage("offline", 0, offset, device_id.encode(), wire))
-        offset += 1
-        if len(msgs) >= batch_blocks:
-            flush()
-    flush()
+    try:
+        for device_id, wire in blocks:
+            msgs.append(RawMessage("offline", 0, offset, device_id.encode(), wire))
+            offset += 1
+            if len(msgs) >= batch_blocks:
+                flush()
+        flush()
+    except BaseException:
+        with contextlib.suppress(StoreError):  # what stopped the ingest is what the caller sees
+            checkpoint.record_receipts()
+        raise
     checkpoint.record_receipts()  # the last batch's receipt: no later batch carries it
     return stored

@@ -5,11 +5,13 @@ Each step is one of DuckLake's own maintenance functions, or a delete of rows no
 1. ``flush``    rows small commits kept in the catalog (``[store] inline_rows``) go to Parquet files;
 2. ``heads``    superseded device heads and Kafka positions are deleted (only each device's and each
                 partition's latest is ever read: the ``devices`` view, ``Store.positions``);
-3. ``merge``    adjacent small Parquet files of a table are merged (a batch writes one per table);
-4. ``rewrite``  files whose rows are mostly deleted are rewritten without them;
-5. ``expire``   snapshots older than ``keep`` are expired: time travel (``AT (VERSION => n)``) reaches
+3. ``receipts`` rows of ``telematics_ingest.receipts`` in PostgreSQL older than a day are deleted
+                (which batches' ledger receipts a writer recorded: only the latest batch's matters);
+4. ``merge``    adjacent small Parquet files of a table are merged (a batch writes one per table);
+5. ``rewrite``  files whose rows are mostly deleted are rewritten without them;
+6. ``expire``   snapshots older than ``keep`` are expired: time travel (``AT (VERSION => n)``) reaches
                 back that far, no further;
-6. ``cleanup``  files no remaining snapshot references are deleted (after ``grace``, so that a reader
+7. ``cleanup``  files no remaining snapshot references are deleted (after ``grace``, so that a reader
                 that started before the expiry can finish).
 
 Nothing here removes a row a query of the current snapshot returns: proofs, the audit and every
@@ -26,7 +28,10 @@ from dataclasses import dataclass, field
 import duckdb
 
 from common.errors import Retryable
-from ingest.storage.store import Store
+from ingest.storage.lakestore import LakeStore
+from ingest.storage.store import Store, StoreError
+
+RECEIPT_ROWS_HOURS = 24.0  # far longer than a consumer holds a receipt (one batch interval)
 
 
 class MaintainError(Retryable):
@@ -70,7 +75,12 @@ def maintain(
     con = store.con
     rep = MaintainReport(files_before=_files(con), snapshots_before=_snapshots(con))
     keep_s, grace_s = int(keep_hours * 3600), int(grace_minutes * 60)
-    steps: list[tuple[str, list[str], str]] = [
+
+    def prune_receipts() -> str:
+        n = store.prune_receipt_rows(RECEIPT_ROWS_HOURS) if isinstance(store, LakeStore) else 0
+        return f"{n} receipt rows older than {RECEIPT_ROWS_HOURS:g} h deleted"
+
+    steps: list[tuple[str, list[str] | Callable[[], str], str]] = [
         ("flush", ["CALL ducklake_flush_inlined_data('lake')"], "inlined rows written to Parquet"),
         (
             "heads",
@@ -83,6 +93,7 @@ def maintain(
             ],
             "superseded heads and positions deleted",
         ),
+        ("receipts", prune_receipts, ""),
         ("merge", ["CALL ducklake_merge_adjacent_files('lake')"], "adjacent files merged"),
         ("rewrite", ["CALL ducklake_rewrite_data_files('lake')"], "files with many deleted rows rewritten"),
         (
@@ -96,12 +107,15 @@ def maintain(
             f"unreferenced files older than {grace_minutes:g} min deleted",
         ),
     ]
-    for name, sqls, what in steps:
+    for name, work, what in steps:
         t = time.perf_counter()
         try:
-            for sql in sqls:
-                con.execute(sql)
-        except duckdb.Error as exc:
+            if callable(work):
+                what = work()
+            else:
+                for sql in work:
+                    con.execute(sql)
+        except (duckdb.Error, StoreError) as exc:
             raise MaintainError(
                 f"step {name} failed: {' '.join(str(exc).split())}; run `telematics maintain` again"
             ) from exc

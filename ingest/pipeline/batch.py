@@ -1,5 +1,5 @@
-"""The commit sequence of one batch, owned by one object (``Checkpoint``), in the only order that
-loses nothing and writes nothing twice (the consumer's ``flush`` says why each crash point is safe):
+"""The commit sequence of one batch, owned by one object (``Checkpoint``), in an order that loses
+nothing and writes nothing twice (the consumer's ``flush`` says why each crash point is safe):
 
 1. seal: the batch root over the block hashes, frozen rows, a batch number from the store
    (``Checkpoint.seal``);
@@ -10,10 +10,12 @@ loses nothing and writes nothing twice (the consumer's ``flush`` says why each c
    while those partitions are still this consumer's (``StoreFenced`` otherwise);
 4. the batch root is anchored to the ledger;
 5. the ledger's receipt is recorded in the store: in the NEXT batch's transaction (its step 3),
-   so a busy consumer commits to the store once per batch, not twice; a receipt no batch carries
-   is recorded in a transaction of its own when the consumer idles, settles, rewinds or stops
-   (``Checkpoint.record_receipts``). A crash before then leaves the batch stored and unanchored in
-   the store: the restart anchors it again (the ledger returns the same receipt) and records it;
+   so a busy consumer commits to the store once per batch, not twice (this step of a batch thus
+   comes after its step 6); a receipt no batch carries is recorded in a transaction of its own
+   when the consumer finds nothing new to read, settles before a rebalance, recovers after a
+   failure or stops (``Checkpoint.record_receipts``). A crash before then leaves the batch stored
+   and unanchored in the store: the restart anchors it again (the ledger returns the same receipt)
+   and records it;
 6. Kafka offsets are committed (for lag monitoring and tools: a consumer resumes from the
    positions stored in step 3); the processor forgets the batch.
 

@@ -127,7 +127,7 @@ class BatchConsumer:
         )
         self._anchor_s = self.metrics.histogram(
             "telematics_batch_anchor_seconds",
-            "store transaction committed -> ledger receipt recorded",
+            "store transaction committed -> anchored in the ledger",
             buckets,
         )
         m = cfg.metrics
@@ -147,7 +147,7 @@ class BatchConsumer:
            the lake commits it only while this consumer's claim on those partitions is the latest;
         4. the batch root is anchored to the ledger (idempotent per batch number);
         5. the ledger receipt is recorded in the store (anchors): in the next batch's transaction
-           (its step 3), or in one of its own when the consumer idles, settles or stops;
+           (its step 3), or in one of its own when the consumer idles, settles, recovers or stops;
         6. Kafka offsets are committed.
 
         ``Checkpoint`` (ingest/pipeline/batch.py) runs steps 1-6 in this order; this consumer
@@ -282,7 +282,7 @@ class BatchConsumer:
         (by an earlier run that crashed, or by another consumer that did) and record theirs."""
         await asyncio.to_thread(self.checkpoint.record_receipts)
         late = []
-        for batch_no, root, blocks in await asyncio.to_thread(self.store.unanchored):
+        for batch_no, root, blocks in self.store.unanchored():
             log.info("anchoring batch %d, stored without a ledger receipt", batch_no)
             late.append(await self._anchor(batch_no, root, blocks))
         await asyncio.to_thread(self.store.record_anchors, late)
@@ -469,7 +469,8 @@ class BatchConsumer:
         assert self.consumer is not None and self.producer is not None
         self.stalled = None
         self.consumer.subscribe([k.blocks_topic], listener=_FlushOnRevoke(self))
-        await self.recover()
+        async with self._flush_lock:  # an assignment's callback meanwhile uses the store too
+            await self.recover()
         self.write_status()
         max_age = ing.batch_max_age_ms / 1000
         try:

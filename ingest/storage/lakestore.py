@@ -158,8 +158,11 @@ class LakeStore(_DuckStore):
             " PRIMARY KEY (consumer_group, topic, kafka_partition))"
         )
         c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.batch_no MINVALUE 0 START 0")
-        # The batches whose ledger receipt a writer recorded (``_claim_receipts``).
-        c.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.receipts (batch_no bigint PRIMARY KEY)")
+        # The batches whose ledger receipt a writer records or recorded (``_claim_receipts``).
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.receipts (batch_no bigint PRIMARY KEY,"
+            " recorded_at timestamptz NOT NULL DEFAULT now())"
+        )
         # The order of every writer's commits: the latest device head and Kafka position win.
         c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.commit_seq")
         # A lake filled before the sequence existed (or restored from a backup): never reuse a number.
@@ -240,7 +243,9 @@ class LakeStore(_DuckStore):
         except self._psycopg.Error as exc:
             # Raised after the lake's commit too (the fence's own commit failed): the batch is then
             # stored with its positions, and the rewind resumes after it.
-            raise StoreError(f"batch {b.batch_no}: the partition claims cannot be checked: {exc}") from exc
+            raise StoreError(
+                f"batch {b.batch_no}: the partition claims or receipt rows cannot be checked: {exc}"
+            ) from exc
 
     def _check_claims(self, pg: Any, b: BatchRows) -> None:
         by_topic: dict[str, list[int]] = {}
@@ -286,11 +291,18 @@ class LakeStore(_DuckStore):
             [receipt_row(r) for r in receipts],
         )
 
+    # -- ledger receipts (step 5), which the lake has no key for ---------------------------------
+    # A row per batch number in PostgreSQL (``receipts``) says a writer records, or recorded, that
+    # batch's receipt. A batch carrying receipts (``write_batch``) appends only those it inserts the
+    # row for, in its fence transaction: no lake scan in the batch's commit. ``record_anchors`` (a
+    # recovery, or an idle consumer) commits the rows first, then locks them and appends each
+    # receipt the lake does not hold yet. Either way a receipt is appended once: a carrier that
+    # finds the row skips the receipt (the recorder appends it, or its retry does), and two
+    # recorders take turns on the rows' locks, the second seeing the first one's commit.
+
     def _claim_receipts(self, pg: Any, receipts: Sequence[Receipt]) -> list[Receipt]:
-        """The receipts no writer has recorded (or is recording) yet, now this transaction's to
-        record: a row per batch number in PostgreSQL, so that two writers never both append a
-        batch's receipt (the lake has no key) and the batch's own transaction needs no lake scan.
-        A writer recording the same receipt meanwhile makes this wait for its commit."""
+        """The receipts whose row this transaction inserted (a recorder's uncommitted row makes
+        this wait for its transaction)."""
         if not receipts:
             return []
         rows = pg.execute(
@@ -302,21 +314,26 @@ class LakeStore(_DuckStore):
         return [r for r in receipts if r.batch_no in mine]
 
     def record_anchors(self, receipts: Sequence[Receipt]) -> None:
-        """In a transaction of their own, each receipt unless stored already: claimed in PostgreSQL
-        and, for a receipt whose batch's commit stored it while its claim did not commit, checked
-        in the lake too."""
+        """In a lake transaction of their own, each receipt the lake does not hold yet."""
         if not receipts:
             return
+        nos = [r.batch_no for r in receipts]
         try:
+            with self._pg_lock:
+                self._claim_receipts(self._pg("claims"), receipts)  # committed now: carriers skip them
             pg = self._pg("fence")
             with pg.transaction():
-                mine = self._claim_receipts(pg, receipts)
-                if mine:
-                    self._record_checked(mine)
+                pg.execute(
+                    f"SELECT batch_no FROM {SCHEMA}.receipts WHERE batch_no = ANY(%s) ORDER BY batch_no FOR UPDATE",
+                    [nos],
+                )
+                self._record_checked(receipts)
         except self._psycopg.Error as exc:
-            raise StoreError(f"ledger receipts not recorded: the catalog failed: {exc}") from exc
+            raise StoreError(
+                f"ledger receipts of batch(es) {nos} not recorded: the catalog failed: {exc}"
+            ) from exc
 
-    def _record_checked(self, receipts: list[Receipt]) -> None:
+    def _record_checked(self, receipts: Sequence[Receipt]) -> None:
         con = self._w
         try:
             con.execute("BEGIN TRANSACTION")
@@ -331,6 +348,20 @@ class LakeStore(_DuckStore):
                 con.execute("ROLLBACK")
             batches = ", ".join(str(r.batch_no) for r in receipts)
             raise StoreError(f"ledger receipts of batch(es) {batches} not recorded: {exc}") from exc
+
+    def prune_receipt_rows(self, older_than_hours: float) -> int:
+        """Delete the ``receipts`` rows older than ``older_than_hours`` (``telematics maintain``);
+        how many. Safe for any age longer than a consumer holds a receipt (one batch interval): only
+        a receipt of the latest batch is ever carried."""
+        try:
+            with self._pg_lock:
+                cur = self._pg("claims").execute(
+                    f"DELETE FROM {SCHEMA}.receipts WHERE recorded_at < now() - make_interval(secs => %s)",
+                    [older_than_hours * 3600],
+                )
+                return int(cur.rowcount)
+        except self._psycopg.Error as exc:
+            raise StoreError(f"cannot prune {SCHEMA}.receipts: {exc}") from exc
 
     # -- files ------------------------------------------------------------------------------------
     def purge(self) -> None:

@@ -340,8 +340,8 @@ class _DuckStore:
         raise NotImplementedError
 
     def _insert_receipts(self, con: Any, receipts: Sequence[Receipt]) -> None:
-        """Append ``receipts`` to ``anchors`` (in a batch's transaction: receipts no other writer
-        records; the lake store makes sure of that)."""
+        """Append ``receipts`` to ``anchors`` in the transaction on ``con`` (a DuckDB file: each once,
+        by its key; the lake: in a batch's transaction, the receipts claimed for it)."""
         raise NotImplementedError
 
     def record_anchors(self, receipts: Sequence[Receipt]) -> None:

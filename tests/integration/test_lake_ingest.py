@@ -95,6 +95,20 @@ def _exactly(cfg: Config, fleet: FleetResult) -> None:
         assert s.con.execute("SELECT count(*) FROM rejections").fetchone() == (0,)
     finally:
         s.close()
+    # Every batch has exactly one receipt row once the consumers idle (the last batch's receipt is
+    # written on its own then; no two writers append one twice).
+    deadline = time.monotonic() + 30
+    while True:
+        s = wiring.open_store(cfg, read_only=True)
+        try:
+            batches = {n for (n,) in s.con.execute("SELECT batch_no FROM batches").fetchall()}
+            anchors = [n for (n,) in s.con.execute("SELECT batch_no FROM anchors").fetchall()]
+        finally:
+            s.close()
+        if set(anchors) == batches or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert set(anchors) == batches and len(anchors) == len(batches), (len(anchors), len(batches))
     audit = run_cli(Path(cfg.data_dir) / "telematics.toml", "audit")
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
