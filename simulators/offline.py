@@ -5,7 +5,6 @@ and for the proof, audit and erasure tests. The transports are covered by the in
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from ingest.ledger.base import Ledger
 from ingest.pipeline.batch import Checkpoint
 from ingest.pipeline.processor import Processor, RawMessage
 from ingest.storage.registry import Registry
-from ingest.storage.store import Receipt, Store, StoreError
+from ingest.storage.store import Store
 from schemas.block import build_block, decode_record, encode_record
 from schemas.crypto import ZERO_HASH, SigningKey, device_id_for
 
@@ -121,8 +120,8 @@ def ingest_blocks(
     store.claim("offline", [0], "offline ingest")  # its one "partition": a writer of its own
     proc = Processor(store, registry, max_block_bytes=4 * 1024 * 1024)
 
-    async def anchor(batch_no: int, root: bytes, blocks: int) -> Receipt:
-        return ledger.anchor(batch_no, root, blocks)
+    async def anchor(batch_no: int, root: bytes, blocks: int) -> None:
+        store.record_anchor(ledger.anchor(batch_no, root, blocks))
 
     # The consumer's commit sequence, without a transport: no dead-letter topic; the positions of the
     # one "partition" are stored with each batch, as the consumer's are.
@@ -144,16 +143,10 @@ def ingest_blocks(
         if progress:
             progress(sealed.rows.record_count)
 
-    try:
-        for device_id, wire in blocks:
-            msgs.append(RawMessage("offline", 0, offset, device_id.encode(), wire))
-            offset += 1
-            if len(msgs) >= batch_blocks:
-                flush()
-        flush()
-    except BaseException:
-        with contextlib.suppress(StoreError):  # what stopped the ingest is what the caller sees
-            checkpoint.record_receipts()
-        raise
-    checkpoint.record_receipts()  # the last batch's receipt: no later batch carries it
+    for device_id, wire in blocks:
+        msgs.append(RawMessage("offline", 0, offset, device_id.encode(), wire))
+        offset += 1
+        if len(msgs) >= batch_blocks:
+            flush()
+    flush()
     return stored

@@ -5,13 +5,11 @@ Each step is one of DuckLake's own maintenance functions, or a delete of rows no
 1. ``flush``    rows small commits kept in the catalog (``[store] inline_rows``) go to Parquet files;
 2. ``heads``    superseded device heads and Kafka positions are deleted (only each device's and each
                 partition's latest is ever read: the ``devices`` view, ``Store.positions``);
-3. ``receipts`` rows of ``telematics_ingest.receipts`` in PostgreSQL older than a day are deleted
-                (which batches' ledger receipts a writer recorded: only the latest batch's matters);
-4. ``merge``    adjacent small Parquet files of a table are merged (a batch writes one per table);
-5. ``rewrite``  files whose rows are mostly deleted are rewritten without them;
-6. ``expire``   snapshots older than ``keep`` are expired: time travel (``AT (VERSION => n)``) reaches
+3. ``merge``    adjacent small Parquet files of a table are merged (a batch writes one per table);
+4. ``rewrite``  files whose rows are mostly deleted are rewritten without them;
+5. ``expire``   snapshots older than ``keep`` are expired: time travel (``AT (VERSION => n)``) reaches
                 back that far, no further;
-7. ``cleanup``  files no remaining snapshot references are deleted (after ``grace``, so that a reader
+6. ``cleanup``  files no remaining snapshot references are deleted (after ``grace``, so that a reader
                 that started before the expiry can finish).
 
 Nothing here removes a row a query of the current snapshot returns: proofs, the audit and every
@@ -28,10 +26,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from common.errors import Retryable
-from ingest.storage.lakestore import LakeStore
-from ingest.storage.store import Store, StoreError
-
-RECEIPT_ROWS_HOURS = 24.0  # far longer than a consumer holds a receipt (one batch interval)
+from ingest.storage.store import Store
 
 
 class MaintainError(Retryable):
@@ -75,12 +70,7 @@ def maintain(
     con = store.con
     rep = MaintainReport(files_before=_files(con), snapshots_before=_snapshots(con))
     keep_s, grace_s = int(keep_hours * 3600), int(grace_minutes * 60)
-
-    def prune_receipts() -> str:
-        n = store.prune_receipt_rows(RECEIPT_ROWS_HOURS) if isinstance(store, LakeStore) else 0
-        return f"{n} receipt rows older than {RECEIPT_ROWS_HOURS:g} h deleted"
-
-    steps: list[tuple[str, list[str] | Callable[[], str], str]] = [
+    steps: list[tuple[str, list[str], str]] = [
         ("flush", ["CALL ducklake_flush_inlined_data('lake')"], "inlined rows written to Parquet"),
         (
             "heads",
@@ -93,7 +83,6 @@ def maintain(
             ],
             "superseded heads and positions deleted",
         ),
-        ("receipts", prune_receipts, ""),
         ("merge", ["CALL ducklake_merge_adjacent_files('lake')"], "adjacent files merged"),
         ("rewrite", ["CALL ducklake_rewrite_data_files('lake')"], "files with many deleted rows rewritten"),
         (
@@ -107,15 +96,12 @@ def maintain(
             f"unreferenced files older than {grace_minutes:g} min deleted",
         ),
     ]
-    for name, work, what in steps:
+    for name, sqls, what in steps:
         t = time.perf_counter()
         try:
-            if callable(work):
-                what = work()
-            else:
-                for sql in work:
-                    con.execute(sql)
-        except (duckdb.Error, StoreError) as exc:
+            for sql in sqls:
+                con.execute(sql)
+        except duckdb.Error as exc:
             raise MaintainError(
                 f"step {name} failed: {' '.join(str(exc).split())}; run `telematics maintain` again"
             ) from exc

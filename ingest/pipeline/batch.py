@@ -1,5 +1,5 @@
-"""The commit sequence of one batch, owned by one object (``Checkpoint``), in an order that loses
-nothing and writes nothing twice (the consumer's ``flush`` says why each crash point is safe):
+"""The commit sequence of one batch, owned by one object (``Checkpoint``), in the only order that
+loses nothing and writes nothing twice (the consumer's ``flush`` says why each crash point is safe):
 
 1. seal: the batch root over the block hashes, frozen rows, a batch number from the store
    (``Checkpoint.seal``);
@@ -8,14 +8,7 @@ nothing and writes nothing twice (the consumer's ``flush`` says why each crash p
 3. ONE store transaction: records, blocks, the batch, gaps, rejections, duplicates, device heads,
    AND the next Kafka offset of every partition the batch consumed; in the lake it commits only
    while those partitions are still this consumer's (``StoreFenced`` otherwise);
-4. the batch root is anchored to the ledger;
-5. the ledger's receipt is recorded in the store: in the NEXT batch's transaction (its step 3),
-   so a busy consumer commits to the store once per batch, not twice (this step of a batch thus
-   comes after its step 6); a receipt no batch carries is recorded in a transaction of its own
-   when the consumer finds nothing new to read, settles before a rebalance, recovers after a
-   failure or stops (``Checkpoint.record_receipts``). A crash before then leaves the batch stored
-   and unanchored in the store: the restart anchors it again (the ledger returns the same receipt)
-   and records it;
+4. the batch root is anchored to the ledger, 5. and the receipt recorded in the store;
 6. Kafka offsets are committed (for lag monitoring and tools: a consumer resumes from the
    positions stored in step 3); the processor forgets the batch.
 
@@ -32,14 +25,7 @@ from dataclasses import dataclass
 
 from common.errors import Refused
 from ingest.pipeline.processor import Pending, Processor, Rejection
-from ingest.storage.store import (
-    BatchRows,
-    Receipt,
-    Store,
-    StoreContentError,
-    StoreError,
-    Unstorable,
-)
+from ingest.storage.store import BatchRows, Store, StoreContentError, StoreError, Unstorable
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> the next offset to commit
 
@@ -79,20 +65,18 @@ class Checkpoint:
         proc: Processor,
         store: Store,
         *,
-        anchor: Callable[[int, bytes, int], Awaitable[Receipt]] | None,
+        anchor: Callable[[int, bytes, int], Awaitable[None]] | None,
         dead_letter: Callable[[list[Rejection]], Awaitable[None]] = _nothing,
         commit_offsets: Callable[[Offsets], Awaitable[None]] = _nothing,
     ) -> None:
-        """``anchor(batch_no, root, blocks)``: step 4, the ledger's receipt (with whatever retry
-        policy the caller wants); None stores without anchoring (the benchmark's pass-through
-        baseline only). ``dead_letter``: step 2. ``commit_offsets``: step 6."""
+        """``anchor(batch_no, root, blocks)``: steps 4-5 (with whatever retry policy the caller
+        wants); None stores without anchoring (the benchmark's pass-through baseline only).
+        ``dead_letter``: step 2. ``commit_offsets``: step 6."""
         self.proc = proc
         self.store = store
         self._anchor = anchor
         self._dead_letter = dead_letter
         self._commit_offsets = commit_offsets
-        # Step 5 still to do: receipts of stored, anchored batches, in batch order.
-        self.receipts: list[Receipt] = []
 
     def seal(self, batch_no: int) -> SealedBatch:
         """Step 1: freeze the processor's pending batch as ``batch_no``; the processor starts the next."""
@@ -104,7 +88,6 @@ class Checkpoint:
         """Steps 2-6; returns when the store transaction committed (ns). Raises on the first
         failure and leaves the rest undone, so nothing later in the order happens without it."""
         await self._dead_letter(b.rejections)
-        carried = b.rows.receipts = list(self.receipts)  # step 5 of the batches before it
         try:
             await asyncio.to_thread(self.store.write_batch, b.rows)
         except StoreContentError as exc:
@@ -113,9 +96,8 @@ class Checkpoint:
                 raise StoreError(f"{exc} (no single block or session message is refused on its own)") from exc
             raise UnstorableMessages(found) from exc
         stored_ns = time.time_ns()
-        del self.receipts[: len(carried)]
         if b.rows.blocks and self._anchor is not None:
-            self.receipts.append(await self._anchor(b.rows.batch_no, b.rows.root, len(b.rows.blocks)))
+            await self._anchor(b.rows.batch_no, b.rows.root, len(b.rows.blocks))
         await self._commit_offsets(b.offsets)
         self.proc.settled()
         self.proc.quarantine_prune(b.offsets)
@@ -124,12 +106,3 @@ class Checkpoint:
     def commit_sync(self, b: SealedBatch) -> int:
         """``commit`` for callers without an event loop (the offline ingest)."""
         return asyncio.run(self.commit(b))
-
-    def record_receipts(self) -> None:
-        """Step 5 for the receipts no batch has carried yet, in a store transaction of their own
-        (blocking: the caller runs it when no batch is being written). Raises ``StoreError`` and
-        keeps them if the store fails."""
-        if self.receipts:
-            done = list(self.receipts)
-            self.store.record_anchors(done)
-            del self.receipts[: len(done)]

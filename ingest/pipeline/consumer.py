@@ -35,7 +35,7 @@ from ingest.pipeline.metrics import (
 )
 from ingest.pipeline.processor import Processor, in_chunks
 from ingest.storage.registry import Registry, RegistryError
-from ingest.storage.store import Receipt, Store, StoreError
+from ingest.storage.store import Store, StoreError
 from schemas.transport import (
     DETAIL_HEADER,
     INDEX_HEADER,
@@ -127,7 +127,7 @@ class BatchConsumer:
         )
         self._anchor_s = self.metrics.histogram(
             "telematics_batch_anchor_seconds",
-            "store transaction committed -> anchored in the ledger",
+            "store transaction committed -> ledger receipt recorded",
             buckets,
         )
         m = cfg.metrics
@@ -146,8 +146,7 @@ class BatchConsumer:
            chain heads, and the next Kafka offset of each partition in the batch (all or nothing);
            the lake commits it only while this consumer's claim on those partitions is the latest;
         4. the batch root is anchored to the ledger (idempotent per batch number);
-        5. the ledger receipt is recorded in the store (anchors): in the next batch's transaction
-           (its step 3), or in one of its own when the consumer idles, settles, recovers or stops;
+        5. the ledger receipt is recorded in the store (anchors);
         6. Kafka offsets are committed.
 
         ``Checkpoint`` (ingest/pipeline/batch.py) runs steps 1-6 in this order; this consumer
@@ -160,7 +159,7 @@ class BatchConsumer:
         positions (a rejection may then reach the dead-letter topic twice: its ``vt-source``
         header names the position). A crash after 3 reads nothing of this batch again: its
         positions are stored with it. On start, ``recover`` anchors every stored batch that has
-        no receipt yet (after 3, before 5: the ledger returns the receipt it gave before).
+        no receipt yet (after 3, before 5).
         A consumer that lost its partitions (a rebalance while it was paused) fails step 3
         (``StoreFenced``) and writes nothing; the new owner's claim waited for any step 3 in flight.
         Store failure at 3: roll back, forget this batch and the one being built, seek back to
@@ -241,20 +240,16 @@ class BatchConsumer:
                 + "\n"
             )
 
-    async def _anchor(self, batch_no: int, root: bytes, blocks: int) -> Receipt:
-        """Step 4: the ledger's receipt for the batch, retried while the ledger is unavailable."""
-        receipt: Receipt | None = None
+    async def _anchor(self, batch_no: int, root: bytes, blocks: int) -> None:
         try:
             async for attempt in aretrying(
                 self.cfg.retry, LedgerError, what=f"ledger unavailable for batch {batch_no}", log=log
             ):
                 with attempt:
-                    receipt = await asyncio.to_thread(self.ledger.anchor, batch_no, root, blocks)
+                    await asyncio.to_thread(self._anchor_and_record, batch_no, root, blocks)
         except Fatal as exc:  # a conflicting or damaged ledger: never retried
             self._fatal(exc)
             raise
-        assert receipt is not None
-        return receipt
 
     def _fatal(self, exc: Exception) -> None:
         """Record in the status file why the consumer stops without committing."""
@@ -277,15 +272,14 @@ class BatchConsumer:
             self._fatal(exc)
             raise exc
 
+    def _anchor_and_record(self, batch_no: int, root: bytes, blocks: int) -> None:
+        self.store.record_anchor(self.ledger.anchor(batch_no, root, blocks))
+
     async def recover(self) -> None:
-        """Record the receipts this run holds, then anchor the batches stored without a receipt
-        (by an earlier run that crashed, or by another consumer that did) and record theirs."""
-        await asyncio.to_thread(self.checkpoint.record_receipts)
-        late = []
+        """Anchor batches stored by an earlier run that crashed before their receipt was recorded."""
         for batch_no, root, blocks in self.store.unanchored():
-            log.info("anchoring batch %d, stored without a ledger receipt", batch_no)
-            late.append(await self._anchor(batch_no, root, blocks))
-        await asyncio.to_thread(self.store.record_anchors, late)
+            log.info("anchoring batch %d left unanchored by an earlier run", batch_no)
+            await self._anchor(batch_no, root, blocks)
         self.counts = self.store.counts()
 
     async def _commit_offsets(self, offsets: Offsets) -> None:
@@ -469,8 +463,7 @@ class BatchConsumer:
         assert self.consumer is not None and self.producer is not None
         self.stalled = None
         self.consumer.subscribe([k.blocks_topic], listener=_FlushOnRevoke(self))
-        async with self._flush_lock:  # an assignment's callback meanwhile uses the store too
-            await self.recover()
+        await self.recover()
         self.write_status()
         max_age = ing.batch_max_age_ms / 1000
         try:
@@ -589,9 +582,6 @@ class BatchConsumer:
                 await self.flush()
             if wait or not seal:
                 await self._settle()
-                # No batch is being written now, and maybe none follows soon: the receipts wait
-                # for no later batch (step 5, ingest/pipeline/batch.py).
-                await asyncio.to_thread(self.checkpoint.record_receipts)
             return True
         except UnstorableMessages as exc:
             # The content is at fault, not the infrastructure: the messages the store refuses are

@@ -18,19 +18,16 @@ DuckLake has no PRIMARY KEY. What the DuckDB file's keys did is done here:
   the stored rows in the batch's transaction; no other writer adds rows of the same device.
 * ``devices`` is a view over appended heads (``ingest/storage/schema.py``: ``lake_ddl``).
 
-PostgreSQL holds only what must be locked or counted across writers (claims, the batch number, the
-batches whose receipt is recorded: ``_claim_receipts``); every row analysts query is in the lake,
-with the Kafka positions in the same snapshot as the rows.
+PostgreSQL holds only what must be locked or counted across writers (claims, the batch number); every
+row analysts query is in the lake, with the Kafka positions in the same snapshot as the rows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import re
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -47,11 +44,9 @@ from ingest.storage.schema import (
 )
 from ingest.storage.store import (
     BatchRows,
-    Receipt,
     StoreError,
     StoreFenced,
     _DuckStore,
-    receipt_row,
 )
 
 SCHEMA = "telematics_ingest"  # our own PostgreSQL schema beside DuckLake's catalog tables
@@ -158,11 +153,6 @@ class LakeStore(_DuckStore):
             " PRIMARY KEY (consumer_group, topic, kafka_partition))"
         )
         c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.batch_no MINVALUE 0 START 0")
-        # The batches whose ledger receipt a writer records or recorded (``_claim_receipts``).
-        c.execute(
-            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.receipts (batch_no bigint PRIMARY KEY,"
-            " recorded_at timestamptz NOT NULL DEFAULT now())"
-        )
         # The order of every writer's commits: the latest device head and Kafka position win.
         c.execute(f"CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.commit_seq")
         # A lake filled before the sequence existed (or restored from a backup): never reuse a number.
@@ -237,15 +227,11 @@ class LakeStore(_DuckStore):
                 # Taken under the claims' share lock: a later owner's commits all come after.
                 row = pg.execute(f"SELECT nextval('{SCHEMA}.commit_seq')").fetchone()
                 assert row is not None
-                if b.receipts:
-                    b = dataclasses.replace(b, receipts=self._claim_receipts(pg, b.receipts))
                 self._transaction(b, int(row[0]))
         except self._psycopg.Error as exc:
             # Raised after the lake's commit too (the fence's own commit failed): the batch is then
             # stored with its positions, and the rewind resumes after it.
-            raise StoreError(
-                f"batch {b.batch_no}: the partition claims or receipt rows cannot be checked: {exc}"
-            ) from exc
+            raise StoreError(f"batch {b.batch_no}: the partition claims cannot be checked: {exc}") from exc
 
     def _check_claims(self, pg: Any, b: BatchRows) -> None:
         by_topic: dict[str, list[int]] = {}
@@ -285,83 +271,24 @@ class LakeStore(_DuckStore):
     def _insert_heads(self, con: Any, seq: int) -> None:
         con.execute("INSERT INTO device_heads SELECT *, ? FROM _incoming", [seq])
 
-    def _insert_receipts(self, con: Any, receipts: Sequence[Receipt]) -> None:
-        con.executemany(
-            "INSERT INTO anchors SELECT ?, ?, ?, ?, make_timestamp_ns(?), ?",
-            [receipt_row(r) for r in receipts],
-        )
-
-    # -- ledger receipts (step 5), which the lake has no key for ---------------------------------
-    # A row per batch number in PostgreSQL (``receipts``) says a writer records, or recorded, that
-    # batch's receipt. A batch carrying receipts (``write_batch``) appends only those it inserts the
-    # row for, in its fence transaction: no lake scan in the batch's commit. ``record_anchors`` (a
-    # recovery, or an idle consumer) commits the rows first, then locks them and appends each
-    # receipt the lake does not hold yet. Either way a receipt is appended once: a carrier that
-    # finds the row skips the receipt (the recorder appends it, or its retry does), and two
-    # recorders take turns on the rows' locks, the second seeing the first one's commit.
-
-    def _claim_receipts(self, pg: Any, receipts: Sequence[Receipt]) -> list[Receipt]:
-        """The receipts whose row this transaction inserted (a recorder's uncommitted row makes
-        this wait for its transaction)."""
-        if not receipts:
-            return []
-        rows = pg.execute(
-            f"INSERT INTO {SCHEMA}.receipts (batch_no) SELECT unnest(%s::bigint[])"
-            " ON CONFLICT DO NOTHING RETURNING batch_no",
-            [[r.batch_no for r in receipts]],
-        ).fetchall()
-        mine = {int(n) for (n,) in rows}
-        return [r for r in receipts if r.batch_no in mine]
-
-    def record_anchors(self, receipts: Sequence[Receipt]) -> None:
-        """In a lake transaction of their own, each receipt the lake does not hold yet."""
-        if not receipts:
-            return
-        nos = [r.batch_no for r in receipts]
+    def record_anchor(self, receipt: Any) -> None:
+        """Append the ledger receipt, unless this batch's receipt is stored already."""
         try:
-            with self._pg_lock:
-                self._claim_receipts(self._pg("claims"), receipts)  # committed now: carriers skip them
-            pg = self._pg("fence")
-            with pg.transaction():
-                pg.execute(
-                    f"SELECT batch_no FROM {SCHEMA}.receipts WHERE batch_no = ANY(%s) ORDER BY batch_no FOR UPDATE",
-                    [nos],
-                )
-                self._record_checked(receipts)
-        except self._psycopg.Error as exc:
-            raise StoreError(
-                f"ledger receipts of batch(es) {nos} not recorded: the catalog failed: {exc}"
-            ) from exc
-
-    def _record_checked(self, receipts: Sequence[Receipt]) -> None:
-        con = self._w
-        try:
-            con.execute("BEGIN TRANSACTION")
-            con.executemany(
+            self._w.execute(
                 "INSERT INTO anchors SELECT ?, ?, ?, ?, make_timestamp_ns(?), ?"
                 " WHERE NOT EXISTS (SELECT 1 FROM anchors WHERE batch_no = ?)",
-                [(*receipt_row(r), r.batch_no) for r in receipts],
+                [
+                    receipt.batch_no,
+                    receipt.ledger,
+                    receipt.index,
+                    receipt.entry_hash,
+                    receipt.time_ns,
+                    receipt.to_json(),
+                    receipt.batch_no,
+                ],
             )
-            con.execute("COMMIT")
         except duckdb.Error as exc:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            batches = ", ".join(str(r.batch_no) for r in receipts)
-            raise StoreError(f"ledger receipts of batch(es) {batches} not recorded: {exc}") from exc
-
-    def prune_receipt_rows(self, older_than_hours: float) -> int:
-        """Delete the ``receipts`` rows older than ``older_than_hours`` (``telematics maintain``);
-        how many. Safe for any age longer than a consumer holds a receipt (one batch interval): only
-        a receipt of the latest batch is ever carried."""
-        try:
-            with self._pg_lock:
-                cur = self._pg("claims").execute(
-                    f"DELETE FROM {SCHEMA}.receipts WHERE recorded_at < now() - make_interval(secs => %s)",
-                    [older_than_hours * 3600],
-                )
-                return int(cur.rowcount)
-        except self._psycopg.Error as exc:
-            raise StoreError(f"cannot prune {SCHEMA}.receipts: {exc}") from exc
+            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
 
     # -- files ------------------------------------------------------------------------------------
     def purge(self) -> None:

@@ -20,7 +20,6 @@ Tables (see docs/DATA.md for every column and example queries):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -76,22 +75,6 @@ class Unstorable:
     detail: str
 
 
-class Receipt(Protocol):
-    """A ledger's receipt for one batch, as the ``anchors`` table keeps it (ingest/ledger/base.py)."""
-
-    @property
-    def batch_no(self) -> int: ...
-    @property
-    def ledger(self) -> str: ...
-    @property
-    def index(self) -> int: ...
-    @property
-    def entry_hash(self) -> bytes: ...
-    @property
-    def time_ns(self) -> int: ...
-    def to_json(self) -> str: ...
-
-
 @dataclass
 class DeviceHead:
     key_id: str
@@ -124,17 +107,9 @@ class BatchRows:
     # (topic, partition) -> the next offset to process: stored in the batch's transaction, so that a
     # consumer resumes exactly after the last stored batch (``Store.positions``).
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    # Ledger receipts of earlier batches, recorded in this batch's transaction (their step 5): one
-    # lake commit per batch, not two (``Checkpoint`` in ingest/pipeline/batch.py).
-    receipts: Sequence[Receipt] = field(default_factory=list)
 
 
 Positions = dict[tuple[str, int], int]
-
-
-def receipt_row(r: Receipt) -> tuple[int, str, int, bytes, int, str]:
-    """``r`` as the columns of ``anchors`` (anchored_at in ns)."""
-    return (r.batch_no, r.ledger, r.index, r.entry_hash, r.time_ns, r.to_json())
 
 
 class Store(Protocol):
@@ -166,10 +141,7 @@ class Store(Protocol):
     def positions(self, topic: str) -> Positions: ...
     def write_batch(self, b: BatchRows) -> None: ...
     def find_unstorable(self, b: BatchRows) -> list[Unstorable]: ...
-    def record_anchors(self, receipts: Sequence[Receipt]) -> None:
-        """Record ``receipts`` in one transaction of their own, skipping any batch's receipt that is
-        stored already (another consumer's recovery may have recorded it)."""
-
+    def record_anchor(self, receipt: Any) -> None: ...
     def purge(self) -> None:
         """Remove every byte of deleted rows from the store's files (after an erasure)."""
 
@@ -314,8 +286,6 @@ class _DuckStore:
                     for (t, part), o in sorted(b.offsets.items())
                 ],
             )
-        if b.receipts:
-            self._insert_receipts(con, b.receipts)
 
     def _transaction(self, b: BatchRows, seq: int) -> None:
         """``_insert`` in one transaction on the writer's cursor: all of it or nothing. A value the
@@ -338,25 +308,6 @@ class _DuckStore:
     def _insert_heads(self, con: Any, seq: int) -> None:
         """Make ``_incoming`` (DeviceRow columns) the devices' chain heads."""
         raise NotImplementedError
-
-    def _insert_receipts(self, con: Any, receipts: Sequence[Receipt]) -> None:
-        """Append ``receipts`` to ``anchors`` in the transaction on ``con`` (a DuckDB file: each once,
-        by its key; the lake: in a batch's transaction, the receipts claimed for it)."""
-        raise NotImplementedError
-
-    def record_anchors(self, receipts: Sequence[Receipt]) -> None:
-        if not receipts:
-            return
-        con = self._w
-        try:
-            con.execute("BEGIN TRANSACTION")
-            self._insert_receipts(con, receipts)
-            con.execute("COMMIT")
-        except duckdb.Error as exc:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            batches = ", ".join(str(r.batch_no) for r in receipts)
-            raise StoreError(f"ledger receipts of batch(es) {batches} not recorded: {exc}") from exc
 
     def _epoch_of(self, topic: str, partition: int) -> int:
         return 0
@@ -515,11 +466,21 @@ class FileStore(_DuckStore):
     def _offsets_sql(self) -> str:
         return "INSERT OR REPLACE INTO kafka_offsets"
 
-    def _insert_receipts(self, con: Any, receipts: Sequence[Receipt]) -> None:
-        con.executemany(
-            "INSERT OR IGNORE INTO anchors VALUES (?, ?, ?, ?, make_timestamp_ns(?), ?)",
-            [receipt_row(r) for r in receipts],
-        )
+    def record_anchor(self, receipt: Any) -> None:
+        try:
+            self._w.execute(
+                "INSERT OR IGNORE INTO anchors VALUES (?, ?, ?, ?, make_timestamp_ns(?), ?)",
+                [
+                    receipt.batch_no,
+                    receipt.ledger,
+                    receipt.index,
+                    receipt.entry_hash,
+                    receipt.time_ns,
+                    receipt.to_json(),
+                ],
+            )
+        except duckdb.Error as exc:
+            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
 
     def purge(self) -> None:
         """Fold the write-ahead log into the file. Deleted bytes may stay in free pages until they are

@@ -247,101 +247,6 @@ def test_every_data_md_query_runs_on_the_lake(lake_world: Any, sql: str) -> None
     cur.fetchall()
 
 
-def test_a_batch_commits_once_carrying_the_receipt_of_the_one_before(
-    lake_catalog: str, tmp_path: Path
-) -> None:
-    """Step 5 of the durability order rides on the next batch's transaction: n batches make n lake
-    commits, plus one for the last receipt (no batch follows it); every batch ends up anchored once,
-    and recording a receipt that is stored already adds nothing."""
-    store = LakeStore(lake_catalog, str(tmp_path / "lake"))
-    commits = "SELECT count(*) FROM ducklake_snapshots('lake')"
-    (before,) = store.con.execute(commits).fetchone()
-    w = build_world(tmp_path, vehicles=4, blocks=6, store=store)
-    (after,) = store.con.execute(commits).fetchone()
-    (batches,) = store.con.execute("SELECT count(*) FROM batches").fetchone()
-    assert batches >= 3
-    assert after - before == batches + 1
-    anchors = store.con.execute("SELECT batch_no, entry_hash FROM anchors ORDER BY batch_no").fetchall()
-    assert [(n, bytes(h)) for n, h in anchors] == [
-        (n, r.entry_hash)
-        for (n,) in store.con.execute("SELECT batch_no FROM batches ORDER BY batch_no").fetchall()
-        if (r := w.ledger.receipt(n)) is not None
-    ]
-    assert len(anchors) == batches and store.unanchored() == []
-    again = [r for n, _ in anchors[:2] if (r := w.ledger.receipt(n)) is not None]
-    store.record_anchors(again)
-    assert store.con.execute("SELECT count(*) FROM anchors").fetchone() == (batches,)
-
-
-def test_two_writers_never_both_record_a_receipt(lake_catalog: str, tmp_path: Path) -> None:
-    """A consumer's recovery records another's stored, unanchored batch while that consumer carries
-    the same receipt in its next batch: whichever comes first, the lake holds one row for it."""
-    from ingest.ledger.base import Receipt
-
-    a = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
-    b = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
-    a.claim("t", [0], "a")
-
-    def receipt(n: int) -> Receipt:
-        return Receipt("local", n, b"\1" * 32, n, bytes([n % 256]) * 32, time.time_ns())
-
-    def rows_for(n: int) -> int:
-        (c,) = a.con.execute("SELECT count(*) FROM anchors WHERE batch_no = ?", [n]).fetchone()
-        return int(c)
-
-    first = _batch(a, {("t", 0): 1})
-    a.write_batch(first)
-    b.record_anchors([receipt(first.batch_no)])  # b's recovery was first
-    second = _batch(a, {("t", 0): 2})
-    second.receipts = [receipt(first.batch_no)]
-    a.write_batch(second)  # carries it too: skipped
-    assert rows_for(first.batch_no) == 1
-    third = _batch(a, {("t", 0): 3})
-    third.receipts = [receipt(second.batch_no)]
-    a.write_batch(third)  # the carrier first, the recovery after: skipped
-    b.record_anchors([receipt(second.batch_no), receipt(third.batch_no)])
-    assert [rows_for(n) for n in (first.batch_no, second.batch_no, third.batch_no)] == [1, 1, 1]
-    assert a.con.execute("SELECT count(*) FROM anchors").fetchone() == (3,)
-    # A receipt in the lake whose row is gone (its batch's commit stored it, the row's commit
-    # failed; or the row was pruned): recording it again checks the lake and adds nothing.
-    with psycopg.connect(lake_catalog, autocommit=True) as pg:
-        pg.execute(f"DELETE FROM {SCHEMA}.receipts WHERE batch_no = %s", [third.batch_no])
-    b.record_anchors([receipt(third.batch_no)])
-    assert rows_for(third.batch_no) == 1
-    # maintain's pruning keeps the rows of the last day
-    assert a.prune_receipt_rows(24) == 0
-    assert a.prune_receipt_rows(0) == 3
-
-
-def test_concurrent_recorders_append_each_receipt_once(lake_catalog: str, tmp_path: Path) -> None:
-    """Two consumers recovering the same unanchored batches at once (each on its own thread and
-    PostgreSQL sessions): the rows' locks make them take turns, one row per batch."""
-    from ingest.ledger.base import Receipt
-
-    stores = [LakeStore(lake_catalog, str(tmp_path / "lake"), group="g") for _ in range(2)]
-    receipts = [Receipt("local", n, b"\1" * 32, n, bytes([n]) * 32, time.time_ns()) for n in range(40)]
-    errors: list[BaseException] = []
-
-    def record(store: LakeStore, order: list[Receipt]) -> None:
-        try:
-            for i in range(0, len(order), 4):
-                store.record_anchors(order[i : i + 4])
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=record, args=(stores[0], receipts)),
-        threading.Thread(target=record, args=(stores[1], receipts[::-1])),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    rows = stores[0].con.execute("SELECT batch_no, count(*) FROM anchors GROUP BY ALL ORDER BY 1").fetchall()
-    assert rows == [(n, 1) for n in range(40)]
-
-
 def test_maintain_compacts_and_changes_no_answer(lake_catalog: str, tmp_path: Path) -> None:
     from ingest.ops.maintain import maintain
 
@@ -358,15 +263,7 @@ def test_maintain_compacts_and_changes_no_answer(lake_catalog: str, tmp_path: Pa
     }
     before = {k: f() for k, f in q.items()}
     rep = maintain(w.store, keep_hours=0, grace_minutes=0)
-    assert [s for s, _, _ in rep.steps] == [
-        "flush",
-        "heads",
-        "receipts",
-        "merge",
-        "rewrite",
-        "expire",
-        "cleanup",
-    ]
+    assert [s for s, _, _ in rep.steps] == ["flush", "heads", "merge", "rewrite", "expire", "cleanup"]
     assert {k: f() for k, f in q.items()} == before
     assert rep.files_after < rep.files_before, rep
     assert rep.snapshots_after < rep.snapshots_before, rep

@@ -89,7 +89,7 @@ def test_rotation_mid_run(tmp_path: Path) -> None:
     assert len(p.blocks) == len(payloads) - 1
     rows = proc.build_rows(0)
     store.write_batch(rows)
-    store.record_anchors([ledger.anchor(0, rows.root, len(rows.blocks))])
+    store.record_anchor(ledger.anchor(0, rows.root, len(rows.blocks)))
     proc.pending = Pending()
 
     # Proofs on both sides of the rotation verify, each against the key valid when it was signed.
