@@ -116,9 +116,11 @@ class LakeStore(_DuckStore):
             raise StoreError(f"cannot open the lake ({catalog}): {exc}") from exc
         self.snapshot_ns: int | None = None
         if read_only:
+            # Read before the snapshot is taken: a batch anchored in the ledger before this time was
+            # committed before it too, so it is in the snapshot (the audit's live mode relies on it).
+            self.snapshot_ns = time.time_ns()
             self.con.execute("BEGIN TRANSACTION")  # one snapshot for every query of this reader
             self.con.execute("SELECT count(*) FROM batches").fetchone()  # taken now
-            self.snapshot_ns = time.time_ns()
         self._w = self.con.cursor()
         self._w.execute("USE lake")
 
