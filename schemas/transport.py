@@ -25,6 +25,13 @@ def state_topic(device_id: str) -> str:
     return f"vehicles/{device_id}/state"
 
 
+def topic_key(topic: str) -> bytes | None:
+    """The Kafka key of a message on an MQTT topic: its device id (``vehicles/<id>/...``), or
+    None for a topic of another shape (WIRE.md 12.2)."""
+    parts = topic.split("/")
+    return parts[1].encode() if len(parts) == 3 else None
+
+
 # -- Kafka headers written by the bridge, WIRE.md 12.2 -----------------------------------------------
 MQTT_TOPIC_HEADER = "mqtt-topic"  # the full MQTT topic
 HISTORICAL_HEADER = HISTORICAL_PROPERTY  # forwarded from the user property of the same name

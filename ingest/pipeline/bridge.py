@@ -71,6 +71,7 @@ from schemas.transport import (
     STATE_FILTER,
     blocks_topic,
     encode_bundle,
+    topic_key,
 )
 
 log = logging.getLogger(__name__)
@@ -406,8 +407,7 @@ class Bridge:
     ) -> asyncio.Future[object]:
         """Forward one message: into its partition's bundle, or as a Kafka record of its own (no
         bundler, a payload too large for a bundle, a topic without a device id)."""
-        parts = msg.topic.split("/")
-        key = parts[1].encode() if len(parts) == 3 else None
+        key = topic_key(msg.topic)
         payload = msg.payload
         self.stats.received += 1
         if key is not None and self._quota_on and not self.quotas.admit(key, len(payload), time.monotonic()):

@@ -57,6 +57,7 @@ from schemas.transport import (
     SHA256_HEADER,
     SIZE_HEADER,
     decode_bundle,
+    topic_key,
 )
 
 DEAD_LETTER_HEAD = 1024  # bytes of an oversized payload kept for the dead-letter topic
@@ -113,14 +114,14 @@ def unbundle(m: Message) -> list[Message]:
     except (msgspec.MsgspecError, ValueError):  # a topic that is not UTF-8: UnicodeDecodeError
         return [m]
     out: list[Message] = []
+    ts = getattr(m, "timestamp", None)
     for i, e in enumerate(entries):
-        parts = e.topic.split("/")
         headers = [(MQTT_TOPIC_HEADER, e.topic.encode())]
         if e.historical:
             headers.append((HISTORICAL_HEADER, b"1"))
-        key = parts[1].encode() if len(parts) == 3 else None
-        ts = getattr(m, "timestamp", None)
-        out.append(BundledMessage(m.topic, m.partition, m.offset, key, e.payload, headers, i, ts))
+        out.append(
+            BundledMessage(m.topic, m.partition, m.offset, topic_key(e.topic), e.payload, headers, i, ts)
+        )
     return out
 
 
