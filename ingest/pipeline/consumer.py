@@ -33,7 +33,7 @@ from ingest.pipeline.metrics import (
     counter,
     gauge,
 )
-from ingest.pipeline.processor import Processor, in_chunks
+from ingest.pipeline.processor import Processor, RejectionKey, in_chunks
 from ingest.storage.registry import Registry, RegistryError
 from ingest.storage.store import Store, StoreError
 from schemas.transport import (
@@ -103,8 +103,8 @@ class BatchConsumer:
         # poll_max_records messages, not records, or one poll of bundles would hold a minute of load.
         self.per_record = 1.0
         # Kafka positions dead-lettered whose batch is not stored yet (pruned as batches commit).
-        # Keyed by position and payload SHA-256, as the rejections table (a bundle: several per offset).
-        self._dead_lettered: set[tuple[str, int, int, bytes]] = set()
+        # Keyed as the rejections table (Rejection.at).
+        self._dead_lettered: set[RejectionKey] = set()
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
         # Why the pipeline holds (an infrastructure failure: store or Kafka), shown in the status file
@@ -295,11 +295,7 @@ class BatchConsumer:
     async def _dead_letter(self, rejections: list[Any]) -> None:
         """Step 2. A message dead-lettered by an attempt that did not store its batch (a rewind)
         is not produced again when it comes round (a crash may still repeat it: at least once)."""
-        rejections = [
-            r
-            for r in rejections
-            if (r.topic, r.partition, r.offset, r.payload_sha256) not in self._dead_lettered
-        ]
+        rejections = [r for r in rejections if r.at not in self._dead_lettered]
         if not rejections:
             return
         assert self.producer is not None
@@ -320,7 +316,7 @@ class BatchConsumer:
                 )
             )
         await asyncio.gather(*futs)
-        self._dead_lettered.update((r.topic, r.partition, r.offset, r.payload_sha256) for r in rejections)
+        self._dead_lettered.update(r.at for r in rejections)
 
     def _collect(self) -> Iterator[Metric]:
         c = self.counts

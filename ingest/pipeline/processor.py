@@ -150,6 +150,10 @@ def _bundle_problem(m: Message) -> str:
     return "not a bundle"
 
 
+# A rejection's Kafka topic, partition, offset, index in its bundle (0: none) and payload SHA-256.
+RejectionKey = tuple[str, int, int, int, bytes]
+
+
 @dataclass(frozen=True)
 class Rejection:
     topic: str
@@ -165,6 +169,11 @@ class Rejection:
     key_id: str | None = None
     seq: int | None = None
     index: int | None = None  # in its bundle (WIRE.md 12.5)
+
+    @property
+    def at(self) -> RejectionKey:
+        """The key of its row in the rejections table: its position and payload."""
+        return (self.topic, self.partition, self.offset, self.index or 0, self.payload_sha256)
 
 
 @dataclass
@@ -184,7 +193,7 @@ class Pending:
     sessions: list[SessionRow] = field(default_factory=list)
     session_sources: list[tuple[str, int, int]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-    rejected: set[tuple[str, int, int, bytes]] = field(default_factory=set)  # their positions and hashes
+    rejected: set[RejectionKey] = field(default_factory=set)
     duplicates: list[DuplicateRow] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
@@ -409,32 +418,29 @@ class Processor:
                 size, sha = int(size_h), bytes.fromhex(sha_h.decode())
         except ValueError:
             pass
-        # The same bytes twice in one bundle are one rejection: it is keyed by position and payload.
-        at = (m.topic, m.partition, m.offset, sha)
-        if at in self.pending.rejected:
-            return
-        self.pending.rejected.add(at)
-        self.pending.rejections.append(
-            Rejection(
-                m.topic,
-                m.partition,
-                m.offset,
-                e.reason,
-                e.detail,
-                m.key,
-                # An oversized payload (or a record that did not open as a bundle and is larger than
-                # a block may be) is kept as its first KiB, like the bridge's marker, so junk never
-                # holds more than that in memory per message while its batch is built.
-                value[:DEAD_LETTER_HEAD]
-                if e.reason == Reason.OVERSIZED or len(value) > self.max_block_bytes
-                else value,
-                size,
-                sha,
-                m.key.decode(errors="replace") if m.key else None,
-                env.key_id if env is not None else None,
-                index=m.index if isinstance(m, BundledMessage) else None,
-            )
+        rejection = Rejection(
+            m.topic,
+            m.partition,
+            m.offset,
+            e.reason,
+            e.detail,
+            m.key,
+            # An oversized payload (or a record that did not open as a bundle and is larger than
+            # a block may be) is kept as its first KiB, like the bridge's marker, so junk never
+            # holds more than that in memory per message while its batch is built.
+            value[:DEAD_LETTER_HEAD]
+            if e.reason == Reason.OVERSIZED or len(value) > self.max_block_bytes
+            else value,
+            size,
+            sha,
+            m.key.decode(errors="replace") if m.key else None,
+            env.key_id if env is not None else None,
+            index=m.index if isinstance(m, BundledMessage) else None,
         )
+        # Keyed as the rejections table: a message processed twice in one batch is one rejection.
+        if rejection.at not in self.pending.rejected:
+            self.pending.rejected.add(rejection.at)
+            self.pending.rejections.append(rejection)
 
     def _session(self, m: Message, s: SignedSession) -> None:
         """A birth, death or shutdown: verified with the device key, recorded in session_events."""
@@ -550,7 +556,16 @@ class Processor:
             stored = self._stored_hash(dev, seq)
             if stored == opened.hash:
                 self.pending.duplicates.append(
-                    DuplicateRow(m.topic, m.partition, m.offset, dev, seq, opened.hash, now)
+                    DuplicateRow(
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        dev,
+                        seq,
+                        opened.hash,
+                        now,
+                        m.index if isinstance(m, BundledMessage) else 0,
+                    )
                 )
                 raise _Duplicate
             if stored is not None:
@@ -649,6 +664,7 @@ class Processor:
                 r.payload_size,
                 r.payload_sha256,
                 time.time_ns(),
+                r.index or 0,
             )
             for r in p.rejections
         ]
@@ -661,10 +677,12 @@ class Processor:
             gaps=p.gaps,
             sessions=p.sessions,
             rejections=rej,
-            # One row per position and block (a bundle may carry the same block more than twice).
+            # One row per position (a bundle's index in it) and block: a message processed twice in
+            # one batch is one duplicate.
             duplicates=list(
                 {
-                    (d.kafka_offset, d.kafka_partition, d.kafka_topic, d.block_hash): d for d in p.duplicates
+                    (d.kafka_offset, d.kafka_partition, d.kafka_topic, d.bundle_index, d.block_hash): d
+                    for d in p.duplicates
                 }.values()
             ),
             # Copies: the live heads move on while the writer thread stores this batch.

@@ -141,6 +141,11 @@ class LakeStore(_DuckStore):
             m = _CREATE.search(stmt)
             if m is not None and m.group(1) not in have:  # a restart changes no schema
                 self.con.execute(stmt)
+        for t in ("rejections", "duplicates"):  # a lake of old: its rows are not from bundles
+            if t in have and "bundle_index" not in {
+                r[0] for r in self.con.execute(f"DESCRIBE {t}").fetchall()
+            }:
+                self.con.execute(f"ALTER TABLE {t} ADD COLUMN bundle_index INTEGER DEFAULT 0")
         if "driving_samples" not in have:
             for t in TABLE_NAMES:
                 self.con.execute(f"ALTER TABLE {t} SET PARTITIONED BY ({SAMPLE_PARTITIONING})")

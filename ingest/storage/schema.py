@@ -207,8 +207,9 @@ CREATE TABLE IF NOT EXISTS rejections (
     payload_size    BIGINT NOT NULL,
     payload_sha256  BLOB NOT NULL,
     received_at     TIMESTAMP_NS NOT NULL,
+    bundle_index    INTEGER NOT NULL DEFAULT 0,  -- the message's place in its bundle (0: not a bundle)
     -- the position AND the payload: a broker that lost its log reuses positions for new messages
-    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, payload_sha256)
+    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, bundle_index, payload_sha256)
 );
 CREATE TABLE IF NOT EXISTS broker_resets (
     kafka_topic     VARCHAR NOT NULL,
@@ -235,7 +236,8 @@ CREATE TABLE IF NOT EXISTS duplicates (
     seq             UBIGINT NOT NULL,
     block_hash      BLOB NOT NULL,
     received_at     TIMESTAMP_NS NOT NULL,
-    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, block_hash)
+    bundle_index    INTEGER NOT NULL DEFAULT 0,  -- the copy's place in its bundle (0: not a bundle)
+    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, bundle_index, block_hash)
 );
 """
 )
@@ -308,6 +310,7 @@ class RejectionRow(NamedTuple):
     payload_size: int
     payload_sha256: bytes
     received_at: int
+    bundle_index: int  # the message's index in its bundle (WIRE.md 12.5); 0 for a record of its own
 
 
 class DuplicateRow(NamedTuple):
@@ -318,6 +321,7 @@ class DuplicateRow(NamedTuple):
     seq: int
     block_hash: bytes
     received_at: int
+    bundle_index: int
 
 
 Row = BlockRow | DeviceRow | GapRow | SessionRow | RejectionRow | DuplicateRow
@@ -382,8 +386,18 @@ ARROW_TYPES: dict[type[Row], tuple[pa.DataType, ...]] = {
         pa.int64(),
         pa.binary(),
         pa.int64(),
+        pa.int32(),
     ),
-    DuplicateRow: (pa.string(), pa.int32(), pa.int64(), pa.string(), pa.uint64(), pa.binary(), pa.int64()),
+    DuplicateRow: (
+        pa.string(),
+        pa.int32(),
+        pa.int64(),
+        pa.string(),
+        pa.uint64(),
+        pa.binary(),
+        pa.int64(),
+        pa.int32(),
+    ),
 }
 assert all(len(t) == len(r._fields) for r, t in ARROW_TYPES.items())
 # The table each row type is written to.

@@ -10,8 +10,8 @@ Tables (see docs/DATA.md for every column and example queries):
   anchors                           the ledger receipt of each batch
   devices                           chain head per device (last sequence number and block hash)
   gaps                              sequence gaps detected per device
-  rejections                        every dead-lettered message, keyed by its Kafka position and payload hash
-  duplicates                        every redelivered identical block, keyed by its Kafka position and hash
+  rejections                        every dead-lettered message, keyed by its Kafka position, bundle index and payload hash
+  duplicates                        every redelivered identical block, keyed by its Kafka position, bundle index and hash
   broker_resets                     partitions whose log went backwards (acknowledged messages may be lost)
   kafka_offsets                     the next Kafka offset per partition, written with each batch
   erasures, erased_blocks           signed erasure statements and the block hashes they keep
@@ -420,21 +420,23 @@ class FileStore(_DuckStore):
         self._commits = 0  # one writer: the positions table keeps one row per partition
 
     def _migrate(self) -> None:
-        """Stores written before rejections and duplicates were keyed by payload too: re-key them."""
+        """Stores written before rejections and duplicates were keyed by payload, then by index in a
+        bundle too: re-key them (a row of old is not from a bundle: index 0)."""
         keys = dict(
             self.con.execute(
                 "SELECT table_name, constraint_column_names FROM duckdb_constraints()"
                 " WHERE constraint_type = 'PRIMARY KEY' AND table_name IN ('rejections', 'duplicates')"
             ).fetchall()
         )
-        for table, extra in (("rejections", "payload_sha256"), ("duplicates", "block_hash")):
-            if extra in keys.get(table, [extra]):
+        for table in ("rejections", "duplicates"):
+            if "bundle_index" in keys.get(table, ["bundle_index"]):
                 continue
             ddl = DDL[DDL.index(f"CREATE TABLE IF NOT EXISTS {table} (") :]
             ddl = ddl[: ddl.index(");") + 2].replace(f"EXISTS {table} (", f"EXISTS {table}_rekeyed (")
+            cols = ", ".join(r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall())
             self.con.execute("BEGIN TRANSACTION")
             self.con.execute(ddl)
-            self.con.execute(f"INSERT INTO {table}_rekeyed SELECT * FROM {table}")
+            self.con.execute(f"INSERT INTO {table}_rekeyed ({cols}) SELECT {cols} FROM {table}")
             self.con.execute(f"DROP TABLE {table}")
             self.con.execute(f"ALTER TABLE {table}_rekeyed RENAME TO {table}")
             self.con.execute("COMMIT")

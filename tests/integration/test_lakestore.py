@@ -332,3 +332,29 @@ def test_retention_drops_old_blocks_and_keeps_every_other_proof(lake_catalog: st
     assert not [s for s in gap_report(con, None) if s.status == "missing"], "an erased block is not missing"
     rows = select_rows(w.store, None, None, 6, sample=True)
     assert rows and verify_bundle(w.bundle(rows), operator_key=w.operator.public_key).ok
+
+
+def test_a_lake_of_old_gains_the_bundle_index_and_keeps_its_rows(lake_catalog: str, tmp_path: Path) -> None:
+    """A lake written before rejections and duplicates had a bundle index: opened by this version,
+    the column is added (old rows: 0) and new rows carry their index."""
+    from ingest.storage.schema import RejectionRow
+
+    s = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    for t in ("rejections", "duplicates"):
+        s.con.execute(f"ALTER TABLE {t} DROP COLUMN bundle_index")
+    s.con.execute(
+        "INSERT INTO rejections VALUES ('t', 0, 7, 'decode_error', 'x', NULL, NULL, NULL, 1, '\\x01',"
+        " make_timestamp_ns(5))"
+    )
+    s.close()
+    s = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    try:
+        assert [r[0] for r in s.con.execute("DESCRIBE duplicates").fetchall()][-1] == "bundle_index"
+        s.claim("t", [0], "me")
+        b = _batch(s, {("t", 0): 8})
+        b.rejections = [RejectionRow("t", 0, 7, "decode_error", "x", None, None, None, 1, b"\x01", 6, 1)]
+        s.write_batch(b)
+        rows = "SELECT kafka_offset, bundle_index FROM rejections ORDER BY bundle_index"
+        assert s.con.execute(rows).fetchall() == [(7, 0), (7, 1)]
+    finally:
+        s.close()

@@ -152,15 +152,42 @@ def test_a_bad_message_in_a_bundle_is_dead_lettered_alone_with_its_index(two: An
     flipped[len(flipped) // 2] ^= 0x10  # a bit in the records: the Merkle root no longer matches
     entries[3] = (topic, bytes(flipped), hist)
     entries.insert(7, (blocks_topic(devs[0].id), b"\xc1junk", False))
-    entries.insert(8, (blocks_topic(devs[0].id), b"\xc1junk", False))  # the same bytes again: one rejection
-    _, proc = processor("p")
-    proc.process_all(unbundle(Msg("t", 2, 40, None, encode_bundle(entries), BUNDLE)))
+    entries.insert(8, (blocks_topic(devs[0].id), b"\xc1junk", False))  # the same bytes again: a message too
+    store, proc = processor("p")
+    bundle = Msg("t", 2, 40, None, encode_bundle(entries), BUNDLE)
+    proc.process_all(unbundle(bundle))
     got = [(r.reason, r.index, r.partition, r.offset, r.payload_sha256) for r in proc.pending.rejections]
     assert got[0][:4] == ("merkle_mismatch", 3, 2, 40) and got[0][4] == hashlib.sha256(flipped).digest()
-    assert got[1][:4] == ("decode_error", 7, 2, 40)
-    assert len(got) == 2
+    assert got[1][:4] == ("decode_error", 7, 2, 40) and got[2][:4] == ("decode_error", 8, 2, 40)
+    assert len(got) == 3
     # Every other block is kept; the second device's chain continues past its broken block 1 as a gap.
     assert len(proc.pending.blocks) == 11
+    proc.process_all(unbundle(bundle))  # the same record again in the same batch: nothing more
+    assert len(proc.pending.rejections) == 3
+    store.write_batch(proc.build_rows(store.next_batch_no()))
+    rows = "SELECT reason, bundle_index FROM rejections ORDER BY bundle_index"
+    assert store.con.execute(rows).fetchall() == [
+        ("merkle_mismatch", 3),
+        ("decode_error", 7),
+        ("decode_error", 8),
+    ]
+
+
+def test_copies_of_a_stored_block_in_one_bundle_are_each_a_duplicate(two: Any) -> None:
+    devs, processor = two
+    store, proc = processor("p")
+    first = [(blocks_topic(devs[0].id), devs[0].blocks[s].to_wire(), False) for s in range(2)]
+    proc.process_all(unbundle(Msg("t", 0, 0, None, encode_bundle(first), BUNDLE)))
+    store.write_batch(proc.build_rows(store.next_batch_no()))
+    proc.reset()  # the batch is stored: the next one starts from the stored heads
+    again = Msg("t", 0, 1, None, encode_bundle([first[1]] * 3 + [first[0]]), BUNDLE)
+    proc.process_all(unbundle(again))
+    proc.process_all(unbundle(again))  # redelivered within the batch: one row per message still
+    store.write_batch(proc.build_rows(store.next_batch_no()))
+    rows = "SELECT kafka_offset, bundle_index, seq FROM duplicates ORDER BY bundle_index"
+    assert store.con.execute(rows).fetchall() == [(1, 0, 1), (1, 1, 1), (1, 2, 1), (1, 3, 0)]
+    (n,) = store.con.execute("SELECT count(*) FROM blocks").fetchone() or (0,)
+    assert n == 2
 
 
 def test_a_record_that_is_not_a_bundle_is_dead_lettered_whole(two: Any) -> None:
