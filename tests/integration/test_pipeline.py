@@ -119,8 +119,9 @@ def test_ten_vehicles_thousand_records_each(env) -> None:  # type: ignore[no-unt
         d: list(range(len(hs))) for d, hs in fleet.block_hashes.items()
     }
     assert all(len({b[0] for b in bs}) == 1 for bs in per_dev.values())
+    # How many messages share a bundle depends on timing (a bridge that keeps up sends bundles of
+    # one): the grouping of a burst is tested in tests/unit/test_bundler.py, not asserted here.
     print(f"bundles: {len(sizes)} records carry {sum(sizes)} messages (largest {max(sizes)})")
-    assert sum(sizes) > len(sizes), "a fleet publishing flat out: some bundles carry several messages"
 
     # Random rows of this real run: `telematics prove` writes a bundle that `verify-proof` accepts offline
     # (operator key pinned), and `telematics audit` finds nothing to report.
