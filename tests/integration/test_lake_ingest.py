@@ -92,7 +92,10 @@ def _exactly(cfg: Config, fleet: FleetResult) -> None:
         ).fetchall():
             stored.setdefault(dev, []).append(bytes(bh))
         assert stored == fleet.block_hashes
-        assert s.con.execute("SELECT count(*) FROM rejections").fetchone() == (0,)
+        rejected = s.con.execute(
+            "SELECT reason, kafka_partition, kafka_offset, bundle_index, detail FROM rejections LIMIT 5"
+        ).fetchall()
+        assert rejected == [], rejected
     finally:
         s.close()
     # Every batch has exactly one receipt row once the consumers have anchored their last batch (the
