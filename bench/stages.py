@@ -29,7 +29,6 @@ consumer total. Progress and setup times go to stderr. --json PATH writes the sa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
@@ -157,8 +156,6 @@ def build_corpus(vehicles: int, blocks: int, block_records: int, batch_records: 
         if p.rejections:
             raise RuntimeError(f"the Processor rejected generated blocks: {p.rejections[0].detail}")
         rows = proc.build_rows(batch_no)
-        # build_rows hands out the Processor's live DeviceHead objects, which later batches move on.
-        rows.heads = {d: dataclasses.replace(h) for d, h in rows.heads.items()}
         c.batches.append(Batch(p.rows, p.block_hashes, rows))
         proc.pending = Pending()
     store.close()

@@ -10,7 +10,6 @@ break / gap). Accepted blocks are appended to the pending batch in columnar form
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 import time
@@ -28,6 +27,7 @@ from ingest.storage.schema import (
     RECORD_TABLES,
     BlockRow,
     Columns,
+    DeviceRow,
     DuplicateRow,
     GapRow,
     RejectionRow,
@@ -685,8 +685,14 @@ class Processor:
                     for d in p.duplicates
                 }.values()
             ),
-            # Copies: the live heads move on while the writer thread stores this batch.
-            heads={d: copy.copy(self.heads[d]) for d in p.touched},
+            # Snapshots: the live heads move on while the writer thread stores this batch.
+            heads=[
+                DeviceRow(
+                    d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen
+                )
+                for d in p.touched
+                for h in (self.heads[d],)
+            ],
             offsets=dict(p.offsets),
             record_count=p.records,
             block_sources=p.block_sources,

@@ -99,7 +99,7 @@ class BatchRows:
     sessions: list[SessionRow] = field(default_factory=list)
     rejections: list[RejectionRow] = field(default_factory=list)
     duplicates: list[DuplicateRow] = field(default_factory=list)
-    heads: dict[str, DeviceHead] = field(default_factory=dict)
+    heads: list[DeviceRow] = field(default_factory=list)  # the chain head of each device the batch moved
     record_count: int = 0
     # Kafka (topic, partition, offset) of each block and session row, in the same order.
     block_sources: list[tuple[str, int, int]] = field(default_factory=list)
@@ -269,13 +269,7 @@ class _DuckStore:
                 self._insert_keyed(con, typ)
                 con.unregister("_incoming")
         if b.heads:
-            heads = [
-                DeviceRow(
-                    d, h.key_id, h.last_seq, h.last_hash, h.blocks, h.records, h.first_seen, h.last_seen
-                )
-                for d, h in b.heads.items()
-            ]
-            con.register("_incoming", rows_table(heads, DeviceRow))
+            con.register("_incoming", rows_table(b.heads, DeviceRow))
             self._insert_heads(con, seq)
             con.unregister("_incoming")
         if b.offsets:
