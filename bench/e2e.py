@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.machine import machine, reference_unit_us, speed_line
 from common.progress import ProgressBar
 from ingest import wiring
 
@@ -790,6 +790,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         )
         return fleet, manifests
 
+    speed_start = reference_unit_us()
     t_start = time.monotonic()
     if "full" in phases or "passthrough" in phases:
         fleet, manifests = fleet_at(args.rate)
@@ -815,13 +816,10 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     pt = next((r for r in results if r.name == "passthrough"), None)
     ratio = full_r.stored_rps / pt.stored_rps if full_r and pt and pt.stored_rps else None
     md = table(results, ratio)
-    lines = verdict(results)
+    box = machine(speed_start, reference_unit_us())
+    lines = [*verdict(results), speed_line(box)]
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": box,
         "args": {k: v for k, v in vars(args).items() if k != "fn"},
         "phases": [asdict(r) for r in results],
         "full_over_passthrough": ratio,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -29,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import e2e
+from bench.machine import machine, reference_unit_us, speed_line
 from common.progress import ProgressBar
 
 HZ = 10  # driving samples per second per vehicle
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     from devtools.stack import StackError
     from simulators.load import LoadError, LoadFleet
 
+    speed_start = reference_unit_us()
     t_start = time.monotonic()
     results: list[e2e.PhaseResult] = []
     verdicts: list[tuple[bool, str]] = []
@@ -206,18 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out / "spools", ignore_errors=True)
     best = max((r.vehicles for r, (ok, _) in zip(results, verdicts, strict=True) if ok), default=0)
     md = table(results, verdicts)
+    box = machine(speed_start, reference_unit_us())
     summary = (
         f"largest fleet sustained: **{best:,} vehicles** (10 Hz, 1-s blocks, own MQTT session each;"
         f" 0 lost, p99 ≤ {args.p99_ms:,.0f} ms)"
         if best
         else "no fleet size was sustained"
-    )
+    ) + f"\n\n{speed_line(box)}"
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": box,
         "args": vars(args),
         "phases": [asdict(r) for r in results],
         "sustained": [

@@ -38,6 +38,10 @@ def test_bench_e2e_smoke_stores_every_block_once_and_writes_the_report(tmp_path:
     png = (out / "e2e.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "stored records/s" in (out / "e2e.md").read_text()
+    # The box's speed at the start and the end of the run, to compare runs of different days.
+    speed = report["machine"]["reference_unit_us"]
+    assert speed["start"] > 0 and speed["end"] > 0
+    assert "box speed during the run" in (out / "e2e.md").read_text()
 
 
 def test_bench_fleet_smoke_one_session_per_vehicle_and_the_dashboard(tmp_path: Path) -> None:
@@ -63,3 +67,5 @@ def test_bench_fleet_smoke_one_session_per_vehicle_and_the_dashboard(tmp_path: P
     assert {s["vehicles"] for s in report["sustained"]} == {20, 40}
     assert (out / "fleet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "MQTT sessions" in (out / "fleet.md").read_text()
+    assert report["machine"]["reference_unit_us"]["end"] > 0
+    assert "box speed during the run" in (out / "fleet.md").read_text()
