@@ -817,7 +817,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     ratio = full_r.stored_rps / pt.stored_rps if full_r and pt and pt.stored_rps else None
     md = table(results, ratio)
     box = machine(speed_start, reference_unit_us())
-    lines = [*verdict(results), speed_line(box)]
+    lines = verdict(results)
     report = {
         "machine": box,
         "args": {k: v for k, v in vars(args).items() if k != "fn"},
@@ -827,13 +827,14 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         "seconds": round(time.monotonic() - t_start, 1),
     }
     (out / "e2e.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "e2e.md").write_text(md + "\n\n" + "\n".join(f"- {v}" for v in lines) + "\n")
+    (out / "e2e.md").write_text(md + "\n\n" + "\n".join(f"- {v}" for v in lines) + f"\n\n{speed_line(box)}\n")
     chart(results, out / "e2e.png")
     print()
     print(md)
     print()
     for v in lines:
         print(f"- {v}")
+    print(f"\n{speed_line(box)}")
     print(f"\nreport: {out / 'e2e.md'}, {out / 'e2e.json'}, chart: {out / 'e2e.png'}")
     ok = all(r.lost_records == 0 and r.duplicated_records == 0 and r.unexpected_blocks == 0 for r in results)
     return 0 if ok else 1

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ from typing import Any
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bench.machine import machine, reference_unit_us, speed_line
 from common.progress import ProgressBar
 from edge_agent.sources.vehicle import VehicleModel
 from ingest.ledger.local import LocalLedger
@@ -504,10 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     # it out of the garbage collector so its full collections do not walk the corpus on every pass.
     gc.collect()
     gc.freeze()
+    speed_start = reference_unit_us()
     try:
         results = measure(stages(), c, repeat)
     finally:
         gc.unfreeze()
+    box = machine(speed_start, reference_unit_us())
     consumer_stored = next(r["records_handled"] for r in results if r["name"] == CONSUMER_TOTAL)
 
     by_name = {r["name"]: r for r in results}
@@ -536,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         f" measured consumer total {total:.3f} µs/record ({ingest_sum / total:.0%} accounted for);"
         f" one-core consumer ceiling {1e6 / total:,.0f} records/s"
     )
+    print(speed_line(box))
 
     if args.json:
         out = {
@@ -552,8 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             "consumer_total_us_per_record": total,
             "consumer_ceiling_records_per_s": round(1e6 / total),
             "consumer_stored_records": consumer_stored,
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
+            "machine": box,
         }
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -104,6 +104,11 @@ class BundledMessage:
     timestamp: int | None  # the bundle's Kafka timestamp (ms)
 
 
+def bundle_index(m: Message) -> int | None:
+    """A message's index in its bundle; None for a Kafka record that is not a bundle."""
+    return m.index if isinstance(m, BundledMessage) else None
+
+
 def unbundle(m: Message) -> list[Message]:
     """A Kafka record's messages: a bundle's entries in order, or the record itself (also a bundle
     that does not decode, which ``Processor`` dead-letters whole)."""
@@ -172,7 +177,7 @@ class Rejection:
 
     @property
     def at(self) -> RejectionKey:
-        """The key of its row in the rejections table: its position and payload."""
+        """The key of its row in the rejections table: its position, index in its bundle and payload."""
         return (self.topic, self.partition, self.offset, self.index or 0, self.payload_sha256)
 
 
@@ -435,7 +440,7 @@ class Processor:
             sha,
             m.key.decode(errors="replace") if m.key else None,
             env.key_id if env is not None else None,
-            index=m.index if isinstance(m, BundledMessage) else None,
+            index=bundle_index(m),
         )
         # Keyed as the rejections table: a message processed twice in one batch is one rejection.
         if rejection.at not in self.pending.rejected:
@@ -564,7 +569,7 @@ class Processor:
                         seq,
                         opened.hash,
                         now,
-                        m.index if isinstance(m, BundledMessage) else 0,
+                        bundle_index(m) or 0,
                     )
                 )
                 raise _Duplicate

@@ -141,7 +141,9 @@ class LakeStore(_DuckStore):
             m = _CREATE.search(stmt)
             if m is not None and m.group(1) not in have:  # a restart changes no schema
                 self.con.execute(stmt)
-        for t in ("rejections", "duplicates"):  # a lake of old: its rows are not from bundles
+        # A lake of old: its rows are not from bundles. (DuckLake adds no column with a constraint,
+        # so there the column may hold NULL; every writer sets it.)
+        for t in ("rejections", "duplicates"):
             if t in have and "bundle_index" not in {
                 r[0] for r in self.con.execute(f"DESCRIBE {t}").fetchall()
             }:

@@ -47,3 +47,6 @@ def test_quick_run_reports_every_stage(tmp_path: Path) -> None:
     assert got["consumer_stored_records"] == got["records"]
     assert by_name["consumer total (Processor)"]["records_handled"] == got["records"]
     assert by_name["DuckDB insert + commit"]["records_handled"] == got["records"]
+    # The box's speed around the run, to compare runs of different days (bench/machine.py).
+    speed = got["machine"]["reference_unit_us"]
+    assert speed["start"] > 0 and speed["end"] > 0
