@@ -157,8 +157,8 @@ class BatchConsumer:
 
         A crash before 3 leaves nothing stored: the messages are read again from the stored
         positions (a rejection may then reach the dead-letter topic twice: its ``vt-source``
-        header, with ``vt-index`` in a bundle, names the position). A crash after 3 reads nothing of this batch again: its
-        positions are stored with it. On start, ``recover`` anchors every stored batch that has
+        header, with ``vt-index`` in a bundle, names the position). A crash after 3 reads nothing
+        of this batch again: its positions are stored with it. On start, ``recover`` anchors every stored batch that has
         no receipt yet (after 3, before 5).
         A consumer that lost its partitions (a rebalance while it was paused) fails step 3
         (``StoreFenced``) and writes nothing; the new owner's claim waited for any step 3 in flight.

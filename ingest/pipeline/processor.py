@@ -443,8 +443,8 @@ class Processor:
             index=bundle_index(m),
         )
         # Keyed as the rejections table: a message processed twice in one batch is one rejection.
-        if rejection.at not in self.pending.rejected:
-            self.pending.rejected.add(rejection.at)
+        if (at := rejection.at) not in self.pending.rejected:
+            self.pending.rejected.add(at)
             self.pending.rejections.append(rejection)
 
     def _session(self, m: Message, s: SignedSession) -> None:

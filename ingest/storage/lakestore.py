@@ -280,24 +280,11 @@ class LakeStore(_DuckStore):
     def _insert_heads(self, con: Any, seq: int) -> None:
         con.execute("INSERT INTO device_heads SELECT *, ? FROM _incoming", [seq])
 
-    def record_anchor(self, receipt: Any) -> None:
-        """Append the ledger receipt, unless this batch's receipt is stored already."""
-        try:
-            self._w.execute(
-                "INSERT INTO anchors SELECT ?, ?, ?, ?, make_timestamp_ns(?), ?"
-                " WHERE NOT EXISTS (SELECT 1 FROM anchors WHERE batch_no = ?)",
-                [
-                    receipt.batch_no,
-                    receipt.ledger,
-                    receipt.index,
-                    receipt.entry_hash,
-                    receipt.time_ns,
-                    receipt.to_json(),
-                    receipt.batch_no,
-                ],
-            )
-        except duckdb.Error as exc:
-            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
+    def _anchor_sql(self) -> str:
+        return (  # no key in the lake: the receipt is appended unless its batch has one already
+            "INSERT INTO anchors SELECT $1, $2, $3, $4, make_timestamp_ns($5), $6"
+            " WHERE NOT EXISTS (SELECT 1 FROM anchors WHERE batch_no = $1)"
+        )
 
     # -- files ------------------------------------------------------------------------------------
     def purge(self) -> None:

@@ -309,6 +309,26 @@ class _DuckStore:
     def _offsets_sql(self) -> str:
         return "INSERT INTO kafka_offsets"
 
+    def _anchor_sql(self) -> str:
+        """Insert the receipt ($1 batch_no .. $6 receipt JSON) unless its batch has one."""
+        raise NotImplementedError
+
+    def record_anchor(self, receipt: Any) -> None:
+        try:
+            self._w.execute(
+                self._anchor_sql(),
+                [
+                    receipt.batch_no,
+                    receipt.ledger,
+                    receipt.index,
+                    receipt.entry_hash,
+                    receipt.time_ns,
+                    receipt.to_json(),
+                ],
+            )
+        except duckdb.Error as exc:
+            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
+
     # -- a batch the store refused ----------------------------------------------------------------
     def find_unstorable(self, b: BatchRows) -> list[Unstorable]:
         """The block and session messages of ``b`` whose rows the store refuses on their own, found
@@ -462,21 +482,8 @@ class FileStore(_DuckStore):
     def _offsets_sql(self) -> str:
         return "INSERT OR REPLACE INTO kafka_offsets"
 
-    def record_anchor(self, receipt: Any) -> None:
-        try:
-            self._w.execute(
-                "INSERT OR IGNORE INTO anchors VALUES (?, ?, ?, ?, make_timestamp_ns(?), ?)",
-                [
-                    receipt.batch_no,
-                    receipt.ledger,
-                    receipt.index,
-                    receipt.entry_hash,
-                    receipt.time_ns,
-                    receipt.to_json(),
-                ],
-            )
-        except duckdb.Error as exc:
-            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
+    def _anchor_sql(self) -> str:
+        return "INSERT OR IGNORE INTO anchors VALUES ($1, $2, $3, $4, make_timestamp_ns($5), $6)"
 
     def purge(self) -> None:
         """Fold the write-ahead log into the file. Deleted bytes may stay in free pages until they are
