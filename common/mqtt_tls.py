@@ -1,4 +1,4 @@
-"""Credentials and TLS for a paho client, from the one ``MqttConfig`` (the agent and the bridge share it).
+"""Credentials and TLS for an MQTT client, from the one ``MqttConfig`` (the agent and the bridge share it).
 
 Every problem is a ConfigError raised before the client connects (fail at start), naming the
 config key and the file.
@@ -7,6 +7,7 @@ config key and the file.
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -57,8 +58,17 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     return ctx
 
 
-def apply_security(client: mqtt.Client, cfg: MqttConfig, *, default_username: str | None) -> None:
-    """Set the username/password and TLS options on ``client`` before it connects.
+@dataclass(frozen=True)
+class Security:
+    """What a client presents to the broker, read and checked once from ``MqttConfig``."""
+
+    username: str | None
+    password: str | None
+    tls: ssl.SSLContext | None
+
+
+def security(cfg: MqttConfig, *, default_username: str | None) -> Security:
+    """The credentials and TLS context ``cfg`` asks for.
 
     ``default_username`` is used when ``mqtt.username`` is empty (the agent passes its device id).
     Raises ConfigError (fail at start) when a configured file is missing or unusable, when a
@@ -70,15 +80,22 @@ def apply_security(client: mqtt.Client, cfg: MqttConfig, *, default_username: st
         password = read_secret(cfg.password_file, "mqtt.password_file")
         if not username:
             raise ConfigError(f"mqtt.password_file {cfg.password_file} is set but mqtt.username is empty")
-    if username:
-        client.username_pw_set(username, password)
     if not cfg.tls:
         for name in ("ca_file", "cert_file", "key_file"):
             if getattr(cfg, name):
                 raise ConfigError(f"mqtt.{name} is set but mqtt.tls is false; set tls = true or clear it")
+    return Security(username or None, password, tls_context(cfg) if cfg.tls else None)
+
+
+def apply_security(client: mqtt.Client, cfg: MqttConfig, *, default_username: str | None) -> None:
+    """Set :func:`security`'s username/password and TLS options on a paho ``client`` before it
+    connects (same errors)."""
+    sec = security(cfg, default_username=default_username)
+    if sec.username:
+        client.username_pw_set(sec.username, sec.password)
+    if sec.tls is None:
         return
-    ctx = tls_context(cfg)
     try:
-        client.tls_set_context(ctx)
+        client.tls_set_context(sec.tls)
     except ValueError as exc:
         raise ConfigError(f"MQTT TLS setup failed: {exc}") from exc

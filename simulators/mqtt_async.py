@@ -3,7 +3,8 @@
 paho-mqtt runs a network thread per client, which caps a load generator at a few hundred sessions;
 a real fleet is one session per vehicle. This client speaks just what a vehicle needs — CONNECT with
 credentials and session expiry, QoS 1 PUBLISH with PUBACK (and its reason code), PINGREQ, DISCONNECT
-(MQTT 5.0, OASIS standard, sections 3.1–3.4, 3.12–3.14) — over ``asyncio`` streams, optionally TLS.
+(MQTT 5.0, OASIS standard, sections 3.1–3.4, 3.12–3.14) — over ``asyncio`` streams, optionally TLS;
+the packets are encoded and decoded by ``common/mqtt5.py``, which the bridge's subscriber shares.
 It is a load generator's client, not the edge agent's: the agent keeps paho and its spool.
 """
 
@@ -14,67 +15,20 @@ import contextlib
 import ssl
 import struct
 
-CONNECT, CONNACK, PUBLISH, PUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 12, 13, 14
-SESSION_EXPIRY = 0x11
-RECEIVE_MAXIMUM = 0x21
+from common.mqtt5 import (
+    CONNACK,
+    DISCONNECT,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
+    PUBACK,
+    MqttError,
+    connect_packet,
+    publish_packet,
+    read_packet,
+    receive_maximum,
+)
 
-
-class MqttError(Exception):
-    """The broker refused the connection, or the connection broke."""
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack(">H", len(b)) + b
-
-
-def _packet(kind: int, flags: int, body: bytes) -> bytes:
-    return bytes([kind << 4 | flags]) + _varint(len(body)) + body
-
-
-def connect_packet(
-    client_id: str, *, username: str | None, password: bytes | None, keepalive_s: int, session_expiry_s: int
-) -> bytes:
-    flags = 0x02  # clean start
-    if username is not None:
-        flags |= 0x80
-    if password is not None:
-        flags |= 0x40
-    props = bytes([SESSION_EXPIRY]) + struct.pack(">I", session_expiry_s)
-    body = _string("MQTT") + bytes([5, flags]) + struct.pack(">H", keepalive_s) + _varint(len(props)) + props
-    body += _string(client_id)
-    if username is not None:
-        body += _string(username)
-    if password is not None:
-        body += _string(password)
-    return _packet(CONNECT, 0, body)
-
-
-def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
-    return _packet(PUBLISH, 0x02, _string(topic) + struct.pack(">H", packet_id) + b"\x00" + payload)  # QoS 1
-
-
-async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
-    head = await reader.readexactly(1)
-    length, shift = 0, 0
-    while True:
-        b = (await reader.readexactly(1))[0]
-        length |= (b & 0x7F) << shift
-        if not b & 0x80:
-            break
-        shift += 7
-        if shift > 21:
-            raise MqttError("malformed remaining length")
-    return head[0] >> 4, head[0] & 0x0F, await reader.readexactly(length)
+__all__ = ["AsyncPublisher", "MqttError"]
 
 
 class AsyncPublisher:
@@ -119,14 +73,14 @@ class AsyncPublisher:
                 session_expiry_s=self._expiry_s,
             )
         )
-        kind, _, body = await asyncio.wait_for(_read_packet(reader), timeout)
+        kind, _, body = await asyncio.wait_for(read_packet(reader), timeout)
         if kind != CONNACK or len(body) < 2:
             writer.close()
             raise MqttError(f"{self.client_id}: expected CONNACK, got packet type {kind}")
         if body[1] != 0:
             writer.close()
             raise MqttError(f"{self.client_id}: connection refused, reason code 0x{body[1]:02x}")
-        self._max_inflight = _receive_maximum(body[2:])
+        self._max_inflight = receive_maximum(body)
         self._writer = writer
         self.closed = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.create_task(self._read(reader))
@@ -172,7 +126,7 @@ class AsyncPublisher:
         error: BaseException = MqttError(f"{self.client_id}: connection closed")
         try:
             while True:
-                kind, _, body = await _read_packet(reader)
+                kind, _, body = await read_packet(reader)
                 if kind == PUBACK:
                     pid = struct.unpack(">H", body[:2])[0]
                     fut = self._acks.pop(pid, None)
@@ -198,7 +152,7 @@ class AsyncPublisher:
         while self._writer is not None:
             await asyncio.sleep(self._keepalive_s / 2)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                self._writer.write(_packet(PINGREQ, 0, b""))
+                self._writer.write(PINGREQ_PACKET)
 
     async def close(self) -> None:
         """DISCONNECT (normal disconnection) and close the connection."""
@@ -211,43 +165,8 @@ class AsyncPublisher:
                     await task
         if w is not None:
             with contextlib.suppress(ConnectionError, OSError):
-                w.write(_packet(DISCONNECT, 0, b"\x00\x00"))
+                w.write(DISCONNECT_PACKET)
                 await w.drain()
             w.close()
             with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
                 await w.wait_closed()
-
-
-def _receive_maximum(connack_props: bytes) -> int:
-    """The broker's Receive Maximum from CONNACK properties (default 65535)."""
-    if not connack_props:
-        return 65535
-    length, i, shift = 0, 0, 0
-    while True:  # property length, a variable byte integer
-        b = connack_props[i]
-        length |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            break
-        shift += 7
-    props, j = connack_props[i : i + length], 0
-    while j < len(props):
-        pid = props[j]
-        j += 1
-        if pid == RECEIVE_MAXIMUM:
-            return int(struct.unpack(">H", props[j : j + 2])[0])
-        # skip the value: only the types CONNACK uses
-        if pid in (0x11, 0x27):  # four-byte integers
-            j += 4
-        elif pid in (0x13, 0x21, 0x22):  # two-byte integers
-            j += 2
-        elif pid in (0x24, 0x25, 0x28, 0x29, 0x2A):  # bytes
-            j += 1
-        elif pid in (0x12, 0x15, 0x1A, 0x1C, 0x1F) or pid == 0x16:  # strings
-            j += 2 + struct.unpack(">H", props[j : j + 2])[0]
-        elif pid == 0x26:  # user property: a string pair
-            for _ in range(2):
-                j += 2 + struct.unpack(">H", props[j : j + 2])[0]
-        else:
-            return 65535
-    return 65535

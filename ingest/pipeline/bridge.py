@@ -1,8 +1,9 @@
 """MQTT -> Kafka bridge. Moves blocks, never decodes them.
 
-paho-mqtt 2.x, MQTT 5, shared subscription ``$share/<group>/vehicles/+/blocks``, persistent
-session, manual acknowledgement: a PUBACK goes back to the broker only after Kafka has
-acknowledged the produce, and PUBACKs are sent in the order the messages arrived. A crash
+MQTT 5 (``common/mqtt5.py``: one asyncio session, whole socket reads split into messages),
+shared subscription ``$share/<group>/vehicles/+/blocks``, persistent session, acknowledgement
+by the bridge: a PUBACK goes back to the broker only after Kafka has acknowledged the produce,
+and PUBACKs are sent in the order the messages arrived. A crash
 of the bridge therefore loses nothing: the broker redelivers every unacknowledged message,
 and the consumer recognises the ones Kafka already had as duplicates.
 
@@ -34,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -42,17 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt_tls import apply_security
+from common.mqtt5 import RETAIN_DO_NOT_SEND, SESSION_TAKEN_OVER, Inbound, MqttError, Subscriber
+from common.mqtt_tls import security
 from common.retry import worth_logging
 from ingest.config import Config
 from ingest.pipeline.metrics import Metric, Metrics, MetricsServer, counter, gauge
@@ -232,8 +227,10 @@ class Bridge:
         self.stats = BridgeStats()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
-        self._client: mqtt.Client | None = None
+        self._inbox: asyncio.Queue[Inbound | None] = asyncio.Queue()
+        self._sub: Subscriber | None = None  # this MQTT session's
+        # Credentials and TLS, read and checked once: a mistake stops the bridge at start.
+        self._security = security(cfg.mqtt, default_username=None)
         self._connected = asyncio.Event()
         b = cfg.bridge
         self.quotas = Quotas(b.device_quota_msgs_per_s, b.device_quota_bytes_per_s, b.device_quota_burst_s)
@@ -242,13 +239,8 @@ class Bridge:
         self._bundler: Bundler | None = None  # this Kafka session's
         self._warned: dict[bytes, float] = {}
         # Payload bytes received from MQTT and not yet handed to the producer (max_pending_bytes):
-        # the paho thread waits on this condition while they are over the cap.
-        self._room = threading.Condition()
+        # over the cap the session stops reading until the producer has taken them.
         self._inbox_bytes = 0
-        # Messages the paho thread received and the event loop has not taken yet: the loop is woken
-        # once per burst, not once per message (a cross-thread wake-up is a system call).
-        self._arrived: deque[mqtt.MQTTMessage] = deque()
-        self._gate_open = True
         self._subscribed = False
         m = cfg.metrics
         self.metrics_server = MetricsServer(Metrics(self._collect), m.host, m.bridge_port, self._not_ready)
@@ -293,117 +285,60 @@ class Bridge:
             return "not subscribed yet"
         return None
 
-    # -- MQTT side (paho network thread) ----------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
-        c = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.cfg.bridge.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
+    # -- MQTT side ---------------------------------------------------------------------------------
+    def _arrive(self, batch: list[Inbound]) -> None:
+        """(one socket read) Queue what arrived, in arrival order; over ``max_pending_bytes`` stop
+        reading: mosquitto keeps the messages it has not had acknowledged."""
+        for m in batch:
+            self._inbox_bytes += len(m.payload)
+            self._inbox.put_nowait(m)
+        if self._inbox_bytes >= self.cfg.bridge.max_pending_bytes and self._sub is not None:
+            self._sub.pause()
+
+    def _handed_over(self, size: int) -> None:
+        self._inbox_bytes -= size
+        if self._inbox_bytes < self.cfg.bridge.max_pending_bytes and self._sub is not None:
+            self._sub.resume()
+
+    async def _connect(self) -> Subscriber:
+        """A new MQTT session (the persistent one of ``[bridge] client_id``), subscribed."""
+        m, sec = self.cfg.mqtt, self._security
+        sub = self._sub = Subscriber(
+            m.host,
+            m.port,
+            self.cfg.bridge.client_id,
+            self._arrive,
+            username=sec.username,
+            password=sec.password.encode() if sec.password is not None else None,
+            tls=sec.tls,
+            keepalive_s=m.keepalive_s,
+            session_expiry_s=m.session_expiry_s,
+            clean_start=False,
+            # Flow control: the broker keeps at most this many unacknowledged messages in flight to us.
+            receive_maximum=min(65535, self.cfg.bridge.max_pending),
         )
-        apply_security(c, self.cfg.mqtt, default_username=None)
-        c.max_inflight_messages_set(self.cfg.mqtt.max_inflight)
-        # paho reconnects by itself, with its own exponential backoff (no jitter) between these
-        # bounds; the bridge's own retries (Kafka, a failed first connection) follow [retry].
-        c.reconnect_delay_set(self.cfg.mqtt.reconnect_min_s, self.cfg.mqtt.reconnect_max_s)  # type: ignore[arg-type]
-        c.on_connect = self._on_connect
-        c.on_message = self._on_message
-        c.on_disconnect = self._on_disconnect
-        c.on_subscribe = self._on_subscribe
-        return c
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
-    ) -> None:
-        if rc.is_failure:
-            log.error("bridge: MQTT connect refused: %s", rc)
-            return
         share = f"$share/{self.cfg.bridge.share_group}/"
-        # retainHandling=2: no retained messages at subscribe time (old births of any vehicle); the
+        # Retain handling 2: no retained messages at subscribe time (old births of any vehicle); the
         # bridge forwards what is published while it is subscribed, and its session queues the rest.
-        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        client.subscribe([(share + f, opts) for f in (BLOCKS_FILTER, STATE_FILTER)])
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connected.set)
-
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: object, mid: int, rcs: list[ReasonCode], props: object
-    ) -> None:
-        if any(rc.is_failure for rc in rcs):
-            log.error("bridge: subscription refused: %s", rcs)
-            return
+        codes = await sub.connect(
+            [(share + f, 1 | RETAIN_DO_NOT_SEND) for f in (BLOCKS_FILTER, STATE_FILTER)]
+        )
+        inbox = self._inbox
+        sub.closed.add_done_callback(lambda _: inbox.put_nowait(None))  # wakes this session's pump
+        self._connected.set()
+        if any(c >= 0x80 for c in codes):
+            raise MqttError(f"subscription refused, reason codes {', '.join(f'0x{c:02x}' for c in codes)}")
         self._subscribed = True
         path = self.status_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "subscribed_ns": time.time_ns()}))
         os.replace(tmp, path)
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
-    ) -> None:
-        self._subscribed = False
-        code = getattr(rc, "value", rc)
-        if code == 0x8E:  # MQTT 5 "Session taken over"
-            log.error(
-                "bridge: another client connected with client id %r and took this session over: two bridges"
-                " with the same [bridge] client_id steal it from each other; give each its own",
-                self.cfg.bridge.client_id,
-            )
-        elif not self._stop.is_set():
-            log.warning("bridge: disconnected from the MQTT broker (%s); reconnecting", rc)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._connected.clear)
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        assert self._loop is not None
-        size = len(msg.payload)
-        cap = self.cfg.bridge.max_pending_bytes
-        with self._room:
-            # Backpressure: stop reading (mosquitto keeps the messages it has not had acknowledged).
-            while self._gate_open and self._inbox_bytes > 0 and self._inbox_bytes + size > cap:
-                self._room.wait(0.2)
-            self._inbox_bytes += size
-            wake = not self._arrived
-            self._arrived.append(msg)
-        if wake:
-            self._loop.call_soon_threadsafe(self._take_arrived)
-
-    def _take_arrived(self) -> None:
-        """(event loop) Move what the paho thread received into the inbox, in arrival order."""
-        with self._room:
-            batch = list(self._arrived)
-            self._arrived.clear()
-        for m in batch:
-            self._inbox.put_nowait(m)
-
-    def _handed_over(self, size: int) -> None:
-        with self._room:
-            self._inbox_bytes -= size
-            self._room.notify_all()
-
-    def _close_gate(self, open_: bool) -> None:
-        with self._room:
-            self._gate_open = open_
-            if open_:
-                self._inbox_bytes = 0
-                self._arrived.clear()
-            self._room.notify_all()
-
-    def _connect(self) -> mqtt.Client:
-        m = self.cfg.mqtt
-        c = self._make_client()
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = m.session_expiry_s
-        # Flow control: the broker keeps at most this many unacknowledged messages in flight to us.
-        props.ReceiveMaximum = min(65535, self.cfg.bridge.max_pending)
-        c.connect(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
-        c.loop_start()
-        return c
+        return sub
 
     # -- Kafka side (asyncio) ---------------------------------------------------------------------
     async def _produce(
-        self, producer: AIOKafkaProducer, msg: mqtt.MQTTMessage, bundler: Bundler | None
+        self, producer: AIOKafkaProducer, msg: Inbound, bundler: Bundler | None
     ) -> asyncio.Future[object]:
         """Forward one message: into its partition's bundle, or as a Kafka record of its own (no
         bundler, a payload too large for a bundle, a topic without a device id)."""
@@ -412,8 +347,7 @@ class Bridge:
         self.stats.received += 1
         if key is not None and self._quota_on and not self.quotas.admit(key, len(payload), time.monotonic()):
             return self._refuse(key, payload)
-        props = getattr(msg, "properties", None)
-        historical = [v for n, v in getattr(props, "UserProperty", None) or () if n == HISTORICAL_PROPERTY]
+        historical = [v for n, v in msg.user_properties if n == HISTORICAL_PROPERTY]
         partition = None
         if bundler is not None and key is not None:
             if entry_size(msg.topic, payload) <= bundler.max_bytes:
@@ -493,14 +427,15 @@ class Bridge:
         partitions = await producer.partitions_for(topic)
         return Bundler(topic, sorted(partitions), b.bundle_max_messages, b.bundle_max_bytes)
 
-    async def _pump(self, producer: AIOKafkaProducer, client: mqtt.Client) -> None:
+    async def _pump(self, producer: AIOKafkaProducer, sub: Subscriber) -> None:
         """Forward messages in arrival order; a separate task acknowledges them, in the same order,
-        as Kafka acknowledges them. A Kafka failure ends the session (the caller rebuilds it).
+        as Kafka acknowledges them. A Kafka failure or the MQTT connection's end ends the session
+        (the caller rebuilds it; what was not acknowledged to MQTT is redelivered).
         With bundling on, the messages that have arrived when the loop looks (a burst) go out as
         one bundle per partition: bundling waits for nothing."""
         bundler = self._bundler = await self._make_bundler(producer)
-        # (mid, qos, Kafka future): the payload itself is not held once it was handed to the producer.
-        pending: deque[tuple[int, int, asyncio.Future[object]]] = deque()
+        # (packet id, Kafka future): the payload itself is not held once it was handed to the producer.
+        pending: deque[tuple[int, asyncio.Future[object]]] = deque()
         wake = asyncio.Event()
         failure: list[BaseException] = []
 
@@ -510,10 +445,10 @@ class Bridge:
                     while not pending:
                         wake.clear()
                         await wake.wait()
-                    mid, qos, fut = pending[0]
+                    pid, fut = pending[0]
                     await fut
                     pending.popleft()
-                    client.ack(mid, qos)
+                    sub.ack(pid)
                     self.stats.forwarded += 1
             except KafkaError as exc:
                 failure.append(exc)
@@ -544,7 +479,7 @@ class Bridge:
                     burst.append(nxt)
                 size = 0
                 for m in burst:
-                    pending.append((m.mid, m.qos, await self._produce(producer, m, bundler)))
+                    pending.append((m.packet_id, await self._produce(producer, m, bundler)))
                     size += len(m.payload)
                 if bundler is not None:
                     await bundler.flush(producer, self.stats)
@@ -552,6 +487,8 @@ class Bridge:
                 wake.set()
                 if end:
                     break
+            if sub.closed.done() and not self._stop.is_set():
+                raise sub.closed.result()  # nothing more can be acknowledged on this connection
             await self._report_quota(producer, all_=True)
             if not failure:
                 # Drain: wait for Kafka to acknowledge what was forwarded, then ack it to MQTT.
@@ -585,22 +522,31 @@ class Bridge:
                 max_batch_size=1024 * 1024,
                 max_request_size=max(1_048_576, self.cfg.bridge.max_payload_bytes + 65536),
             )
-            client: mqtt.Client | None = None
+            sub: Subscriber | None = None
             try:
                 await producer.start()
                 # Unforwarded messages of an earlier session are redelivered by the broker: start empty.
                 self._inbox = asyncio.Queue()
+                self._inbox_bytes = 0
                 self._refused = {}
-                self._close_gate(True)
                 if self._stop.is_set():
                     break
-                client = await asyncio.to_thread(self._connect)
+                sub = await self._connect()
                 failures = 0
-                await self._pump(producer, client)
-            except (KafkaError, OSError) as exc:
+                await self._pump(producer, sub)
+            except (KafkaError, OSError, MqttError) as exc:
                 failures += 1
-                delay = self.cfg.retry.delay(failures)
-                if worth_logging(failures):
+                # MQTT's reconnection follows [mqtt] reconnect_*, Kafka's [retry].
+                kafka = isinstance(exc, KafkaError)
+                delay = (self.cfg.retry if kafka else self.cfg.mqtt.reconnect).delay(failures)
+                if isinstance(exc, MqttError) and exc.reason == SESSION_TAKEN_OVER:
+                    log.error(
+                        "bridge: another client connected with client id %r and took this session over:"
+                        " two bridges with the same [bridge] client_id steal it from each other; give each"
+                        " its own",
+                        self.cfg.bridge.client_id,
+                    )
+                elif worth_logging(failures):
                     log.error(
                         "bridge: %s; reconnecting in %.1fs (attempt %d; unacknowledged MQTT messages"
                         " will be redelivered)",
@@ -611,10 +557,11 @@ class Bridge:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
             finally:
-                self._close_gate(False)  # a paho thread waiting for room goes on, so it can stop
-                if client is not None:
-                    client.disconnect()
-                    client.loop_stop()
+                self._connected.clear()
+                self._subscribed = False
+                if sub is not None:
+                    await sub.close()  # after the acknowledgements written so far
+                self._sub = None
                 with contextlib.suppress(KafkaError):
                     await producer.stop()
 

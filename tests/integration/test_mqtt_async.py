@@ -1,5 +1,7 @@
-"""The load generator's asyncio MQTT 5 client (simulators/mqtt_async.py) against the real mosquitto: many
-sessions in one process, QoS 1 with PUBACK reason codes, every message delivered, a refusal reported."""
+"""The asyncio MQTT 5 clients against the real mosquitto. The load generator's publisher
+(simulators/mqtt_async.py): many sessions in one process, QoS 1 with PUBACK reason codes, every message
+delivered, a refusal reported. The bridge's subscriber (common/mqtt5.py): a persistent session that
+redelivers exactly what was not acknowledged, user properties, TLS with the bridge's password."""
 
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from common.mqtt5 import RETAIN_DO_NOT_SEND, Inbound, Subscriber
+from common.mqtt_tls import security
+from edge_agent.publisher import MqttPublisher
+from ingest.ops.broker_auth import BRIDGE_USER
+from schemas.transport import blocks_topic
 from simulators.mqtt_async import AsyncPublisher, MqttError
 from tests.integration.secure_fixtures import SecureBroker, device_name, secure_broker
 
@@ -133,3 +140,141 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_subscriber_session_redelivers_exactly_what_was_not_acknowledged(env: Any) -> None:
+    """A persistent session (clean start off): of ten messages the subscriber acknowledges the even
+    ones and disconnects; three more are published while it is away. The same client id connecting
+    again receives the five odd ones and the three new ones, and none of the acknowledged."""
+    m = env.cfg.mqtt
+    tag = os.urandom(4).hex()
+    cid = f"sub-{tag}"
+    filters = [(f"redeliver-{tag}/#", 1 | RETAIN_DO_NOT_SEND)]
+
+    async def session(ack: Any, want: int) -> list[Inbound]:
+        got: list[Inbound] = []
+        arrived = asyncio.Event()
+
+        def on(batch: list[Inbound]) -> None:
+            got.extend(batch)
+            if len(got) >= want:
+                arrived.set()
+
+        sub = Subscriber(m.host, m.port, cid, on, clean_start=False, session_expiry_s=300, keepalive_s=10)
+        assert await sub.connect(filters) == [1]
+        return_ = got
+        try:
+            if want:
+                await asyncio.wait_for(arrived.wait(), 10)
+            await asyncio.sleep(0.3)  # anything more would arrive now
+            for msg in got:
+                if ack(msg):
+                    sub.ack(msg.packet_id)
+        finally:
+            await sub.close()
+        return return_
+
+    async def publish(first: int, n: int) -> None:
+        p = AsyncPublisher(m.host, m.port, f"pub-{tag}")
+        await p.connect()
+        for i in range(first, first + n):
+            assert await p.publish(f"redeliver-{tag}/{i}", f"m{i}".encode()) == 0
+        await p.close()
+
+    async def go() -> tuple[list[Inbound], list[Inbound]]:
+        await session(lambda _: False, 0)  # creates the session and its subscription
+        await publish(0, 10)
+        first = await session(lambda msg: int(msg.payload[1:]) % 2 == 0, 10)
+        await publish(10, 3)
+        again = await session(lambda _: True, 8)
+        return first, again
+
+    first, again = asyncio.run(go())
+    assert [x.payload for x in first] == [f"m{i}".encode() for i in range(10)]
+    assert all(x.qos == 1 and x.packet_id for x in first)
+    assert sorted(x.payload for x in again) == sorted(f"m{i}".encode() for i in [1, 3, 5, 7, 9, 10, 11, 12])
+
+
+def test_subscriber_receives_the_exact_bytes_and_user_properties(env: Any) -> None:
+    m = env.cfg.mqtt
+    tag = os.urandom(4).hex()
+    payload = os.urandom(70_000) + b"\x00\xff"
+    pub = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"p-{tag}", protocol=mqtt.MQTTv5
+    )
+    pub.connect(m.host, m.port)
+    pub.loop_start()
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.UserProperty = [("vt-historical", "1"), ("other", "x")]
+
+    async def go() -> list[Inbound]:
+        got: list[Inbound] = []
+        sub = Subscriber(m.host, m.port, f"s-{tag}", got.extend)
+        assert await sub.connect([(f"exact-{tag}/#", 1)]) == [1]
+        pub.publish(f"exact-{tag}/1", payload, qos=1, properties=props).wait_for_publish(10)
+        pub.publish(f"exact-{tag}/2", b"plain", qos=0).wait_for_publish(10)
+        assert await _wait(lambda: len(got) == 2, 10)
+        await sub.close()
+        return got
+
+    try:
+        got = asyncio.run(go())
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    assert (got[0].topic, got[0].payload, got[0].qos) == (f"exact-{tag}/1", payload, 1)
+    assert got[0].user_properties == (("vt-historical", "1"), ("other", "x"))
+    assert (got[1].topic, got[1].payload, got[1].qos, got[1].packet_id) == (f"exact-{tag}/2", b"plain", 0, 0)
+
+
+def test_subscriber_over_tls_with_the_bridge_password(secure_broker: SecureBroker) -> None:
+    """The bridge's own credentials (``security`` of its [mqtt] config) over TLS, on the bridge's
+    shared subscription: a device's block arrives byte for byte; a wrong password is refused."""
+    dev = device_name()
+    secure_broker.add_user(dev)
+    secure_broker.reload_until(secure_broker.mqtt_cfg(dev), accepted=True)
+    sec = security(secure_broker.mqtt_cfg(BRIDGE_USER), default_username=None)
+    assert sec.tls is not None and sec.username == BRIDGE_USER and sec.password
+    payload = os.urandom(4096)
+
+    async def go() -> list[Inbound]:
+        got: list[Inbound] = []
+        sub = Subscriber(
+            "127.0.0.1",
+            secure_broker.port,
+            f"bridge-{os.urandom(3).hex()}",
+            got.extend,
+            username=sec.username,
+            password=(sec.password or "").encode(),
+            tls=sec.tls,
+        )
+        assert await sub.connect([("$share/ingest/vehicles/+/blocks", 1 | RETAIN_DO_NOT_SEND)]) == [1]
+        dev_pub = MqttPublisher(secure_broker.mqtt_cfg(dev, username=""), dev)
+        await asyncio.to_thread(dev_pub.connect, timeout=10)
+        try:
+            dev_pub.publish(blocks_topic(dev), payload)
+            assert await asyncio.to_thread(dev_pub.flush, 10)
+        finally:
+            await asyncio.to_thread(dev_pub.close, 10)
+        assert await _wait(lambda: len(got) == 1, 10)
+        for p in got:
+            sub.ack(p.packet_id)
+        await sub.close()
+        bad = Subscriber(
+            "127.0.0.1",
+            secure_broker.port,
+            "bridge-bad",
+            got.extend,
+            username=BRIDGE_USER,
+            password=b"wrong",
+            tls=sec.tls,
+        )
+        with pytest.raises(MqttError, match=r"connection refused, reason code 0x8[67]"):
+            await bad.connect([("$share/ingest/vehicles/+/blocks", 1)])
+        return got
+
+    got = asyncio.run(go())
+    assert [(x.topic, x.payload) for x in got] == [(blocks_topic(dev), payload)]
