@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from common.mqtt5 import RETAIN_DO_NOT_SEND, Inbound, Subscriber
+from common.mqtt5 import RETAIN_DO_NOT_SEND, SESSION_TAKEN_OVER, Inbound, Subscriber
 from common.mqtt_tls import security
 from edge_agent.publisher import MqttPublisher
 from ingest.ops.broker_auth import BRIDGE_USER
@@ -278,3 +278,64 @@ def test_subscriber_over_tls_with_the_bridge_password(secure_broker: SecureBroke
 
     got = asyncio.run(go())
     assert [(x.topic, x.payload) for x in got] == [(blocks_topic(dev), payload)]
+
+
+def test_subscriber_paused_reads_nothing_and_resumed_gets_the_rest(env: Any) -> None:
+    """The bridge's memory cap: once paused (from its message callback), the session reads nothing
+    more from the socket, so nothing more is delivered; resumed, every message arrives in order."""
+    m = env.cfg.mqtt
+    tag = os.urandom(4).hex()
+    n = 2000
+
+    async def go() -> tuple[int, int, list[bytes]]:
+        got: list[Inbound] = []
+        sub: Subscriber | None = None
+
+        def on(batch: list[Inbound]) -> None:
+            got.extend(batch)
+            assert sub is not None
+            sub.pause()
+
+        sub = Subscriber(m.host, m.port, f"pause-{tag}", on)
+        assert await sub.connect([(f"pause-{tag}/#", 1)]) == [1]
+        p = AsyncPublisher(m.host, m.port, f"pp-{tag}")
+        await p.connect()
+        await asyncio.gather(*(p.publish(f"pause-{tag}/x", b"%05d" % i + bytes(1000)) for i in range(n)))
+        await p.close()
+        await asyncio.sleep(0.5)
+        while_paused = len(got)
+        await asyncio.sleep(0.5)
+        still = len(got)
+        sub._on_messages = got.extend  # no more pausing
+        sub.resume()
+        assert await _wait(lambda: len(got) == n, 10)
+        for x in got:
+            sub.ack(x.packet_id)
+        await sub.close()
+        return while_paused, still, [x.payload[:5] for x in got]
+
+    while_paused, still, order = asyncio.run(go())
+    assert 0 < while_paused < n and still == while_paused
+    assert order == [b"%05d" % i for i in range(n)]
+
+
+def test_a_second_session_with_the_same_client_id_takes_the_first_over(env: Any) -> None:
+    """What two bridges with one [bridge] client_id do to each other: the first session ends, the
+    second stays. (mosquitto 2.0 closes the first connection without a DISCONNECT; a broker that
+    sends one gives reason 0x8E, "session taken over", which the bridge logs as such.)"""
+    m = env.cfg.mqtt
+    cid = f"twin-{os.urandom(4).hex()}"
+
+    async def go() -> MqttError:
+        first = Subscriber(m.host, m.port, cid, lambda _: None)
+        await first.connect([("nothing/#", 1)])
+        second = Subscriber(m.host, m.port, cid, lambda _: None)
+        await second.connect([("nothing/#", 1)])
+        err = await asyncio.wait_for(first.closed, 10)
+        assert second.connected
+        await second.close()
+        await first.close()
+        return err
+
+    err = asyncio.run(go())
+    assert err.reason in (None, SESSION_TAKEN_OVER), err
