@@ -217,6 +217,34 @@ async def read_packet(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
     return head[0] >> 4, head[0] & 0x0F, await reader.readexactly(length)
 
 
+async def open_session(
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    client_id: str,
+    connect: bytes,
+    timeout: float,
+    limit: int = 2**16,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Open the connection, send ``connect`` (a CONNECT packet) and read the CONNACK: the reader,
+    the writer and the CONNACK body. Raises MqttError (with the reason code) if the broker refuses,
+    OSError if it cannot be reached; the connection is closed on any failure."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=tls, limit=limit), timeout
+    )
+    try:
+        writer.write(connect)
+        kind, _, body = await asyncio.wait_for(read_packet(reader), timeout)
+        if kind != CONNACK or len(body) < 2:
+            raise MqttError(f"{client_id}: expected CONNACK, got packet type {kind}")
+        if body[1] >= 0x80:
+            raise MqttError(f"{client_id}: connection refused, reason code 0x{body[1]:02x}", body[1])
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, body
+
+
 @dataclass(slots=True)
 class Inbound:
     """A PUBLISH received: its exact payload, and what is needed to acknowledge it."""
@@ -314,29 +342,18 @@ class Subscriber:
         """Connect, subscribe to ``filters`` ((filter, options byte)) and start receiving. Returns
         the SUBACK reason codes (0–2: granted QoS; 0x80 and above: refused). Raises MqttError if
         the broker refuses the connection, OSError if it cannot be reached."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self._tls, limit=self.READ_SIZE), timeout
+        connect = connect_packet(
+            self.client_id,
+            username=self._username,
+            password=self._password,
+            keepalive_s=self._keepalive_s,
+            session_expiry_s=self._expiry_s,
+            clean_start=self._clean_start,
+            receive_maximum=self._receive_maximum,
         )
-        try:
-            writer.write(
-                connect_packet(
-                    self.client_id,
-                    username=self._username,
-                    password=self._password,
-                    keepalive_s=self._keepalive_s,
-                    session_expiry_s=self._expiry_s,
-                    clean_start=self._clean_start,
-                    receive_maximum=self._receive_maximum,
-                )
-            )
-            kind, _, body = await asyncio.wait_for(read_packet(reader), timeout)
-            if kind != CONNACK or len(body) < 2:
-                raise MqttError(f"{self.client_id}: expected CONNACK, got packet type {kind}")
-            if body[1] >= 0x80:
-                raise MqttError(f"{self.client_id}: connection refused, reason code 0x{body[1]:02x}", body[1])
-        except BaseException:
-            writer.close()
-            raise
+        reader, writer, body = await open_session(
+            self.host, self.port, self._tls, self.client_id, connect, timeout, self.READ_SIZE
+        )
         self.session_present = bool(body[0] & 1)
         self._reader, self._writer = reader, writer
         self._last_read = time.monotonic()

@@ -16,13 +16,13 @@ import ssl
 import struct
 
 from common.mqtt5 import (
-    CONNACK,
     DISCONNECT,
     DISCONNECT_PACKET,
     PINGREQ_PACKET,
     PUBACK,
     MqttError,
     connect_packet,
+    open_session,
     publish_packet,
     read_packet,
     receive_maximum,
@@ -61,25 +61,16 @@ class AsyncPublisher:
         self.closed: asyncio.Future[None] | None = None
 
     async def connect(self, timeout: float = 10.0) -> None:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self._tls), timeout
+        connect = connect_packet(
+            self.client_id,
+            username=self._username,
+            password=self._password,
+            keepalive_s=self._keepalive_s,
+            session_expiry_s=self._expiry_s,
         )
-        writer.write(
-            connect_packet(
-                self.client_id,
-                username=self._username,
-                password=self._password,
-                keepalive_s=self._keepalive_s,
-                session_expiry_s=self._expiry_s,
-            )
+        reader, writer, body = await open_session(
+            self.host, self.port, self._tls, self.client_id, connect, timeout
         )
-        kind, _, body = await asyncio.wait_for(read_packet(reader), timeout)
-        if kind != CONNACK or len(body) < 2:
-            writer.close()
-            raise MqttError(f"{self.client_id}: expected CONNACK, got packet type {kind}")
-        if body[1] != 0:
-            writer.close()
-            raise MqttError(f"{self.client_id}: connection refused, reason code 0x{body[1]:02x}")
         self._max_inflight = receive_maximum(body)
         self._writer = writer
         self.closed = asyncio.get_running_loop().create_future()
