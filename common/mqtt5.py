@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import struct
 import time
@@ -28,10 +29,14 @@ from typing import Any
 
 from common.errors import Retryable
 
+log = logging.getLogger(__name__)
+
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
 SESSION_EXPIRY = 0x11
 RECEIVE_MAXIMUM = 0x21
+SERVER_KEEP_ALIVE = 0x13
+MAXIMUM_PACKET_SIZE = 0x27
 USER_PROPERTY = 0x26
 SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with this client id
 # Subscription options (3.8.3.1): retain handling 2 = send no retained messages at subscribe time.
@@ -92,6 +97,7 @@ def connect_packet(
     session_expiry_s: int,
     clean_start: bool = True,
     receive_maximum: int | None = None,
+    maximum_packet_size: int | None = None,
 ) -> bytes:
     flags = 0x02 if clean_start else 0
     if username is not None:
@@ -101,6 +107,8 @@ def connect_packet(
     props = bytes([SESSION_EXPIRY]) + struct.pack(">I", session_expiry_s)
     if receive_maximum is not None:
         props += bytes([RECEIVE_MAXIMUM]) + struct.pack(">H", receive_maximum)
+    if maximum_packet_size is not None:
+        props += bytes([MAXIMUM_PACKET_SIZE]) + struct.pack(">I", maximum_packet_size)
     body = string("MQTT") + bytes([5, flags]) + struct.pack(">H", keepalive_s) + varint(len(props)) + props
     body += string(client_id)
     if username is not None:
@@ -184,21 +192,32 @@ def properties(buf: bytes | bytearray) -> list[Property]:
     return out
 
 
-def prefixed_properties(buf: bytes | bytearray, i: int = 0) -> tuple[list[Property], int]:
-    """A property list with its length prefix at ``buf[i:]``, and the index after it."""
+def prefixed_properties(
+    buf: bytes | bytearray, i: int = 0, end: int | None = None
+) -> tuple[list[Property], int]:
+    """A property list with its length prefix at ``buf[i:]``, within ``buf[:end]`` (its packet),
+    and the index after it."""
+    end = len(buf) if end is None else end
     try:
         n, j = read_varint(buf, i)
     except IndexError:
         raise MqttError("truncated property length") from None
+    if j + n > end:
+        raise MqttError("malformed properties: longer than their packet")
     return properties(buf[j : j + n]), j + n
+
+
+def connack_property(connack_body: bytes, pid: int, default: int) -> int:
+    """An integer property of a CONNACK body (3.2.2.3), or ``default`` when the broker sent none."""
+    if len(connack_body) <= 2:
+        return default
+    props, _ = prefixed_properties(connack_body, 2)
+    return next((int(v) for p, v in props if p == pid and isinstance(v, int)), default)
 
 
 def receive_maximum(connack_body: bytes) -> int:
     """The broker's Receive Maximum from a CONNACK body (default 65535, 3.2.2.3.3)."""
-    if len(connack_body) <= 2:
-        return 65535
-    props, _ = prefixed_properties(connack_body, 2)
-    return next((int(v) for p, v in props if p == RECEIVE_MAXIMUM and isinstance(v, int)), 65535)
+    return connack_property(connack_body, RECEIVE_MAXIMUM, 65535)
 
 
 async def read_packet(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
@@ -227,14 +246,17 @@ async def open_session(
     limit: int = 2**16,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
     """Open the connection, send ``connect`` (a CONNECT packet) and read the CONNACK: the reader,
-    the writer and the CONNACK body. Raises MqttError (with the reason code) if the broker refuses,
-    OSError if it cannot be reached; the connection is closed on any failure."""
+    the writer and the CONNACK body. Raises MqttError (with the reason code) if the broker refuses
+    or hangs up, OSError if it cannot be reached; the connection is closed on any failure."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(host, port, ssl=tls, limit=limit), timeout
     )
     try:
         writer.write(connect)
-        kind, _, body = await asyncio.wait_for(read_packet(reader), timeout)
+        try:
+            kind, _, body = await asyncio.wait_for(read_packet(reader), timeout)
+        except asyncio.IncompleteReadError:
+            raise MqttError(f"{client_id}: the broker closed the connection before its CONNACK") from None
         if kind != CONNACK or len(body) < 2:
             raise MqttError(f"{client_id}: expected CONNACK, got packet type {kind}")
         if body[1] >= 0x80:
@@ -281,6 +303,8 @@ def decode_publish(buf: bytearray, flags: int, start: int, end: int) -> Inbound:
         topic = buf[start + 2 : start + 2 + n].decode()
         i = start + 2 + n
         qos = (flags >> 1) & 3
+        if qos > 1:  # never granted: the subscriptions ask for QoS 1 at most (3 is malformed)
+            raise MqttError(f"PUBLISH at QoS {qos} on a subscription of QoS 1")
         pid = 0
         if qos:
             pid = (buf[i] << 8) | buf[i + 1]
@@ -289,7 +313,7 @@ def decode_publish(buf: bytearray, flags: int, start: int, end: int) -> Inbound:
             i += 1
             users: tuple[tuple[str, str], ...] = ()
         else:
-            props, i = prefixed_properties(buf, i)
+            props, i = prefixed_properties(buf, i, end)
             users = tuple(v for p, v in props if p == USER_PROPERTY and isinstance(v, tuple))
     except (IndexError, UnicodeDecodeError) as exc:
         raise MqttError(f"malformed PUBLISH: {exc}") from None
@@ -322,17 +346,22 @@ class Subscriber:
         session_expiry_s: int = 0,
         clean_start: bool = True,
         receive_maximum: int = 65535,
+        maximum_packet_size: int | None = None,
     ) -> None:
+        """``maximum_packet_size``: announced to the broker, which then sends no larger packet
+        (3.1.2.11.4): the bound on one read's buffer."""
         self.host, self.port, self.client_id = host, port, client_id
         self._on_messages = on_messages
         self._username, self._password, self._tls = username, password, tls
         self._keepalive_s, self._expiry_s = keepalive_s, session_expiry_s
         self._clean_start, self._receive_maximum = clean_start, receive_maximum
+        self._maximum_packet_size = maximum_packet_size
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._readable = asyncio.Event()
         self._readable.set()
+        self._closing = False
         self._last_read = 0.0
         self._suback: asyncio.Future[list[int]] | None = None
         self.session_present = False
@@ -340,8 +369,9 @@ class Subscriber:
 
     async def connect(self, filters: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
         """Connect, subscribe to ``filters`` ((filter, options byte)) and start receiving. Returns
-        the SUBACK reason codes (0–2: granted QoS; 0x80 and above: refused). Raises MqttError if
-        the broker refuses the connection, OSError if it cannot be reached."""
+        the SUBACK reason codes, one per filter (0–2: granted QoS; 0x80 and above: refused).
+        Raises MqttError if the broker refuses or hangs up, OSError if it cannot be reached; on
+        any failure (or cancellation) nothing of the session is left running."""
         connect = connect_packet(
             self.client_id,
             username=self._username,
@@ -350,30 +380,40 @@ class Subscriber:
             session_expiry_s=self._expiry_s,
             clean_start=self._clean_start,
             receive_maximum=self._receive_maximum,
+            maximum_packet_size=self._maximum_packet_size,
         )
         reader, writer, body = await open_session(
             self.host, self.port, self._tls, self.client_id, connect, timeout, self.READ_SIZE
         )
         self.session_present = bool(body[0] & 1)
+        # The broker may ask for a shorter keep-alive than ours: then it is the one (3.2.2.3.14).
+        self._keepalive_s = connack_property(body, SERVER_KEEP_ALIVE, self._keepalive_s)
         self._reader, self._writer = reader, writer
         self._last_read = time.monotonic()
-        self._suback = asyncio.get_running_loop().create_future()
+        suback: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._suback = suback
         self._tasks = [asyncio.create_task(self._read())]
         if self._keepalive_s:
             self._tasks.append(asyncio.create_task(self._ping()))
-        writer.write(subscribe_packet(1, filters))
-        suback = self._suback
-        waiters: set[asyncio.Future[Any]] = {suback, self.closed}
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if suback.done() and not suback.cancelled():
-            return suback.result()
-        error = (
-            self.closed.result()
-            if self.closed.done()
-            else MqttError(f"{self.client_id}: no SUBACK in {timeout:g}s")
-        )
-        await self.close()
-        raise error
+        try:
+            writer.write(subscribe_packet(1, filters))
+            waiters: set[asyncio.Future[Any]] = {suback, self.closed}
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if suback.done() and not suback.cancelled():
+                codes = suback.result()
+                if len(codes) != len(filters):
+                    raise MqttError(
+                        f"{self.client_id}: SUBACK with {len(codes)} codes for {len(filters)} filters"
+                    )
+                return codes
+            raise (
+                self.closed.result()
+                if self.closed.done()
+                else MqttError(f"{self.client_id}: no SUBACK in {timeout:g}s")
+            )
+        except BaseException:
+            await self.close()
+            raise
 
     def ack(self, packet_id: int) -> None:
         """Acknowledge a QoS 1 message (a PUBACK, written with whatever else is queued)."""
@@ -382,7 +422,10 @@ class Subscriber:
             w.write(puback_packet(packet_id))
 
     def pause(self) -> None:
-        self._readable.clear()
+        """Stop reading the socket. Not before the SUBACK (what the session queued arrives first,
+        at most ``receive_maximum`` messages) nor while closing."""
+        if not self._closing:
+            self._readable.clear()
 
     def resume(self) -> None:
         if not self._readable.is_set():
@@ -405,7 +448,8 @@ class Subscriber:
         error = MqttError(f"{self.client_id}: the broker closed the connection")
         try:
             while True:
-                await self._readable.wait()
+                if self._suback is not None and self._suback.done():
+                    await self._readable.wait()
                 chunk = await reader.read(self.READ_SIZE)
                 if not chunk:
                     break
@@ -417,25 +461,31 @@ class Subscriber:
                     if kind == PUBLISH:
                         batch.append(decode_publish(buf, flags, start, end))
                     elif kind == SUBACK:
-                        _, i = prefixed_properties(buf[start:end], 2)
+                        _, i = prefixed_properties(buf[start + 2 : end])
                         if self._suback is not None and not self._suback.done():
-                            self._suback.set_result(list(buf[start + i : end]))
+                            self._suback.set_result(list(buf[start + 2 + i : end]))
                     elif kind == DISCONNECT:
                         reason = buf[start] if end > start else 0
                         error = MqttError(
                             f"{self.client_id}: the broker disconnected, reason code 0x{reason:02x}", reason
                         )
-                        if batch:
-                            self._on_messages(batch)
-                        return
+                        break
                     # PINGRESP and anything else a subscriber does not act on: nothing to do
-                del buf[:used]
-                if batch:
+                else:
+                    del buf[:used]
+                    if batch and not self._closing:  # while closing: redelivered to the next session
+                        self._on_messages(batch)
+                    continue
+                if batch and not self._closing:
                     self._on_messages(batch)
+                return
         except MqttError as exc:
             error = exc
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             error = MqttError(f"{self.client_id}: connection lost: {exc}")
+        except Exception as exc:  # a bug in a callback: end the session, say what it was
+            log.exception("%s: receiving failed", self.client_id)
+            error = MqttError(f"{self.client_id}: receiving failed: {type(exc).__name__}: {exc}")
         finally:
             self._end(error)
             if self._writer is not None:
@@ -446,7 +496,7 @@ class Subscriber:
         is the connection lost (3.1.2.10)."""
         while not self.closed.done():
             await asyncio.sleep(self._keepalive_s / 2)
-            if self._writer is None or self.closed.done():
+            if self._writer is None or self.closed.done() or self._closing:
                 return
             if self._readable.is_set() and time.monotonic() - self._last_read > 1.5 * self._keepalive_s:
                 self._end(
@@ -461,18 +511,21 @@ class Subscriber:
         """DISCONNECT (normal disconnection) after the acknowledgements written so far, and close.
         Waits for the broker to close its side first: closing ours at once can reset the connection
         and make the broker drop acknowledgements it had received but not yet read (measured with
-        mosquitto 2.0 saving its state on every change: acknowledged messages came back)."""
+        mosquitto 2.0 saving its state on every change: acknowledged messages came back). What
+        arrives meanwhile is not handed over (it is redelivered to the next session)."""
+        self._closing = True
         w = self._writer
         if w is not None and not self.closed.done():
+            self._readable.set()
             with contextlib.suppress(ConnectionError, OSError):
                 w.write(DISCONNECT_PACKET)
                 await asyncio.wait_for(w.drain(), timeout)
-                self._readable.set()
                 await asyncio.wait_for(asyncio.shield(self.closed), timeout)  # the broker's end of it
         self._end(MqttError(f"{self.client_id}: closed"))
         self._readable.set()
         for task in self._tasks:
             task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if w is not None:

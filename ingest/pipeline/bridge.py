@@ -229,8 +229,10 @@ class Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[Inbound | None] = asyncio.Queue()
         self._sub: Subscriber | None = None  # this MQTT session's
-        # Credentials and TLS, read and checked once: a mistake stops the bridge at start.
-        self._security = security(cfg.mqtt, default_username=None)
+        self._session = 0  # MQTT sessions opened so far
+        self._had_session = False  # a session was established before (the broker should keep it)
+        # Credentials and TLS checked now: a mistake stops the bridge at start (read again per session).
+        security(cfg.mqtt, default_username=None)
         self._connected = asyncio.Event()
         b = cfg.bridge
         self.quotas = Quotas(b.device_quota_msgs_per_s, b.device_quota_bytes_per_s, b.device_quota_burst_s)
@@ -301,13 +303,16 @@ class Bridge:
             self._sub.resume()
 
     async def _connect(self) -> Subscriber:
-        """A new MQTT session (the persistent one of ``[bridge] client_id``), subscribed."""
-        m, sec = self.cfg.mqtt, self._security
-        sub = self._sub = Subscriber(
+        """A new MQTT session (the persistent one of ``[bridge] client_id``), subscribed. Messages
+        a session hands over after a newer one began are dropped: the broker redelivers them."""
+        m, sec = self.cfg.mqtt, security(self.cfg.mqtt, default_username=None)  # rotated secrets too
+        self._session += 1
+        session, inbox = self._session, self._inbox
+        sub = Subscriber(
             m.host,
             m.port,
             self.cfg.bridge.client_id,
-            self._arrive,
+            lambda batch: self._arrive(batch) if self._session == session else None,
             username=sec.username,
             password=sec.password.encode() if sec.password is not None else None,
             tls=sec.tls,
@@ -316,24 +321,41 @@ class Bridge:
             clean_start=False,
             # Flow control: the broker keeps at most this many unacknowledged messages in flight to us.
             receive_maximum=min(65535, self.cfg.bridge.max_pending),
+            # No packet larger than the broker takes from a vehicle (with room for its header).
+            maximum_packet_size=self.cfg.bridge.max_packet_bytes + 65536,
         )
+        self._sub = sub
         share = f"$share/{self.cfg.bridge.share_group}/"
         # Retain handling 2: no retained messages at subscribe time (old births of any vehicle); the
         # bridge forwards what is published while it is subscribed, and its session queues the rest.
         codes = await sub.connect(
             [(share + f, 1 | RETAIN_DO_NOT_SEND) for f in (BLOCKS_FILTER, STATE_FILTER)]
         )
-        inbox = self._inbox
-        sub.closed.add_done_callback(lambda _: inbox.put_nowait(None))  # wakes this session's pump
-        self._connected.set()
-        if any(c >= 0x80 for c in codes):
-            raise MqttError(f"subscription refused, reason codes {', '.join(f'0x{c:02x}' for c in codes)}")
-        self._subscribed = True
-        path = self.status_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "subscribed_ns": time.time_ns()}))
-        os.replace(tmp, path)
+        try:
+            sub.closed.add_done_callback(lambda _: inbox.put_nowait(None))  # wakes this session's pump
+            if any(c >= 0x80 for c in codes):
+                raise MqttError(
+                    f"subscription refused, reason codes {', '.join(f'0x{c:02x}' for c in codes)}"
+                )
+            if self._had_session and not sub.session_present:
+                log.warning(
+                    "bridge: the MQTT broker kept no session for client id %r: what it held for the"
+                    " bridge while it was away is gone ([mqtt] session_expiry_s %d, or the broker lost"
+                    " its state)",
+                    self.cfg.bridge.client_id,
+                    m.session_expiry_s,
+                )
+            self._had_session = True
+            self._connected.set()
+            self._subscribed = True
+            path = self.status_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "subscribed_ns": time.time_ns()}))
+            os.replace(tmp, path)
+        except BaseException:
+            await sub.close()
+            raise
         return sub
 
     # -- Kafka side (asyncio) ---------------------------------------------------------------------
@@ -523,6 +545,7 @@ class Bridge:
                 max_request_size=max(1_048_576, self.cfg.bridge.max_payload_bytes + 65536),
             )
             sub: Subscriber | None = None
+            delay = 0.0
             try:
                 await producer.start()
                 # Unforwarded messages of an earlier session are redelivered by the broker: start empty.
@@ -539,7 +562,11 @@ class Bridge:
                 # MQTT's reconnection follows [mqtt] reconnect_*, Kafka's [retry].
                 kafka = isinstance(exc, KafkaError)
                 delay = (self.cfg.retry if kafka else self.cfg.mqtt.reconnect).delay(failures)
-                if isinstance(exc, MqttError) and exc.reason == SESSION_TAKEN_OVER:
+                if (
+                    worth_logging(failures)
+                    and isinstance(exc, MqttError)
+                    and exc.reason == SESSION_TAKEN_OVER
+                ):
                     log.error(
                         "bridge: another client connected with client id %r and took this session over:"
                         " two bridges with the same [bridge] client_id steal it from each other; give each"
@@ -554,16 +581,19 @@ class Bridge:
                         delay,
                         failures,
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
             finally:
+                # Both sessions end before the wait: the broker can give this bridge's in-flight
+                # messages of the shared subscription to another bridge meanwhile.
                 self._connected.clear()
                 self._subscribed = False
+                self._sub = None
                 if sub is not None:
                     await sub.close()  # after the acknowledgements written so far
-                self._sub = None
                 with contextlib.suppress(KafkaError):
                     await producer.stop()
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
 
     def stop(self) -> None:
         """Stop after the messages already forwarded are acknowledged (call from the event loop)."""

@@ -282,7 +282,8 @@ def test_subscriber_over_tls_with_the_bridge_password(secure_broker: SecureBroke
 
 def test_subscriber_paused_reads_nothing_and_resumed_gets_the_rest(env: Any) -> None:
     """The bridge's memory cap: once paused (from its message callback), the session reads nothing
-    more from the socket, so nothing more is delivered; resumed, every message arrives in order."""
+    more from the socket, so nothing more is delivered, and it is not declared dead while it does
+    not read (4 s paused, keep-alive 2 s); resumed, every message arrives in order."""
     m = env.cfg.mqtt
     tag = os.urandom(4).hex()
     n = 2000
@@ -296,7 +297,7 @@ def test_subscriber_paused_reads_nothing_and_resumed_gets_the_rest(env: Any) -> 
             assert sub is not None
             sub.pause()
 
-        sub = Subscriber(m.host, m.port, f"pause-{tag}", on)
+        sub = Subscriber(m.host, m.port, f"pause-{tag}", on, keepalive_s=2)
         assert await sub.connect([(f"pause-{tag}/#", 1)]) == [1]
         p = AsyncPublisher(m.host, m.port, f"pp-{tag}")
         await p.connect()
@@ -304,8 +305,9 @@ def test_subscriber_paused_reads_nothing_and_resumed_gets_the_rest(env: Any) -> 
         await p.close()
         await asyncio.sleep(0.5)
         while_paused = len(got)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(4)  # over 1.5 keep-alives: a paused session is not taken for dead
         still = len(got)
+        assert not sub.closed.done(), sub.closed.result()
         sub._on_messages = got.extend  # no more pausing
         sub.resume()
         assert await _wait(lambda: len(got) == n, 10)
@@ -339,3 +341,42 @@ def test_a_second_session_with_the_same_client_id_takes_the_first_over(env: Any)
 
     err = asyncio.run(go())
     assert err.reason in (None, SESSION_TAKEN_OVER), err
+
+
+def test_a_session_paused_by_its_backlog_still_reads_its_suback(env: Any) -> None:
+    """A persistent session comes back to a backlog, which the broker sends before the SUBACK.
+    A callback that pauses at once (the bridge over its byte cap) must not stop the SUBACK from
+    being read: connect returns, and after resume the whole backlog arrives."""
+    m = env.cfg.mqtt
+    tag = os.urandom(4).hex()
+    cid, filters = f"backlog-{tag}", [(f"backlog-{tag}/#", 1)]
+    n = 300
+
+    async def go() -> list[bytes]:
+        first = Subscriber(m.host, m.port, cid, lambda _: None, clean_start=False, session_expiry_s=300)
+        assert await first.connect(filters) == [1]
+        await first.close()
+        p = AsyncPublisher(m.host, m.port, f"bp-{tag}")
+        await p.connect()
+        await asyncio.gather(*(p.publish(f"backlog-{tag}/x", b"%04d" % i + bytes(2000)) for i in range(n)))
+        await p.close()
+        got: list[Inbound] = []
+        again: Subscriber | None = None
+
+        def on(batch: list[Inbound]) -> None:
+            got.extend(batch)
+            assert again is not None
+            again.pause()
+
+        again = Subscriber(m.host, m.port, cid, on, clean_start=False, session_expiry_s=300)
+        assert await asyncio.wait_for(again.connect(filters), 15) == [1]
+        assert again.session_present
+        again._on_messages = got.extend
+        again.resume()
+        assert await _wait(lambda: len(got) >= n, 10)
+        for x in got:
+            again.ack(x.packet_id)
+        await again.close()
+        return [x.payload[:4] for x in got]
+
+    assert asyncio.run(go()) == [b"%04d" % i for i in range(n)]

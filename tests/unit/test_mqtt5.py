@@ -3,6 +3,8 @@ own encodings (OASIS MQTT 5.0) and against paho's encoder, split at every possib
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import struct
 
 import pytest
@@ -13,10 +15,12 @@ from common.mqtt5 import (
     PUBLISH,
     Inbound,
     MqttError,
+    Subscriber,
     decode_publish,
     packet,
     properties,
     puback_packet,
+    read_packet,
     receive_maximum,
     split_packets,
     string,
@@ -136,3 +140,97 @@ def test_receive_maximum_from_a_connack() -> None:
     assert receive_maximum(b"\x00\x00\x00") == 65535
     props = b"\x27\x00\x10\x00\x00" + b"\x21\x00\x08"  # maximum packet size, then receive maximum
     assert receive_maximum(b"\x00\x00" + varint(len(props)) + props) == 8
+
+
+def test_a_qos_2_publish_is_refused() -> None:
+    """The subscriptions ask for QoS 1: QoS 2 (which would need PUBREC, not PUBACK) and the
+    malformed QoS 3 are errors, not messages acknowledged the wrong way."""
+    for qos in (2, 3):
+        buf = bytearray(_publish("vehicles/x/blocks", b"p", qos=1, pid=5)[:1]) + bytearray(
+            _publish("vehicles/x/blocks", b"p", qos=1, pid=5)[1:]
+        )
+        buf[0] = (PUBLISH << 4) | (qos << 1)
+        found, _ = split_packets(buf)
+        _, flags, start, end = found[0]
+        with pytest.raises(MqttError, match=f"QoS {qos}"):
+            decode_publish(buf, flags, start, end)
+
+
+def test_a_publish_whose_properties_overrun_it_into_the_next_packet_is_refused() -> None:
+    """A property length that reaches past the end of its packet (into the next one) is refused,
+    not read from the neighbour."""
+    bad = packet(PUBLISH, 0x02, string("vehicles/x/blocks") + b"\x00\x01" + b"\x10")  # 16 bytes of props
+    buf = bytearray(bad + _publish("vehicles/y/blocks", b"y" * 40, qos=1, pid=2))
+    found, _ = split_packets(buf)
+    _, flags, start, end = found[0]
+    with pytest.raises(MqttError, match="malformed"):
+        decode_publish(buf, flags, start, end)
+
+
+class FakeBroker:
+    """A TCP peer that answers CONNECT and SUBSCRIBE with the packets a test gives it, and then
+    stays silent (no PINGRESP): what a broker could send, without a broker."""
+
+    def __init__(self, connack: bytes | None, suback: bytes | None) -> None:
+        self.connack, self.suback = connack, suback
+        self.server: asyncio.base_events.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_packet(reader)  # CONNECT
+        if self.connack is None:
+            writer.close()
+            return
+        writer.write(self.connack)
+        await read_packet(reader)  # SUBSCRIBE
+        if self.suback is not None:
+            writer.write(self.suback)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await read_packet(reader)  # PINGREQ, DISCONNECT: never answered
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def test_a_broker_that_hangs_up_before_connack_is_a_typed_error() -> None:
+    async def go() -> None:
+        async with FakeBroker(None, None) as port:
+            sub = Subscriber("127.0.0.1", port, "c", lambda _: None)
+            with pytest.raises(MqttError, match="before its CONNACK"):
+                await sub.connect([("a/#", 1)], timeout=5)
+
+    asyncio.run(go())
+
+
+def test_a_suback_with_too_few_codes_is_refused() -> None:
+    async def go() -> None:
+        suback = packet(9, 0, b"\x00\x01\x00\x01")  # packet id 1, no properties, ONE code
+        async with FakeBroker(packet(2, 0, b"\x00\x00\x00"), suback) as port:
+            sub = Subscriber("127.0.0.1", port, "c", lambda _: None)
+            with pytest.raises(MqttError, match="1 codes for 2 filters"):
+                await sub.connect([("a/#", 1), ("b/#", 1)], timeout=5)
+            assert sub.closed.done()
+
+    asyncio.run(go())
+
+
+def test_the_servers_keep_alive_is_used_and_a_silent_broker_ends_the_session() -> None:
+    """CONNACK's Server Keep Alive (1 s) replaces the client's 60 s; a broker that then answers no
+    PINGREQ ends the session within 1.5 keep-alives (plus a ping interval)."""
+
+    async def go() -> MqttError:
+        props = b"\x13\x00\x01"  # Server Keep Alive = 1 s
+        connack = packet(2, 0, b"\x00\x00" + varint(len(props)) + props)
+        async with FakeBroker(connack, packet(9, 0, b"\x00\x01\x00\x01")) as port:
+            sub = Subscriber("127.0.0.1", port, "c", lambda _: None, keepalive_s=60)
+            assert await sub.connect([("a/#", 1)], timeout=5) == [1]
+            err = await asyncio.wait_for(asyncio.shield(sub.closed), 10)
+            await sub.close()
+            return err
+
+    assert "no answer from the broker in 1.5s" in str(asyncio.run(go()))
