@@ -32,7 +32,8 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Port = 1883
     keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
-    # Unacknowledged QoS 1 messages in flight per client (paho's default of 20 is far too small).
+    # A publisher's unacknowledged QoS 1 messages in flight (the edge agent's; paho's default of 20
+    # is far too small). What the bridge receives in flight is [bridge] max_pending.
     max_inflight: Annotated[int, Meta(ge=1, le=65535)] = 1000
     session_expiry_s: Annotated[int, Meta(ge=0)] = 86400
     # Credentials. Empty username: the device id (the broker's ACL pattern `vehicles/%u/#`).
