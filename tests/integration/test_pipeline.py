@@ -24,20 +24,28 @@ pytestmark = pytest.mark.integration
 
 
 async def _records(cfg: Config) -> list[Any]:
-    """Every record of the blocks topic, from the beginning of each partition (no group)."""
+    """Every record of the blocks topic, from the beginning of each partition (no group). Reads
+    until every offset is there: a fetch that skipped a record (seen once in CI: one bundle absent
+    from this read while the consumer had stored all its blocks) is read again from that offset."""
     c = AIOKafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False)
     await c.start()
     try:
         tps = [TopicPartition(cfg.kafka.blocks_topic, p) for p in range(cfg.kafka.partitions)]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
-        ends = await c.end_offsets(tps)
+        begins, ends = await c.beginning_offsets(tps), await c.end_offsets(tps)
         out: dict[tuple[int, int], Any] = {}
         for _ in range(120):
             for msgs in (await c.getmany(timeout_ms=500)).values():
                 out.update(((m.partition, m.offset), m) for m in msgs)
-            if all([await c.position(tp) >= ends[tp] for tp in tps]):
+            missing = {
+                tp: [o for o in range(begins[tp], ends[tp]) if (tp.partition, o) not in out] for tp in tps
+            }
+            if not any(missing.values()):
                 break
+            for tp, offsets in missing.items():
+                if offsets and await c.position(tp) >= ends[tp]:
+                    c.seek(tp, offsets[0])
         return list(out.values())
     finally:
         await c.stop()
