@@ -447,7 +447,8 @@ class Subscriber:
         reader, buf = self._reader, bytearray()
         error = MqttError(f"{self.client_id}: the broker closed the connection")
         try:
-            while True:
+            disconnected = False
+            while not disconnected:
                 if self._suback is not None and self._suback.done():
                     await self._readable.wait()
                 chunk = await reader.read(self.READ_SIZE)
@@ -469,16 +470,12 @@ class Subscriber:
                         error = MqttError(
                             f"{self.client_id}: the broker disconnected, reason code 0x{reason:02x}", reason
                         )
+                        disconnected = True
                         break
                     # PINGRESP and anything else a subscriber does not act on: nothing to do
-                else:
-                    del buf[:used]
-                    if batch and not self._closing:  # while closing: redelivered to the next session
-                        self._on_messages(batch)
-                    continue
-                if batch and not self._closing:
+                del buf[:used]
+                if batch and not self._closing:  # while closing: redelivered to the next session
                     self._on_messages(batch)
-                return
         except MqttError as exc:
             error = exc
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
@@ -514,15 +511,14 @@ class Subscriber:
         mosquitto 2.0 saving its state on every change: acknowledged messages came back). What
         arrives meanwhile is not handed over (it is redelivered to the next session)."""
         self._closing = True
+        self._readable.set()  # read to the end (``pause`` does nothing from now on)
         w = self._writer
         if w is not None and not self.closed.done():
-            self._readable.set()
             with contextlib.suppress(ConnectionError, OSError):
                 w.write(DISCONNECT_PACKET)
                 await asyncio.wait_for(w.drain(), timeout)
                 await asyncio.wait_for(asyncio.shield(self.closed), timeout)  # the broker's end of it
         self._end(MqttError(f"{self.client_id}: closed"))
-        self._readable.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
