@@ -462,19 +462,25 @@ class Bridge:
         failure: list[BaseException] = []
 
         async def acker() -> None:
-            try:
-                while True:
-                    while not pending:
-                        wake.clear()
-                        await wake.wait()
-                    pid, fut = pending[0]
-                    await fut
-                    pending.popleft()
-                    sub.ack(pid)
-                    self.stats.forwarded += 1
-            except KafkaError as exc:
-                failure.append(exc)
-                self._inbox.put_nowait(None)
+            while True:
+                while not pending:
+                    wake.clear()
+                    await wake.wait()
+                pid, fut = pending[0]
+                await asyncio.wait([fut])  # returns however it ended; a cancel of this task still raises
+                if fut.cancelled() or fut.exception() is not None:
+                    # Never acknowledged to MQTT: the session ends and the broker redelivers it.
+                    exc = fut.exception() if not fut.cancelled() else None
+                    failure.append(
+                        exc
+                        if isinstance(exc, KafkaError)
+                        else KafkaError(f"Kafka send ended: {exc or 'cancelled'}")
+                    )
+                    self._inbox.put_nowait(None)
+                    return
+                pending.popleft()
+                sub.ack(pid)
+                self.stats.forwarded += 1
 
         ack_task = asyncio.create_task(acker())
         tick = self.cfg.bridge.quota_report_ms / 1000
