@@ -154,6 +154,10 @@ class BatchConsumer:
         Steps 2-6 run in the background (``_store``) while the next batch is verified and built:
         at most one batch is in flight, and a batch is sealed only after the previous one has
         finished step 6, so batches are written, anchored and committed strictly in order.
+        (They start when the event loop next runs. Under a backlog ``getmany`` returns buffered
+        records without suspending, so that is the next flush's wait, and building and storing
+        alternate; letting the loop run sooner overlaps them but costs more CPU, the write then
+        waiting for the GIL: docs/PERFORMANCE.md, "A batch's cycle in the consumer".)
 
         A crash before 3 leaves nothing stored: the messages are read again from the stored
         positions (a rejection may then reach the dead-letter topic twice: its ``vt-source``
