@@ -364,6 +364,8 @@ class Subscriber:
         self._closing = False
         self._last_read = 0.0
         self._suback: asyncio.Future[list[int]] | None = None
+        self._acks = bytearray()  # PUBACKs not written yet: one write per turn of the event loop
+        self._said_bye = False  # DISCONNECT written: nothing may follow it
         self.session_present = False
         self.closed: asyncio.Future[MqttError] = asyncio.get_running_loop().create_future()
 
@@ -416,10 +418,19 @@ class Subscriber:
             raise
 
     def ack(self, packet_id: int) -> None:
-        """Acknowledge a QoS 1 message (a PUBACK, written with whatever else is queued)."""
+        """Acknowledge a QoS 1 message. The PUBACKs of one turn of the event loop go out in one
+        write, in the order acknowledged (a socket write each would cost a system call each, in
+        this process and in the broker)."""
+        if self._writer is not None and packet_id and not self.closed.done() and not self._said_bye:
+            if not self._acks:
+                asyncio.get_running_loop().call_soon(self._write_acks)
+            self._acks += puback_packet(packet_id)
+
+    def _write_acks(self) -> None:
+        acks, self._acks = self._acks, bytearray()
         w = self._writer
-        if w is not None and packet_id and not self.closed.done():
-            w.write(puback_packet(packet_id))
+        if acks and w is not None and not self.closed.done() and not self._said_bye:
+            w.write(acks)
 
     def pause(self) -> None:
         """Stop reading the socket. Not before the SUBACK (what the session queued arrives first,
@@ -515,6 +526,8 @@ class Subscriber:
         w = self._writer
         if w is not None and not self.closed.done():
             with contextlib.suppress(ConnectionError, OSError):
+                self._write_acks()  # the acknowledgements so far, then DISCONNECT
+                self._said_bye = True
                 w.write(DISCONNECT_PACKET)
                 await asyncio.wait_for(w.drain(), timeout)
                 await asyncio.wait_for(asyncio.shield(self.closed), timeout)  # the broker's end of it

@@ -467,7 +467,8 @@ class Bridge:
                     wake.clear()
                     await wake.wait()
                 pid, fut = pending[0]
-                await asyncio.wait([fut])  # returns however it ended; a cancel of this task still raises
+                if not fut.done():  # (a done one costs no turn of the event loop)
+                    await asyncio.wait([fut])  # returns however it ended; cancelling this task raises
                 if fut.cancelled() or fut.exception() is not None:
                     # Never acknowledged to MQTT: the session ends and the broker redelivers it.
                     exc = fut.exception() if not fut.cancelled() else None

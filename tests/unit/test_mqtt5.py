@@ -12,6 +12,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common.mqtt5 import (
+    DISCONNECT,
+    PUBACK,
     PUBLISH,
     Inbound,
     MqttError,
@@ -174,6 +176,7 @@ class FakeBroker:
     def __init__(self, connack: bytes | None, suback: bytes | None) -> None:
         self.connack, self.suback = connack, suback
         self.server: asyncio.base_events.Server | None = None
+        self.received: list[tuple[int, bytes]] = []  # (packet type, body) after the SUBSCRIBE
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_packet(reader)  # CONNECT
@@ -186,7 +189,11 @@ class FakeBroker:
             writer.write(self.suback)
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
-                await read_packet(reader)  # PINGREQ, DISCONNECT: never answered
+                kind, _, body = await read_packet(reader)  # PINGREQ is never answered
+                self.received.append((kind, body))
+                if kind == DISCONNECT:  # the broker's end of it
+                    writer.close()
+                    return
 
     async def __aenter__(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -234,3 +241,27 @@ def test_the_servers_keep_alive_is_used_and_a_silent_broker_ends_the_session() -
             return err
 
     assert "no answer from the broker in 1.5s" in str(asyncio.run(go()))
+
+
+def test_acknowledgements_go_out_in_order_and_before_the_disconnect() -> None:
+    """PUBACKs are written once per turn of the event loop; those acknowledged just before
+    ``close`` still precede its DISCONNECT, in the order acknowledged."""
+
+    async def go() -> list[tuple[int, bytes]]:
+        connack = packet(2, 0, b"\x00\x00\x00")
+        broker = FakeBroker(connack, packet(9, 0, b"\x00\x01\x00\x01"))
+        async with broker as broker_port:
+            sub = Subscriber("127.0.0.1", broker_port, "c", lambda _: None)
+            assert await sub.connect([("a/#", 1)], timeout=5) == [1]
+            sub.ack(7)
+            sub.ack(5)
+            await asyncio.sleep(0.05)  # written on the next turn of the loop
+            sub.ack(3)
+            sub.ack(1)
+            sub.ack(2)
+            await sub.close()  # at once: these three are still queued
+            await asyncio.sleep(0.05)
+            return broker.received
+
+    got = asyncio.run(go())
+    assert got == [(PUBACK, struct.pack(">H", pid)) for pid in (7, 5, 3, 1, 2)] + [(DISCONNECT, b"\x00\x00")]
