@@ -169,8 +169,11 @@ def build_corpus(vehicles: int, blocks: int, block_records: int, batch_records: 
 
 
 def _file_store(path: Path) -> FileStore:
-    """A fresh DuckDB-file store set up as the consumer opens it (its checkpoint threshold)."""
-    return FileStore(path, checkpoint_threshold_mb=StoreConfig().checkpoint_threshold_mb)
+    """A fresh DuckDB-file store set up as the consumer opens it (its checkpoint threshold, its threads)."""
+    s = StoreConfig()
+    return FileStore(
+        path, checkpoint_threshold_mb=s.checkpoint_threshold_mb, threads=s.consumer_duckdb_threads
+    )
 
 
 def _consumer_state(c: Corpus, work: Path) -> tuple[FileStore, Registry]:

@@ -97,8 +97,9 @@ def s3_settings(cfg: Config) -> dict[str, str] | None:
     }
 
 
-def open_store(cfg: Config, *, read_only: bool = False) -> Store:
-    """The configured store: the lake (several writers, live readers) or one DuckDB file."""
+def open_store(cfg: Config, *, read_only: bool = False, threads: int = 0) -> Store:
+    """The configured store: the lake (several writers, live readers) or one DuckDB file.
+    ``threads``: DuckDB's threads for its connection (0: DuckDB's default, one per core)."""
     if cfg.store.backend == "lake":
         from ingest.storage.lakestore import LakeStore
 
@@ -109,11 +110,15 @@ def open_store(cfg: Config, *, read_only: bool = False) -> Store:
             group=cfg.ingest.group_id,
             inline_rows=cfg.store.inline_rows,
             s3=s3_settings(cfg),
+            threads=threads,
         )
     from ingest.storage.store import FileStore
 
     return FileStore(
-        paths(cfg).store, read_only=read_only, checkpoint_threshold_mb=cfg.store.checkpoint_threshold_mb
+        paths(cfg).store,
+        read_only=read_only,
+        checkpoint_threshold_mb=cfg.store.checkpoint_threshold_mb,
+        threads=threads,
     )
 
 
@@ -234,7 +239,7 @@ def roles(
             ConsumerService(
                 cfg,
                 ledger=open_ledger(cfg),
-                store=open_store(cfg),
+                store=open_store(cfg, threads=cfg.store.consumer_duckdb_threads),
                 registry=open_registry(cfg),
                 status_path=status_path(cfg, instance),
                 batch_log=batch_log,

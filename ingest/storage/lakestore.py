@@ -71,6 +71,7 @@ class LakeStore(_DuckStore):
         group: str = "telematics-ingest",
         inline_rows: int = 0,
         s3: dict[str, str] | None = None,
+        threads: int = 0,
     ) -> None:
         """``catalog``: a libpq connection string of the PostgreSQL database holding the catalog;
         ``data_path``: where a new lake writes its Parquet files (a directory or an s3:// URL); None:
@@ -78,7 +79,8 @@ class LakeStore(_DuckStore):
         ``read_only``: an analyst's view: one snapshot for the life of the connection.
         ``group``: the consumer group whose partition claims fence the writes. ``inline_rows``:
         commits of fewer rows per table go into the catalog instead of a Parquet file each.
-        ``s3``: the S3 secret's settings (endpoint, key_id, secret, region, url_style, use_ssl)."""
+        ``s3``: the S3 secret's settings (endpoint, key_id, secret, region, url_style, use_ssl).
+        ``threads``: DuckDB's threads for this connection (0: its default, one per core)."""
         self.location = f"DuckLake on postgres:{catalog}"
         self.catalog = catalog
         self.group = group
@@ -97,6 +99,8 @@ class LakeStore(_DuckStore):
             raise StoreError(f"cannot reach the lake's PostgreSQL catalog ({catalog}): {exc}") from exc
         try:
             self.con = duckdb.connect()
+            if threads:
+                self.con.execute(f"SET threads = {int(threads)}")
             lake.load_extensions(self.con)
             if s3:
                 lake.s3_secret(self.con, s3)

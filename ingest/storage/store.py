@@ -409,11 +409,17 @@ class FileStore(_DuckStore):
     snapshot_ns: int | None = None
 
     def __init__(
-        self, path: str | Path, *, read_only: bool = False, checkpoint_threshold_mb: int | None = None
+        self,
+        path: str | Path,
+        *,
+        read_only: bool = False,
+        checkpoint_threshold_mb: int | None = None,
+        threads: int = 0,
     ) -> None:
         """``checkpoint_threshold_mb``: DuckDB folds its write-ahead log into the file once the log
         is this large. Its default (16 MB) re-compresses partly filled row groups several times;
-        the consumer uses 256 MB (``[store] checkpoint_threshold_mb``, docs/PERFORMANCE.md)."""
+        the consumer uses 256 MB (``[store] checkpoint_threshold_mb``, docs/PERFORMANCE.md).
+        ``threads``: DuckDB's threads for this connection (0: its default, one per core)."""
         self.path = Path(path)
         self.location = str(self.path)
         if not read_only:
@@ -427,6 +433,8 @@ class FileStore(_DuckStore):
             self._migrate()
             if checkpoint_threshold_mb is not None:
                 self.con.execute(f"SET checkpoint_threshold = '{int(checkpoint_threshold_mb)}MB'")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
         # Batches are written on this cursor, from the consumer's writer thread, while the
         # processor reads committed state on ``con`` (one DuckDB connection per thread).
         self._w = self.con.cursor()

@@ -40,7 +40,9 @@ def _batch(store: Store, offsets: dict[tuple[str, int], int]) -> BatchRows:
 
 
 def test_proofs_audit_and_tamper_on_the_lake(lake_catalog: str, tmp_path: Path) -> None:
-    w = build_world(tmp_path, store=LakeStore(lake_catalog, str(tmp_path / "lake")))
+    # on one DuckDB thread, as the consumer opens it ([store] consumer_duckdb_threads)
+    w = build_world(tmp_path, store=LakeStore(lake_catalog, str(tmp_path / "lake"), threads=1))
+    assert w.store.con.execute("SELECT current_setting('threads')").fetchone() == (1,)
     rows = select_rows(w.store, None, None, 12, sample=True)
     assert len(rows) == 12
     assert verify_bundle(w.bundle(rows), operator_key=w.operator.public_key).ok
