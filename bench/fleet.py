@@ -64,7 +64,7 @@ def table(results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]]) -> s
         ("lost / duplicated records", [f"{r.lost_records} / {r.duplicated_records}" for r in results]),
         ("anchor lag p50 / max ms", [e2e._pair(r.anchor_lag_ms, "p50", "max") for r in results]),
     ]
-    comps = e2e.COMPONENTS
+    comps = e2e.measured(results)
     for comp in (*comps, "total"):
         rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
     for comp in comps:
@@ -97,7 +97,7 @@ def chart(results: list[e2e.PhaseResult], p99_ms: float, path: Path) -> None:
     ax2.set_ylabel("ms")
     bottom = [0.0] * len(results)
     width = max(1, min(n) // 3) if len(n) == 1 else (max(n) - min(n)) / len(n) / 2
-    for comp in e2e.COMPONENTS:
+    for comp in e2e.measured(results):
         v = [r.cpu_cores.get(comp, 0) for r in results]
         ax3.bar(n, v, width=width, bottom=bottom, label=comp)
         bottom = [a + b for a, b in zip(bottom, v, strict=True)]
