@@ -365,7 +365,6 @@ class Subscriber:
         self._last_read = 0.0
         self._suback: asyncio.Future[list[int]] | None = None
         self._acks = bytearray()  # PUBACKs not written yet: one write per turn of the event loop
-        self._said_bye = False  # DISCONNECT written: nothing may follow it
         self.session_present = False
         self.closed: asyncio.Future[MqttError] = asyncio.get_running_loop().create_future()
 
@@ -421,7 +420,7 @@ class Subscriber:
         """Acknowledge a QoS 1 message. The PUBACKs of one turn of the event loop go out in one
         write, in the order acknowledged (a socket write each would cost a system call each, in
         this process and in the broker)."""
-        if self._writer is not None and packet_id and not self.closed.done() and not self._said_bye:
+        if packet_id and not self._closing:  # (close writes the queued ones, then DISCONNECT)
             if not self._acks:
                 asyncio.get_running_loop().call_soon(self._write_acks)
             self._acks += puback_packet(packet_id)
@@ -429,7 +428,7 @@ class Subscriber:
     def _write_acks(self) -> None:
         acks, self._acks = self._acks, bytearray()
         w = self._writer
-        if acks and w is not None and not self.closed.done() and not self._said_bye:
+        if acks and w is not None and not self.closed.done():
             w.write(acks)
 
     def pause(self) -> None:
@@ -521,13 +520,12 @@ class Subscriber:
         and make the broker drop acknowledgements it had received but not yet read (measured with
         mosquitto 2.0 saving its state on every change: acknowledged messages came back). What
         arrives meanwhile is not handed over (it is redelivered to the next session)."""
+        self._write_acks()  # the acknowledgements so far go before the DISCONNECT
         self._closing = True
         self._readable.set()  # read to the end (``pause`` does nothing from now on)
         w = self._writer
         if w is not None and not self.closed.done():
             with contextlib.suppress(ConnectionError, OSError):
-                self._write_acks()  # the acknowledgements so far, then DISCONNECT
-                self._said_bye = True
                 w.write(DISCONNECT_PACKET)
                 await asyncio.wait_for(w.drain(), timeout)
                 await asyncio.wait_for(asyncio.shield(self.closed), timeout)  # the broker's end of it
