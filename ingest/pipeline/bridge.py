@@ -469,9 +469,9 @@ class Bridge:
                 pid, fut = pending[0]
                 if not fut.done():  # (a done one costs no turn of the event loop)
                     await asyncio.wait([fut])  # returns however it ended; cancelling this task raises
-                if fut.cancelled() or fut.exception() is not None:
+                exc = None if fut.cancelled() else fut.exception()
+                if fut.cancelled() or exc is not None:
                     # Never acknowledged to MQTT: the session ends and the broker redelivers it.
-                    exc = fut.exception() if not fut.cancelled() else None
                     failure.append(
                         exc
                         if isinstance(exc, KafkaError)
