@@ -120,13 +120,31 @@ class LakeStore(_DuckStore):
             raise StoreError(f"cannot open the lake ({catalog}): {exc}") from exc
         self.snapshot_ns: int | None = None
         if read_only:
+            self._snapshot()
+        self._w = self.con.cursor()
+        self._w.execute("USE lake")
+
+    def _snapshot(self) -> None:
+        """Start the reader's transaction: one snapshot, the latest committed, for all its queries."""
+        try:
             # Read before the snapshot is taken: a batch anchored in the ledger before this time was
             # committed before it too, so it is in the snapshot (the audit's live mode relies on it).
             self.snapshot_ns = time.time_ns()
-            self.con.execute("BEGIN TRANSACTION")  # one snapshot for every query of this reader
+            self.con.execute("BEGIN TRANSACTION")
             self.con.execute("SELECT count(*) FROM batches").fetchone()  # taken now
-        self._w = self.con.cursor()
-        self._w.execute("USE lake")
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot read the lake ({self.catalog}): {exc}") from exc
+
+    def refresh(self) -> None:
+        """A reader moves to the latest snapshot: its transaction ends and a new one begins, on the
+        same connection (milliseconds; opening a reader again attaches the lake anew, ~0.5 s of CPU)."""
+        if self.snapshot_ns is None:
+            return  # the writer: it sees its own commits
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot read the lake ({self.catalog}): {exc}") from exc
+        self._snapshot()
 
     @contextlib.contextmanager
     def _advisory(self, take: bool) -> Any:

@@ -124,6 +124,10 @@ class Store(Protocol):
     snapshot_ns: int | None
 
     def close(self) -> None: ...
+    def refresh(self) -> None:
+        """A reader: move to the latest committed snapshot, without opening the store again (a new
+        ``snapshot_ns`` with it). Anything else sees every commit already: nothing to do."""
+
     def heads(self) -> dict[str, DeviceHead]: ...
     def block_hash_at(self, device_id: str, seq: int) -> bytes | None: ...
     def next_batch_no(self) -> int: ...
@@ -157,6 +161,9 @@ class _DuckStore:
     def close(self) -> None:
         self._w.close()
         self.con.close()
+
+    def refresh(self) -> None:
+        """Nothing: a DuckDB file has one writer, and no reader in another process while it writes."""
 
     # -- reads used by the consumer ---------------------------------------------------------------
     def _read(self, sql: str, params: list[Any] | None = None) -> list[Any]:

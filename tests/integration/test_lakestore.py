@@ -128,6 +128,20 @@ def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
     assert fresh.con.execute(q.format(version + 1)).fetchone() == (1,)
     with pytest.raises(Exception, match=r"read-only|read only"):
         reader.con.execute("DELETE FROM blocks")
+    # refresh: the open reader moves to the latest snapshot, and its snapshot time with it
+    taken = reader.snapshot_ns
+    assert taken is not None
+    reader.refresh()
+    assert reader.positions("t") == {("t", 0): 1} and reader.counts() == fresh.counts()
+    assert reader.snapshot_ns is not None and reader.snapshot_ns > taken
+    w.store.write_batch(_batch(w.store, {("t", 0): 2}))
+    assert reader.positions("t") == {("t", 0): 1}  # one snapshot again until the next refresh
+    reader.refresh()
+    assert reader.positions("t") == {("t", 0): 2}
+    with pytest.raises(Exception, match=r"read-only|read only"):
+        reader.con.execute("DELETE FROM blocks")
+    w.store.refresh()  # the writer sees its own commits: nothing to do
+    assert w.store.positions("t") == {("t", 0): 2}
     reader.close()
     fresh.close()
 
