@@ -191,8 +191,7 @@ def cmd_consent(args: argparse.Namespace) -> int:
                     )
                 )
     finally:
-        svc.consent.close()
-        svc.log.close()
+        svc.close()
     return worst
 
 
@@ -221,8 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         web.run_app(app(svc), host=host or "127.0.0.1", port=int(port), print=None)  # type: ignore[arg-type]
     finally:
-        svc.consent.close()
-        svc.log.close()
+        svc.close()
     return 0
 
 

@@ -293,19 +293,69 @@ def open_access_log(cfg: Config, key: SigningKey | None = None, *, witnessed: bo
 
 
 @contextmanager
-def prover(cfg: Config) -> Iterator[tuple[Prover, Store]]:
-    """A prover over a read-only snapshot of the store, for one bundle (as ``telematics prove``)."""
+def prover(cfg: Config, store: Store | None = None) -> Iterator[tuple[Prover, Store]]:
+    """A prover for one bundle (as ``telematics prove``), over ``store``: a reader the caller keeps
+    open, or None: a new read-only snapshot, closed after."""
     from ingest.ops.proofs import Prover
 
-    store = open_store(cfg, read_only=True)
-    registry = open_registry(cfg)
+    own = store is None
+    reader = open_store(cfg, read_only=True) if store is None else store
     try:
-        operator = operator_key(cfg)
-        local = open_log(cfg, operator)
-        yield Prover(store, registry, local, operator, witness=open_witness(cfg, local)), store
+        registry = open_registry(cfg)
+        try:
+            operator = operator_key(cfg)
+            local = open_log(cfg, operator)
+            yield Prover(reader, registry, local, operator, witness=open_witness(cfg, local)), reader
+        finally:
+            registry.close()
     finally:
-        store.close()
-        registry.close()
+        if own:
+            reader.close()
+
+
+class ServedProvers:
+    """The data-access API's provers, one request at a time. On the lake, one reader stays open
+    across requests and moves to the latest snapshot for each (``Store.refresh``: milliseconds;
+    opening a reader attaches the lake anew, ~0.5 s of CPU). A DuckDB file's reader is closed after
+    each request: held open, it would lock the ingest out of the file."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._reader: Store | None = None
+
+    @contextmanager
+    def open(self) -> Iterator[tuple[Prover, Store]]:
+        from ingest.storage.store import StoreError
+
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            try:
+                reader.refresh()
+            except StoreError:  # the catalog restarted, say: a new reader
+                self._close(reader)
+                reader = None
+        if reader is None:
+            reader = open_store(self.cfg, read_only=True)
+        try:
+            with prover(self.cfg, reader) as p:
+                yield p
+        finally:
+            if reader.snapshot_ns is None:  # not a live snapshot: nobody may write while it is open
+                self._close(reader)
+            else:
+                self._reader = reader
+
+    @staticmethod
+    def _close(reader: Store) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            reader.close()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._close(self._reader)
+            self._reader = None
 
 
 def access_service(cfg: Config, *, witnessed: bool = False) -> AccessService:
@@ -316,7 +366,7 @@ def access_service(cfg: Config, *, witnessed: bool = False) -> AccessService:
     return AccessService(
         open_consent(cfg),
         open_access_log(cfg, operator_key(cfg), witnessed=witnessed),
-        lambda: prover(cfg),
+        ServedProvers(cfg),
         rate=c.rate_per_s,
         burst=c.burst,
     )

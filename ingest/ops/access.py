@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -112,7 +113,11 @@ class RateLimiter:
         return True
 
 
-OpenProver = Callable[[], AbstractContextManager[tuple[Prover, Store]]]
+class Provers(Protocol):
+    """Where the service takes a prover, and the store it reads, for one request."""
+
+    def open(self) -> AbstractContextManager[tuple[Prover, Store]]: ...
+    def close(self) -> None: ...
 
 
 class AccessService:
@@ -122,17 +127,28 @@ class AccessService:
         self,
         consent: ConsentStore,
         access_log: LocalLedger,
-        open_prover: OpenProver,
+        provers: Provers,
         *,
         rate: float = 5.0,
         burst: int = 20,
     ) -> None:
         self.consent = consent
         self.log = access_log
-        self.open_prover = open_prover
+        self.provers = provers
         self.limiter = RateLimiter(rate, burst)
         self._lock = threading.Lock()
         self._last = 0  # the last access log entry number this process used
+
+    def close(self) -> None:
+        """Close the consent store, the access log (its last checkpoint offered to the witnesses)
+        and the provers' reader."""
+        try:
+            self.provers.close()
+        finally:
+            try:
+                self.consent.close()
+            finally:
+                self.log.close()
 
     def _log(self, digest: bytes, rows: int) -> int:
         """Append a digest to the access log (fsynced) and return its entry index. The entry's number
@@ -256,7 +272,7 @@ class AccessService:
         from figures.score import score
         from ingest.ops.figures import battery_records, driving_records
 
-        with self.open_prover() as (_, store):
+        with self.provers.open() as (_, store):
             if q.released == "driving-score":
                 samples, triggers = driving_records(store, q.device_id, q.from_ns, q.to_ns)
                 fig: object = score(q.device_id, samples, triggers, q.from_ns, q.to_ns) if samples else None
@@ -291,7 +307,7 @@ class AccessService:
         return key
 
     def _bundle(self, q: Query, limit: int) -> tuple[bytes, int]:
-        with self.open_prover() as (prover, store):
+        with self.provers.open() as (prover, store):
             rows = store.con.execute(
                 f"SELECT block_seq, idx FROM {q.table} r WHERE device_id = ?"
                 " AND ts BETWEEN make_timestamp_ns(?) AND make_timestamp_ns(?)"

@@ -134,6 +134,11 @@ class _Parts:
         self.records += part.records
 
 
+# A block read for its proofs: its hash (hex), its Merkle leaves, its salt seed, and its rows in idx
+# order as (table, raw bytes).
+_Block = tuple[str, list[bytes], bytes, list[tuple[str, bytes]]]
+
+
 class Prover:
     def __init__(
         self,
@@ -153,27 +158,23 @@ class Prover:
     def bundle(self, rows: list[RowRef]) -> Bundle:
         if not rows:
             raise ProveError("no rows selected")
-        con = self.store.con
         blocks: dict[str, BlockProof] = {}
         batches: dict[str, BatchProof] = {}
         keys: dict[str, KeyStatement] = {}
         checkpoints: dict[str, str] = {}
         evm: dict[tuple[str, int], EvmAnchor] = {}
         records: list[RecordProof] = []
-        block_cache: dict[tuple[str, int], tuple[str, list[bytes], bytes]] = {}
+        block_cache: dict[tuple[str, int], _Block] = {}
         now = time.time_ns()
         for r in rows:
             key = (r.device_id, r.block_seq)
             if key not in block_cache:
                 block_cache[key] = self._block(r, blocks, batches, keys, checkpoints, evm, now)
-            bh, leaves, seed = block_cache[key]
-            row = con.execute(
-                f"SELECT raw FROM {r.table} WHERE device_id = ? AND block_seq = ? AND idx = ?",
-                [r.device_id, r.block_seq, r.idx],
-            ).fetchone()
-            if row is None:
+            bh, leaves, seed, stored = block_cache[key]
+            # the row's raw bytes come with its block's (read once per block, not once per row)
+            if not 0 <= r.idx < len(stored) or stored[r.idx][0] != r.table:
                 raise ProveError(f"{r.table} row {r.device_id}/{r.block_seq}/{r.idx} is gone")
-            raw = bytes(row[0])
+            raw = stored[r.idx][1]
             records.append(
                 RecordProof(
                     table=r.table,
@@ -207,7 +208,7 @@ class Prover:
         checkpoints: dict[str, str],
         evm: dict[tuple[str, int], EvmAnchor],
         now: int,
-    ) -> tuple[str, list[bytes], bytes]:
+    ) -> _Block:
         con = self.store.con
         b = con.execute(
             "SELECT block_hash, header, signature, salt_seed, key_id, record_count, batch_no, batch_index"
@@ -220,16 +221,17 @@ class Prover:
         seed = bytes(seed)
         raws = con.execute(
             " UNION ALL ".join(
-                f"SELECT idx, raw FROM {t} WHERE device_id = $1 AND block_seq = $2" for t in TABLES
+                f"SELECT idx, '{t}', raw FROM {t} WHERE device_id = $1 AND block_seq = $2" for t in TABLES
             )
             + " ORDER BY idx",
             [r.device_id, r.block_seq],
         ).fetchall()
-        if [int(i) for i, _ in raws] != list(range(count)):
+        if [int(i) for i, _, _ in raws] != list(range(count)):
             raise ProveError(
                 f"block {r.device_id}/{r.block_seq} has rows {len(raws)} of {count}: run `telematics audit`"
             )
-        leaves = [merkle.leaf_hash(leaf_salt(seed, int(i)) + bytes(raw)) for i, raw in raws]
+        stored = [(str(t), bytes(raw)) for _, t, raw in raws]
+        leaves = [merkle.leaf_hash(leaf_salt(seed, i) + raw) for i, (_, raw) in enumerate(stored)]
         bhx = bytes(bh).hex()
         batch_hashes = [
             bytes(h)
@@ -254,7 +256,7 @@ class Prover:
         no = str(batch_no)
         if no not in batches:
             batches[no] = self._batch(int(batch_no), len(batch_hashes), checkpoints, evm)
-        return bhx, leaves, seed
+        return bhx, leaves, seed, stored
 
     def _batch(
         self,

@@ -196,6 +196,11 @@ class LakeStore(_DuckStore):
             )
 
     def close(self) -> None:
+        if self.snapshot_ns is not None:
+            # A reader ends its transaction first: closed inside it, DuckDB rolls back in a destructor
+            # and aborts the process when the catalog is gone (DuckDB 1.5.5).
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
         super().close()
         for pg in self._conns.values():
             with contextlib.suppress(Exception):

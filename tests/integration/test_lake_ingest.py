@@ -20,9 +20,12 @@ import pytest
 
 from ingest import wiring
 from ingest.config import Config
+from ingest.ops.proofs import select_rows
+from ingest.storage.store import StoreError
+from schemas.proof import encode_bundle, verify_bundle
 from simulators.fleet import FleetResult
 from tests.integration.checks import recheck
-from tests.integration.harness import FleetInBackground, run_cli
+from tests.integration.harness import REPO, FleetInBackground, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +48,19 @@ with open(out, "w", buffering=1) as f:
         except Exception as exc:
             f.write(f"ERROR {exc}\\n")
         time.sleep(0.5)
+"""
+
+# A reader open when the catalog dies, closed after: its process must exit 0 (DuckDB 1.5.5 aborted it,
+# rolling back in a destructor, until LakeStore.close ended the transaction first).
+READER_CLOSED_AFTER = """
+import sys, time, pathlib
+from ingest import wiring
+from ingest.config import load_config
+reader = wiring.open_store(load_config(sys.argv[1]), read_only=True)
+print(reader.counts()["records"], flush=True)
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.1)
+reader.close()
 """
 
 
@@ -116,7 +132,9 @@ def _exactly(cfg: Config, fleet: FleetResult) -> None:
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
-def test_an_analyst_reads_live_while_ingest_writes(lake_env: Any, tmp_path: Path) -> None:
+def test_an_analyst_reads_live_while_ingest_writes(
+    lake_env: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     cfg = lake_env.cfg
     lake_env.start("consumer")
     lake_env.start("bridge")
@@ -137,6 +155,12 @@ def test_an_analyst_reads_live_while_ingest_writes(lake_env: Any, tmp_path: Path
     run = _drive(cfg, vehicles=6, records=2000, seed=21, rate_hz=200.0)
     # Every read path works during the ingest, on a consistent snapshot.
     time.sleep(3)
+    # The data-access API's provers keep one lake reader and take the latest snapshot per request.
+    served = wiring.ServedProvers(cfg)
+    request.addfinalizer(served.close)
+    with served.open() as (_, reader):
+        early = reader.counts()["records"]
+        (top,) = reader.con.execute("SELECT max(seq) FROM blocks").fetchone()
     conf = lake_env.config_path
     for args in (
         ("query", "SELECT device_id, count(*) AS n FROM blocks GROUP BY 1 ORDER BY 1", "--format", "csv"),
@@ -149,6 +173,13 @@ def test_an_analyst_reads_live_while_ingest_writes(lake_env: Any, tmp_path: Path
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     fleet = _finish(run)
     _wait_records(cfg, fleet.records)
+    with served.open() as (prover, again):
+        assert again is reader and early < fleet.records
+        assert again.counts()["records"] == fleet.records  # the rows stored since the first request
+        newest = select_rows(again, "driving", f"block_seq > {top}", 3, False)  # anchored since
+        assert len(newest) == 3
+        bundle = encode_bundle(prover.bundle(newest))
+        assert verify_bundle(bundle, operator_key=prover.operator.public_key).ok
     time.sleep(1.5)  # the analyst's next reads see the last commit
     stop.touch()
     analyst.wait(30)
@@ -310,7 +341,7 @@ def test_sigkill_at_each_step_of_the_durability_order(lake_env: Any, point: str)
 
 
 def test_the_catalog_going_away_holds_the_pipeline_and_loses_nothing(
-    lake_env: Any, stack_cfg: Config
+    lake_env: Any, stack_cfg: Config, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """PostgreSQL (the lake's catalog) SIGKILLed mid-run and restarted: the consumer holds (no crash,
     no commit), then goes on; exactly the published rows."""
@@ -321,11 +352,31 @@ def test_the_catalog_going_away_holds_the_pipeline_and_loses_nothing(
     lake_env.start("bridge")
     run = _drive(cfg, vehicles=4, records=2000, seed=41, rate_hz=200.0)
     _wait_records(cfg, 1000, timeout=60)
+    served = wiring.ServedProvers(cfg)  # the data-access API's reader, kept open across requests
+    request.addfinalizer(served.close)
+    with served.open():
+        pass
+    go = tmp_path / "close"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER_CLOSED_AFTER, str(lake_env.config_path), str(go)],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout is not None and int(reader.stdout.readline()) > 0
     stack = Stack(stack_cfg)
     stack.kill("postgres")
-    time.sleep(4)  # the fleet keeps publishing; the consumer cannot commit
+    go.touch()
+    assert reader.wait(30) == 0, reader.stderr.read() if reader.stderr else ""
+    with pytest.raises(StoreError, match="cannot reach the lake's PostgreSQL catalog"), served.open():
+        pass  # one line for the API's client, not an abort
+    time.sleep(3)  # the fleet keeps publishing; the consumer cannot commit
     assert c.proc.poll() is None, c.log.read_text()[-2000:]
     stack.up()
+    with served.open() as (_, again):  # a new reader: the old one's catalog session is gone
+        assert again.counts()["records"] >= 1000
     fleet = _finish(run)
     _exactly(cfg, fleet)
     assert c.proc.poll() is None

@@ -384,3 +384,24 @@ def test_verify_proof_shows_what_was_proven_and_wants_a_pinned_key(world: World,
     assert r.returncode == 0 and out["ok"] and out["records"][0]["values"]["ts_ns"] > 0
     r = cli("--operator-key", "zz")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_row_not_stored_under_its_table_and_index_is_refused(world: World) -> None:
+    """A bundle reads each block's rows once; a reference to a row that is not among them is refused,
+    whether its table is wrong or its index is past the block's last row."""
+    from ingest.ops.proofs import ProveError
+
+    (r,) = select_rows(world.store, "driving", None, 1, sample=False)
+    assert verify_bundle(world.bundle([r]), operator_key=world.operator.public_key).ok
+    (count,) = world.store.con.execute(
+        "SELECT record_count FROM blocks WHERE device_id = ? AND seq = ?", [r.device_id, r.block_seq]
+    ).fetchone()
+    for bad in (
+        RowRef("battery_samples", r.device_id, r.block_seq, r.idx),
+        RowRef(r.table, r.device_id, r.block_seq, count),
+        RowRef(r.table, r.device_id, r.block_seq, -1),
+    ):
+        with pytest.raises(
+            ProveError, match=f"{bad.table} row {r.device_id}/{r.block_seq}/{bad.idx} is gone"
+        ):
+            world.bundle([bad])
