@@ -102,6 +102,8 @@ class Analysts:
                 self.times[step].append((time.perf_counter() - t) * 1e3)
                 self._round(store.con)
                 self.rounds += 1
+                with contextlib.suppress(Exception):  # a failure shows at the next refresh
+                    store.release()  # nothing held open in the catalog until the next round
         finally:
             if store is not None:
                 store.close()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any
 
 from ingest import cli_args, wiring
-from ingest.config import Config, load_config
+from ingest.config import CONFIG_ENV, Config, load_config
 
 # `telematics bench <name> ...`: the module whose main(argv) runs it, and its one-line help.
 BENCHES: dict[str, tuple[str, str]] = {
@@ -24,6 +25,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "rejections": ("bench.rejections", "rejected junk vs accepted blocks through the real consumer"),
     "campaign": ("bench.campaign", "hostile frames beside an honest fleet: accounting, delay, peak memory"),
     "stages": ("bench.stages", "per-record cost of each hot-path stage"),
+    "readers": ("bench.readers", "a reader of the lake: opened, refreshed, and per data-access request"),
 }
 
 
@@ -155,6 +157,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.config:  # for a benchmark that reads the configured store (``load_config()``)
+        os.environ[CONFIG_ENV] = args.config
     module = importlib.import_module(BENCHES[args.which][0])
     return int(module.main(args.rest))
 

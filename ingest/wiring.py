@@ -316,8 +316,8 @@ def prover(cfg: Config, store: Store | None = None) -> Iterator[tuple[Prover, St
 class ServedProvers:
     """The data-access API's provers, one request at a time. On the lake, one reader stays open
     across requests and moves to the latest snapshot for each (``Store.refresh``: milliseconds;
-    opening a reader attaches the lake anew, ~0.5 s of CPU). A DuckDB file's reader is closed after
-    each request: held open, it would lock the ingest out of the file."""
+    opening a reader attaches the lake anew, ~0.5 s of CPU), its snapshot released in between. A
+    DuckDB file's reader is closed after each request: held open, it would lock the ingest out."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -343,7 +343,11 @@ class ServedProvers:
             if reader.snapshot_ns is None:  # not a live snapshot: nobody may write while it is open
                 self._close(reader)
             else:
-                self._reader = reader
+                try:
+                    reader.release()  # no catalog transaction left open between requests
+                    self._reader = reader
+                except StoreError:
+                    self._close(reader)
 
     @staticmethod
     def _close(reader: Store) -> None:

@@ -119,6 +119,7 @@ class LakeStore(_DuckStore):
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the lake ({catalog}): {exc}") from exc
         self.snapshot_ns: int | None = None
+        self._in_snapshot = False  # a reader's transaction is open
         if read_only:
             self._snapshot()
         self._w = self.con.cursor()
@@ -131,20 +132,32 @@ class LakeStore(_DuckStore):
             # committed before it too, so it is in the snapshot (the audit's live mode relies on it).
             self.snapshot_ns = time.time_ns()
             self.con.execute("BEGIN TRANSACTION")
+            self._in_snapshot = True
             self.con.execute("SELECT count(*) FROM batches").fetchone()  # taken now
         except duckdb.Error as exc:
             raise StoreError(f"cannot read the lake ({self.catalog}): {exc}") from exc
 
+    def _end_snapshot(self) -> None:
+        if self._in_snapshot:
+            self._in_snapshot = False
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot read the lake ({self.catalog}): {exc}") from exc
+
     def refresh(self) -> None:
         """A reader moves to the latest snapshot: its transaction ends and a new one begins, on the
         same connection (milliseconds; opening a reader again attaches the lake anew, ~0.5 s of CPU)."""
-        if self.snapshot_ns is None:
-            return  # the writer: it sees its own commits
-        try:
-            self.con.execute("ROLLBACK")
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot read the lake ({self.catalog}): {exc}") from exc
-        self._snapshot()
+        if self.snapshot_ns is not None:  # (the writer sees its own commits)
+            self._end_snapshot()
+            self._snapshot()
+
+    def release(self) -> None:
+        """A reader between uses ends its snapshot: the PostgreSQL session under it then holds no
+        transaction open (an idle one holds back PostgreSQL's clean-up of the catalog's dead rows).
+        Until the next ``refresh``, each query sees the latest snapshot of its own."""
+        if self.snapshot_ns is not None:
+            self._end_snapshot()
 
     @contextlib.contextmanager
     def _advisory(self, take: bool) -> Any:
@@ -196,11 +209,10 @@ class LakeStore(_DuckStore):
             )
 
     def close(self) -> None:
-        if self.snapshot_ns is not None:
-            # A reader ends its transaction first: closed inside it, DuckDB rolls back in a destructor
-            # and aborts the process when the catalog is gone (DuckDB 1.5.5).
-            with contextlib.suppress(duckdb.Error):
-                self.con.execute("ROLLBACK")
+        # A reader ends its transaction first: closed inside it, DuckDB rolls back in a destructor
+        # and aborts the process when the catalog is gone (DuckDB 1.5.5).
+        with contextlib.suppress(StoreError):
+            self._end_snapshot()
         super().close()
         for pg in self._conns.values():
             with contextlib.suppress(Exception):

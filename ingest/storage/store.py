@@ -128,6 +128,10 @@ class Store(Protocol):
         """A reader: move to the latest committed snapshot, without opening the store again (a new
         ``snapshot_ns`` with it). Anything else sees every commit already: nothing to do."""
 
+    def release(self) -> None:
+        """A reader between uses: end its snapshot (nothing held open meanwhile); ``refresh`` takes
+        the next. Anything else: nothing to do."""
+
     def heads(self) -> dict[str, DeviceHead]: ...
     def block_hash_at(self, device_id: str, seq: int) -> bytes | None: ...
     def next_batch_no(self) -> int: ...
@@ -164,6 +168,9 @@ class _DuckStore:
 
     def refresh(self) -> None:
         """Nothing: a DuckDB file has one writer, and no reader in another process while it writes."""
+
+    def release(self) -> None:
+        """Nothing: as ``refresh``."""
 
     # -- reads used by the consumer ---------------------------------------------------------------
     def _read(self, sql: str, params: list[Any] | None = None) -> list[Any]:

@@ -180,6 +180,9 @@ def test_an_analyst_reads_live_while_ingest_writes(
         assert len(newest) == 3
         bundle = encode_bundle(prover.bundle(newest))
         assert verify_bundle(bundle, operator_key=prover.operator.public_key).ok
+    # the benchmark of these readers runs on this lake (a smoke run: docs/PERFORMANCE.md has the figures)
+    r = run_cli(conf, "bench", "readers", "--rounds", "1", "--rows", "3")
+    assert r.returncode == 0 and "the kept reader:" in r.stdout, r.stdout + r.stderr
     time.sleep(1.5)  # the analyst's next reads see the last commit
     stop.touch()
     analyst.wait(30)

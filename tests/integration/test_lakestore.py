@@ -142,8 +142,27 @@ def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
         reader.con.execute("DELETE FROM blocks")
     w.store.refresh()  # the writer sees its own commits: nothing to do
     assert w.store.positions("t") == {("t", 0): 2}
-    reader.close()
     fresh.close()
+
+    # release: between uses a reader holds no catalog transaction open (it would hold back vacuum)
+    def open_in_catalog() -> int:
+        with psycopg.connect(lake_catalog) as pg:
+            (n,) = pg.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+            ).fetchone()
+        return int(n)
+
+    assert open_in_catalog() >= 1  # the reader's snapshot
+    reader.release()
+    assert open_in_catalog() == 0
+    w.store.write_batch(_batch(w.store, {("t", 0): 3}))
+    assert reader.positions("t") == {("t", 0): 3}  # released: each query sees the latest
+    reader.refresh()
+    assert open_in_catalog() >= 1
+    reader.release()
+    reader.release()  # twice: nothing to end
+    reader.close()
 
 
 KEPT = ("erasures", "erased_blocks")  # name the erased device by design: the signed statement, the hashes
