@@ -147,11 +147,12 @@ def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
     # release: between uses a reader holds no catalog transaction open (it would hold back vacuum)
     def open_in_catalog() -> int:
         with psycopg.connect(lake_catalog) as pg:
-            (n,) = pg.execute(
+            row = pg.execute(
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
             ).fetchone()
-        return int(n)
+        assert row is not None
+        return int(row[0])
 
     assert open_in_catalog() >= 1  # the reader's snapshot
     reader.release()
