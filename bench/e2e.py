@@ -194,6 +194,7 @@ postgres_port = {p["stack"]["postgres_port"]}
 
 [store]
 backend = "{args.store}"
+consumer_duckdb_threads = {args.consumer_duckdb_threads}
 
 [ingest]
 batch_max_records = {args.batch_records}
@@ -668,6 +669,7 @@ STACK_ARGS = (
     "partitions",
     "consumers",
     "verify_threads",
+    "consumer_duckdb_threads",
     "bridge_linger_ms",
     "bridge_bundle",
     "kafka_storage",
@@ -687,6 +689,12 @@ def add_stack_args(ap: argparse.ArgumentParser) -> None:
         type=int,
         default=2,
         help="threads checking signatures in each consumer (0: in line)",
+    )
+    ap.add_argument(
+        "--consumer-duckdb-threads",
+        type=int,
+        default=1,
+        help="[store] consumer_duckdb_threads: DuckDB's threads in each consumer (0: one per core)",
     )
     ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
     ap.add_argument(
