@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         res = measure(cfg, args.rounds, args.rows)
     except TelematicsError as exc:
-        print(f"bench readers: {exc}", file=sys.stderr)
+        print(f"bench readers: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(f"{args.rounds} rounds, bundles of {args.rows} rows\n")
     print("| operation | wall ms | CPU ms |\n| --- | ---: | ---: |")
