@@ -320,11 +320,19 @@ class ServedProvers:
     DuckDB file's reader is closed after each request: held open, it would lock the ingest out."""
 
     def __init__(self, cfg: Config) -> None:
+        import threading
+
         self.cfg = cfg
         self._reader: Store | None = None
+        self._lock = threading.Lock()  # the API answers one request at a time; this makes sure
 
     @contextmanager
     def open(self) -> Iterator[tuple[Prover, Store]]:
+        with self._lock, self._open() as p:
+            yield p
+
+    @contextmanager
+    def _open(self) -> Iterator[tuple[Prover, Store]]:
         from ingest.storage.store import StoreError
 
         reader, self._reader = self._reader, None
@@ -357,9 +365,10 @@ class ServedProvers:
             reader.close()
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._close(self._reader)
-            self._reader = None
+        with self._lock:
+            if self._reader is not None:
+                self._close(self._reader)
+                self._reader = None
 
 
 def access_service(cfg: Config, *, witnessed: bool = False) -> AccessService:

@@ -35,7 +35,7 @@ from common.errors import Retryable, TelematicsError
 from ingest.ledger.local import LocalLedger
 from ingest.ops.proofs import ProveError, Prover, RowRef
 from ingest.storage.consent import ConsentStore, OwnershipError
-from ingest.storage.store import Store
+from ingest.storage.store import Store, StoreError
 from schemas import crypto
 from schemas.consent import (
     FIGURES,
@@ -243,6 +243,14 @@ class AccessService:
             data, n = self._figure(q) if figure else self._bundle(q, limit)
         except ProveError as exc:
             return Answer(404, msgspec.json.encode({"error": str(exc)}))
+        except StoreError as exc:  # the catalog down, the DuckDB file held by the ingest: try later
+            log.error("the store is unavailable, request not served: %s", exc)
+            return Answer(
+                503,
+                msgspec.json.encode(
+                    {"error": f"the store is unavailable; nothing was served ({' '.join(str(exc).split())})"}
+                ),
+            )
         record = AccessRecord(
             1,
             grant_id,

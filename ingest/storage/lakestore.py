@@ -121,7 +121,11 @@ class LakeStore(_DuckStore):
         self.snapshot_ns: int | None = None
         self._in_snapshot = False  # a reader's transaction is open
         if read_only:
-            self._snapshot()
+            try:
+                self._snapshot()
+            except StoreError:
+                self._close_connections()
+                raise
         self._w = self.con.cursor()
         self._w.execute("USE lake")
 
@@ -142,6 +146,8 @@ class LakeStore(_DuckStore):
             self._in_snapshot = False
             try:
                 self.con.execute("ROLLBACK")
+            except duckdb.TransactionException:
+                pass  # ended already (a COMMIT or ROLLBACK of the caller's own on ``con``)
             except duckdb.Error as exc:
                 raise StoreError(f"cannot read the lake ({self.catalog}): {exc}") from exc
 
@@ -209,11 +215,15 @@ class LakeStore(_DuckStore):
             )
 
     def close(self) -> None:
+        self._w.close()
+        self._close_connections()
+
+    def _close_connections(self) -> None:
         # A reader ends its transaction first: closed inside it, DuckDB rolls back in a destructor
         # and aborts the process when the catalog is gone (DuckDB 1.5.5).
         with contextlib.suppress(StoreError):
             self._end_snapshot()
-        super().close()
+        self.con.close()
         for pg in self._conns.values():
             with contextlib.suppress(Exception):
                 pg.close()

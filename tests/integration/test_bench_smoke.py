@@ -46,7 +46,7 @@ def test_bench_e2e_smoke_stores_every_block_once_and_writes_the_report(tmp_path:
 
 def test_bench_fleet_smoke_one_session_per_vehicle_and_the_dashboard(tmp_path: Path) -> None:
     """`telematics bench fleet --smoke`: two small fleets, each vehicle on its own MQTT session, every
-        block stored once, the analysts' five queries answered on read-only snapshots during the run (one
+    block stored once, the analysts' five queries answered on read-only snapshots during the run (one
     reader, refreshed each round)."""
     from bench import fleet
     from bench.analysts import DASHBOARD, OPEN, REFRESH

@@ -135,6 +135,13 @@ def test_grants_scope_every_answer_and_every_access_is_logged(env, tmp_path: Pat
         assert rep.ok and rep.records > 0, rep.problems
         served_index = int(hdr["X-VT-Access-Index"])
 
+        # the store unavailable (here the ingest holds the DuckDB file): 503, one line, nothing served
+        held = env.start("consumer")  # returns once the consumer runs, its store open
+        st, body, _ = rows("battery_samples")
+        assert held.stop() == 0
+        assert st == 503 and body["error"].startswith("the store is unavailable; nothing was served"), body
+        assert "\n" not in body["error"]
+
         refusals = {
             "kind_not_granted": rows("driving_samples"),  # position: never granted
             "device_not_granted": rows("battery_samples", device=dev2),

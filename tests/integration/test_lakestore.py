@@ -154,15 +154,20 @@ def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
         assert row is not None
         return int(row[0])
 
-    assert open_in_catalog() >= 1  # the reader's snapshot
+    held = open_in_catalog()
+    assert held >= 1  # the reader's snapshot
     reader.release()
-    assert open_in_catalog() == 0
+    assert open_in_catalog() == held - 1 == 0
     w.store.write_batch(_batch(w.store, {("t", 0): 3}))
     assert reader.positions("t") == {("t", 0): 3}  # released: each query sees the latest
     reader.refresh()
     assert open_in_catalog() >= 1
     reader.release()
     reader.release()  # twice: nothing to end
+    reader.refresh()
+    reader.con.execute("COMMIT")  # a caller's own end of the transaction
+    reader.refresh()  # still moves on
+    assert reader.positions("t") == {("t", 0): 3}
     reader.close()
 
 
