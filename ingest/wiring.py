@@ -324,7 +324,7 @@ class ServedProvers:
 
         self.cfg = cfg
         self._reader: Store | None = None
-        self._lock = threading.Lock()  # the API answers one request at a time; this makes sure
+        self._lock = threading.Lock()  # one request at a time (as the API calls it): one reader
 
     @contextmanager
     def open(self) -> Iterator[tuple[Prover, Store]]:
