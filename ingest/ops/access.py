@@ -198,7 +198,7 @@ class AccessService:
         except Refused as r:
             return self._refuse(r)
         except LogUnavailable as exc:
-            return _unavailable(exc)
+            return _unavailable("access log", exc)
 
     def _refuse(self, r: Refused) -> Answer:
         self.consent.refuse(str(r.reason))
@@ -244,13 +244,7 @@ class AccessService:
         except ProveError as exc:
             return Answer(404, msgspec.json.encode({"error": str(exc)}))
         except StoreError as exc:  # the catalog down, the DuckDB file held by the ingest: try later
-            log.error("the store is unavailable, request not served: %s", exc)
-            return Answer(
-                503,
-                msgspec.json.encode(
-                    {"error": f"the store is unavailable; nothing was served ({' '.join(str(exc).split())})"}
-                ),
-            )
+            return _unavailable("store", exc)
         record = AccessRecord(
             1,
             grant_id,
@@ -270,7 +264,7 @@ class AccessService:
             index = self._log(access_digest(rb), n)  # logged before the answer leaves
         except LogUnavailable as exc:
             self.consent.forget_access(access_id)
-            return _unavailable(exc)
+            return _unavailable("access log", exc)
         self.consent.logged(access_id, index)
         return Answer(200, data, headers={"X-VT-Access-Index": str(index), "X-VT-Access-Record": rb.hex()})
 
@@ -338,10 +332,12 @@ class LogUnavailable(Retryable):
     """The access log could not take the entry: nothing is served or kept."""
 
 
-def _unavailable(exc: LogUnavailable) -> Answer:
-    log.error("the access log is unavailable, request not served: %s", exc)
+def _unavailable(what: str, exc: Exception) -> Answer:
+    """503: ``what`` (the access log, the store) could not be used, so nothing was served or logged."""
+    log.error("the %s is unavailable, request not served: %s", what, exc)
+    detail = " ".join(str(exc).split())
     return Answer(
-        503, msgspec.json.encode({"error": f"the access log is unavailable; nothing was served ({exc})"})
+        503, msgspec.json.encode({"error": f"the {what} is unavailable; nothing was served ({detail})"})
     )
 
 

@@ -99,8 +99,7 @@ class LakeStore(_DuckStore):
             raise StoreError(f"cannot reach the lake's PostgreSQL catalog ({catalog}): {exc}") from exc
         try:
             self.con = duckdb.connect()
-            if threads:
-                self.con.execute(f"SET threads = {int(threads)}")
+            self._use_threads(threads)
             lake.load_extensions(self.con)
             if s3:
                 lake.s3_secret(self.con, s3)
@@ -162,8 +161,7 @@ class LakeStore(_DuckStore):
         """A reader between uses ends its snapshot: the PostgreSQL session under it then holds no
         transaction open (an idle one holds back PostgreSQL's clean-up of the catalog's dead rows).
         Until the next ``refresh``, each query sees the latest snapshot of its own."""
-        if self.snapshot_ns is not None:
-            self._end_snapshot()
+        self._end_snapshot()  # (a writer has none)
 
     @contextlib.contextmanager
     def _advisory(self, take: bool) -> Any:

@@ -166,6 +166,11 @@ class _DuckStore:
         self._w.close()
         self.con.close()
 
+    def _use_threads(self, threads: int) -> None:
+        """DuckDB's threads for this connection (0: its default, one per core)."""
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+
     def refresh(self) -> None:
         """Nothing: a DuckDB file has one writer, and no reader in another process while it writes."""
 
@@ -447,8 +452,7 @@ class FileStore(_DuckStore):
             self._migrate()
             if checkpoint_threshold_mb is not None:
                 self.con.execute(f"SET checkpoint_threshold = '{int(checkpoint_threshold_mb)}MB'")
-        if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
+        self._use_threads(threads)
         # Batches are written on this cursor, from the consumer's writer thread, while the
         # processor reads committed state on ``con`` (one DuckDB connection per thread).
         self._w = self.con.cursor()
