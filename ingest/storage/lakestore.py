@@ -51,6 +51,7 @@ from ingest.storage.store import (
 
 SCHEMA = "telematics_ingest"  # our own PostgreSQL schema beside DuckLake's catalog tables
 _INIT_LOCK = 0x7E1E_0013  # advisory lock: one process at a time creates the lake and its tables
+_ANCHOR_LOCK = 0x7E1E_0014  # advisory lock: one writer at a time records a ledger receipt
 # Keys the DuckDB file declares on rows one message may bring twice; checked before inserting here.
 _CREATE = re.compile(r"CREATE (?:OR REPLACE )?(?:TABLE|VIEW) (?:IF NOT EXISTS )?(\w+)")
 _KEYS: dict[type[Row], tuple[str, ...]] = {
@@ -332,6 +333,19 @@ class LakeStore(_DuckStore):
             "INSERT INTO anchors SELECT $1, $2, $3, $4, make_timestamp_ns($5), $6"
             " WHERE NOT EXISTS (SELECT 1 FROM anchors WHERE batch_no = $1)"
         )
+
+    def record_anchor(self, receipt: Any) -> None:
+        """The receipt, once per batch across writers. Two consumers may anchor one batch (a new
+        owner recovers a batch the old one stored and has not yet recorded): the lake would take
+        both appends (no key, and appends to one table do not conflict), so the check and the
+        append run under a PostgreSQL lock, the check's snapshot taken after the other's commit."""
+        try:
+            pg = self._pg("fence")
+            with pg.transaction():
+                pg.execute("SELECT pg_advisory_xact_lock(%s)", [_ANCHOR_LOCK])
+                super().record_anchor(receipt)
+        except self._psycopg.Error as exc:
+            raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
 
     # -- files ------------------------------------------------------------------------------------
     def purge(self) -> None:

@@ -1,7 +1,8 @@
 """The lake store (ingest/storage/lakestore.py) on the stack's real PostgreSQL, filled through the real
 Processor (simulators.offline): proofs and the audit work on it, a fenced writer cannot commit, a
-claim waits for the commit in flight, a reader keeps one snapshot, and an erasure leaves none of the
-vehicle's rows in any file under the data path or in the catalog."""
+claim waits for the commit in flight, a receipt two writers record at once is stored once, a reader
+keeps one snapshot, and an erasure leaves none of the vehicle's rows in any file under the data
+path or in the catalog."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ingest.ledger.base import Receipt
 from ingest.ops.erase import erase_device
 from ingest.ops.proofs import select_rows
 from ingest.storage.lakestore import SCHEMA, LakeStore
@@ -108,6 +110,38 @@ def test_a_claim_waits_for_the_commit_in_flight(lake_catalog: str, tmp_path: Pat
     assert done.is_set()
     with pytest.raises(StoreFenced):
         a.write_batch(_batch(a, {("t", 0): 1}))
+    a.close()
+    b.close()
+
+
+def test_a_receipt_two_writers_record_at_once_is_stored_once(lake_catalog: str, tmp_path: Path) -> None:
+    # A new owner recovers a batch the old one stored but has not yet recorded: both record the
+    # same receipt at the same moment. The lake has no key; the store must still keep one row.
+    a = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    b = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    rounds = 12
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def record(store: LakeStore, first: int) -> None:
+        try:
+            for n in range(first, first + rounds):
+                start.wait(10)
+                store.record_anchor(Receipt("test", n, b"\1" * 32, n, bytes([n % 256]) * 32, T0))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(s, 1000)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    rows = a.con.execute(
+        "SELECT batch_no, count(*) FROM anchors WHERE batch_no >= 1000 GROUP BY ALL ORDER BY 1"
+    ).fetchall()
+    assert rows == [(n, 1) for n in range(1000, 1000 + rounds)], rows
+    assert a.anchor_entries()[-rounds:] == [(n, n, bytes([n % 256]) * 32) for n in range(1000, 1000 + rounds)]
     a.close()
     b.close()
 
