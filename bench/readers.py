@@ -7,9 +7,9 @@ against the reader `telematics serve` keeps (``wiring.ServedProvers``).
     .venv/bin/telematics bench readers --rounds 10
 
 It reads the configured store (`telematics --config FILE bench readers`), which must be the lake
-and hold anchored rows; the ingest may run meanwhile. Reported: wall and CPU time of this process per operation, the mean over
-``--rounds``, and the CPU one reader per request costs against one kept (docs/PERFORMANCE.md,
-"Readers of the lake").
+and hold anchored rows; the ingest may run meanwhile. Reported: wall and CPU time of this process
+per operation, the mean over ``--rounds``, and the CPU one reader per request costs against one
+kept (docs/PERFORMANCE.md, "Readers of the lake").
 """
 
 from __future__ import annotations

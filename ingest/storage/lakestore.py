@@ -32,6 +32,7 @@ from typing import Any
 
 import duckdb
 
+from ingest.config import StoreConfig
 from ingest.storage import lake
 from ingest.storage.schema import (
     SAMPLE_PARTITIONING,
@@ -70,7 +71,7 @@ class LakeStore(_DuckStore):
         *,
         read_only: bool = False,
         group: str = "telematics-ingest",
-        inline_rows: int = 10,
+        inline_rows: int = StoreConfig().inline_rows,
         s3: dict[str, str] | None = None,
         threads: int = 0,
     ) -> None:
@@ -79,8 +80,8 @@ class LakeStore(_DuckStore):
         an existing lake's own (the catalog records it).
         ``read_only``: an analyst's view: one snapshot for the life of the connection.
         ``group``: the consumer group whose partition claims fence the writes. ``inline_rows``:
-        commits of fewer rows per table go into the catalog instead of a Parquet file each (10: a
-        batch's one-row tables and its receipt; 0: none, every commit writes files).
+        commits of fewer rows per table go into the catalog instead of a Parquet file each (by
+        default ``[store] inline_rows``'s: a batch's one-row tables and its receipt; 0: none).
         ``s3``: the S3 secret's settings (endpoint, key_id, secret, region, url_style, use_ssl).
         ``threads``: DuckDB's threads for this connection (0: its default, one per core)."""
         self.location = f"DuckLake on postgres:{catalog}"
