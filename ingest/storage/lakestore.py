@@ -52,7 +52,8 @@ from ingest.storage.store import (
 
 SCHEMA = "telematics_ingest"  # our own PostgreSQL schema beside DuckLake's catalog tables
 _INIT_LOCK = 0x7E1E_0013  # advisory lock: one process at a time creates the lake and its tables
-_ANCHOR_LOCK = 0x7E1E_0014  # advisory lock: one writer at a time records a ledger receipt
+# Advisory lock (with a batch number's low 31 bits): the one writer recording that batch's receipt.
+_ANCHOR_LOCK = 0x7E1E_0014
 # Keys the DuckDB file declares on rows one message may bring twice; checked before inserting here.
 _CREATE = re.compile(r"CREATE (?:OR REPLACE )?(?:TABLE|VIEW) (?:IF NOT EXISTS )?(\w+)")
 _KEYS: dict[type[Row], tuple[str, ...]] = {
@@ -340,12 +341,19 @@ class LakeStore(_DuckStore):
         """The receipt, once per batch across writers. Two consumers may anchor one batch (a new
         owner recovers a batch the old one stored and has not yet recorded): the lake would take
         both appends (no key, and appends to one table do not conflict), so the check and the
-        append run under a PostgreSQL lock, the check's snapshot taken after the other's commit."""
+        append run under a PostgreSQL lock on the batch, the check's snapshot taken after the
+        other's commit. A writer that finds the lock taken leaves the receipt to its holder, which
+        is recording this same receipt (the ledger anchors a batch once) and may be paused: it is
+        never waited for. Should the holder die first, the batch stays without a receipt until a
+        consumer next starts or rewinds (``Consumer.recover``)."""
         try:
             pg = self._pg("fence")
             with pg.transaction():
-                pg.execute("SELECT pg_advisory_xact_lock(%s)", [_ANCHOR_LOCK])
-                super().record_anchor(receipt)
+                row = pg.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s, %s)", [_ANCHOR_LOCK, receipt.batch_no % 2**31]
+                ).fetchone()
+                if row is not None and row[0]:
+                    super().record_anchor(receipt)
         except self._psycopg.Error as exc:
             raise StoreError(f"anchor of batch {receipt.batch_no} not recorded: {exc}") from exc
 

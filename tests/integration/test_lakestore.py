@@ -21,7 +21,7 @@ import pytest
 from ingest.ledger.base import Receipt
 from ingest.ops.erase import erase_device
 from ingest.ops.proofs import select_rows
-from ingest.storage.lakestore import SCHEMA, LakeStore
+from ingest.storage.lakestore import _ANCHOR_LOCK, SCHEMA, LakeStore
 from ingest.storage.store import BatchRows, Store, StoreFenced
 from schemas.proof import verify_bundle
 from tests.records import T0, trigger
@@ -145,6 +145,35 @@ def test_a_receipt_two_writers_record_at_once_is_stored_once(lake_catalog: str, 
     assert a.con.execute("SELECT count(*) FROM ducklake_list_files('lake', 'anchors')").fetchone() == (0,)
     a.close()
     b.close()
+
+
+def test_a_receipt_being_recorded_by_a_paused_writer_is_not_waited_for(
+    lake_catalog: str, tmp_path: Path
+) -> None:
+    # A consumer paused (SIGSTOP) while recording batch 5's receipt holds its lock: a new owner
+    # recovering batch 5 must not hang on it (it would never become ready), and other batches go on.
+    store = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    paused = psycopg.connect(lake_catalog)
+    paused.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_ANCHOR_LOCK, 5])  # its transaction stays open
+    done = threading.Event()
+
+    def record() -> None:
+        for n in (5, 6):
+            store.record_anchor(Receipt("test", n, b"\1" * 32, n, bytes([n]) * 32, T0))
+        done.set()
+
+    t = threading.Thread(target=record, daemon=True)
+    t.start()
+    t.join(60)
+    try:
+        assert done.is_set(), "recording a receipt waited for a paused writer's lock"
+        assert [n for n, _i, _h in store.anchor_entries()] == [6]  # batch 5 is its holder's to record
+    finally:
+        paused.rollback()  # the holder goes away without recording: a later recovery records it
+        paused.close()
+    store.record_anchor(Receipt("test", 5, b"\1" * 32, 5, bytes([5]) * 32, T0))
+    assert [n for n, _i, _h in store.anchor_entries()] == [5, 6]
+    store.close()
 
 
 def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
