@@ -16,15 +16,16 @@ The fleet is generated ahead through the real edge code path and released on sch
 (``simulators/load.py``). For every phase the report gives offered and stored records/s, blocks/s,
 batches/s, anchor lag, sample -> queryable latency (p50/p95/p99; a sample's time is when its
 vehicle took it on the schedule clock, it is queryable when its batch's DuckDB transaction
-committed), CPU per component (in cores), broker memory, and lost and duplicated records (every
-generated block is looked up by device, sequence number and block hash). Results go to
-``<out>/e2e.json``, ``<out>/e2e.md`` (the table) and ``<out>/e2e.png`` (throughput and latency
-over time).
+committed), CPU per component (in cores, and once a second), broker memory, and lost and
+duplicated records (every generated block is looked up by device, sequence number and block hash).
+Results go to ``<out>/e2e.json``, ``<out>/e2e.md`` (the table) and ``<out>/e2e.png`` (throughput,
+latency and CPU by component over time).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -85,6 +86,8 @@ class PhaseResult:
     cpu_cores: dict[str, float] = field(default_factory=dict)
     rss_mib: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, float]] = field(default_factory=list)
+    # Per second after t0: each component's CPU in cores (sampled once a second while the phase ran).
+    cpu_timeline: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sessions: int = 0  # MQTT sessions the fleet held (one per vehicle with --sessions vehicle)
     broker_fds: int = 0  # mosquitto's open files once the fleet connected
@@ -310,7 +313,7 @@ def run_phase(
         analysts = _analysts(cfg, args, res)
         if analysts is not None:
             who[ANALYSTS] = [os.getpid()]
-        cpu0 = _cpu_of(who)
+        samples = [(time.time_ns(), _cpu_of(who))]  # each component's CPU: start, once a second, end
         t0 = time.time_ns() + 300_000_000
         fleet.go(t0)
         if analysts is not None:
@@ -330,6 +333,8 @@ def run_phase(
             st = {k: sum(int(x.get(k, 0)) for x in sts) for k in ("records", "anchored", "batches")}
             stored = int(st.get("records", 0))
             bar.update(stored, f"published {sum(fleet.progress):,}")
+            if time.time_ns() - samples[-1][0] >= 1_000_000_000:
+                samples.append((time.time_ns(), _cpu_of(who)))
             done = (
                 stats is not None
                 and stored >= total
@@ -350,7 +355,7 @@ def run_phase(
         if analysts is not None:
             analysts.stop()
             res.analysts_ms, res.analyst_errors = analysts.latencies(), analysts.errors[:10]
-        cpu1 = _cpu_of(who)
+        samples.append((time.time_ns(), _cpu_of(who)))
         res.rss_mib = {
             k: round(sum(_rss_mib(p) for p in v), 1)
             for k, v in who.items()
@@ -375,7 +380,7 @@ def run_phase(
             t0=t0,
             t_end=t_end,
             who=who,
-            cpu=(cpu0, cpu1),
+            cpu_samples=samples,
             stats=stats,
             total=total,
             paced=paced,
@@ -396,7 +401,7 @@ def _analyse(
     t0: int,
     t_end: int,
     who: dict[str, list[int]],
-    cpu: tuple[dict[str, float], dict[str, float]],
+    cpu_samples: list[tuple[int, dict[str, float]]],
     stats: list[ReleaseStats],
     total: int,
     paced: bool,
@@ -405,7 +410,7 @@ def _analyse(
 ) -> None:
     """From the batch log and the store."""
     cfg = stack_cfg
-    cpu0, cpu1 = cpu
+    (_, cpu0), (_, cpu1) = cpu_samples[0], cpu_samples[-1]  # the phase's start and end
     batches = [json.loads(line) for line in batch_log.read_text().splitlines() if line.strip()]
     last_commit = max((b["committed_ns"] for b in batches), default=t_end)
     res.seconds = (last_commit - t0) / 1e9
@@ -428,6 +433,17 @@ def _analyse(
     if res.stored_blocks:
         res.cpu_us_per_block = {k: round((cpu1[k] - cpu0[k]) / res.stored_blocks * 1e6, 1) for k in who}
     _timeline(res, stats, batches, t0)
+    res.cpu_timeline = _cpu_timeline(cpu_samples, t0)
+
+
+def _cpu_timeline(samples: list[tuple[int, dict[str, float]]], t0: int) -> list[dict[str, float]]:
+    """Cores per component between consecutive samples, at each interval's end (seconds after t0)."""
+    out = []
+    for (ta, a), (tb, b) in itertools.pairwise(samples):
+        if tb > max(ta, t0):
+            dt = (tb - ta) / 1e9
+            out.append({"t": round((tb - t0) / 1e9, 2), **{k: round((b[k] - a[k]) / dt, 3) for k in b}})
+    return out
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -593,7 +609,7 @@ def chart(results: list[PhaseResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True)
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 10.5), sharex=True)
     colors = {"full": "tab:blue", "passthrough": "tab:gray", "half": "tab:green"}
     for r in results:
         t = [p["t"] for p in r.timeline]
@@ -611,13 +627,35 @@ def chart(results: list[PhaseResult], path: Path) -> None:
     ax1.legend(fontsize=8, ncol=3)
     ax1.grid(alpha=0.3)
     ax2.set_ylabel("sample → queryable (ms)")
-    ax2.set_xlabel("seconds since the fleet started publishing")
     ax2.set_title("Latency of the records stored in each second")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
+    _cpu_panel(ax3, results)
+    ax3.set_xlabel("seconds since the fleet started publishing")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _cpu_panel(ax: Any, results: list[PhaseResult]) -> None:
+    """Each component's CPU over time (a colour per component, a line style per phase): a cost
+    that grows during a run shows as a rising line (docs/PERFORMANCE.md, "Long runs")."""
+    styles = {"full": "-", "passthrough": ":", "half": "--"}
+    colors = {c: f"C{i}" for i, c in enumerate(COMPONENTS)}
+    labelled: set[str] = set()
+    for r in results:
+        if not r.cpu_timeline:
+            continue
+        t = [p["t"] for p in r.cpu_timeline]
+        for comp in (c for c in COMPONENTS if c in r.cpu_timeline[0]):
+            cores = _moving_mean([p.get(comp, 0.0) for p in r.cpu_timeline], 5)
+            label = None if comp in labelled else comp
+            labelled.add(comp)
+            ax.plot(t, cores, color=colors[comp], ls=styles.get(r.name, "-"), label=label)
+    ax.set_ylabel("cores")
+    ax.set_title("CPU by component (5 s mean; phases: full —, pass-through ···, half – –)")
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(alpha=0.3)
 
 
 def _moving_mean(xs: list[float], width: int) -> list[float]:

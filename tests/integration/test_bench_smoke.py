@@ -29,6 +29,10 @@ def test_bench_e2e_smoke_stores_every_block_once_and_writes_the_report(tmp_path:
         assert p["rejections"] == 0
         assert p["stored_rps"] > 0
         assert sum(s.get("stored", 0) for s in p["timeline"]) == p["stored_records"]
+        # Each component's CPU once a second, for the chart's third panel.
+        cpu = p["cpu_timeline"]
+        assert cpu and all(set(s) == {"t", *p["cpu_cores"]} - {"total"} for s in cpu), cpu[:2]
+        assert all(v >= 0 for s in cpu for v in s.values()) and max(s["consumer"] for s in cpu) > 0
     # Verified phases anchor every batch; the pass-through baseline anchors none.
     assert phases["full"]["anchored"] == phases["full"]["batches"] > 0
     assert phases["passthrough"]["anchored"] == 0
