@@ -53,6 +53,7 @@ from ingest.storage.store import (
 SCHEMA = "telematics_ingest"  # our own PostgreSQL schema beside DuckLake's catalog tables
 _INIT_LOCK = 0x7E1E_0013  # advisory lock: one process at a time creates the lake and its tables
 # Advisory lock (with a batch number's low 31 bits): the one writer recording that batch's receipt.
+# Batches 2**31 apart share a key; the receipts recorded at one time are all of recent batches.
 _ANCHOR_LOCK = 0x7E1E_0014
 # Keys the DuckDB file declares on rows one message may bring twice; checked before inserting here.
 _CREATE = re.compile(r"CREATE (?:OR REPLACE )?(?:TABLE|VIEW) (?:IF NOT EXISTS )?(\w+)")
