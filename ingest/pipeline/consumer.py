@@ -107,6 +107,8 @@ class BatchConsumer:
         self._dead_lettered: set[RejectionKey] = set()
         # Set after a failed flush: a batch may be stored but not yet anchored.
         self._recover_pending = False
+        # Set when given partitions: their previous owner may have died between a commit and its anchor.
+        self._orphans_pending = False
         # Why the pipeline holds (an infrastructure failure: store or Kafka), shown in the status file
         # until a batch commits again: {"since_ns", "retries", "error"}.
         self.stalled: dict[str, Any] | None = None
@@ -162,8 +164,9 @@ class BatchConsumer:
         A crash before 3 leaves nothing stored: the messages are read again from the stored
         positions (a rejection may then reach the dead-letter topic twice: its ``vt-source``
         header, with ``vt-index`` in a bundle, names the position). A crash after 3 reads nothing
-        of this batch again: its positions are stored with it. On start, ``recover`` anchors every stored batch that has
-        no receipt yet (after 3, before 5).
+        of this batch again: its positions are stored with it. On start and after a rewind
+        (``recover``), and after being given partitions (``anchor_unanchored``), the consumer
+        anchors every stored batch that has no receipt yet (after 3, before 5), another's included.
         A consumer that lost its partitions (a rebalance while it was paused) fails step 3
         (``StoreFenced``) and writes nothing; the new owner's claim waited for any step 3 in flight.
         Store failure at 3: roll back, forget this batch and the one being built, seek back to
@@ -171,9 +174,9 @@ class BatchConsumer:
         with backoff and do not commit offsets until it is anchored.
         """
         await self._settle()
-        if self._recover_pending:
-            await self.recover()
-            self._recover_pending = False
+        if self._recover_pending or self._orphans_pending:
+            await (self.recover() if self._recover_pending else self.anchor_unanchored())
+            self._recover_pending = self._orphans_pending = False
         p = self.proc.pending
         if p.empty:
             return
@@ -280,11 +283,17 @@ class BatchConsumer:
         self.store.record_anchor(self.ledger.anchor(batch_no, root, blocks))
 
     async def recover(self) -> None:
-        """Anchor batches stored by an earlier run that crashed before their receipt was recorded."""
-        for batch_no, root, blocks in self.store.unanchored():
-            log.info("anchoring batch %d left unanchored by an earlier run", batch_no)
-            await self._anchor(batch_no, root, blocks)
+        """Anchor batches stored by an earlier run that crashed before their receipt was recorded,
+        and take the store's totals as this process's counts again."""
+        await self.anchor_unanchored()
         self.counts = self.store.counts()
+
+    async def anchor_unanchored(self) -> None:
+        """Anchor every stored batch without a receipt: its consumer died between the commit and the
+        receipt (or is between the two right now: the ledger anchors a batch once)."""
+        for batch_no, root, blocks in self.store.unanchored():
+            log.info("anchoring batch %d, stored without its anchor", batch_no)
+            await self._anchor(batch_no, root, blocks)
 
     async def _commit_offsets(self, offsets: Offsets) -> None:
         assert self.consumer is not None
@@ -707,7 +716,8 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Claim the partitions in the store (a batch another consumer is committing for them
         finishes first; none of its later ones will), reload the chain heads that consumer may have
-        advanced, and resume each partition after the last batch stored.
+        advanced, resume each partition after the last batch stored, and anchor what it left
+        unanchored.
 
         aiokafka fetches the new assignment while this runs: the partitions are paused first, what
         was processed is forgotten, and what a poll returned before the seek is dropped
@@ -722,6 +732,9 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         # The claim returns once a commit in flight under an older claim is done, so the heads and
         # positions read after it include that commit.
         await bc._reposition(assigned, parts)
+        # A batch the previous owner stored and did not anchor (it died in between) is anchored by
+        # this one before its next batch: no restart of that consumer needed.
+        bc._orphans_pending = True
         bc.consumer.resume(*assigned)
         bc.partitions = parts
         bc.write_status()

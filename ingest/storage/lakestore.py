@@ -346,7 +346,7 @@ class LakeStore(_DuckStore):
         other's commit. A writer that finds the lock taken leaves the receipt to its holder, which
         is recording this same receipt (the ledger anchors a batch once) and may be paused: it is
         never waited for. Should the holder die first, the batch stays without a receipt until a
-        consumer next starts or rewinds (``Consumer.recover``)."""
+        consumer next starts, rewinds or is given partitions (``Consumer.anchor_unanchored``)."""
         try:
             pg = self._pg("fence")
             with pg.transaction():

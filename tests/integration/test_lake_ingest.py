@@ -343,6 +343,35 @@ def test_sigkill_at_each_step_of_the_durability_order(lake_env: Any, point: str)
     _exactly(cfg, fleet)
 
 
+def test_a_batch_left_unanchored_by_a_dead_consumer_is_anchored_by_the_one_given_its_partitions(
+    lake_env: Any,
+) -> None:
+    """Killed between its commit and its anchor, and not restarted: the consumer already running
+    takes its partitions and anchors that batch too (``Consumer.anchor_unanchored`` on assignment)."""
+    cfg = lake_env.cfg
+    log = Path(cfg.data_dir) / "crashing-consumer.log"
+    with log.open("wb") as out:
+        crashing = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(CRASHING_CONSUMER),
+                "after_commit",
+                "3",
+                str(lake_env.config_path),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    lake_env.start("consumer", 1)  # shares the partitions with the crashing one until it dies
+    lake_env.start("bridge")
+    run = _drive(cfg, vehicles=4, records=1500, seed=43, rate_hz=150.0)
+    assert crashing.wait(90) == -signal.SIGKILL, log.read_text()[-2000:]
+    assert "SIGKILL after_commit" in log.read_text()
+    fleet = _finish(run)
+    _exactly(cfg, fleet)  # every batch anchored, the dead consumer's last one included
+
+
 def test_the_catalog_going_away_holds_the_pipeline_and_loses_nothing(
     lake_env: Any, stack_cfg: Config, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
