@@ -349,6 +349,7 @@ def test_a_batch_left_unanchored_by_a_dead_consumer_is_anchored_by_the_one_given
     """Killed between its commit and its anchor, and not restarted: the consumer already running
     takes its partitions and anchors that batch too (``Consumer.anchor_unanchored`` on assignment)."""
     cfg = lake_env.cfg
+    lake_env.start("consumer", 1)  # shares the partitions with the crashing one until it dies
     log = Path(cfg.data_dir) / "crashing-consumer.log"
     with log.open("wb") as out:
         crashing = subprocess.Popen(
@@ -363,9 +364,13 @@ def test_a_batch_left_unanchored_by_a_dead_consumer_is_anchored_by_the_one_given
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    lake_env.start("consumer", 1)  # shares the partitions with the crashing one until it dies
+    deadline = time.monotonic() + 60  # both in the group, each with its share of the partitions
+    while not all((wiring.read_status(cfg, i) or {}).get("partitions") for i in (0, 1)):
+        assert crashing.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
     lake_env.start("bridge")
-    run = _drive(cfg, vehicles=4, records=1500, seed=43, rate_hz=150.0)
+    # 16 vehicles: every partition carries some (the crashing consumer's share always has batches)
+    run = _drive(cfg, vehicles=16, records=1500, seed=43, rate_hz=150.0)
     assert crashing.wait(90) == -signal.SIGKILL, log.read_text()[-2000:]
     assert "SIGKILL after_commit" in log.read_text()
     fleet = _finish(run)
