@@ -92,6 +92,7 @@ class PhaseResult:
     sessions: int = 0  # MQTT sessions the fleet held (one per vehicle with --sessions vehicle)
     broker_fds: int = 0  # mosquitto's open files once the fleet connected
     connect_s: float = 0.0  # to open every session
+    mqtt_tls: str = ""  # the TLS version the fleet's sessions negotiated ("": plain MQTT)
     cpu_us_per_block: dict[str, float] = field(default_factory=dict)
     analysts_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # query -> p50/p95/max/n
     analyst_errors: list[str] = field(default_factory=list)
@@ -168,9 +169,18 @@ def _analysts(cfg: Config, args: argparse.Namespace, res: PhaseResult) -> Analys
 
 
 def _write_config(path: Path, data: Path, args: argparse.Namespace) -> None:
-    from devtools.stack import free_ports
+    from devtools.stack import free_port_block, free_ports
 
     p = free_ports()
+    tls = ""
+    if args.mqtt_tls:  # the vehicles over TLS, on a listener of its own (the bridge stays plain)
+        from devtools.secure_broker import create_dev_pki
+
+        pki = create_dev_pki(data / "pki")
+        tls = (
+            f"mosquitto_tls_port = {free_port_block(1)}\n"
+            f'mosquitto_tls_cert = "{pki.server.cert}"\nmosquitto_tls_key = "{pki.server.key}"\n'
+        )
     path.write_text(
         f"""# written by `telematics bench e2e`
 data_dir = "{data}"
@@ -194,7 +204,7 @@ kafka_storage = "{args.kafka_storage}"
 mosquitto_save = "second"
 s3_port = {p["stack"]["s3_port"]}
 postgres_port = {p["stack"]["postgres_port"]}
-
+{tls}
 [store]
 backend = "{args.store}"
 consumer_duckdb_threads = {args.consumer_duckdb_threads}
@@ -305,8 +315,13 @@ def run_phase(
         if pids.get("postgres"):
             who[CATALOG] = [pids["postgres"] or 0]
         t = time.monotonic()
+        tls_port = cfg.stack.mosquitto_tls_port
         res.sessions = fleet.connect(
-            host=cfg.mqtt.host, port=cfg.mqtt.port, paced=paced, per_vehicle=args.sessions == "vehicle"
+            host=cfg.mqtt.host,
+            port=tls_port or cfg.mqtt.port,
+            paced=paced,
+            per_vehicle=args.sessions == "vehicle",
+            ca_file=str(data / "pki" / "ca.crt") if tls_port else None,
         )
         res.connect_s = round(time.monotonic() - t, 2)
         res.broker_fds = _open_files(pids["mosquitto"] or 0)
@@ -420,6 +435,7 @@ def _analyse(
     res.release_s = max((s.seconds_published for s in stats), default=0.0)
     res.offered_rps = total / res.release_s if res.release_s > 0 else 0.0
     res.refused = sum(s.refused for s in stats)
+    res.mqtt_tls = ",".join(sorted({s.tls for s in stats} - {""}))
     if paced:
         res.sim_lag_ms = {
             "p50": max(s.lag_ms.get("p50", 0.0) for s in stats),
@@ -579,6 +595,7 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
     rows.append(
         ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results])
     )
+    rows.append(("MQTT transport", [r.mqtt_tls or "plain" for r in results]))
     comps = measured(results)
     for comp in (*comps, "total"):
         rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
@@ -711,6 +728,7 @@ STACK_ARGS = (
     "bridge_linger_ms",
     "bridge_bundle",
     "kafka_storage",
+    "mqtt_tls",
     "seed",
 )
 
@@ -733,6 +751,12 @@ def add_stack_args(ap: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="[store] consumer_duckdb_threads: DuckDB's threads in each consumer (0: one per core)",
+    )
+    ap.add_argument(
+        "--mqtt-tls",
+        action="store_true",
+        help="the vehicles connect over TLS (a development CA made for the run; the broker's"
+        " certificate verified), the bridge on the plain listener",
     )
     ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
     ap.add_argument(

@@ -55,6 +55,7 @@ def table(results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]]) -> s
     rows: list[tuple[str, list[str]]] = [
         ("**sustained**", [("**yes**" if ok else f"no: {why}") for ok, why in verdicts]),
         ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results]),
+        ("MQTT transport", [r.mqtt_tls or "plain" for r in results]),
         ("sessions connected in (s)", [f"{r.connect_s:.1f}" for r in results]),
         ("offered records/s", [f(r.offered_rps) for r in results]),
         ("stored records/s", [f(r.stored_rps) for r in results]),

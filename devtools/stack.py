@@ -133,6 +133,15 @@ def mosquitto_conf(cfg: Config, state: Path) -> str:
         "log_type warning",
         "log_type notice",
     ]
+    tls = cfg.stack
+    if tls.mosquitto_tls_port:
+        lines += [
+            "# vehicles over TLS ([stack] mosquitto_tls_*); the plain listener above stays for the bridge",
+            f"listener {tls.mosquitto_tls_port} {cfg.mqtt.host}",
+            f"certfile {Path(tls.mosquitto_tls_cert).resolve()}",
+            f"keyfile {Path(tls.mosquitto_tls_key).resolve()}",
+            "tls_version tlsv1.2",
+        ]
     if os.geteuid() == 0:
         lines += [
             "# started as root (CI, a container): keep root instead of dropping to the mosquitto user,",
@@ -584,6 +593,8 @@ class Stack:
     def _ports(self, svc: _Service) -> list[int]:
         if svc.name == "seaweedfs":
             return list(seaweedfs_ports(svc.port).values())
+        if svc.name == "mosquitto" and self.cfg.stack.mosquitto_tls_port:
+            return [svc.port, self.cfg.stack.mosquitto_tls_port]
         return [svc.port]
 
     def _healthy(self, svc: _Service, *, probe_write: bool = False) -> bool:
@@ -594,7 +605,7 @@ class Stack:
             argv = [str(ready), "-q", "-h", svc.host, "-p", str(svc.port), "-U", PG_ROLE, "-d", "postgres"]
             return subprocess.run(argv, capture_output=True).returncode == 0
         if svc.name != "seaweedfs":
-            return port_open(svc.host, svc.port)
+            return all(port_open(svc.host, port) for port in self._ports(svc))
         bucket = f"/{S3_BUCKET}"
         if not probe_write:
             return _http_status("HEAD", svc.host, svc.port, bucket) == 200

@@ -216,6 +216,17 @@ class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     postgres_port: Annotated[int, Meta(ge=0, le=65535)] = 5433
     postgres_user: str = "telematics-pg"
     postgres_bin: str = ""  # a directory holding initdb and postgres
+    # A TLS listener on the local mosquitto beside the plain one (0: none), with this server
+    # certificate and key (PEM; `python -m devtools.secure_broker dev-pki` makes a development pair).
+    # Vehicles then connect with [mqtt] tls = true, ca_file and this port; the bridge stays on the
+    # plain listener, as a bridge on the broker's host does. Anonymous, like the plain listener.
+    mosquitto_tls_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    mosquitto_tls_cert: str = ""
+    mosquitto_tls_key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mosquitto_tls_port and not (self.mosquitto_tls_cert and self.mosquitto_tls_key):
+            raise ValueError("stack.mosquitto_tls_port needs mosquitto_tls_cert and mosquitto_tls_key")
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

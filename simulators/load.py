@@ -29,6 +29,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +97,7 @@ class ReleaseStats:
     lag_ms: dict[str, float] = field(default_factory=dict)  # p50 / p99 / max of publish - due
     per_second: list[int] = field(default_factory=list)  # records published in each second after t0
     sessions: int = 1  # MQTT sessions this worker held
+    tls: str = ""  # the TLS version its sessions negotiated ("": plain MQTT)
 
 
 def _generate(spec: LoadSpec, conn: Connection) -> tuple[Manifest, list[tuple[int, str, bytes, int]]]:
@@ -175,6 +177,7 @@ def _release(
     paced: bool,
     window: int,
     conn: Connection,
+    ca_file: str | None = None,
 ) -> ReleaseStats:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -202,10 +205,14 @@ def _release(
     client.max_inflight_messages_set(window)
     client.on_connect = on_connect
     client.on_publish = on_publish
+    if ca_file:
+        client.tls_set(ca_certs=ca_file)
     client.connect(host, port, keepalive=60, clean_start=True)
     client.loop_start()
     if not connected.wait(30):
         raise RuntimeError(f"load worker {worker}: no MQTT connection to {host}:{port}")
+    sock = client.socket()
+    st.tls = (sock.version() or "") if isinstance(sock, ssl.SSLSocket) else ""
     tally = _Tally(st, start(1), paced, conn)
     for offset, topic, payload, nrec in blocks:
         due = tally.t0_ns + offset
@@ -237,9 +244,11 @@ def _release_sessions(
     paced: bool,
     window: int,
     conn: Connection,
+    ca_file: str | None = None,
 ) -> ReleaseStats:
     """Like ``_release``, but each vehicle has its own MQTT 5 session (client id = its device id),
-    as in a real fleet: thousands of connections, one asyncio client each (``mqtt_async``)."""
+    as in a real fleet: thousands of connections, one asyncio client each (``mqtt_async``); over
+    TLS, verifying the broker with ``ca_file``, when given."""
     import asyncio
 
     from simulators.mqtt_async import AsyncPublisher
@@ -254,7 +263,8 @@ def _release_sessions(
     st = ReleaseStats(worker)
 
     async def run() -> None:
-        pubs = {t: AsyncPublisher(host, port, t.split("/")[1], keepalive_s=60) for t in topics}
+        tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        pubs = {t: AsyncPublisher(host, port, t.split("/")[1], keepalive_s=60, tls=tls) for t in topics}
         gate = asyncio.Semaphore(200)  # connections being opened at once
 
         async def connect(p: AsyncPublisher) -> None:
@@ -263,6 +273,7 @@ def _release_sessions(
 
         await asyncio.gather(*(connect(p) for p in pubs.values()))
         st.sessions = len(pubs)
+        st.tls = ",".join(sorted({p.tls_version or "" for p in pubs.values()} - {""}))
         t0_ns = start(len(pubs))
         acked = [0]
         refused = [0]
@@ -356,7 +367,7 @@ def _worker_main(spec: LoadSpec, conn: Connection) -> None:
             msg = conn.recv()
             if msg[0] == "quit":
                 return
-            _, host, port, paced, window, per_vehicle = msg
+            _, host, port, paced, window, per_vehicle, ca_file = msg
 
             def start(sessions: int) -> int:
                 """Report the sessions connected; the schedule's t0 from the parent."""
@@ -379,6 +390,7 @@ def _worker_main(spec: LoadSpec, conn: Connection) -> None:
                         paced=paced,
                         window=window,
                         conn=conn,
+                        ca_file=ca_file,
                     ),
                 )
             )
@@ -475,14 +487,22 @@ class LoadFleet:
         return self.manifests
 
     def connect(
-        self, *, host: str, port: int, paced: bool, window: int = 1000, per_vehicle: bool = False
+        self,
+        *,
+        host: str,
+        port: int,
+        paced: bool,
+        window: int = 1000,
+        per_vehicle: bool = False,
+        ca_file: str | None = None,
     ) -> int:
         """Open the workers' MQTT sessions, one per worker or one per vehicle (``per_vehicle``: a real
-        fleet's connection count); the number connected. ``go`` then starts the release."""
+        fleet's connection count), over TLS verified with ``ca_file`` when given; the number
+        connected. ``go`` then starts the release."""
         self.progress = [0] * len(self.conns)
         self.sessions = [0] * len(self.conns)
         for c in self.conns:
-            c.send(("release", host, port, paced, window, per_vehicle))
+            c.send(("release", host, port, paced, window, per_vehicle, ca_file))
         waiting = set(range(len(self.conns)))
         while waiting:
             for w in list(waiting):

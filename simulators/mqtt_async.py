@@ -85,6 +85,12 @@ class AsyncPublisher:
         return await self.publish_nowait(topic, payload)
 
     @property
+    def tls_version(self) -> str | None:
+        """The TLS version the session negotiated ("TLSv1.3"); None for plain MQTT or before connect."""
+        ssl_object = self._writer.get_extra_info("ssl_object") if self._writer is not None else None
+        return ssl_object.version() if ssl_object is not None else None
+
+    @property
     def room(self) -> bool:
         """Whether another message fits under the broker's receive maximum now."""
         return self._inflight < self._max_inflight

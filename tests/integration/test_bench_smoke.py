@@ -6,6 +6,7 @@ ran, every generated block is stored exactly once, the report and the chart were
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,25 @@ def test_bench_fleet_smoke_one_session_per_vehicle_and_the_dashboard(tmp_path: P
     assert "MQTT sessions" in (out / "fleet.md").read_text()
     assert report["machine"]["reference_unit_us"]["end"] > 0
     assert "box speed during the run" in (out / "fleet.md").read_text()
+
+
+def test_bench_e2e_vehicles_over_tls_store_every_block_once(tmp_path: Path) -> None:
+    """`bench e2e --mqtt-tls`: each vehicle's session is TLS to the broker's TLS listener (its log
+    names the port of every new connection; the bridge stays on the plain one), and every block is
+    stored once."""
+    from ingest.config import load_config
+
+    out = tmp_path / "tls"
+    argv = ["--smoke", "--mqtt-tls", "--sessions", "vehicle", "--phases", "full", "--out", str(out)]
+    assert main(argv) == 0
+    p = json.loads((out / "e2e.json").read_text())["phases"][0]
+    assert p["mqtt_tls"] in ("TLSv1.2", "TLSv1.3")
+    assert p["sessions"] == p["vehicles"] > 0
+    assert p["stored_blocks"] == p["generated_blocks"] > 0
+    assert p["lost_records"] == p["duplicated_records"] == p["unexpected_blocks"] == 0
+    cfg = load_config(out / "full" / "telematics.toml")
+    log = (cfg.path(cfg.stack.state_dir) / "mosquitto.log").read_text()
+    ports = re.findall(r"New connection from \S+ on port (\d+)\.", log)
+    assert ports.count(str(cfg.stack.mosquitto_tls_port)) == p["vehicles"], ports
+    assert ports.count(str(cfg.mqtt.port)) >= 1  # the bridge
+    assert "MQTT transport | TLSv1." in (out / "e2e.md").read_text()

@@ -94,3 +94,32 @@ def test_dashboard_and_docs_name_only_metrics_the_code_exports() -> None:
     table = set(re.findall(r"`(telematics_[a-z_]+)", doc[doc.index("| metric | type | what |") :][:4000]))
     plain = {n for n in names if not n.endswith(("_bucket", "_sum", "_count"))}
     assert table == plain, table ^ plain
+
+
+def test_a_tls_listener_needs_its_certificate_and_key(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[stack]\nmosquitto_tls_port = 8883\nmosquitto_tls_cert = 'server.crt'\n")
+    with pytest.raises(
+        ConfigError, match="mosquitto_tls_port needs mosquitto_tls_cert and mosquitto_tls_key"
+    ):
+        load_config(p)
+
+
+def test_the_local_mosquitto_listens_with_tls_only_when_configured(tmp_path: Path) -> None:
+    from devtools.stack import mosquitto_conf
+
+    plain = mosquitto_conf(Config(), tmp_path)
+    assert "certfile" not in plain and plain.count("listener ") == 1
+    p = tmp_path / "c.toml"
+    p.write_text(
+        "[stack]\nmosquitto_tls_port = 8883\n"
+        f"mosquitto_tls_cert = '{tmp_path / 's.crt'}'\nmosquitto_tls_key = '{tmp_path / 's.key'}'\n"
+    )
+    conf = mosquitto_conf(load_config(p), tmp_path).splitlines()
+    at = conf.index("listener 8883 127.0.0.1")  # after the plain listener: the options that follow are its
+    assert conf.index("listener 1883 127.0.0.1") < at
+    assert conf[at + 1 : at + 4] == [
+        f"certfile {tmp_path / 's.crt'}",
+        f"keyfile {tmp_path / 's.key'}",
+        "tls_version tlsv1.2",
+    ]
