@@ -14,6 +14,8 @@ schedule (when it did not, the load generator, not the pipeline, was the limit: 
 The report gives per size: records and blocks/s, latency, CPU per component in cores and in µs per
 block, sessions (and mosquitto's open files), analysts' p95 per query, peak memory; and the largest
 sustained size. Results: ``<out>/fleet.json``, ``<out>/fleet.md``, ``<out>/fleet.png``.
+With ``--mqtt-tls`` every session is TLS (a development CA made for the run; the vehicles verify
+the broker's certificate), as vehicles on the road connect.
 """
 
 from __future__ import annotations
