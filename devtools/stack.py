@@ -133,13 +133,13 @@ def mosquitto_conf(cfg: Config, state: Path) -> str:
         "log_type warning",
         "log_type notice",
     ]
-    tls = cfg.stack
-    if tls.mosquitto_tls_port:
+    st = cfg.stack
+    if st.mosquitto_tls_port:
         lines += [
             "# vehicles over TLS ([stack] mosquitto_tls_*); the plain listener above stays for the bridge",
-            f"listener {tls.mosquitto_tls_port} {cfg.mqtt.host}",
-            f"certfile {Path(tls.mosquitto_tls_cert).resolve()}",
-            f"keyfile {Path(tls.mosquitto_tls_key).resolve()}",
+            f"listener {st.mosquitto_tls_port} {cfg.mqtt.host}",
+            f"certfile {cfg.path(st.mosquitto_tls_cert).resolve()}",
+            f"keyfile {cfg.path(st.mosquitto_tls_key).resolve()}",
             "tls_version tlsv1.2",
         ]
     if os.geteuid() == 0:
@@ -585,6 +585,10 @@ class Stack:
             ]
             return argv, None
         if name == "mosquitto":
+            st = self.cfg.stack
+            for key in ("mosquitto_tls_cert", "mosquitto_tls_key") if st.mosquitto_tls_port else ():
+                if not self.cfg.path(getattr(st, key)).is_file():
+                    raise StackError(f"[stack] {key} {self.cfg.path(getattr(st, key))} does not exist")
             conf = self.state / "mosquitto.conf"
             conf.write_text(mosquitto_conf(self.cfg, self.state))
             return [find_mosquitto(self.cfg), "-c", str(conf)], None

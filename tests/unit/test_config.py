@@ -123,3 +123,15 @@ def test_the_local_mosquitto_listens_with_tls_only_when_configured(tmp_path: Pat
         f"keyfile {tmp_path / 's.key'}",
         "tls_version tlsv1.2",
     ]
+
+
+def test_a_missing_tls_certificate_is_one_line_before_mosquitto_starts(tmp_path: Path) -> None:
+    from devtools.stack import Stack, StackError
+
+    p = tmp_path / "c.toml"
+    p.write_text(
+        f"data_dir = '{tmp_path}'\n[stack]\nmosquitto_tls_port = 8883\n"
+        "mosquitto_tls_cert = 'pki/server.crt'\nmosquitto_tls_key = 'pki/server.key'\n"
+    )
+    with pytest.raises(StackError, match=r"\[stack\] mosquitto_tls_cert .*pki/server.crt does not exist"):
+        Stack(load_config(p))._command("mosquitto")
