@@ -35,6 +35,7 @@ from common.progress import ProgressBar
 
 HZ = 10  # driving samples per second per vehicle
 RECORDS_PER_S = HZ * 1.1  # with one battery sample per ten driving samples (simulators/load.py)
+GENERATOR_LAG_MS = 500.0  # a generator later than this (p99) did not offer the fleet's load on time
 
 
 def sustained(r: e2e.PhaseResult, p99_ms: float) -> tuple[bool, str]:
@@ -43,11 +44,16 @@ def sustained(r: e2e.PhaseResult, p99_ms: float) -> tuple[bool, str]:
         return False, f"{r.lost_records} lost, {r.duplicated_records} duplicated records"
     if r.stored_records < r.generated_records:
         return False, f"stored {r.stored_records:,} of {r.generated_records:,} records"
-    if r.sim_lag_ms.get("p99", 0.0) > 500:
-        return False, f"the load generator fell {r.sim_lag_ms['p99']:,.0f} ms behind (p99): it was the limit"
+    lag = r.sim_lag_ms.get("p99", 0.0)
     p99 = r.latency_ms.get("p99", float("inf"))
-    if p99 > p99_ms:
-        return False, f"p99 sample -> queryable {p99:,.0f} ms > {p99_ms:,.0f} ms"
+    late = lag > GENERATOR_LAG_MS
+    # A sample's latency counts from its schedule time, so it includes the generator's lag: the
+    # pipeline fell behind too when the latency is over the line by more than that lag.
+    if p99 - (lag if late else 0.0) > p99_ms:
+        also = f"; the load generator also fell {lag:,.0f} ms behind (p99)" if late else ""
+        return False, f"p99 sample -> queryable {p99:,.0f} ms > {p99_ms:,.0f} ms{also}"
+    if late:
+        return False, f"the load generator fell {lag:,.0f} ms behind (p99): it was the limit"
     return True, "sustained"
 
 
