@@ -168,15 +168,17 @@ def _analysts(cfg: Config, args: argparse.Namespace, res: PhaseResult) -> Analys
     return Analysts(cfg, args.analysts_every)
 
 
-def _write_config(path: Path, data: Path, args: argparse.Namespace) -> None:
+def _write_config(path: Path, data: Path, args: argparse.Namespace) -> Path | None:
+    """The phase's config; with ``--mqtt-tls``, the CA the vehicles verify the broker with."""
     from devtools.stack import free_port_block, free_ports
 
     p = free_ports()
-    tls = ""
+    tls, ca = "", None
     if args.mqtt_tls:  # the vehicles over TLS, on a listener of its own (the bridge stays plain)
         from devtools.secure_broker import create_dev_pki
 
         pki = create_dev_pki(data / "pki")
+        ca = pki.ca.cert
         tls = (
             f"mosquitto_tls_port = {free_port_block(1)}\n"
             f'mosquitto_tls_cert = "{pki.server.cert}"\nmosquitto_tls_key = "{pki.server.key}"\n'
@@ -217,6 +219,7 @@ verify_threads = {args.verify_threads}
 session_timeout_ms = 6000
 """
     )
+    return ca
 
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -269,7 +272,7 @@ def run_phase(
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     cfg_path = data / "telematics.toml"
-    _write_config(cfg_path, data, args)
+    ca_file = _write_config(cfg_path, data, args)
     cfg = load_config(cfg_path)
     total = sum(m.records for m in manifests)
     res = PhaseResult(
@@ -315,13 +318,12 @@ def run_phase(
         if pids.get("postgres"):
             who[CATALOG] = [pids["postgres"] or 0]
         t = time.monotonic()
-        tls_port = cfg.stack.mosquitto_tls_port
         res.sessions = fleet.connect(
             host=cfg.mqtt.host,
-            port=tls_port or cfg.mqtt.port,
+            port=cfg.stack.mosquitto_tls_port or cfg.mqtt.port,
             paced=paced,
             per_vehicle=args.sessions == "vehicle",
-            ca_file=str(data / "pki" / "ca.crt") if tls_port else None,
+            ca_file=str(ca_file) if ca_file else None,
         )
         res.connect_s = round(time.monotonic() - t, 2)
         res.broker_fds = _open_files(pids["mosquitto"] or 0)

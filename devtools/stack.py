@@ -109,6 +109,15 @@ class _Service:
         return f"{self.host}:{self.port}"
 
 
+def mosquitto_tls_files(cfg: Config) -> dict[str, Path]:
+    """``[stack] mosquitto_tls_cert`` and ``_key`` by key, resolved under data_dir; empty without a
+    TLS listener."""
+    st = cfg.stack
+    if not st.mosquitto_tls_port:
+        return {}
+    return {k: cfg.path(getattr(st, k)).resolve() for k in ("mosquitto_tls_cert", "mosquitto_tls_key")}
+
+
 def mosquitto_conf(cfg: Config, state: Path) -> str:
     # mosquitto wants comments on their own lines.
     lines = [
@@ -133,13 +142,13 @@ def mosquitto_conf(cfg: Config, state: Path) -> str:
         "log_type warning",
         "log_type notice",
     ]
-    st = cfg.stack
-    if st.mosquitto_tls_port:
+    tls = mosquitto_tls_files(cfg)
+    if tls:
         lines += [
             "# vehicles over TLS ([stack] mosquitto_tls_*); the plain listener above stays for the bridge",
-            f"listener {st.mosquitto_tls_port} {cfg.mqtt.host}",
-            f"certfile {cfg.path(st.mosquitto_tls_cert).resolve()}",
-            f"keyfile {cfg.path(st.mosquitto_tls_key).resolve()}",
+            f"listener {cfg.stack.mosquitto_tls_port} {cfg.mqtt.host}",
+            f"certfile {tls['mosquitto_tls_cert']}",
+            f"keyfile {tls['mosquitto_tls_key']}",
             "tls_version tlsv1.2",
         ]
     if os.geteuid() == 0:
@@ -585,10 +594,9 @@ class Stack:
             ]
             return argv, None
         if name == "mosquitto":
-            st = self.cfg.stack
-            for key in ("mosquitto_tls_cert", "mosquitto_tls_key") if st.mosquitto_tls_port else ():
-                if not self.cfg.path(getattr(st, key)).is_file():
-                    raise StackError(f"[stack] {key} {self.cfg.path(getattr(st, key))} does not exist")
+            for key, path in mosquitto_tls_files(self.cfg).items():
+                if not path.is_file():
+                    raise StackError(f"[stack] {key} {path} does not exist")
             conf = self.state / "mosquitto.conf"
             conf.write_text(mosquitto_conf(self.cfg, self.state))
             return [find_mosquitto(self.cfg), "-c", str(conf)], None

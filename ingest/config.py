@@ -218,9 +218,9 @@ class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     postgres_bin: str = ""  # a directory holding initdb and postgres
     # A TLS listener on the local mosquitto beside the plain one (0: none), with this server
     # certificate and key (PEM, relative to data_dir; `python -m devtools.secure_broker dev-pki`
-    # makes a development pair).
-    # Vehicles then connect with [mqtt] tls = true, ca_file and this port; the bridge stays on the
-    # plain listener, as a bridge on the broker's host does. Anonymous, like the plain listener.
+    # makes a development pair). Vehicles then connect with [mqtt] tls = true, ca_file and this
+    # port; the bridge stays on the plain listener, as a bridge on the broker's host does.
+    # Anonymous, like the plain listener.
     mosquitto_tls_port: Annotated[int, Meta(ge=0, le=65535)] = 0
     mosquitto_tls_cert: str = ""
     mosquitto_tls_key: str = ""
