@@ -25,6 +25,7 @@ latency and CPU by component over time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -42,6 +43,8 @@ from common.progress import ProgressBar
 from ingest import wiring
 
 if TYPE_CHECKING:  # the heavy imports wait until a benchmark runs (this module also builds CLI help)
+    from collections.abc import Iterator
+
     from bench.analysts import Analysts
     from ingest.config import Config
     from simulators.load import LoadFleet, Manifest, ReleaseStats
@@ -96,9 +99,62 @@ class PhaseResult:
     cpu_us_per_block: dict[str, float] = field(default_factory=dict)
     analysts_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # query -> p50/p95/max/n
     analyst_errors: list[str] = field(default_factory=list)
+    cpus: str = ""  # --cpus: the CPUs the run's processes were pinned to ("": every CPU of the host)
+    consumer_cpus: str = ""  # --consumer-cpus: the consumers' CPUs, when apart from the rest
+    # Each component's processes -> the CPUs the kernel let them run on, read from /proc during the run.
+    cpus_allowed: dict[str, list[str]] = field(default_factory=dict)
 
 
 # -- processes ------------------------------------------------------------------------------------
+
+
+def cpu_list(text: str) -> tuple[int, ...]:
+    """``--cpus``: CPU numbers like ``0``, ``0,1`` or ``0-3``, each one this process may run on."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list such as 0 or 0,1 or 0-3") from None
+    have = os.sched_getaffinity(0)
+    if not cpus or not cpus <= have:
+        raise argparse.ArgumentTypeError(f"{text!r}: this process may run on CPUs {_cpu_text(have)} only")
+    return tuple(sorted(cpus))
+
+
+def _cpu_text(cpus: tuple[int, ...] | set[int] | None) -> str:
+    return ",".join(map(str, sorted(cpus))) if cpus else ""
+
+
+@contextlib.contextmanager
+def pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Keep this run on ``--cpus``: every process it starts (the generator, the brokers, the
+    bridge, the consumers) inherits this process's CPUs; the consumers get ``--consumer-cpus``
+    (``_spawn``). This process gets its CPUs back afterwards."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _allowed_cpus(pid: int) -> str:
+    """The CPUs the kernel lets ``pid`` run on, as it lists them (``0-1``, ``0``)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def cores_given(args: argparse.Namespace) -> int:
+    """How many CPUs the run's processes may use, all together."""
+    return len({*(args.cpus or os.sched_getaffinity(0)), *(args.consumer_cpus or ())})
 
 
 def _children(pid: int) -> list[int]:
@@ -222,9 +278,15 @@ session_timeout_ms = 6000
     return ca
 
 
-def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], log: Path, cpus: tuple[int, ...] | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
 
 
 def _stop(p: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -282,6 +344,8 @@ def run_phase(
         vehicles=sum(len(m.keys) for m in manifests),
         generated_records=total,
         generated_blocks=sum(len(m.blocks) for m in manifests),
+        cpus=_cpu_text(args.cpus),
+        consumer_cpus=_cpu_text(args.consumer_cpus),
     )
     stack = Stack(cfg)
     stack.up()
@@ -299,7 +363,7 @@ def run_phase(
             consumer_argv += ["--consumers", str(args.consumers)]
         if passthrough:
             consumer_argv.append("--benchmark-passthrough")
-        consumer = _spawn(consumer_argv, data / "consumer.log")
+        consumer = _spawn(consumer_argv, data / "consumer.log", args.consumer_cpus)
         bridge = _spawn([*base, "--only", "bridge"], data / "bridge.log")
         procs = [consumer, bridge]
         _wait_file(wiring.paths(cfg).ingest_status, consumer.pid, "partitions", 60)
@@ -327,6 +391,7 @@ def run_phase(
         )
         res.connect_s = round(time.monotonic() - t, 2)
         res.broker_fds = _open_files(pids["mosquitto"] or 0)
+        res.cpus_allowed = {k: sorted({_allowed_cpus(p) for p in v}) for k, v in who.items()}
         analysts = _analysts(cfg, args, res)
         if analysts is not None:
             who[ANALYSTS] = [os.getpid()]
@@ -598,6 +663,8 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
         ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results])
     )
     rows.append(("MQTT transport", [r.mqtt_tls or "plain" for r in results]))
+    if any(r.cpus or r.consumer_cpus for r in results):
+        rows.append(("CPUs each component ran on", [cpus_cell(r) for r in results]))
     comps = measured(results)
     for comp in (*comps, "total"):
         rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
@@ -612,6 +679,15 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
     if ratio is not None:
         lines.append(f"\nfull / pass-through stored records/s: **{ratio:.2f}**")
     return "\n".join(lines)
+
+
+def cpus_cell(r: PhaseResult) -> str:
+    """Which CPUs each component ran on, as /proc listed them: ``0: simulator, bridge; 1: consumer``."""
+    by: dict[str, list[str]] = {}
+    for comp, lists in r.cpus_allowed.items():
+        if comp != ANALYSTS:  # the benchmark's own process
+            by.setdefault(" + ".join(lists), []).append(comp)
+    return "; ".join(f"{cpus}: {', '.join(comps)}" for cpus, comps in by.items())
 
 
 def _lat(d: dict[str, float]) -> str:
@@ -691,7 +767,7 @@ def replot(out: Path) -> None:
     chart([PhaseResult(**p) for p in report["phases"]], out / "e2e.png")
 
 
-def verdict(results: list[PhaseResult]) -> list[str]:
+def verdict(results: list[PhaseResult], cores: int) -> list[str]:
     out = []
     for r in results:
         if r.sim_lag_ms and r.sim_lag_ms.get("p99", 0) > 500:
@@ -706,7 +782,7 @@ def verdict(results: list[PhaseResult]) -> list[str]:
             )
             out.append(
                 f"{r.name}: the pipeline stored {r.stored_rps:,.0f} of {r.offered_rps:,.0f} records/s offered;"
-                f" busiest component: {busiest} ({r.cpu_cores[busiest]:.2f} cores of {os.cpu_count()})"
+                f" busiest component: {busiest} ({r.cpu_cores[busiest]:.2f} cores of {cores})"
             )
         else:
             out.append(f"{r.name}: the pipeline kept up with the offered load")
@@ -731,6 +807,8 @@ STACK_ARGS = (
     "bridge_bundle",
     "kafka_storage",
     "mqtt_tls",
+    "cpus",
+    "consumer_cpus",
     "seed",
 )
 
@@ -773,6 +851,16 @@ def add_stack_args(ap: argparse.ArgumentParser) -> None:
         default="memory",
         help="the local Kafka-protocol broker's storage: memory (as measured in docs/PERFORMANCE.md; "
         "loses acknowledged messages if it stops) or s3 (the stack's durable default, on SeaweedFS)",
+    )
+    ap.add_argument(
+        "--cpus",
+        type=cpu_list,
+        help="run every process of the benchmark on these CPUs only (e.g. 0: one core; default: all)",
+    )
+    ap.add_argument(
+        "--consumer-cpus",
+        type=cpu_list,
+        help="run the consumers on these CPUs (e.g. 1, with --cpus 0: a core of their own)",
     )
     ap.add_argument("--seed", type=int, default=1)
 
@@ -831,6 +919,11 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
     if args is None:
         args = build_parser().parse_args(argv)
+    with pinned(args.cpus):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.smoke:
         args.vehicles, args.duration, args.rate, args.procs = 4, 3.0, 2000.0, 2
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -901,7 +994,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     ratio = full_r.stored_rps / pt.stored_rps if full_r and pt and pt.stored_rps else None
     md = table(results, ratio)
     box = machine(speed_start, reference_unit_us())
-    lines = verdict(results)
+    lines = verdict(results, cores_given(args))
     report = {
         "machine": box,
         "args": {k: v for k, v in vars(args).items() if k != "fn"},

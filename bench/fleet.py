@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -64,6 +63,11 @@ def table(results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]]) -> s
         ("**sustained**", [("**yes**" if ok else f"no: {why}") for ok, why in verdicts]),
         ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results]),
         ("MQTT transport", [r.mqtt_tls or "plain" for r in results]),
+        *(
+            [("CPUs each component ran on", [e2e.cpus_cell(r) for r in results])]
+            if any(r.cpus or r.consumer_cpus for r in results)
+            else []
+        ),
         ("sessions connected in (s)", [f"{r.connect_s:.1f}" for r in results]),
         ("offered records/s", [f(r.offered_rps) for r in results]),
         ("stored records/s", [f(r.stored_rps) for r in results]),
@@ -87,7 +91,7 @@ def table(results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]]) -> s
     return "\n".join(lines)
 
 
-def chart(results: list[e2e.PhaseResult], p99_ms: float, path: Path) -> None:
+def chart(results: list[e2e.PhaseResult], p99_ms: float, path: Path, cores: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +114,7 @@ def chart(results: list[e2e.PhaseResult], p99_ms: float, path: Path) -> None:
         v = [r.cpu_cores.get(comp, 0) for r in results]
         ax3.bar(n, v, width=width, bottom=bottom, label=comp)
         bottom = [a + b for a, b in zip(bottom, v, strict=True)]
-    ax3.axhline(os.cpu_count() or 1, color="tab:red", lw=0.8, label="cores of this host")
+    ax3.axhline(cores, color="tab:red", lw=0.8, label="cores given to the run")
     ax3.set_title("CPU by component")
     ax3.set_ylabel("cores")
     for ax in (ax1, ax2, ax3):
@@ -149,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with e2e.pinned(args.cpus):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.smoke:
         args.vehicles, args.duration, args.analysts_every = "20,40", 4.0, 1.0
     try:
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "fleet.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "fleet.md").write_text(md + "\n\n" + summary + "\n")
-    chart(results, args.p99_ms, out / "fleet.png")
+    chart(results, args.p99_ms, out / "fleet.png", e2e.cores_given(args))
     print()
     print(md)
     print()

@@ -99,3 +99,24 @@ def test_bench_e2e_vehicles_over_tls_store_every_block_once(tmp_path: Path) -> N
     assert ports.count(str(cfg.stack.mosquitto_tls_port)) == p["vehicles"], ports
     assert ports.count(str(cfg.mqtt.port)) >= 1  # the bridge
     assert "MQTT transport | TLSv1." in (out / "e2e.md").read_text()
+
+
+def test_bench_e2e_pins_the_run_and_the_consumers_to_their_cpus(tmp_path: Path) -> None:
+    """`bench e2e --cpus A --consumer-cpus B`: the kernel lets every process of the run (the
+    generator, both brokers, the bridge, the catalog) run on A only and the consumer on B only, as
+    /proc says during the run; the benchmark's own process gets its CPUs back afterwards."""
+    import os
+
+    before = os.sched_getaffinity(0)
+    first, last = min(before), max(before)
+    out = tmp_path / "pinned"
+    argv = ["--smoke", "--phases", "full", "--cpus", str(first), "--consumer-cpus", str(last)]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert os.sched_getaffinity(0) == before
+    p = json.loads((out / "e2e.json").read_text())["phases"][0]
+    assert p["stored_blocks"] == p["generated_blocks"] > 0
+    allowed = p["cpus_allowed"]
+    assert allowed.pop("consumer") == [str(last)]
+    assert set(allowed) >= {"simulator", "mosquitto", "kafka broker", "bridge", "catalog (PostgreSQL)"}
+    assert all(v == [str(first)] for v in allowed.values()), allowed
+    assert f"| CPUs each component ran on | {first}: simulator" in (out / "e2e.md").read_text()
