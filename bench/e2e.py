@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from bench.machine import machine, reference_unit_us, speed_line
 from common.progress import ProgressBar
 from ingest import wiring
+from ingest.ops.broker_auth import BRIDGE_USER
 
 if TYPE_CHECKING:  # the heavy imports wait until a benchmark runs (this module also builds CLI help)
     from collections.abc import Iterator
@@ -96,6 +97,7 @@ class PhaseResult:
     broker_fds: int = 0  # mosquitto's open files once the fleet connected
     connect_s: float = 0.0  # to open every session
     mqtt_tls: str = ""  # the TLS version the fleet's sessions negotiated ("": plain MQTT)
+    mqtt_logins: int = 0  # vehicles that logged in with a password, under the production ACL (0: anonymous)
     cpu_us_per_block: dict[str, float] = field(default_factory=dict)
     analysts_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # query -> p50/p95/max/n
     analyst_errors: list[str] = field(default_factory=list)
@@ -229,23 +231,27 @@ def _write_config(path: Path, data: Path, args: argparse.Namespace) -> Path | No
     from devtools.stack import free_port_block, free_ports
 
     p = free_ports()
-    tls, ca = "", None
+    mosquitto, ca = "", None  # the [stack] keys of mosquitto's TLS listener and logins
     if args.mqtt_tls:  # the vehicles over TLS, on a listener of its own (the bridge stays plain)
         from devtools.secure_broker import create_dev_pki
 
         pki = create_dev_pki(data / "pki")
         ca = pki.ca.cert
-        tls = (
+        mosquitto = (
             f"mosquitto_tls_port = {free_port_block(1)}\n"
             f'mosquitto_tls_cert = "{pki.server.cert}"\nmosquitto_tls_key = "{pki.server.key}"\n'
         )
+    login = ""
+    if args.mqtt_auth:  # logins as in production: the files are written by _write_logins
+        mosquitto += f'mosquitto_password_file = "{LOGINS}/passwd"\nmosquitto_acl_file = "{LOGINS}/acl"\n'
+        login = f'username = "{BRIDGE_USER}"\npassword_file = "{data / LOGINS}/bridge.password"\n'
     path.write_text(
         f"""# written by `telematics bench e2e`
 data_dir = "{data}"
 
 [mqtt]
 port = {p["mqtt"]["port"]}
-
+{login}
 [kafka]
 port = {p["kafka"]["port"]}
 partitions = {args.partitions}
@@ -262,7 +268,7 @@ kafka_storage = "{args.kafka_storage}"
 mosquitto_save = "second"
 s3_port = {p["stack"]["s3_port"]}
 postgres_port = {p["stack"]["postgres_port"]}
-{tls}
+{mosquitto}
 [store]
 backend = "{args.store}"
 consumer_duckdb_threads = {args.consumer_duckdb_threads}
@@ -276,6 +282,29 @@ session_timeout_ms = 6000
 """
     )
     return ca
+
+
+LOGINS = "mqtt-logins"  # under the phase's data_dir
+
+
+def _write_logins(data: Path, manifests: list[Manifest]) -> bytes:
+    """``--mqtt-auth``: mosquitto's password file (every vehicle, its device id as username, and
+    the bridge), the production ACL and the bridge's password; the key the vehicles' passwords
+    are derived from (``simulators.load.vehicle_password``)."""
+    from ingest.ops.broker_auth import write_acl, write_password_file
+    from simulators.load import vehicle_password
+
+    key = os.urandom(16)
+    d = data / LOGINS
+    d.mkdir(parents=True, exist_ok=True)
+    bridge_pw = os.urandom(16).hex()
+    fd = os.open(d / "bridge.password", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(bridge_pw + "\n")
+    logins = {dev: vehicle_password(key, dev) for m in manifests for dev, _ in m.keys}
+    write_password_file(d / "passwd", {**logins, BRIDGE_USER: bridge_pw})
+    write_acl(d / "acl")
+    return key
 
 
 def _spawn(argv: list[str], log: Path, cpus: tuple[int, ...] | None = None) -> subprocess.Popen[bytes]:
@@ -347,6 +376,8 @@ def run_phase(
         cpus=_cpu_text(args.cpus),
         consumer_cpus=_cpu_text(args.consumer_cpus),
     )
+    password_key = _write_logins(data, manifests) if args.mqtt_auth else None
+    res.mqtt_logins = res.vehicles if args.mqtt_auth else 0
     stack = Stack(cfg)
     stack.up()
     procs: list[subprocess.Popen[bytes]] = []
@@ -388,6 +419,7 @@ def run_phase(
             paced=paced,
             per_vehicle=args.sessions == "vehicle",
             ca_file=str(ca_file) if ca_file else None,
+            password_key=password_key,
         )
         res.connect_s = round(time.monotonic() - t, 2)
         res.broker_fds = _open_files(pids["mosquitto"] or 0)
@@ -663,6 +695,7 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
         ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results])
     )
     rows.append(("MQTT transport", [r.mqtt_tls or "plain" for r in results]))
+    rows.append(("MQTT logins", [logins_cell(r) for r in results]))
     if any(r.cpus or r.consumer_cpus for r in results):
         rows.append(("CPUs each component ran on", [cpus_cell(r) for r in results]))
     comps = measured(results)
@@ -679,6 +712,10 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
     if ratio is not None:
         lines.append(f"\nfull / pass-through stored records/s: **{ratio:.2f}**")
     return "\n".join(lines)
+
+
+def logins_cell(r: PhaseResult) -> str:
+    return f"password each, production ACL ({r.mqtt_logins:,})" if r.mqtt_logins else "anonymous"
 
 
 def cpus_cell(r: PhaseResult) -> str:
@@ -807,6 +844,7 @@ STACK_ARGS = (
     "bridge_bundle",
     "kafka_storage",
     "mqtt_tls",
+    "mqtt_auth",
     "cpus",
     "consumer_cpus",
     "seed",
@@ -837,6 +875,12 @@ def add_stack_args(ap: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the vehicles connect over TLS (a development CA made for the run; the broker's"
         " certificate verified), the bridge on the plain listener",
+    )
+    ap.add_argument(
+        "--mqtt-auth",
+        action="store_true",
+        help="logins as in production: each vehicle a password (its device id as username), the bridge"
+        " its own, the production ACL (deploy/mosquitto/acl); sessions per vehicle only",
     )
     ap.add_argument("--bridge-linger-ms", type=int, default=20, help="the bridge's Kafka producer linger")
     ap.add_argument(
@@ -926,6 +970,12 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
 def _main(args: argparse.Namespace) -> int:
     if args.smoke:
         args.vehicles, args.duration, args.rate, args.procs = 4, 3.0, 2000.0, 2
+    if args.mqtt_auth and args.sessions != "vehicle":
+        print(
+            "bench e2e: --mqtt-auth needs --sessions vehicle (the ACL lets a login publish as itself only)",
+            file=sys.stderr,
+        )
+        return 2
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     bad = [p for p in phases if p not in PHASES]
     if bad:

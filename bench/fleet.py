@@ -63,6 +63,7 @@ def table(results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]]) -> s
         ("**sustained**", [("**yes**" if ok else f"no: {why}") for ok, why in verdicts]),
         ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results]),
         ("MQTT transport", [r.mqtt_tls or "plain" for r in results]),
+        ("MQTT logins", [e2e.logins_cell(r) for r in results]),
         *(
             [("CPUs each component ran on", [e2e.cpus_cell(r) for r in results])]
             if any(r.cpus or r.consumer_cpus for r in results)

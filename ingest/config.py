@@ -224,10 +224,20 @@ class StackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mosquitto_tls_port: Annotated[int, Meta(ge=0, le=65535)] = 0
     mosquitto_tls_cert: str = ""
     mosquitto_tls_key: str = ""
+    # Logins on the local mosquitto, as in production (deploy/mosquitto): a mosquitto password file
+    # and an ACL (relative to data_dir), both or neither. Set: no client connects without a
+    # password, on either listener, and each may publish and read only what the ACL grants; the
+    # bridge logs in with [mqtt] username and password_file. Empty: anonymous.
+    mosquitto_password_file: str = ""
+    mosquitto_acl_file: str = ""
 
     def __post_init__(self) -> None:
         if self.mosquitto_tls_port and not (self.mosquitto_tls_cert and self.mosquitto_tls_key):
             raise ValueError("stack.mosquitto_tls_port needs mosquitto_tls_cert and mosquitto_tls_key")
+        if bool(self.mosquitto_password_file) != bool(self.mosquitto_acl_file):
+            raise ValueError(
+                "stack.mosquitto_password_file and mosquitto_acl_file are set together or not at all"
+            )
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

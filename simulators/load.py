@@ -25,6 +25,8 @@ The parent talks to workers through ``LoadFleet``; the messages are plain tuples
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import multiprocessing as mp
 import os
 import random
@@ -245,10 +247,12 @@ def _release_sessions(
     window: int,
     conn: Connection,
     ca_file: str | None = None,
+    password_key: bytes | None = None,
 ) -> ReleaseStats:
     """Like ``_release``, but each vehicle has its own MQTT 5 session (client id = its device id),
     as in a real fleet: thousands of connections, one asyncio client each (``mqtt_async``); over
-    TLS, verifying the broker with ``ca_file``, when given."""
+    TLS, verifying the broker with ``ca_file``, when given; logged in as its device id with
+    ``vehicle_password(password_key, ...)`` when a key is given."""
     import asyncio
 
     from simulators.mqtt_async import AsyncPublisher
@@ -264,7 +268,17 @@ def _release_sessions(
 
     async def run() -> None:
         tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
-        pubs = {t: AsyncPublisher(host, port, t.split("/")[1], keepalive_s=60, tls=tls) for t in topics}
+
+        def publisher(device_id: str) -> AsyncPublisher:
+            login: dict[str, Any] = {}
+            if password_key is not None:
+                login = {
+                    "username": device_id,
+                    "password": vehicle_password(password_key, device_id).encode(),
+                }
+            return AsyncPublisher(host, port, device_id, keepalive_s=60, tls=tls, **login)
+
+        pubs = {t: publisher(t.split("/")[1]) for t in topics}
         gate = asyncio.Semaphore(200)  # connections being opened at once
 
         async def connect(p: AsyncPublisher) -> None:
@@ -359,6 +373,12 @@ class _Tally:
             }
 
 
+def vehicle_password(key: bytes, device_id: str) -> str:
+    """A vehicle's MQTT password in a load run with logins: derived from the run's ``key``, so the
+    parent writes the broker's password file and the workers log in without passing 10,000 secrets."""
+    return hmac.new(key, device_id.encode(), hashlib.sha256).hexdigest()
+
+
 def _worker_main(spec: LoadSpec, conn: Connection) -> None:
     try:
         manifest, blocks = _generate(spec, conn)
@@ -367,7 +387,7 @@ def _worker_main(spec: LoadSpec, conn: Connection) -> None:
             msg = conn.recv()
             if msg[0] == "quit":
                 return
-            _, host, port, paced, window, per_vehicle, ca_file = msg
+            _, host, port, paced, window, per_vehicle, ca_file, password_key = msg
 
             def start(sessions: int) -> int:
                 """Report the sessions connected; the schedule's t0 from the parent."""
@@ -377,23 +397,14 @@ def _worker_main(spec: LoadSpec, conn: Connection) -> None:
                     raise LoadError(f"expected go, got {go[0]}")
                 return int(go[1])
 
-            release = _release_sessions if per_vehicle else _release
-            conn.send(
-                (
-                    "done",
-                    release(
-                        spec.worker,
-                        blocks,
-                        host=host,
-                        port=port,
-                        start=start,
-                        paced=paced,
-                        window=window,
-                        conn=conn,
-                        ca_file=ca_file,
-                    ),
-                )
+            kw: dict[str, Any] = dict(
+                host=host, port=port, start=start, paced=paced, window=window, conn=conn, ca_file=ca_file
             )
+            if per_vehicle:
+                stats = _release_sessions(spec.worker, blocks, password_key=password_key, **kw)
+            else:
+                stats = _release(spec.worker, blocks, **kw)
+            conn.send(("done", stats))
     except Exception as exc:  # reported to the parent, which stops the run with it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -495,14 +506,21 @@ class LoadFleet:
         window: int = 1000,
         per_vehicle: bool = False,
         ca_file: str | None = None,
+        password_key: bytes | None = None,
     ) -> int:
         """Open the workers' MQTT sessions, one per worker or one per vehicle (``per_vehicle``: a real
         fleet's connection count), over TLS verified with ``ca_file`` when given; the number
-        connected. ``go`` then starts the release."""
+        connected. With ``password_key`` each vehicle logs in as its device id with
+        ``vehicle_password`` (per-vehicle sessions only: the broker's ACL lets a login publish
+        under its own topics only). ``go`` then starts the release."""
+        if password_key is not None and not per_vehicle:
+            raise LoadError(
+                "vehicle logins need a session per vehicle: a shared session may not publish for others"
+            )
         self.progress = [0] * len(self.conns)
         self.sessions = [0] * len(self.conns)
         for c in self.conns:
-            c.send(("release", host, port, paced, window, per_vehicle, ca_file))
+            c.send(("release", host, port, paced, window, per_vehicle, ca_file, password_key))
         waiting = set(range(len(self.conns)))
         while waiting:
             for w in list(waiting):

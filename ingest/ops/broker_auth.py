@@ -11,7 +11,7 @@ import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from common.errors import Fatal
@@ -124,6 +124,34 @@ def set_password(passwd_file: str | Path, username: str, password: str, *, repla
         )
     if username not in password_users(p):
         raise MqttSecurityError(f"mosquitto_passwd did not add {username} to {p}")
+
+
+def write_password_file(passwd_file: str | Path, passwords: Mapping[str, str]) -> Path:
+    """A new password file holding ``passwords`` (username -> password), hashed as
+    ``mosquitto_passwd`` hashes them: for a whole fleet at once (a benchmark's, say), where
+    ``set_password`` runs the tool once per user. The passwords are written in clear to a private
+    (0600) file beside it, hashed there in place (``mosquitto_passwd -U``), and the hashed file
+    replaces ``passwd_file``."""
+    p = Path(passwd_file)
+    for username, password in passwords.items():
+        _check_username(username)
+        if not password or any(ch in password for ch in ":\r\n"):
+            raise MqttSecurityError(f"the password of {username} must be one non-empty line without ':'")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{u}:{pw}\n" for u, pw in passwords.items())
+    try:
+        _run_passwd([find_mosquitto_passwd(), "-U", str(tmp)], "", f"hash the passwords of {tmp}")
+        entries = [line.split(":", 1) for line in tmp.read_text().splitlines() if line]
+        if {u for u, _ in entries} != set(passwords) or not all(h.startswith("$") for _, h in entries):
+            raise MqttSecurityError(f"mosquitto_passwd -U did not hash every password of {tmp}")
+        tmp.replace(p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
 
 
 def delete_password(passwd_file: str | Path, username: str) -> bool:

@@ -120,3 +120,29 @@ def test_bench_e2e_pins_the_run_and_the_consumers_to_their_cpus(tmp_path: Path) 
     assert set(allowed) >= {"simulator", "mosquitto", "kafka broker", "bridge", "catalog (PostgreSQL)"}
     assert all(v == [str(first)] for v in allowed.values()), allowed
     assert f"| CPUs each component ran on | {first}: simulator" in (out / "e2e.md").read_text()
+
+
+def test_bench_e2e_vehicles_log_in_under_the_production_acl_and_store_every_block_once(
+    tmp_path: Path,
+) -> None:
+    """`bench e2e --mqtt-auth`: mosquitto takes no anonymous client; each vehicle logs in as its
+    device id with its own password and the bridge as the bridge user (mosquitto's log names the
+    username of every new client), under the production ACL, and every block is stored once."""
+    from ingest.config import load_config
+    from ingest.ops.broker_auth import BRIDGE_USER
+
+    out = tmp_path / "auth"
+    argv = ["--smoke", "--mqtt-auth", "--sessions", "vehicle", "--phases", "full", "--out", str(out)]
+    assert main(argv) == 0
+    p = json.loads((out / "e2e.json").read_text())["phases"][0]
+    assert p["mqtt_logins"] == p["sessions"] == p["vehicles"] > 0
+    assert p["stored_blocks"] == p["generated_blocks"] > 0
+    assert p["lost_records"] == p["duplicated_records"] == p["unexpected_blocks"] == 0
+    cfg = load_config(out / "full" / "telematics.toml")
+    assert "allow_anonymous false" in (cfg.path(cfg.stack.state_dir) / "mosquitto.conf").read_text()
+    log = (cfg.path(cfg.stack.state_dir) / "mosquitto.log").read_text()
+    logins = re.findall(r"New client connected from \S+ as (\S+) \(.*u'([^']+)'\)", log)
+    vehicles = [(c, u) for c, u in logins if u != BRIDGE_USER]
+    assert len(vehicles) == p["vehicles"] and all(c == u for c, u in vehicles), logins
+    assert any(u == BRIDGE_USER for _, u in logins)
+    assert "MQTT logins | password each, production ACL" in (out / "e2e.md").read_text()

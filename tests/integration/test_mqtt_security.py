@@ -622,3 +622,61 @@ def test_production_config_starts_and_enforces_tls_passwords_and_acl(tmp_path: P
             anon.close()
             device.close()
             bridge.close()
+
+
+def test_the_local_stacks_mosquitto_with_logins_refuses_strangers_and_confines_each_vehicle(
+    tmp_path: Path,
+) -> None:
+    """`[stack] mosquitto_password_file` and `_acl_file` (what `bench e2e --mqtt-auth` sets): the
+    stack's own mosquitto refuses an anonymous client and a wrong password, and a vehicle logged in
+    may publish under its own topics only (the production ACL); the password file is written for a
+    whole fleet at once (`write_password_file`) and holds no password in clear."""
+    import asyncio
+    import time
+
+    from common.mqtt5 import MqttError
+    from devtools.stack import Stack, port_open
+    from ingest.config import load_config
+    from ingest.ops.broker_auth import write_acl, write_password_file
+    from simulators.mqtt_async import AsyncPublisher
+
+    port = free_port()
+    (tmp_path / "c.toml").write_text(
+        f"data_dir = '{tmp_path}'\n[mqtt]\nport = {port}\n[stack]\n"
+        "mosquitto_password_file = 'logins/passwd'\nmosquitto_acl_file = 'logins/acl'\n"
+    )
+    a, b = device_name(), device_name()
+    pw = {a: secrets.token_hex(16), b: secrets.token_hex(16), BRIDGE_USER: secrets.token_hex(16)}
+    passwd = write_password_file(tmp_path / "logins" / "passwd", pw)
+    assert all(secret not in passwd.read_text() for secret in pw.values())
+    write_acl(tmp_path / "logins" / "acl")
+    stack = Stack(load_config(tmp_path / "c.toml"))
+    stack.state.mkdir(parents=True)
+    argv, _ = stack._command("mosquitto")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        async def scenario() -> tuple[list[str], int, int]:
+            refused = []
+            for user, password in ((None, None), (a, b"wrong"), (a, pw[b].encode())):
+                try:
+                    await AsyncPublisher("127.0.0.1", port, a, username=user, password=password).connect(5)
+                except MqttError as exc:
+                    refused.append(str(exc))
+            pub = AsyncPublisher("127.0.0.1", port, a, username=a, password=pw[a].encode())
+            await pub.connect(5)
+            own = await pub.publish(f"vehicles/{a}/blocks", b"x")
+            other = await pub.publish(f"vehicles/{b}/blocks", b"x")
+            await pub.close()
+            return refused, own, other
+
+        refused, own, other = asyncio.run(scenario())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert len(refused) == 3 and all("connection refused, reason code 0x8" in r for r in refused), refused
+    assert own == 0x10  # accepted: no subscriber yet
+    assert other == NOT_AUTHORIZED  # another vehicle's topic

@@ -135,3 +135,43 @@ def test_a_missing_tls_certificate_is_one_line_before_mosquitto_starts(tmp_path:
     )
     with pytest.raises(StackError, match=r"\[stack\] mosquitto_tls_cert .*pki/server.crt does not exist"):
         Stack(load_config(p))._command("mosquitto")
+
+
+def test_logins_on_the_local_mosquitto_need_both_the_password_file_and_the_acl(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[stack]\nmosquitto_password_file = 'logins/passwd'\n")
+    with pytest.raises(ConfigError, match="mosquitto_password_file and mosquitto_acl_file are set together"):
+        load_config(p)
+
+
+def test_the_local_mosquitto_is_anonymous_unless_logins_are_configured(tmp_path: Path) -> None:
+    from devtools.stack import mosquitto_conf
+
+    plain = mosquitto_conf(Config(), tmp_path).splitlines()
+    assert "allow_anonymous true" in plain and not [
+        x for x in plain if x.startswith(("password_file", "acl_file"))
+    ]
+    p = tmp_path / "c.toml"
+    p.write_text(
+        f"data_dir = '{tmp_path}'\n[stack]\n"
+        "mosquitto_password_file = 'logins/passwd'\nmosquitto_acl_file = 'logins/acl'\n"
+    )
+    conf = mosquitto_conf(load_config(p), tmp_path).splitlines()
+    assert "allow_anonymous true" not in conf
+    at = conf.index("allow_anonymous false")
+    assert conf[at + 1 : at + 3] == [
+        f"password_file {tmp_path / 'logins/passwd'}",
+        f"acl_file {tmp_path / 'logins/acl'}",
+    ]
+
+
+def test_a_missing_password_file_is_one_line_before_mosquitto_starts(tmp_path: Path) -> None:
+    from devtools.stack import Stack, StackError
+
+    p = tmp_path / "c.toml"
+    p.write_text(
+        f"data_dir = '{tmp_path}'\n[stack]\n"
+        "mosquitto_password_file = 'logins/passwd'\nmosquitto_acl_file = 'logins/acl'\n"
+    )
+    with pytest.raises(StackError, match=r"\[stack\] mosquitto_password_file .*logins/passwd does not exist"):
+        Stack(load_config(p))._command("mosquitto")
