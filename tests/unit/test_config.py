@@ -125,15 +125,28 @@ def test_the_local_mosquitto_listens_with_tls_only_when_configured(tmp_path: Pat
     ]
 
 
-def test_a_missing_tls_certificate_is_one_line_before_mosquitto_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("keys", "missing"),
+    [
+        (
+            "mosquitto_tls_port = 8883\nmosquitto_tls_cert = 'pki/server.crt'\nmosquitto_tls_key = 'pki/server.key'\n",
+            r"mosquitto_tls_cert .*pki/server.crt",
+        ),
+        (
+            "mosquitto_password_file = 'logins/passwd'\nmosquitto_acl_file = 'logins/acl'\n",
+            r"mosquitto_password_file .*logins/passwd",
+        ),
+    ],
+    ids=["tls certificate", "password file"],
+)
+def test_a_missing_file_of_the_local_mosquitto_is_one_line_before_it_starts(
+    tmp_path: Path, keys: str, missing: str
+) -> None:
     from devtools.stack import Stack, StackError
 
     p = tmp_path / "c.toml"
-    p.write_text(
-        f"data_dir = '{tmp_path}'\n[stack]\nmosquitto_tls_port = 8883\n"
-        "mosquitto_tls_cert = 'pki/server.crt'\nmosquitto_tls_key = 'pki/server.key'\n"
-    )
-    with pytest.raises(StackError, match=r"\[stack\] mosquitto_tls_cert .*pki/server.crt does not exist"):
+    p.write_text(f"data_dir = '{tmp_path}'\n[stack]\n{keys}")
+    with pytest.raises(StackError, match=rf"\[stack\] {missing} does not exist"):
         Stack(load_config(p))._command("mosquitto")
 
 
@@ -163,15 +176,3 @@ def test_the_local_mosquitto_is_anonymous_unless_logins_are_configured(tmp_path:
         f"password_file {tmp_path / 'logins/passwd'}",
         f"acl_file {tmp_path / 'logins/acl'}",
     ]
-
-
-def test_a_missing_password_file_is_one_line_before_mosquitto_starts(tmp_path: Path) -> None:
-    from devtools.stack import Stack, StackError
-
-    p = tmp_path / "c.toml"
-    p.write_text(
-        f"data_dir = '{tmp_path}'\n[stack]\n"
-        "mosquitto_password_file = 'logins/passwd'\nmosquitto_acl_file = 'logins/acl'\n"
-    )
-    with pytest.raises(StackError, match=r"\[stack\] mosquitto_password_file .*logins/passwd does not exist"):
-        Stack(load_config(p))._command("mosquitto")
