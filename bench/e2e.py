@@ -131,9 +131,10 @@ def _cpu_text(cpus: tuple[int, ...] | set[int] | None) -> str:
 
 @contextlib.contextmanager
 def pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
-    """Keep this run on ``--cpus``: every process it starts (the generator, the brokers, the
-    bridge, the consumers) inherits this process's CPUs; the consumers get ``--consumer-cpus``
-    (``_spawn``). This process gets its CPUs back afterwards."""
+    """Keep this thread on ``cpus`` (None: as it is) while the block runs, then give it its CPUs
+    back. ``--cpus`` around a run: every process it starts (the generator, the
+    brokers, the bridge, the consumers) inherits them; the consumers are started inside
+    ``pinned(--consumer-cpus)`` (``_spawn``)."""
     before = os.sched_getaffinity(0)
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -308,14 +309,10 @@ def _write_logins(data: Path, manifests: list[Manifest]) -> bytes:
 
 
 def _spawn(argv: list[str], log: Path, cpus: tuple[int, ...] | None = None) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-        )
+    """Start ``argv`` with its output in ``log``; on ``cpus`` when given (the child inherits this
+    thread's CPUs: no code runs between fork and exec)."""
+    with log.open("ab") as out, pinned(cpus):
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def _stop(p: subprocess.Popen[bytes], timeout: float = 30) -> None:
