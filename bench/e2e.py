@@ -292,6 +292,7 @@ def _write_logins(data: Path, manifests: list[Manifest]) -> bytes:
     """``--mqtt-auth``: mosquitto's password file (every vehicle, its device id as username, and
     the bridge), the production ACL and the bridge's password; the key the vehicles' passwords
     are derived from (``simulators.load.vehicle_password``)."""
+    from common.mqtt_tls import write_secret
     from ingest.ops.broker_auth import write_acl, write_password_file
     from simulators.load import vehicle_password
 
@@ -299,9 +300,7 @@ def _write_logins(data: Path, manifests: list[Manifest]) -> bytes:
     d = data / LOGINS
     d.mkdir(parents=True, exist_ok=True)
     bridge_pw = os.urandom(16).hex()
-    fd = os.open(d / "bridge.password", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(bridge_pw + "\n")
+    write_secret(d / "bridge.password", bridge_pw + "\n")
     logins = {dev: vehicle_password(key, dev) for m in manifests for dev, _ in m.keys}
     write_password_file(d / "passwd", {**logins, BRIDGE_USER: bridge_pw})
     write_acl(d / "acl")
@@ -688,13 +687,7 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
         ("rejections", [str(r.rejections) for r in results]),
         ("redelivered blocks (deduplicated)", [str(r.redelivered_blocks) for r in results]),
     ]
-    rows.append(
-        ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results])
-    )
-    rows.append(("MQTT transport", [r.mqtt_tls or "plain" for r in results]))
-    rows.append(("MQTT logins", [logins_cell(r) for r in results]))
-    if any(r.cpus or r.consumer_cpus for r in results):
-        rows.append(("CPUs each component ran on", [cpus_cell(r) for r in results]))
+    rows += session_rows(results)
     comps = measured(results)
     for comp in (*comps, "total"):
         rows.append((f"CPU {comp} (cores)", [f"{r.cpu_cores.get(comp, 0):.2f}" for r in results]))
@@ -711,11 +704,25 @@ def table(results: list[PhaseResult], ratio: float | None) -> str:
     return "\n".join(lines)
 
 
-def logins_cell(r: PhaseResult) -> str:
-    return f"password each, production ACL ({r.mqtt_logins:,})" if r.mqtt_logins else "anonymous"
+def session_rows(results: list[PhaseResult]) -> list[tuple[str, list[str]]]:
+    """The rows on how the fleet connected and where the run's processes ran (e2e and fleet)."""
+    rows = [
+        ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results]),
+        ("MQTT transport", [r.mqtt_tls or "plain" for r in results]),
+        (
+            "MQTT logins",
+            [
+                f"password each, production ACL ({r.mqtt_logins:,})" if r.mqtt_logins else "anonymous"
+                for r in results
+            ],
+        ),
+    ]
+    if any(r.cpus or r.consumer_cpus for r in results):
+        rows.append(("CPUs each component ran on", [_cpus_cell(r) for r in results]))
+    return rows
 
 
-def cpus_cell(r: PhaseResult) -> str:
+def _cpus_cell(r: PhaseResult) -> str:
     """Which CPUs each component ran on, as /proc listed them: ``0: simulator, bridge; 1: consumer``."""
     by: dict[str, list[str]] = {}
     for comp, lists in r.cpus_allowed.items():

@@ -15,7 +15,9 @@ The report gives per size: records and blocks/s, latency, CPU per component in c
 block, sessions (and mosquitto's open files), analysts' p95 per query, peak memory; and the largest
 sustained size. Results: ``<out>/fleet.json``, ``<out>/fleet.md``, ``<out>/fleet.png``.
 With ``--mqtt-tls`` every session is TLS (a development CA made for the run; the vehicles verify
-the broker's certificate), as vehicles on the road connect.
+the broker's certificate), as vehicles on the road connect; with ``--mqtt-auth`` every vehicle logs
+in with a password of its own under the production ACL. ``--cpus`` keeps the whole run on the CPUs
+given (``--consumer-cpus``: the consumers on others), to measure what a core carries.
 """
 
 from __future__ import annotations
@@ -61,14 +63,7 @@ def table(results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]]) -> s
     f = e2e._fmt
     rows: list[tuple[str, list[str]]] = [
         ("**sustained**", [("**yes**" if ok else f"no: {why}") for ok, why in verdicts]),
-        ("MQTT sessions (mosquitto open files)", [f"{r.sessions:,} ({r.broker_fds:,})" for r in results]),
-        ("MQTT transport", [r.mqtt_tls or "plain" for r in results]),
-        ("MQTT logins", [e2e.logins_cell(r) for r in results]),
-        *(
-            [("CPUs each component ran on", [e2e.cpus_cell(r) for r in results])]
-            if any(r.cpus or r.consumer_cpus for r in results)
-            else []
-        ),
+        *e2e.session_rows(results),
         ("sessions connected in (s)", [f"{r.connect_s:.1f}" for r in results]),
         ("offered records/s", [f(r.offered_rps) for r in results]),
         ("stored records/s", [f(r.stored_rps) for r in results]),

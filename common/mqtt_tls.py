@@ -6,6 +6,7 @@ config key and the file.
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,16 @@ def read_secret(path: str, what: str) -> str:
     if "\n" in value:
         raise ConfigError(f"{what} {p} has more than one line")
     return value
+
+
+def write_secret(path: Path, text: str) -> None:
+    """A new private (0600) file holding ``text``, on disk before this returns; an existing file
+    is never replaced (FileExistsError)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _no_passphrase() -> bytes:

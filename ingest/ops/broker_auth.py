@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from common.errors import Fatal
+from common.mqtt_tls import write_secret
 
 BRIDGE_USER = "bridge"
 
@@ -140,9 +141,7 @@ def write_password_file(passwd_file: str | Path, passwords: Mapping[str, str]) -
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".new")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(f"{u}:{pw}\n" for u, pw in passwords.items())
+    write_secret(tmp, "".join(f"{u}:{pw}\n" for u, pw in passwords.items()))
     try:
         _run_passwd([find_mosquitto_passwd(), "-U", str(tmp)], "", f"hash the passwords of {tmp}")
         entries = [line.split(":", 1) for line in tmp.read_text().splitlines() if line]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import sqlite3
@@ -38,6 +37,7 @@ from cryptography import x509
 from common.config import ConfigError, EdgeConfig, MqttConfig, load_toml
 from common.errors import Fatal
 from common.keys import KeyFileError, generate_key_file
+from common.mqtt_tls import write_secret
 from ingest import cli_args
 from ingest.config import Config, load_config
 from ingest.ops.broker_auth import MqttSecurityError, delete_password, password_users, set_password
@@ -106,14 +106,6 @@ def agent_toml(
     )
 
 
-def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _check_ca(ca_file: Path) -> None:
     try:
         x509.load_pem_x509_certificates(ca_file.read_bytes())
@@ -154,7 +146,7 @@ def enrol_device(
         key = generate_key_file(staging / KEY_FILE)
         pub = key.public_key
         device_id, key_id = device_id_for(pub), key_id_for(pub)
-        _write_secret(staging / PASSWORD_FILE, secrets.token_urlsafe(32) + "\n")
+        write_secret(staging / PASSWORD_FILE, secrets.token_urlsafe(32) + "\n")
         shutil.copyfile(ca, staging / CA_FILE)
         config_path = staging / AGENT_CONFIG
         config_path.write_text(
