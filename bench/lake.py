@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.lake                       # 4,000 blocks of 100 records, batches of 20,000
     .venv/bin/python -m bench.lake --blocks 400 --batch-records 2000
+    .venv/bin/python -m bench.lake --codecs snappy,uncompressed,zstd --vehicles 2000 --blocks 22000 \
+        --block-records 11 --batch-records 12100 --rounds 4   # the lake store's write, per Parquet codec
 
 Signed blocks are generated and run through the real Processor once (``bench.stages``); each batch's
 rows (the record tables as Arrow, and the blocks) are then written, timed, into (1) a fresh DuckDB
@@ -10,24 +12,38 @@ stack's PostgreSQL (``ingest/storage/lake.py``), one transaction per batch: the 
 blocks appended, no keys (DuckLake has none). Reported: µs per record, batch commit p50/max, the
 Parquet files written. Measures the storage engine only: not the lake store's deduplication or its
 Kafka positions (issue 13), which will cost more.
+
+``--codecs``: instead, the same batches written through the lake store as the consumer writes them
+(``LakeStore.write_batch``: the partition fence in PostgreSQL, then one lake transaction with the
+record tables, blocks, batch row, heads and Kafka positions; DuckDB on ``[store]
+consumer_duckdb_threads`` threads), once per Parquet codec (``[store] parquet_compression``) and
+round, each into a fresh lake of its own, the codecs alternating. Reported per codec: wall and CPU
+time per record and per block (this process does nothing else meanwhile), the Parquet bytes, and
+the CPU of each statement of the transaction per block, timed around the store's writer cursor.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple, get_args
 
 import msgspec
+import psycopg
 
-from bench.stages import build_corpus
-from devtools.stack import Stack, free_ports
-from ingest.config import Config
+from bench.machine import machine, reference_unit_us, speed_line
+from bench.stages import Corpus, build_corpus
+from common.progress import ProgressBar
+from devtools.stack import PG_DATABASE, Stack, free_ports
+from ingest.config import Config, ParquetCodec, StoreConfig
 from ingest.storage.lake import connect
+from ingest.storage.lakestore import LakeStore
 from ingest.storage.schema import BlockRow, rows_table
 from ingest.storage.store import FileStore
 
@@ -42,18 +58,159 @@ def _stack(work: Path) -> Stack:
     return Stack(cfg)
 
 
+def codec_list(text: str) -> list[str]:
+    """``--codecs``: Parquet codecs, comma-separated (argparse type: one line for a wrong name)."""
+    known = get_args(ParquetCodec)
+    codecs = [c.strip() for c in text.split(",") if c.strip()]
+    wrong = [c for c in codecs if c not in known]
+    if wrong or not codecs:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(wrong) or repr(text)}: not a Parquet codec (one of {', '.join(known)})"
+        )
+    return codecs
+
+
+class _TimedCursor:
+    """The lake store's writer cursor with the CPU of each statement added up by its first words."""
+
+    def __init__(self, cursor: Any, cpu: collections.defaultdict[str, float]) -> None:
+        self._cursor = cursor
+        self._cpu = cpu
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def _timed(self, what: str, call: Any, *args: Any) -> Any:
+        t = time.process_time()
+        try:
+            return call(*args)
+        finally:
+            self._cpu[what] += time.process_time() - t
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        return self._timed(" ".join(sql.split()[:3]), self._cursor.execute, sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> Any:
+        return self._timed(" ".join(sql.split()[:3]), self._cursor.executemany, sql, *args)
+
+
+class LakeRun(NamedTuple):
+    wall_s: float
+    cpu_s: float
+    parquet_bytes: int
+    stored: int  # records counted in the lake afterwards
+
+
+def _lake_store_write(
+    c: Corpus, stack: Stack, work: Path, codec: str, name: str, cpu: collections.defaultdict[str, float]
+) -> LakeRun:
+    """Every batch of ``c`` through ``LakeStore.write_batch`` into a fresh lake (a database of its
+    own in the stack's PostgreSQL) writing ``codec``; each statement's CPU added to ``cpu``."""
+    with psycopg.connect(stack.pg_dsn, autocommit=True) as pg:
+        pg.execute(f"CREATE DATABASE {name}")
+    data = work / name
+    store = LakeStore(
+        stack.pg_dsn.replace(f"dbname={PG_DATABASE}", f"dbname={name}"),
+        str(data),
+        threads=StoreConfig().consumer_duckdb_threads,
+        parquet_compression=codec,
+    )
+    try:
+        store.claim("bench", [0], "bench.lake")  # the corpus's one partition, as a consumer claims it
+        store._w = _TimedCursor(store._w, cpu)  # the benchmark's instrument, not the store's API
+        wall, proc = time.perf_counter(), time.process_time()
+        for b in c.batches:
+            store.write_batch(b.batch_rows)
+        run = LakeRun(
+            time.perf_counter() - wall,
+            time.process_time() - proc,
+            sum(f.stat().st_size for f in data.rglob("*.parquet")),
+            store.counts()["records"],
+        )
+    finally:
+        store.close()
+    return run
+
+
+def codecs_main(args: argparse.Namespace, c: Corpus, stack: Stack, work: Path) -> int:
+    codecs: list[str] = args.codecs
+    runs: dict[str, list[LakeRun]] = {k: [] for k in codecs}
+    cpu: dict[str, collections.defaultdict[str, float]] = {k: collections.defaultdict(float) for k in codecs}
+    speed_start = reference_unit_us()
+    bar = ProgressBar("writing", args.rounds * len(codecs), unit=" lakes")
+    for r in range(args.rounds):
+        for i, codec in enumerate(codecs):
+            runs[codec].append(_lake_store_write(c, stack, work, codec, f"lake_{r}_{i}", cpu[codec]))
+            bar.update(r * len(codecs) + i + 1)
+    bar.close()
+    n, nb = c.record_count, len(c.messages)
+    print(
+        f"\n{n:,} records ({nb:,} blocks of {args.block_records}) in {len(c.batches)} batches of up to"
+        f" {c.blocks_per_batch} blocks, through LakeStore.write_batch; {args.rounds} round(s),"
+        " each codec into a fresh lake\n"
+    )
+    print(
+        "| codec | wall µs/record (per round) | CPU µs/record (per round) | CPU µs/block (mean)"
+        " | Parquet MiB | records stored |"
+    )
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    for codec in codecs:
+        rs = runs[codec]
+        w = " / ".join(f"{x.wall_s / n * 1e6:.2f}" for x in rs)
+        p = " / ".join(f"{x.cpu_s / n * 1e6:.2f}" for x in rs)
+        mean = statistics.mean(x.cpu_s for x in rs) / nb * 1e6
+        stored = (
+            " / ".join(f"{x.stored:,}" for x in rs)
+            if len({x.stored for x in rs}) > 1
+            else f"{rs[0].stored:,}"
+        )
+        print(f"| {codec} | {w} | {p} | {mean:.1f} | {rs[-1].parquet_bytes / 2**20:.1f} | {stored} |")
+    print(f"\nCPU µs per block of each statement of the lake transaction (mean of {args.rounds} round(s)):\n")
+    print("| statement | " + " | ".join(codecs) + " |")
+    print("| --- |" + " ---: |" * len(codecs))
+    per = args.rounds * nb / 1e6
+    for what in sorted({k for v in cpu.values() for k in v}, key=lambda k: -cpu[codecs[0]][k]):
+        print(f"| {what} | " + " | ".join(f"{cpu[k][what] / per:.1f}" for k in codecs) + " |")
+    rest = [sum(x.cpu_s for x in runs[k]) - sum(cpu[k].values()) for k in codecs]
+    print(
+        "| the rest: the partition fence in PostgreSQL, the row tables built in Python | "
+        + " | ".join(f"{r / per:.1f}" for r in rest)
+        + " |"
+    )
+    print(f"\n{speed_line(machine(speed_start, reference_unit_us()))}")
+    short = [f"{k}: {x.stored:,}" for k in codecs for x in runs[k] if x.stored != n]
+    if short:
+        print(
+            f"bench.lake: a lake does not hold the {n:,} records written ({', '.join(short)})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.lake", description=__doc__)
     ap.add_argument("--vehicles", type=int, default=20)
     ap.add_argument("--blocks", type=int, default=4000)
     ap.add_argument("--block-records", type=int, default=100)
     ap.add_argument("--batch-records", type=int, default=20_000)
+    ap.add_argument(
+        "--codecs",
+        type=codec_list,
+        metavar="LIST",
+        help="write through the lake store once per Parquet codec, e.g. snappy,uncompressed,zstd",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="with --codecs: rounds of every codec (default 2)")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="bench-lake-"))
     stack = _stack(work)
     try:
         c = build_corpus(args.vehicles, args.blocks, args.block_records, args.batch_records, work / "corpus")
         stack.up()
+        if args.codecs:
+            return codecs_main(args, c, stack, work)
         results: dict[str, tuple[list[float], int | None]] = {}
         # (1) the DuckDB file, as the consumer writes it today
         store = FileStore(work / "file.duckdb", checkpoint_threshold_mb=256)

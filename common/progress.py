@@ -19,13 +19,14 @@ class ProgressBar:
         self.t0 = time.monotonic()
 
     def _pace(self, done: int, now: float) -> str:
-        """``12,345/s, ETA 0:42`` (nothing before the first second)."""
+        """``12,345/s, ETA 0:42``, or ``0.4/s`` below ten a second (nothing before the first second)."""
         dt = now - self.t0
         if dt < 1.0 or done <= 0:
             return ""
         rate = done / dt
         left = max(0, self.total - done) / rate
-        return f"{rate:,.0f}{self.unit.strip() and ' ' + self.unit.strip()}/s, ETA {int(left // 60)}:{int(left % 60):02d}"
+        pace = f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
+        return f"{pace}{self.unit.strip() and ' ' + self.unit.strip()}/s, ETA {int(left // 60)}:{int(left % 60):02d}"
 
     def update(self, done: int, extra: str = "") -> None:
         frac = min(1.0, done / self.total)

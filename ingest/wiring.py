@@ -111,6 +111,7 @@ def open_store(cfg: Config, *, read_only: bool = False, threads: int = 0) -> Sto
             inline_rows=cfg.store.inline_rows,
             s3=s3_settings(cfg),
             threads=threads,
+            parquet_compression=cfg.store.parquet_compression,
         )
     from ingest.storage.store import FileStore
 

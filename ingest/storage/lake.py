@@ -121,6 +121,20 @@ def attach(
         raise LakeError(f"cannot attach the lake (catalog {catalog}): {exc}") from exc
 
 
+def set_parquet_compression(con: Any, codec: str, *, alias: str = "lake") -> None:
+    """Make ``codec`` the compression of the Parquet files the lake ``alias`` writes from now on:
+    a lake-wide option kept in the catalog (files written before keep theirs). Nothing is written
+    to the catalog when it is the lake's codec already; DuckLake's default is snappy."""
+    try:
+        now = con.execute(
+            f"SELECT value FROM {alias}.options() WHERE option_name = 'parquet_compression'"
+        ).fetchall()
+        if (now[0][0] if now else "snappy") != codec:
+            con.execute(f"CALL {alias}.set_option('parquet_compression', ?)", [codec])
+    except duckdb.Error as exc:
+        raise LakeError(f"cannot set the lake's Parquet compression to {codec!r}: {exc}") from exc
+
+
 def connect(
     catalog: str, *, alias: str = "lake", data_path: str | None = None, read_only: bool = False
 ) -> Any:

@@ -76,6 +76,7 @@ class LakeStore(_DuckStore):
         inline_rows: int = StoreConfig().inline_rows,
         s3: dict[str, str] | None = None,
         threads: int = 0,
+        parquet_compression: str | None = None,
     ) -> None:
         """``catalog``: a libpq connection string of the PostgreSQL database holding the catalog;
         ``data_path``: where a new lake writes its Parquet files (a directory or an s3:// URL); None:
@@ -85,7 +86,9 @@ class LakeStore(_DuckStore):
         commits of fewer rows per table go into the catalog instead of a Parquet file each (by
         default ``[store] inline_rows``'s: a batch's one-row tables and its receipt; 0: none).
         ``s3``: the S3 secret's settings (endpoint, key_id, secret, region, url_style, use_ssl).
-        ``threads``: DuckDB's threads for this connection (0: its default, one per core)."""
+        ``threads``: DuckDB's threads for this connection (0: its default, one per core).
+        ``parquet_compression``: the codec of the Parquet files the lake writes from now on, set
+        lake-wide by a writer (``[store] parquet_compression``); None: the lake's as it is."""
         self.location = f"DuckLake on postgres:{catalog}"
         self.catalog = catalog
         self.group = group
@@ -118,6 +121,8 @@ class LakeStore(_DuckStore):
                 )
                 self.con.execute("USE lake")
                 if not read_only:
+                    if parquet_compression is not None:
+                        lake.set_parquet_compression(self.con, parquet_compression)
                     self._create()
                     self._pg_objects()
         except duckdb.Error as exc:

@@ -146,3 +146,21 @@ def test_bench_e2e_vehicles_log_in_under_the_production_acl_and_store_every_bloc
     assert len(vehicles) == p["vehicles"] and all(c == u for c, u in vehicles), logins
     assert any(u == BRIDGE_USER for _, u in logins)
     assert "MQTT logins | password each, production ACL" in (out / "e2e.md").read_text()
+
+
+def test_bench_lake_writes_every_record_through_the_lake_store_with_each_codec(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.lake import main as lake_main
+
+    args = ["--vehicles", "4", "--blocks", "24", "--block-records", "11", "--batch-records", "88"]
+    assert lake_main([*args, "--codecs", "snappy,uncompressed", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "264 records (24 blocks of 11)" in out
+    rows = {r.split("|")[1].strip(): r for r in out.splitlines() if r.startswith("| ")}
+    # each codec's lake holds every record written
+    for codec in ("snappy", "uncompressed"):
+        assert rows[codec].rstrip(" |").endswith("| 264"), rows[codec]
+    for statement in ("INSERT INTO driving_samples", "INSERT INTO blocks", "COMMIT"):
+        assert statement in rows, sorted(rows)
+    assert "box speed during the run" in out

@@ -176,6 +176,43 @@ def test_a_receipt_being_recorded_by_a_paused_writer_is_not_waited_for(
     store.close()
 
 
+def _codecs(files: list[Path]) -> set[str]:
+    return {
+        md.row_group(g).column(c).compression
+        for f in files
+        for md in (pq.ParquetFile(f).metadata,)
+        for g in range(md.num_row_groups)
+        for c in range(md.num_columns)
+    }
+
+
+def test_the_lake_writes_its_parquet_files_with_the_configured_codec(
+    lake_catalog: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "lake"
+    w = build_world(
+        tmp_path, vehicles=2, blocks=2, store=LakeStore(lake_catalog, str(data), parquet_compression="zstd")
+    )
+    first = sorted(data.rglob("*.parquet"))
+    assert first and _codecs(first) == {"ZSTD"}
+    w.store.close()
+    # another writer, configured otherwise: its files are uncompressed, the older ones stay as they
+    # were, and both read as one table
+    store = LakeStore(lake_catalog, None, inline_rows=0, parquet_compression="uncompressed")
+    store.claim("t", [0], "w")
+    store.write_batch(_batch(store, {("t", 0): 1}))
+    new = sorted(set(data.rglob("*.parquet")) - set(first))
+    assert new and _codecs(new) == {"UNCOMPRESSED"} and _codecs(first) == {"ZSTD"}
+    assert store.counts()["records"] == 2 * 2 * 11 and store.positions("t") == {("t", 0): 1}
+    # a writer that sets nothing leaves the lake's codec as it is
+    store.close()
+    store = LakeStore(lake_catalog, None)
+    assert store.con.execute(
+        "SELECT value FROM lake.options() WHERE option_name = 'parquet_compression'"
+    ).fetchall() == [("uncompressed",)]
+    store.close()
+
+
 def test_a_reader_keeps_one_snapshot(lake_catalog: str, tmp_path: Path) -> None:
     w = build_world(tmp_path, vehicles=2, blocks=2, store=LakeStore(lake_catalog, str(tmp_path / "lake")))
     reader = LakeStore(lake_catalog, str(tmp_path / "lake"), read_only=True)

@@ -51,6 +51,14 @@ def test_bad_value_names_the_field(tmp_path: Path) -> None:
         load_config(p)
 
 
+def test_an_unknown_parquet_codec_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[store]\nparquet_compression = 'snapy'\n")
+    with pytest.raises(ConfigError, match=r"store\.parquet_compression") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("path", ["deploy/mosquitto/mosquitto.conf", "deploy/compose.yaml"])
 def test_deployed_broker_packet_limit_is_the_bridges(path: str) -> None:
     """The shipped mosquitto configs refuse exactly what the bridge could not forward."""
