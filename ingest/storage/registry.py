@@ -85,6 +85,8 @@ class KeyRing(Protocol):
 
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's lock on the registry
+# Keys ``Registry.lookup`` keeps between polls (a fleet's worth); more (junk key ids): forgotten.
+MAX_CACHED_KEYS = 100_000
 
 
 @contextlib.contextmanager
@@ -114,6 +116,10 @@ class Registry:
             self._open()
 
     def _open(self) -> None:
+        # Keys read by ``lookup``, None for a key id not registered, valid while SQLite's
+        # data_version says no other connection changed the file (this one's writes clear it).
+        self._keys: dict[str, DeviceKey | None] = {}
+        self._version: int | None = None
         self._db = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
@@ -142,7 +148,10 @@ class Registry:
     ) -> DeviceKey:
         """Register a key. ``device_id`` defaults to the id derived from this key (enrolment)."""
         with _db_errors(self.path, "register a key"):
-            return self._add(public_key, label, device_id, valid_from)
+            try:
+                return self._add(public_key, label, device_id, valid_from)
+            finally:
+                self._keys.clear()  # this connection's writes leave data_version as it was
 
     def _add(self, public_key: bytes, label: str | None, device_id: str | None, valid_from: int) -> DeviceKey:
         dev = device_id or device_id_for(public_key)
@@ -165,7 +174,10 @@ class Registry:
         valid from ``at``, in one transaction. Blocks stamped before ``at`` keep verifying against
         the old key; blocks signed with the old key from ``at`` on are rejected."""
         with _db_errors(self.path, "rotate a key"):
-            return self._rotate(device_id, new_public_key, at)
+            try:
+                return self._rotate(device_id, new_public_key, at)
+            finally:
+                self._keys.clear()  # this connection's writes leave data_version as it was
 
     def _rotate(self, device_id: str, new_public_key: bytes, at: int | None) -> DeviceKey:
         at = time.time_ns() if at is None else at
@@ -202,7 +214,10 @@ class Registry:
         """Revoke every key of a device still trusted at ``at`` (default: now): blocks stamped from
         ``at`` on are rejected. Returns how many keys were revoked."""
         with _db_errors(self.path, "revoke keys"):
-            return self._revoke(device_id, at)
+            try:
+                return self._revoke(device_id, at)
+            finally:
+                self._keys.clear()  # this connection's writes leave data_version as it was
 
     def _revoke(self, device_id: str, at: int | None) -> int:
         now = time.time_ns()
@@ -231,17 +246,26 @@ class Registry:
             return self._lookup(key_ids)
 
     def _lookup(self, key_ids: set[str]) -> dict[str, DeviceKey]:
+        """The registered keys among ``key_ids``, as the file holds them now: from the keys read
+        before while no other connection has written to the file since (SQLite's data_version,
+        one query), else read again. A poll of a fleet's blocks then costs one query, not one row
+        and one object per block."""
         if not key_ids:
             return {}
-        ids = list(key_ids)
-        out: dict[str, DeviceKey] = {}
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        known = self._keys
+        if version != self._version or len(known) > MAX_CACHED_KEYS:
+            known.clear()
+            self._version = version
+        ids = [k for k in key_ids if k not in known]
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             q = f"SELECT * FROM device_keys WHERE key_id IN ({','.join('?' * len(chunk))})"
+            known.update(dict.fromkeys(chunk))
             for row in self._db.execute(q, chunk):
-                k = DeviceKey(*row)
-                out[k.key_id] = k
-        return out
+                key = DeviceKey(*row)
+                known[key.key_id] = key
+        return {kid: k for kid in key_ids if (k := known[kid]) is not None}
 
     def all(self) -> list[DeviceKey]:
         return [DeviceKey(*r) for r in self._db.execute("SELECT * FROM device_keys ORDER BY registered_at")]
