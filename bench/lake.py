@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, get_args
+from typing import Any, NamedTuple, cast, get_args
 
 import msgspec
 import psycopg
@@ -58,7 +58,7 @@ def _stack(work: Path) -> Stack:
     return Stack(cfg)
 
 
-def codec_list(text: str) -> list[str]:
+def codec_list(text: str) -> list[ParquetCodec]:
     """``--codecs``: Parquet codecs, comma-separated (argparse type: one line for a wrong name)."""
     known = get_args(ParquetCodec)
     codecs = [c.strip() for c in text.split(",") if c.strip()]
@@ -67,7 +67,7 @@ def codec_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(
             f"{', '.join(wrong) or repr(text)}: not a Parquet codec (one of {', '.join(known)})"
         )
-    return codecs
+    return [cast(ParquetCodec, c) for c in codecs]
 
 
 class _TimedCursor:
@@ -102,7 +102,12 @@ class LakeRun(NamedTuple):
 
 
 def _lake_store_write(
-    c: Corpus, stack: Stack, work: Path, codec: str, name: str, cpu: collections.defaultdict[str, float]
+    c: Corpus,
+    stack: Stack,
+    work: Path,
+    codec: ParquetCodec,
+    name: str,
+    cpu: collections.defaultdict[str, float],
 ) -> LakeRun:
     """Every batch of ``c`` through ``LakeStore.write_batch`` into a fresh lake (a database of its
     own in the stack's PostgreSQL) writing ``codec``; each statement's CPU added to ``cpu``."""
@@ -133,7 +138,7 @@ def _lake_store_write(
 
 
 def codecs_main(args: argparse.Namespace, c: Corpus, stack: Stack, work: Path) -> int:
-    codecs: list[str] = args.codecs
+    codecs: list[ParquetCodec] = args.codecs
     runs: dict[str, list[LakeRun]] = {k: [] for k in codecs}
     cpu: dict[str, collections.defaultdict[str, float]] = {k: collections.defaultdict(float) for k in codecs}
     speed_start = reference_unit_us()

@@ -32,7 +32,7 @@ from typing import Any
 
 import duckdb
 
-from ingest.config import StoreConfig
+from ingest.config import ParquetCodec, StoreConfig
 from ingest.storage import lake
 from ingest.storage.schema import (
     SAMPLE_PARTITIONING,
@@ -76,7 +76,7 @@ class LakeStore(_DuckStore):
         inline_rows: int = StoreConfig().inline_rows,
         s3: dict[str, str] | None = None,
         threads: int = 0,
-        parquet_compression: str | None = None,
+        parquet_compression: ParquetCodec | None = None,
     ) -> None:
         """``catalog``: a libpq connection string of the PostgreSQL database holding the catalog;
         ``data_path``: where a new lake writes its Parquet files (a directory or an s3:// URL); None:

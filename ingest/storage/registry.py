@@ -151,7 +151,7 @@ class Registry:
             try:
                 return self._add(public_key, label, device_id, valid_from)
             finally:
-                self._keys.clear()  # this connection's writes leave data_version as it was
+                self._keys = {}  # this connection's writes leave data_version as it was
 
     def _add(self, public_key: bytes, label: str | None, device_id: str | None, valid_from: int) -> DeviceKey:
         dev = device_id or device_id_for(public_key)
@@ -177,7 +177,7 @@ class Registry:
             try:
                 return self._rotate(device_id, new_public_key, at)
             finally:
-                self._keys.clear()  # this connection's writes leave data_version as it was
+                self._keys = {}  # this connection's writes leave data_version as it was
 
     def _rotate(self, device_id: str, new_public_key: bytes, at: int | None) -> DeviceKey:
         at = time.time_ns() if at is None else at
@@ -217,7 +217,7 @@ class Registry:
             try:
                 return self._revoke(device_id, at)
             finally:
-                self._keys.clear()  # this connection's writes leave data_version as it was
+                self._keys = {}  # this connection's writes leave data_version as it was
 
     def _revoke(self, device_id: str, at: int | None) -> int:
         now = time.time_ns()
@@ -253,9 +253,9 @@ class Registry:
         if not key_ids:
             return {}
         (version,) = self._db.execute("PRAGMA data_version").fetchone()
-        known = self._keys
+        known = self._keys  # replaced, never emptied: a lookup on another thread keeps its own
         if version != self._version or len(known) > MAX_CACHED_KEYS:
-            known.clear()
+            known = self._keys = {}
             self._version = version
         ids = [k for k in key_ids if k not in known]
         for i in range(0, len(ids), 500):
