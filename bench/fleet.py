@@ -17,7 +17,10 @@ sustained size. Results: ``<out>/fleet.json``, ``<out>/fleet.md``, ``<out>/fleet
 With ``--mqtt-tls`` every session is TLS (a development CA made for the run; the vehicles verify
 the broker's certificate), as vehicles on the road connect; with ``--mqtt-auth`` every vehicle logs
 in with a password of its own under the production ACL. ``--cpus`` keeps the whole run on the CPUs
-given (``--consumer-cpus``: the consumers on others), to measure what a core carries.
+given (``--consumer-cpus``: the consumers on others), to measure what a core carries. The report
+ends with the cores ``--plan-vehicles`` vehicles (10,000 by default) would need at the measured CPU
+cost per block of the largest size sustained: a linear estimate, split into the pipeline (what an
+ingest host runs) and the load generator and dashboard (which production runs elsewhere).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from bench import e2e
 from bench.machine import machine, reference_unit_us, speed_line
@@ -56,6 +60,45 @@ def sustained(r: e2e.PhaseResult, p99_ms: float) -> tuple[bool, str]:
     if late:
         return False, f"the load generator fell {lag:,.0f} ms behind (p99): it was the limit"
     return True, "sustained"
+
+
+# Not on an ingest host in production: the vehicles are on the road, the dashboards elsewhere.
+NOT_PRODUCTION = ("simulator", e2e.ANALYSTS)
+
+
+def plan(
+    results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]], vehicles: int
+) -> dict[str, Any] | None:
+    """The cores ``vehicles`` need at the CPU cost per block of the largest fleet size sustained
+    (of the smallest size measured when none was): a vehicle sends a block a second, so a component
+    costing c µs per block takes c × vehicles / 10⁶ cores. A linear estimate from one run: costs
+    per block change with load and with the box's speed."""
+    kept = [r for r, (ok, _) in zip(results, verdicts, strict=True) if ok]
+    base = max(kept, key=lambda r: r.vehicles) if kept else min(results, key=lambda r: r.vehicles)
+    us = {k: v for k, v in base.cpu_us_per_block.items() if v > 0}
+    if not us:
+        return None
+    cores = {k: v * vehicles / 1e6 for k, v in us.items()}
+    return {
+        "vehicles": vehicles,
+        "from_vehicles": base.vehicles,
+        "from_sustained": bool(kept),
+        "us_per_block": round(sum(us.values()), 1),
+        "cores": round(sum(cores.values()), 2),
+        "cores_ingest": round(sum(v for k, v in cores.items() if k not in NOT_PRODUCTION), 2),
+        "cores_consumers": round(cores.get("consumer", 0.0), 2),
+        "cores_by_component": {k: round(v, 2) for k, v in cores.items()},
+    }
+
+
+def plan_line(p: dict[str, Any], cores_given: int) -> str:
+    base = f"{p['from_vehicles']:,}-vehicle run" + ("" if p["from_sustained"] else ", not sustained")
+    return (
+        f"at the costs per block of the {base} ({p['us_per_block']:,.0f} µs of CPU per block in all),"
+        f" {p['vehicles']:,} vehicles need about **{p['cores']:.1f} cores**: {p['cores_ingest']:.1f} for"
+        f" the pipeline (consumers {p['cores_consumers']:.1f}), the rest for the load generator and the"
+        f" dashboard; this run had {cores_given}"
+    )
 
 
 def table(results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]]) -> str:
@@ -139,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--batch-age-ms", type=int, default=250, help="a consumer batch is flushed after this age"
     )
+    ap.add_argument(
+        "--plan-vehicles",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="estimate the cores N vehicles need at the measured costs per block (default 10,000)",
+    )
     e2e.add_stack_args(ap)
     ap.add_argument("--out", default="bench/out/fleet", help="directory for data, logs and the report")
     ap.add_argument(
@@ -162,6 +212,9 @@ def _main(args: argparse.Namespace) -> int:
         print(
             f"bench fleet: --vehicles wants comma-separated numbers, not {args.vehicles!r}", file=sys.stderr
         )
+        return 2
+    if args.plan_vehicles < 1:
+        print("bench fleet: --plan-vehicles wants a number of vehicles, at least 1", file=sys.stderr)
         return 2
     if not sizes or min(sizes) < args.procs:
         print(f"bench fleet: each fleet needs at least --procs ({args.procs}) vehicles", file=sys.stderr)
@@ -227,7 +280,11 @@ def _main(args: argparse.Namespace) -> int:
         f" 0 lost, p99 ≤ {args.p99_ms:,.0f} ms)"
         if best
         else "no fleet size was sustained"
-    ) + f"\n\n{speed_line(box)}"
+    )
+    estimate = plan(results, verdicts, args.plan_vehicles)
+    if estimate is not None:
+        summary += "\n\n" + plan_line(estimate, e2e.cores_given(args))
+    summary += f"\n\n{speed_line(box)}"
     report = {
         "machine": box,
         "args": vars(args),
@@ -237,6 +294,7 @@ def _main(args: argparse.Namespace) -> int:
             for r, (ok, why) in zip(results, verdicts, strict=True)
         ],
         "largest_sustained": best,
+        "plan": estimate,
         "seconds": round(time.monotonic() - t_start, 1),
     }
     (out / "fleet.json").write_text(json.dumps(report, indent=1) + "\n")

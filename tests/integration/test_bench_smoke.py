@@ -77,6 +77,11 @@ def test_bench_fleet_smoke_one_session_per_vehicle_and_the_dashboard(tmp_path: P
     assert "MQTT sessions" in (out / "fleet.md").read_text()
     assert report["machine"]["reference_unit_us"]["end"] > 0
     assert "box speed during the run" in (out / "fleet.md").read_text()
+    # the cores 10,000 vehicles would need at the measured costs per block
+    plan = report["plan"]
+    assert plan["vehicles"] == 10_000 and plan["from_vehicles"] in (20, 40)
+    assert plan["cores"] >= plan["cores_ingest"] >= plan["cores_consumers"] > 0
+    assert "10,000 vehicles need about" in (out / "fleet.md").read_text()
 
 
 def test_bench_e2e_vehicles_over_tls_store_every_block_once(tmp_path: Path) -> None:
