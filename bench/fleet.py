@@ -97,7 +97,7 @@ def plan_line(p: dict[str, Any], cores_given: int) -> str:
         f"at the costs per block of the {base} ({p['us_per_block']:,.0f} µs of CPU per block in all),"
         f" {p['vehicles']:,} vehicles need about **{p['cores']:.1f} cores**: {p['cores_ingest']:.1f} for"
         f" the pipeline (consumers {p['cores_consumers']:.1f}), the rest for the load generator and the"
-        f" dashboard; this run had {cores_given}"
+        f" dashboard; this run had {cores_given} CPUs"
     )
 
 

@@ -66,7 +66,7 @@ def test_the_plan_scales_the_largest_sustained_runs_costs_and_splits_off_what_pr
     assert plan_line(p, 2) == (
         "at the costs per block of the 3,000-vehicle run (380 µs of CPU per block in all), 10,000 vehicles"
         " need about **3.8 cores**: 2.8 for the pipeline (consumers 2.5), the rest for the load generator"
-        " and the dashboard; this run had 2"
+        " and the dashboard; this run had 2 CPUs"
     )
 
 
