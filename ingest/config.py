@@ -123,8 +123,8 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inline_rows: Annotated[int, Meta(ge=0)] = 10
     # The compression of the Parquet files the lake writes from now on (lake-wide: every writer sets
     # it when it opens the lake). At a fleet's shape "zstd" stored 15 % fewer bytes for about 30 %
-    # more CPU per batch write; "uncompressed" 28 % more bytes for 2-17 % less CPU, varying from run
-    # to run (docs/PERFORMANCE.md, "The lake write").
+    # more CPU per batch write; "uncompressed" 28 % more bytes for 1.5-17 % less CPU, varying from
+    # run to run (docs/PERFORMANCE.md, "The lake write").
     parquet_compression: ParquetCodec = "snappy"
     s3: S3Config = S3Config()
     path: str = "telematics.duckdb"  # the DuckDB file (backend "duckdb")
