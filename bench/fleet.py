@@ -62,10 +62,6 @@ def sustained(r: e2e.PhaseResult, p99_ms: float) -> tuple[bool, str]:
     return True, "sustained"
 
 
-# Not on an ingest host in production: the vehicles are on the road, the dashboards elsewhere.
-NOT_PRODUCTION = ("simulator", e2e.ANALYSTS)
-
-
 def plan(
     results: list[e2e.PhaseResult], verdicts: list[tuple[bool, str]], vehicles: int
 ) -> dict[str, Any] | None:
@@ -85,7 +81,7 @@ def plan(
         "from_sustained": bool(kept),
         "us_per_block": round(sum(us.values()), 1),
         "cores": round(sum(cores.values()), 2),
-        "cores_ingest": round(sum(v for k, v in cores.items() if k not in NOT_PRODUCTION), 2),
+        "cores_ingest": round(sum(v for k, v in cores.items() if k not in e2e.NOT_PIPELINE), 2),
         "cores_consumers": round(cores.get("consumer", 0.0), 2),
         "cores_by_component": {k: round(v, 2) for k, v in cores.items()},
     }
