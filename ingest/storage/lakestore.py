@@ -15,7 +15,9 @@ DuckLake has no PRIMARY KEY. What the DuckDB file's keys did is done here:
   the old owner's next commit fails (``StoreFenced``) instead of writing rows the new owner writes too.
 * **Batch numbers** come from a PostgreSQL sequence: several writers never reuse one.
 * **Keys that one message may repeat** (a session event published twice, a gap) are checked against
-  the stored rows in the batch's transaction; no other writer adds rows of the same device.
+  the stored rows in the batch's transaction; no other writer adds rows of the same device. A key
+  above the highest its device has stored is new without that check, which reads the whole table
+  (``KeyMarks``: the highest keys are read once, then kept by the writer).
 * ``devices`` is a view over appended heads (``ingest/storage/schema.py``: ``lake_ddl``).
 
 PostgreSQL holds only what must be locked or counted across writers (claims, the batch number); every
@@ -42,6 +44,7 @@ from ingest.storage.schema import (
     Row,
     SessionRow,
     lake_ddl,
+    rows_table,
 )
 from ingest.storage.store import (
     BatchRows,
@@ -55,12 +58,98 @@ _INIT_LOCK = 0x7E1E_0013  # advisory lock: one process at a time creates the lak
 # Advisory lock (with a batch number's low 31 bits): the one writer recording that batch's receipt.
 # Batches 2**31 apart share a key; the receipts recorded at one time are all of recent batches.
 _ANCHOR_LOCK = 0x7E1E_0014
-# Keys the DuckDB file declares on rows one message may bring twice; checked before inserting here.
 _CREATE = re.compile(r"CREATE (?:OR REPLACE )?(?:TABLE|VIEW) (?:IF NOT EXISTS )?(\w+)")
+# Keys the DuckDB file declares on rows one message may bring twice; checked before inserting here.
 _KEYS: dict[type[Row], tuple[str, ...]] = {
     GapRow: ("device_id", "from_seq"),
     SessionRow: ("device_id", "boot", "session", "event"),
 }
+# Devices whose highest stored key a writer keeps per keyed table (a few hundred bytes each); a
+# lake with more checks every keyed row against its table, as before the marks.
+MAX_MARKED_DEVICES = 250_000
+
+Marks = dict[str, tuple[Any, ...]]  # device -> the highest key (after device_id) stored for it
+
+
+def split_by_marks(
+    typ: type[Row], rows: list[Any], marks: Marks | None
+) -> tuple[list[Any], list[Any], Marks]:
+    """A batch's keyed rows, the first of each key only, as (new, doubtful, raised): ``new`` rows
+    have a key above their device's mark (or a device with none), so the table cannot hold it;
+    ``doubtful`` rows must be checked against the table; ``raised`` is each device's mark once the
+    new rows are stored. With no marks (``None``) every row is doubtful."""
+    at = [typ._fields.index(c) for c in _KEYS[typ][1:]]
+    seen: set[tuple[Any, ...]] = set()
+    new: list[Any] = []
+    doubtful: list[Any] = []
+    raised: Marks = {}
+    for r in rows:
+        dev, k = r[0], tuple(r[i] for i in at)
+        if (dev, *k) in seen:
+            continue
+        seen.add((dev, *k))
+        if marks is None:
+            doubtful.append(r)
+            continue
+        top = raised.get(dev) or marks.get(dev)
+        if top is None or k > top:
+            new.append(r)
+            raised[dev] = k
+        else:
+            doubtful.append(r)
+    return new, doubtful, raised
+
+
+class KeyMarks:
+    """The highest key stored per device, per keyed table (sessions, gaps), as this writer knows it.
+
+    A device's keys grow (its boots and sessions count up, its gaps follow its chain head), so a row
+    whose key is above its device's mark is new without reading the table, whose check costs more
+    with every row stored. Exact while each mark is at least the highest key the table holds for
+    its device: the marks are read inside a batch's transaction, under its partition claims (no
+    other writer adds rows of these devices), raised only once a batch is stored, and forgotten on
+    a claim or a failed write, to be read again. Erasure only removes rows: a mark above the
+    table's highest key sends rows to the check, never past it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[type[Row], Marks | None] = {}  # None: too many devices to keep
+        self._generation = 0
+
+    def forget(self) -> None:
+        with self._lock:
+            self._known = {}
+            self._generation += 1
+
+    def begin(self) -> tuple[int, dict[type[Row], Marks | None]]:
+        with self._lock:
+            return self._generation, dict(self._known)
+
+    def stored(
+        self, generation: int, read: dict[type[Row], Marks | None], raised: dict[type[Row], Marks]
+    ) -> None:
+        """A batch begun at ``generation`` is stored: keep the marks it read, raised by its rows."""
+        with self._lock:
+            if generation != self._generation:
+                return  # forgotten meanwhile: read again
+            for typ, marks in read.items():
+                self._known.setdefault(typ, marks)
+            for typ, up in raised.items():
+                marks = self._known.get(typ)
+                if marks is not None:
+                    marks.update(up)
+                    if len(marks) > MAX_MARKED_DEVICES:
+                        self._known[typ] = None
+
+
+def _append(con: Any, typ: type[Row], rows: list[Any], where: str = "") -> None:
+    """Insert ``rows`` (as ``i``) into the table of ``typ``, those that ``where`` keeps."""
+    if rows:
+        con.register("_incoming", rows_table(rows, typ))
+        con.execute(
+            f"INSERT INTO {TABLE_OF_ROW[typ]} ({', '.join(typ._fields)}) SELECT * FROM _incoming i{where}"
+        )
+        con.unregister("_incoming")
 
 
 class LakeStore(_DuckStore):
@@ -94,6 +183,10 @@ class LakeStore(_DuckStore):
         self.group = group
         self._epochs: dict[tuple[str, int], int] = {}
         self._pg_lock = threading.Lock()
+        self._marks = KeyMarks()
+        # The batch being written: the marks its keyed rows are split by, and how its rows raise them.
+        self._reading: dict[type[Row], Marks | None] = {}
+        self._raising: dict[type[Row], Marks] = {}
         try:
             import psycopg
 
@@ -269,6 +362,9 @@ class LakeStore(_DuckStore):
                     self._epochs[(topic, p)] = int(row[0])
         except self._psycopg.Error as exc:
             raise StoreError(f"cannot claim partitions {partitions} of {topic}: {exc}") from exc
+        finally:
+            # Read again, after the claim: the partitions' last owner may have added rows until now.
+            self._marks.forget()
 
     def _epoch_of(self, topic: str, partition: int) -> int:
         return self._epochs.get((topic, partition), 0)
@@ -286,6 +382,8 @@ class LakeStore(_DuckStore):
     def write_batch(self, b: BatchRows) -> None:
         """One lake transaction: every row of the batch and its Kafka positions, committed while the
         batch's partitions are still this writer's (``StoreFenced`` if not)."""
+        generation, self._reading = self._marks.begin()
+        self._raising = {}
         try:
             pg = self._pg("fence")
             with pg.transaction():
@@ -295,9 +393,14 @@ class LakeStore(_DuckStore):
                 assert row is not None
                 self._transaction(b, int(row[0]))
         except self._psycopg.Error as exc:
+            self._marks.forget()
             # Raised after the lake's commit too (the fence's own commit failed): the batch is then
             # stored with its positions, and the rewind resumes after it.
             raise StoreError(f"batch {b.batch_no}: the partition claims cannot be checked: {exc}") from exc
+        except BaseException:
+            self._marks.forget()
+            raise
+        self._marks.stored(generation, self._reading, self._raising)
 
     def _check_claims(self, pg: Any, b: BatchRows) -> None:
         by_topic: dict[str, list[int]] = {}
@@ -320,19 +423,34 @@ class LakeStore(_DuckStore):
                         f" (epoch {epoch}; this consumer holds epoch {mine}); it belongs to that consumer now"
                     )
 
-    def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
-        table, names = TABLE_OF_ROW[typ], ", ".join(typ._fields)
+    def _insert_keyed(self, con: Any, typ: type[Row], rows: list[Any]) -> None:
+        table = TABLE_OF_ROW[typ]
         key = _KEYS.get(typ)
         if key is None:  # keyed by a Kafka position: stored once, with the position's batch
-            con.execute(f"INSERT INTO {table} ({names}) SELECT * FROM _incoming")
+            _append(con, typ, rows)
             return
-        k = ", ".join(key)
-        con.execute(
-            f"INSERT INTO {table} ({names}) SELECT * FROM (SELECT DISTINCT ON ({k}) * FROM _incoming) i"
+        if typ not in self._reading:
+            self._reading[typ] = self._read_marks(con, typ)
+        new, doubtful, self._raising[typ] = split_by_marks(typ, rows, self._reading[typ])
+        _append(con, typ, new)
+        _append(  # only these read the table, whose every key the check compares
+            con,
+            typ,
+            doubtful,
             f" WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE "
             + " AND ".join(f"s.{c} = i.{c}" for c in key)
-            + ")"
+            + ")",
         )
+
+    def _read_marks(self, con: Any, typ: type[Row]) -> Marks | None:
+        """Each device's highest key in the table of ``typ`` (one read of its key columns), or None
+        for a table of more than ``MAX_MARKED_DEVICES`` devices."""
+        k = ", ".join(_KEYS[typ][1:])
+        got = con.execute(
+            f"SELECT device_id, max(row({k})) FROM {TABLE_OF_ROW[typ]} GROUP BY device_id"
+            f" LIMIT {MAX_MARKED_DEVICES + 1}"
+        ).fetchall()
+        return None if len(got) > MAX_MARKED_DEVICES else {d: tuple(m) for d, m in got}
 
     def _insert_heads(self, con: Any, seq: int) -> None:
         con.execute("INSERT INTO device_heads SELECT *, ? FROM _incoming", [seq])

@@ -284,9 +284,7 @@ class _DuckStore:
         )
         for typ, rows in side:
             if rows:
-                con.register("_incoming", rows_table(rows, typ))
-                self._insert_keyed(con, typ)
-                con.unregister("_incoming")
+                self._insert_keyed(con, typ, rows)
         if b.heads:
             con.register("_incoming", rows_table(b.heads, DeviceRow))
             self._insert_heads(con, seq)
@@ -314,8 +312,8 @@ class _DuckStore:
             cls = StoreContentError if isinstance(exc, _CONTENT_ERRORS) else StoreError
             raise cls(f"batch {b.batch_no} not written to {self.location}: {exc}") from exc
 
-    def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
-        """Insert ``_incoming`` rows of ``typ`` whose key is not stored yet."""
+    def _insert_keyed(self, con: Any, typ: type[Row], rows: list[Any]) -> None:
+        """Insert the ``rows`` of ``typ`` whose key is not stored yet."""
         raise NotImplementedError
 
     def _insert_heads(self, con: Any, seq: int) -> None:
@@ -498,9 +496,11 @@ class FileStore(_DuckStore):
         self._commits += 1
         self._transaction(b, self._commits)
 
-    def _insert_keyed(self, con: Any, typ: type[Row]) -> None:
+    def _insert_keyed(self, con: Any, typ: type[Row], rows: list[Any]) -> None:
         names = ", ".join(typ._fields)
+        con.register("_incoming", rows_table(rows, typ))
         con.execute(f"INSERT OR IGNORE INTO {TABLE_OF_ROW[typ]} ({names}) SELECT * FROM _incoming")
+        con.unregister("_incoming")
 
     def _insert_heads(self, con: Any, seq: int) -> None:
         con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")

@@ -22,6 +22,7 @@ from ingest.ledger.base import Receipt
 from ingest.ops.erase import erase_device
 from ingest.ops.proofs import select_rows
 from ingest.storage.lakestore import _ANCHOR_LOCK, SCHEMA, LakeStore
+from ingest.storage.schema import GapRow, SessionRow
 from ingest.storage.store import BatchRows, Store, StoreFenced
 from schemas.proof import verify_bundle
 from tests.records import T0, trigger
@@ -112,6 +113,58 @@ def test_a_claim_waits_for_the_commit_in_flight(lake_catalog: str, tmp_path: Pat
         a.write_batch(_batch(a, {("t", 0): 1}))
     a.close()
     b.close()
+
+
+def _keyed(store: Store, sessions: list[SessionRow], gaps: list[GapRow]) -> BatchRows:
+    b = _batch(store, {("t", 0): store.next_batch_no()})
+    b.sessions, b.gaps = sessions, gaps
+    return b
+
+
+def _ev(dev: str, boot: int, session: int) -> SessionRow:
+    return SessionRow(dev, boot, session, "birth", "k", T0, 0, "1", 1, "{}", b"m", T0)
+
+
+def test_session_events_and_gaps_are_stored_once_across_writers_claims_and_restarts(
+    lake_catalog: str, tmp_path: Path
+) -> None:
+    def stored(s: LakeStore) -> tuple[list[Any], list[Any]]:
+        return (
+            s.con.execute("SELECT device_id, boot, session FROM session_events ORDER BY ALL").fetchall(),
+            s.con.execute("SELECT device_id, from_seq FROM gaps ORDER BY ALL").fetchall(),
+        )
+
+    a = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    a.claim("t", [0], "a")
+    a.write_batch(_keyed(a, [_ev("d", 1, 1), _ev("e", 0, 0)], [GapRow("d", 0, 4, T0)]))
+    # redelivered beside new ones: each key once
+    a.write_batch(_keyed(a, [_ev("d", 1, 1), _ev("d", 1, 2)], [GapRow("d", 0, 4, T0), GapRow("d", 7, 8, T0)]))
+    assert stored(a) == ([("d", 1, 1), ("d", 1, 2), ("e", 0, 0)], [("d", 0), ("d", 7)])
+    # what a keeps: each device's highest key, so that the next keys above it need no read of the table
+    assert a._marks.begin()[1] == {
+        SessionRow: {"d": (1, 2, "birth"), "e": (0, 0, "birth")},
+        GapRow: {"d": (7,)},
+    }
+    # b takes the partition over and stores d's next session; a gets it back and sees it redelivered
+    b = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    b.claim("t", [0], "b")
+    b.write_batch(_keyed(b, [_ev("d", 1, 2), _ev("d", 1, 3)], []))
+    with pytest.raises(StoreFenced):
+        a.write_batch(_keyed(a, [_ev("d", 1, 4)], []))
+    assert a._marks.begin()[1] == {}, "a failed write forgets the marks"
+    a.claim("t", [0], "a")
+    a.write_batch(_keyed(a, [_ev("d", 1, 3)], [GapRow("d", 7, 8, T0)]))
+    assert stored(a) == ([("d", 1, 1), ("d", 1, 2), ("d", 1, 3), ("e", 0, 0)], [("d", 0), ("d", 7)])
+    # a writer started afresh reads the marks from the table
+    c = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
+    c.claim("t", [0], "c")
+    c.write_batch(_keyed(c, [_ev("e", 0, 0), _ev("d", 1, 1), _ev("d", 2, 0)], [GapRow("d", 0, 4, T0)]))
+    assert stored(c) == (
+        [("d", 1, 1), ("d", 1, 2), ("d", 1, 3), ("d", 2, 0), ("e", 0, 0)],
+        [("d", 0), ("d", 7)],
+    )
+    for s in (a, b, c):
+        s.close()
 
 
 def test_a_receipt_two_writers_record_at_once_is_stored_once(lake_catalog: str, tmp_path: Path) -> None:
