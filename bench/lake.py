@@ -20,6 +20,15 @@ consumer_duckdb_threads`` threads), once per Parquet codec (``[store] parquet_co
 round, each into a fresh lake of its own, the codecs alternating. Reported per codec: wall and CPU
 time per record and per block (this process does nothing else meanwhile), the Parquet bytes, and
 the CPU of each statement of the transaction per block, timed around the store's writer cursor.
+
+``--sessions SIZES``: the keyed rows of a reconnecting fleet instead. For each size, a fresh lake's
+``session_events`` is filled with that many events (``--devices`` vehicles, boots counting up), and
+then ``--batches`` batches are written through ``LakeStore.write_batch``, each with the births of
+``--wave`` vehicles a boot above any stored, and a tenth of the previous batch's births again (an
+MQTT redelivery). Twice per size, each into a fresh lake: every row checked against the table (as
+before the writer kept each device's highest key), and with the marks kept (``KeyMarks``: the
+first batch reads them). Reported: the CPU per batch, and the events each lake holds (exit 1 if a
+redelivered event was stored twice or one was lost).
 """
 
 from __future__ import annotations
@@ -44,8 +53,8 @@ from devtools.stack import PG_DATABASE, Stack, free_ports
 from ingest.config import Config, ParquetCodec, StoreConfig
 from ingest.storage.lake import connect
 from ingest.storage.lakestore import LakeStore
-from ingest.storage.schema import BlockRow, rows_table
-from ingest.storage.store import FileStore
+from ingest.storage.schema import BlockRow, SessionRow, rows_table
+from ingest.storage.store import BatchRows, FileStore
 
 
 def _stack(work: Path) -> Stack:
@@ -68,6 +77,17 @@ def codec_list(text: str) -> list[ParquetCodec]:
             f"{', '.join(wrong) or repr(text)}: not a Parquet codec (one of {', '.join(known)})"
         )
     return [cast(ParquetCodec, c) for c in codecs]
+
+
+def size_list(text: str) -> list[int]:
+    """``--sessions``: table sizes, comma-separated (argparse type: one line for a wrong one)."""
+    try:
+        sizes = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a list of event counts (e.g. 0,1000000)")
+    return sizes
 
 
 class _TimedCursor:
@@ -111,15 +131,8 @@ def _lake_store_write(
 ) -> LakeRun:
     """Every batch of ``c`` through ``LakeStore.write_batch`` into a fresh lake (a database of its
     own in the stack's PostgreSQL) writing ``codec``; each statement's CPU added to ``cpu``."""
-    with psycopg.connect(stack.pg_dsn, autocommit=True) as pg:
-        pg.execute(f"CREATE DATABASE {name}")
     data = work / name
-    store = LakeStore(
-        stack.pg_dsn.replace(f"dbname={PG_DATABASE}", f"dbname={name}"),
-        str(data),
-        threads=StoreConfig().consumer_duckdb_threads,
-        parquet_compression=codec,
-    )
+    store = _fresh_lake(stack, work, name, parquet_compression=codec)
     try:
         store.claim("bench", [0], "bench.lake")  # the corpus's one partition, as a consumer claims it
         store._w = _TimedCursor(store._w, cpu)  # the benchmark's instrument, not the store's API
@@ -135,6 +148,100 @@ def _lake_store_write(
     finally:
         store.close()
     return run
+
+
+def _fresh_lake(stack: Stack, work: Path, name: str, **kw: Any) -> LakeStore:
+    """A lake store on a database of its own in the stack's PostgreSQL, as the consumer opens it."""
+    with psycopg.connect(stack.pg_dsn, autocommit=True) as pg:
+        pg.execute(f"CREATE DATABASE {name}")
+    return LakeStore(
+        stack.pg_dsn.replace(f"dbname={PG_DATABASE}", f"dbname={name}"),
+        str(work / name),
+        threads=StoreConfig().consumer_duckdb_threads,
+        **kw,
+    )
+
+
+class KeyedRun(NamedTuple):
+    cpu_ms: list[float]  # per batch
+    stored: int  # session events in the lake afterwards
+    expected: int
+
+
+def _keyed_write(
+    args: argparse.Namespace, stack: Stack, work: Path, name: str, size: int, marks: bool
+) -> KeyedRun:
+    """``size`` events stored, then ``args.batches`` reconnection batches through ``write_batch``."""
+    store = _fresh_lake(stack, work, name, key_marks=marks)
+    try:
+        devices, wave = args.devices, args.wave
+        store.con.execute(  # synthetic history: one birth per device and boot
+            "INSERT INTO session_events SELECT 'v' || (i % $1)::VARCHAR, (i // $1)::UINTEGER, 0, 'birth',"
+            " 'k', make_timestamp_ns(1700000000000000000 + i), 0, '1', 1, '{}', repeat('m', 100)::BLOB,"
+            " make_timestamp_ns(1700000000000000000 + i) FROM range($2) t(i)",
+            [devices, size],
+        )
+        store.claim("bench", [0], "bench.lake")
+        boot, now = size // devices + 1, time.time_ns()
+        cpu: list[float] = []
+        prev: list[SessionRow] = []
+        expected = size
+        for k in range(args.batches):
+            fresh = [
+                SessionRow(
+                    f"v{(k * wave + j) % devices}", boot + k, 0, "birth", "k", now, 0, "1", 1, "{}", b"m", now
+                )
+                for j in range(wave)
+            ]
+            b = BatchRows(
+                store.next_batch_no(), b"\0" * 32, time.time_ns(), {}, offsets={("bench", 0): k + 1}
+            )
+            b.sessions = fresh + prev[: max(1, wave // 10)]
+            t = time.process_time()
+            store.write_batch(b)
+            cpu.append((time.process_time() - t) * 1e3)
+            expected, prev = expected + len(fresh), fresh
+        row = store.con.execute("SELECT count(*) FROM session_events").fetchone()
+        return KeyedRun(cpu, int(row[0]) if row else 0, expected)
+    finally:
+        store.close()
+
+
+def sessions_main(args: argparse.Namespace, stack: Stack, work: Path) -> int:
+    sizes: list[int] = args.sessions
+    speed_start = reference_unit_us()
+    runs: dict[tuple[int, bool], KeyedRun] = {}
+    bar = ProgressBar("writing", 2 * len(sizes), unit=" lakes")
+    for i, size in enumerate(sizes):
+        for j, marks in enumerate((False, True)):
+            runs[(size, marks)] = _keyed_write(args, stack, work, f"keyed_{i}_{j}", size, marks)
+            bar.update(2 * i + j + 1)
+    bar.close()
+    print(
+        f"\nbatches of {args.wave} reconnecting vehicles' births (+ {max(1, args.wave // 10)} redelivered),"
+        f" {args.batches} per lake, through LakeStore.write_batch; {args.devices:,} vehicles' history\n"
+    )
+    print(
+        "| session events stored | every row checked: CPU ms per batch (median) | marks kept: the first"
+        " batch (reads them) | marks kept: each batch after (median) | events stored (checked / marks) |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    wrong = []
+    for size in sizes:
+        old, new = runs[(size, False)], runs[(size, True)]
+        after = f"{statistics.median(new.cpu_ms[1:]):.1f}" if len(new.cpu_ms) > 1 else "-"
+        print(
+            f"| {size:,} | {statistics.median(old.cpu_ms):.1f} | {new.cpu_ms[0]:.1f} | {after}"
+            f" | {old.stored:,} / {new.stored:,} |"
+        )
+        wrong += [
+            f"{size:,} ({r.stored:,}, not {r.expected:,})" for r in (old, new) if r.stored != r.expected
+        ]
+    print(f"\n{speed_line(machine(speed_start, reference_unit_us()))}")
+    if wrong:
+        print(f"bench.lake: a lake does not hold each event once: {', '.join(wrong)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def codecs_main(args: argparse.Namespace, c: Corpus, stack: Stack, work: Path) -> int:
@@ -206,12 +313,25 @@ def main(argv: list[str] | None = None) -> int:
         help="write through the lake store once per Parquet codec, e.g. snappy,uncompressed,zstd",
     )
     ap.add_argument("--rounds", type=int, default=2, help="with --codecs: rounds of every codec (default 2)")
+    ap.add_argument(
+        "--sessions",
+        type=size_list,
+        metavar="SIZES",
+        help="the session events of reconnecting vehicles on tables of these sizes, e.g. 0,1000000,3000000",
+    )
+    ap.add_argument("--devices", type=int, default=10_000, help="with --sessions: vehicles (default 10,000)")
+    ap.add_argument("--wave", type=int, default=500, help="with --sessions: births per batch (default 500)")
+    ap.add_argument("--batches", type=int, default=6, help="with --sessions: batches per lake (default 6)")
     args = ap.parse_args(argv)
-    if args.rounds < 1:
-        ap.error("--rounds must be at least 1")
+    for opt in ("rounds", "devices", "wave", "batches"):
+        if getattr(args, opt) < 1:
+            ap.error(f"--{opt} must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="bench-lake-"))
     stack = _stack(work)
     try:
+        if args.sessions:
+            stack.up()
+            return sessions_main(args, stack, work)
         c = build_corpus(args.vehicles, args.blocks, args.block_records, args.batch_records, work / "corpus")
         stack.up()
         if args.codecs:

@@ -64,25 +64,30 @@ _KEYS: dict[type[Row], tuple[str, ...]] = {
     GapRow: ("device_id", "from_seq"),
     SessionRow: ("device_id", "boot", "session", "event"),
 }
-# Devices whose highest stored key a writer keeps per keyed table (a few hundred bytes each); a
+# Devices whose latest stored keys a writer keeps per keyed table (a few hundred bytes each); a
 # lake with more checks every keyed row against its table, as before the marks.
 MAX_MARKED_DEVICES = 250_000
+RECENT_KEYS = 8  # the latest keys kept per device: what a redelivery repeats
 
-Marks = dict[str, tuple[Any, ...]]  # device -> the highest key (after device_id) stored for it
+Key = tuple[Any, ...]  # a row's key after its device_id
+Marks = dict[
+    str, tuple[Key, ...]
+]  # device -> its latest keys known stored, ascending (the last: its highest)
 
 
 def split_by_marks(
     typ: type[Row], rows: list[Any], marks: Marks | None
-) -> tuple[list[Any], list[Any], Marks]:
-    """A batch's keyed rows, the first of each key only, as (new, doubtful, raised): ``new`` rows
-    have a key above their device's mark (or a device with none), so the table cannot hold it;
-    ``doubtful`` rows must be checked against the table; ``raised`` is each device's mark once the
-    new rows are stored. With no marks (``None``) every row is doubtful."""
+) -> tuple[list[Any], list[Any], dict[str, list[Key]]]:
+    """A batch's keyed rows, the first of each key only, as (new, doubtful, added): ``new`` rows
+    have a key above their device's highest known (or a device with none stored), so the table
+    cannot hold it; ``doubtful`` rows must be checked against the table; a row whose key is one of
+    its device's latest known is in neither (stored already); ``added`` holds each device's new
+    keys, in order. With no marks (``None``) every row is doubtful."""
     at = [typ._fields.index(c) for c in _KEYS[typ][1:]]
     seen: set[tuple[Any, ...]] = set()
     new: list[Any] = []
     doubtful: list[Any] = []
-    raised: Marks = {}
+    added: dict[str, list[Key]] = {}
     for r in rows:
         dev, k = r[0], tuple(r[i] for i in at)
         if (dev, *k) in seen:
@@ -91,25 +96,30 @@ def split_by_marks(
         if marks is None:
             doubtful.append(r)
             continue
-        top = raised.get(dev) or marks.get(dev)
+        known = marks.get(dev, ())
+        mine = added.get(dev)
+        top = mine[-1] if mine else known[-1] if known else None
         if top is None or k > top:
             new.append(r)
-            raised[dev] = k
-        else:
+            added.setdefault(dev, []).append(k)
+        elif k not in known:
             doubtful.append(r)
-    return new, doubtful, raised
+    return new, doubtful, added
 
 
 class KeyMarks:
-    """The highest key stored per device, per keyed table (sessions, gaps), as this writer knows it.
+    """Each device's latest stored keys, per keyed table (sessions, gaps), as this writer knows them.
 
     A device's keys grow (its boots and sessions count up, its gaps follow its chain head), so a row
-    whose key is above its device's mark is new without reading the table, whose check costs more
-    with every row stored. Exact while each mark is at least the highest key the table holds for
-    its device: the marks are read inside a batch's transaction, under its partition claims (no
-    other writer adds rows of these devices), raised only once a batch is stored, and forgotten on
-    a claim or a failed write, to be read again. Erasure only removes rows: a mark above the
-    table's highest key sends rows to the check, never past it."""
+    whose key is above its device's highest is new without reading the table, whose check costs more
+    with every row stored; and a redelivered row repeats one of the latest keys. Exact while each
+    device's highest known key is at least the highest the table holds for it. The keys are read
+    inside a batch's transaction, added only once a batch is stored, and forgotten on every claim
+    and every failed write, to be read again; a writer writes only the devices of the partitions it
+    holds (Kafka keys every message by its device), and held since its keys were read, so no other
+    writer added rows of them meanwhile. Erasure only removes rows, so a highest key stays high
+    enough; a redelivered copy of one of a device's latest keys is not appended again even if
+    erased since (the check would have stored it again, bringing erased data back)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -117,8 +127,9 @@ class KeyMarks:
         self._generation = 0
 
     def forget(self) -> None:
+        """Read the keys again at the next batch (a table found too large stays unmarked)."""
         with self._lock:
-            self._known = {}
+            self._known = {t: None for t, m in self._known.items() if m is None}
             self._generation += 1
 
     def begin(self) -> tuple[int, dict[type[Row], Marks | None]]:
@@ -126,18 +137,22 @@ class KeyMarks:
             return self._generation, dict(self._known)
 
     def stored(
-        self, generation: int, read: dict[type[Row], Marks | None], raised: dict[type[Row], Marks]
+        self,
+        generation: int,
+        read: dict[type[Row], Marks | None],
+        added: dict[type[Row], dict[str, list[Key]]],
     ) -> None:
-        """A batch begun at ``generation`` is stored: keep the marks it read, raised by its rows."""
+        """A batch begun at ``generation`` is stored: keep the keys it read and the keys it added."""
         with self._lock:
             if generation != self._generation:
                 return  # forgotten meanwhile: read again
             for typ, marks in read.items():
                 self._known.setdefault(typ, marks)
-            for typ, up in raised.items():
+            for typ, up in added.items():
                 marks = self._known.get(typ)
                 if marks is not None:
-                    marks.update(up)
+                    for dev, keys in up.items():
+                        marks[dev] = (*marks.get(dev, ()), *keys)[-RECENT_KEYS:]
                     if len(marks) > MAX_MARKED_DEVICES:
                         self._known[typ] = None
 
@@ -166,6 +181,7 @@ class LakeStore(_DuckStore):
         s3: dict[str, str] | None = None,
         threads: int = 0,
         parquet_compression: ParquetCodec | None = None,
+        key_marks: bool = True,
     ) -> None:
         """``catalog``: a libpq connection string of the PostgreSQL database holding the catalog;
         ``data_path``: where a new lake writes its Parquet files (a directory or an s3:// URL); None:
@@ -177,16 +193,19 @@ class LakeStore(_DuckStore):
         ``s3``: the S3 secret's settings (endpoint, key_id, secret, region, url_style, use_ssl).
         ``threads``: DuckDB's threads for this connection (0: its default, one per core).
         ``parquet_compression``: the codec of the Parquet files the lake writes from now on, set
-        lake-wide by a writer (``[store] parquet_compression``); None: the lake's as it is."""
+        lake-wide by a writer (``[store] parquet_compression``); None: the lake's as it is.
+        ``key_marks``: False checks every session event and gap against its table (``KeyMarks``;
+        a benchmark's baseline)."""
         self.location = f"DuckLake on postgres:{catalog}"
         self.catalog = catalog
         self.group = group
         self._epochs: dict[tuple[str, int], int] = {}
         self._pg_lock = threading.Lock()
         self._marks = KeyMarks()
-        # The batch being written: the marks its keyed rows are split by, and how its rows raise them.
+        self._keep_marks = key_marks
+        # The batch being written: the keys its keyed rows are split by, and the keys it adds.
         self._reading: dict[type[Row], Marks | None] = {}
-        self._raising: dict[type[Row], Marks] = {}
+        self._adding: dict[type[Row], dict[str, list[Key]]] = {}
         try:
             import psycopg
 
@@ -359,12 +378,13 @@ class LakeStore(_DuckStore):
                         .fetchone()
                     )
                     assert row is not None
+                    # The keys are read again, after the claim: the partition's last owner may have
+                    # added rows of its devices until now. (Before the epoch is taken up: a batch
+                    # that passes the fence under it begins after this.)
+                    self._marks.forget()
                     self._epochs[(topic, p)] = int(row[0])
         except self._psycopg.Error as exc:
             raise StoreError(f"cannot claim partitions {partitions} of {topic}: {exc}") from exc
-        finally:
-            # Read again, after the claim: the partitions' last owner may have added rows until now.
-            self._marks.forget()
 
     def _epoch_of(self, topic: str, partition: int) -> int:
         return self._epochs.get((topic, partition), 0)
@@ -382,8 +402,6 @@ class LakeStore(_DuckStore):
     def write_batch(self, b: BatchRows) -> None:
         """One lake transaction: every row of the batch and its Kafka positions, committed while the
         batch's partitions are still this writer's (``StoreFenced`` if not)."""
-        generation, self._reading = self._marks.begin()
-        self._raising = {}
         try:
             pg = self._pg("fence")
             with pg.transaction():
@@ -391,6 +409,8 @@ class LakeStore(_DuckStore):
                 # Taken under the claims' share lock: a later owner's commits all come after.
                 row = pg.execute(f"SELECT nextval('{SCHEMA}.commit_seq')").fetchone()
                 assert row is not None
+                generation, self._reading = self._marks.begin()  # after the claims' check
+                self._adding = {}
                 self._transaction(b, int(row[0]))
         except self._psycopg.Error as exc:
             self._marks.forget()
@@ -400,7 +420,7 @@ class LakeStore(_DuckStore):
         except BaseException:
             self._marks.forget()
             raise
-        self._marks.stored(generation, self._reading, self._raising)
+        self._marks.stored(generation, self._reading, self._adding)
 
     def _check_claims(self, pg: Any, b: BatchRows) -> None:
         by_topic: dict[str, list[int]] = {}
@@ -430,10 +450,10 @@ class LakeStore(_DuckStore):
             _append(con, typ, rows)
             return
         if typ not in self._reading:
-            self._reading[typ] = self._read_marks(con, typ)
-        new, doubtful, self._raising[typ] = split_by_marks(typ, rows, self._reading[typ])
+            self._reading[typ] = self._read_marks(con, typ) if self._keep_marks else None
+        new, doubtful, self._adding[typ] = split_by_marks(typ, rows, self._reading[typ])
         _append(con, typ, new)
-        _append(  # only these read the table, whose every key the check compares
+        _append(  # only these read the table: every row's key columns
             con,
             typ,
             doubtful,
@@ -450,7 +470,7 @@ class LakeStore(_DuckStore):
             f"SELECT device_id, max(row({k})) FROM {TABLE_OF_ROW[typ]} GROUP BY device_id"
             f" LIMIT {MAX_MARKED_DEVICES + 1}"
         ).fetchall()
-        return None if len(got) > MAX_MARKED_DEVICES else {d: tuple(m) for d, m in got}
+        return None if len(got) > MAX_MARKED_DEVICES else {d: (tuple(m),) for d, m in got}
 
     def _insert_heads(self, con: Any, seq: int) -> None:
         con.execute("INSERT INTO device_heads SELECT *, ? FROM _incoming", [seq])

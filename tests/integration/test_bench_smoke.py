@@ -158,6 +158,21 @@ def test_bench_e2e_vehicles_log_in_under_the_production_acl_and_store_every_bloc
     assert "MQTT logins | password each, production ACL" in (out / "e2e.md").read_text()
 
 
+def test_bench_lake_stores_each_reconnecting_vehicles_session_event_once_with_and_without_marks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.lake import main as lake_main
+
+    args = ["--sessions", "0,2000", "--devices", "100", "--wave", "30", "--batches", "3"]
+    assert lake_main(args) == 0
+    out = capsys.readouterr().out
+    assert "batches of 30 reconnecting vehicles' births (+ 3 redelivered), 3 per lake" in out
+    rows = {r.split("|")[1].strip(): r for r in out.splitlines() if r.startswith("| ") and "---" not in r}
+    # each lake holds what was there and every birth once, the redelivered ones too
+    assert rows["0"].rstrip(" |").endswith("| 90 / 90"), rows
+    assert rows["2,000"].rstrip(" |").endswith("| 2,090 / 2,090"), rows
+
+
 def test_bench_lake_writes_every_record_through_the_lake_store_with_each_codec(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -121,48 +121,69 @@ def _keyed(store: Store, sessions: list[SessionRow], gaps: list[GapRow]) -> Batc
     return b
 
 
-def _ev(dev: str, boot: int, session: int) -> SessionRow:
-    return SessionRow(dev, boot, session, "birth", "k", T0, 0, "1", 1, "{}", b"m", T0)
+def _ev(dev: str, boot: int, session: int, event: str = "birth") -> SessionRow:
+    return SessionRow(dev, boot, session, event, "k", T0, 0, "1", 1, "{}", b"m", T0)
 
 
 def test_session_events_and_gaps_are_stored_once_across_writers_claims_and_restarts(
     lake_catalog: str, tmp_path: Path
 ) -> None:
-    def stored(s: LakeStore) -> tuple[list[Any], list[Any]]:
-        return (
-            s.con.execute("SELECT device_id, boot, session FROM session_events ORDER BY ALL").fetchall(),
-            s.con.execute("SELECT device_id, from_seq FROM gaps ORDER BY ALL").fetchall(),
-        )
+    def sessions(s: LakeStore, dev: str = "d") -> Any:
+        q = "SELECT boot, session, event FROM session_events WHERE device_id = ? ORDER BY ALL"
+        return s.con.execute(q, [dev]).fetchall()
+
+    def gaps(s: LakeStore) -> Any:
+        return s.con.execute("SELECT device_id, from_seq FROM gaps ORDER BY ALL").fetchall()
 
     a = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
     a.claim("t", [0], "a")
     a.write_batch(_keyed(a, [_ev("d", 1, 1), _ev("e", 0, 0)], [GapRow("d", 0, 4, T0)]))
     # redelivered beside new ones: each key once
     a.write_batch(_keyed(a, [_ev("d", 1, 1), _ev("d", 1, 2)], [GapRow("d", 0, 4, T0), GapRow("d", 7, 8, T0)]))
-    assert stored(a) == ([("d", 1, 1), ("d", 1, 2), ("e", 0, 0)], [("d", 0), ("d", 7)])
-    # what a keeps: each device's highest key, so that the next keys above it need no read of the table
+    assert sessions(a) == [(1, 1, "birth"), (1, 2, "birth")] and sessions(a, "e") == [(0, 0, "birth")]
+    assert gaps(a) == [("d", 0), ("d", 7)]
+    # what a keeps: each device's latest keys, so that neither a key above them nor one of them
+    # redelivered needs a read of the table
     assert a._marks.begin()[1] == {
-        SessionRow: {"d": (1, 2, "birth"), "e": (0, 0, "birth")},
-        GapRow: {"d": (7,)},
+        SessionRow: {"d": ((1, 1, "birth"), (1, 2, "birth")), "e": ((0, 0, "birth"),)},
+        GapRow: {"d": ((0,), (7,))},
     }
-    # b takes the partition over and stores d's next session; a gets it back and sees it redelivered
+    # b takes the partition over and stores d's next session; a's next write is fenced
     b = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
     b.claim("t", [0], "b")
     b.write_batch(_keyed(b, [_ev("d", 1, 2), _ev("d", 1, 3)], []))
     with pytest.raises(StoreFenced):
         a.write_batch(_keyed(a, [_ev("d", 1, 4)], []))
-    assert a._marks.begin()[1] == {}, "a failed write forgets the marks"
+    assert a._marks.begin()[1] == {}, "a failed write forgets the keys"
     a.claim("t", [0], "a")
     a.write_batch(_keyed(a, [_ev("d", 1, 3)], [GapRow("d", 7, 8, T0)]))
-    assert stored(a) == ([("d", 1, 1), ("d", 1, 2), ("d", 1, 3), ("e", 0, 0)], [("d", 0), ("d", 7)])
-    # a writer started afresh reads the marks from the table
+    assert sessions(a) == [(1, 1, "birth"), (1, 2, "birth"), (1, 3, "birth")]
+    # b again, and a takes the partition back with no failed write between: the claim forgets
+    b.claim("t", [0], "b")
+    b.write_batch(_keyed(b, [_ev("d", 1, 4)], []))
+    a.claim("t", [0], "a")
+    a.write_batch(_keyed(a, [_ev("d", 1, 4)], []))
+    assert sessions(a)[-2:] == [(1, 3, "birth"), (1, 4, "birth")]
+    # keys out of order are checked against the table (a device id with a quote, too), once each
+    odd = [_ev("o'k", 1, 5), _ev("o'k", 1, 1)]
+    a.write_batch(_keyed(a, odd, []))
+    a.write_batch(_keyed(a, odd, []))
+    assert sessions(a, "o'k") == [(1, 1, "birth"), (1, 5, "birth")]
+    # a writer started afresh reads each device's highest key from the table: that key
+    # redelivered, the ones below it and a gap again are not stored twice; the next event is
     c = LakeStore(lake_catalog, str(tmp_path / "lake"), group="g")
     c.claim("t", [0], "c")
-    c.write_batch(_keyed(c, [_ev("e", 0, 0), _ev("d", 1, 1), _ev("d", 2, 0)], [GapRow("d", 0, 4, T0)]))
-    assert stored(c) == (
-        [("d", 1, 1), ("d", 1, 2), ("d", 1, 3), ("d", 2, 0), ("e", 0, 0)],
-        [("d", 0), ("d", 7)],
-    )
+    again = [_ev("d", 1, 4), _ev("e", 0, 0), _ev("d", 1, 1), _ev("d", 1, 4, "death"), _ev("d", 2, 0)]
+    c.write_batch(_keyed(c, again, [GapRow("d", 0, 4, T0), GapRow("d", 7, 8, T0)]))
+    assert sessions(c) == [
+        (1, 1, "birth"),
+        (1, 2, "birth"),
+        (1, 3, "birth"),
+        (1, 4, "birth"),
+        (1, 4, "death"),
+        (2, 0, "birth"),
+    ]
+    assert sessions(c, "e") == [(0, 0, "birth")] and gaps(c) == [("d", 0), ("d", 7)]
     for s in (a, b, c):
         s.close()
 

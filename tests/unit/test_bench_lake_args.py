@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from bench.lake import codec_list, main
+from bench.lake import codec_list, main, size_list
 
 
 def test_codecs_are_parsed_in_order() -> None:
@@ -27,4 +27,17 @@ def test_the_command_line_refuses_it_in_one_line(capsys: pytest.CaptureFixture[s
     assert err[-1] == (
         "python -m bench.lake: error: argument --codecs: snapy: not a Parquet codec"
         " (one of snappy, zstd, lz4_raw, lz4, gzip, brotli, uncompressed)"
+    )
+
+
+def test_table_sizes_are_parsed_and_a_wrong_one_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert size_list("0, 1_000_000,3000") == [0, 1_000_000, 3000]
+    for text in ("1,x", "-1", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a list of event counts"):
+            size_list(text)
+    with pytest.raises(SystemExit) as e:
+        main(["--sessions", "0", "--wave", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m bench.lake: error: --wave must be at least 1"
     )
