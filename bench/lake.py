@@ -26,7 +26,7 @@ the CPU of each statement of the transaction per block, timed around the store's
 then ``--batches`` batches are written through ``LakeStore.write_batch``, each with the births of
 ``--wave`` vehicles a boot above any stored, and a tenth of the previous batch's births again (an
 MQTT redelivery). Twice per size, each into a fresh lake: every row checked against the table (as
-before the writer kept each device's highest key), and with the marks kept (``KeyMarks``: the
+before the writer kept each device's latest keys), and with the keys kept (``KeyMarks``: the
 first batch reads them). Reported: the CPU per batch, and the events each lake holds (exit 1 if a
 redelivered event was stored twice or one was lost).
 """
@@ -222,8 +222,8 @@ def sessions_main(args: argparse.Namespace, stack: Stack, work: Path) -> int:
         f" {args.batches} per lake, through LakeStore.write_batch; {args.devices:,} vehicles' history\n"
     )
     print(
-        "| session events stored | every row checked: CPU ms per batch (median) | marks kept: the first"
-        " batch (reads them) | marks kept: each batch after (median) | events stored (checked / marks) |"
+        "| session events stored | every row checked: CPU ms per batch (median) | keys kept: the first"
+        " batch (reads them) | keys kept: each batch after (median) | events stored (checked / kept) |"
     )
     print("| ---: | ---: | ---: | ---: | ---: |")
     wrong = []

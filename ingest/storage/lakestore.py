@@ -15,9 +15,9 @@ DuckLake has no PRIMARY KEY. What the DuckDB file's keys did is done here:
   the old owner's next commit fails (``StoreFenced``) instead of writing rows the new owner writes too.
 * **Batch numbers** come from a PostgreSQL sequence: several writers never reuse one.
 * **Keys that one message may repeat** (a session event published twice, a gap) are checked against
-  the stored rows in the batch's transaction; no other writer adds rows of the same device. A key
-  above the highest its device has stored is new without that check, which reads the whole table
-  (``KeyMarks``: the highest keys are read once, then kept by the writer).
+  the stored rows in the batch's transaction; no other writer adds rows of the same device. That
+  check reads the whole table, so the writer keeps each device's latest keys (``KeyMarks``): a key
+  above them is new, and one of them redelivered is stored already, without the check.
 * ``devices`` is a view over appended heads (``ingest/storage/schema.py``: ``lake_ddl``).
 
 PostgreSQL holds only what must be locked or counted across writers (claims, the batch number); every
@@ -70,9 +70,8 @@ MAX_MARKED_DEVICES = 250_000
 RECENT_KEYS = 8  # the latest keys kept per device: what a redelivery repeats
 
 Key = tuple[Any, ...]  # a row's key after its device_id
-Marks = dict[
-    str, tuple[Key, ...]
-]  # device -> its latest keys known stored, ascending (the last: its highest)
+# device -> its latest keys known stored, ascending (the last: its highest)
+Marks = dict[str, tuple[Key, ...]]
 
 
 def split_by_marks(
