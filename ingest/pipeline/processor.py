@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -208,6 +209,50 @@ class Pending:
         return self.messages == 0
 
 
+# A device's latest sequence numbers the Processor keeps the block hash of, so that a block published
+# again (an MQTT redelivery after a reconnect) is recognised without a read of the store, whose
+# lookup by device and number reads the whole blocks table (no index in the lake).
+RECENT_BLOCKS = 16
+
+
+class _Window:
+    """A device's latest sequence numbers up to its chain head, as this Processor accepted them: the
+    block hash of each, or None where its chain skipped one (a gap this Processor saw open, and not
+    filled since, so that no block of that number is stored)."""
+
+    __slots__ = ("hashes", "last")
+
+    def __init__(self, last: int, last_hash: bytes, skipped: int = 0) -> None:
+        self.last = last
+        self.hashes: deque[bytes | None] = deque(maxlen=RECENT_BLOCKS)
+        self.hashes.extend([None] * min(skipped, RECENT_BLOCKS - 1))
+        self.hashes.append(last_hash)
+
+    def _index(self, seq: int) -> int | None:
+        i = seq - self.last + len(self.hashes) - 1
+        return i if 0 <= i < len(self.hashes) else None
+
+    def get(self, seq: int) -> tuple[bool, bytes | None]:
+        """(whether ``seq`` is in the window, its block hash or None if not stored)."""
+        i = self._index(seq)
+        return (False, None) if i is None else (True, self.hashes[i])
+
+    def advance(self, seq: int, h: bytes) -> None:
+        """The chain head moves to ``seq`` (the numbers between it and the last were skipped)."""
+        skipped = seq - self.last - 1
+        if skipped >= RECENT_BLOCKS - 1:
+            self.hashes.clear()
+        self.hashes.extend([None] * min(skipped, RECENT_BLOCKS - 1))
+        self.hashes.append(h)
+        self.last = seq
+
+    def fill(self, seq: int, h: bytes) -> None:
+        """A late block of a skipped number is accepted."""
+        i = self._index(seq)
+        if i is not None:
+            self.hashes[i] = h
+
+
 @dataclass
 class TableRows:
     """One record table's rows of the pending batch, as columns: a block's rows are appended at once
@@ -292,6 +337,7 @@ class Processor:
         self.pending = Pending()
         # Block hashes of the sealed batch being written (not yet visible in the store).
         self.inflight: dict[tuple[str, int], bytes] = {}
+        self.windows: dict[str, _Window] = {}  # device -> its latest accepted blocks
         self._keys: dict[str, DeviceKey] = {}
         # Messages the store refused (Store.find_unstorable): Kafka position -> (block hash, or SHA-256
         # of a session message; why). Kept across ``reset`` so that exactly that message, when it is
@@ -316,6 +362,7 @@ class Processor:
         self.pending = Pending()
         self.inflight = {}
         self.heads = self.store.heads()
+        self.windows = {}
 
     def seal(self) -> None:
         """The pending batch was built and is being written: start a new one. Until ``settled``,
@@ -536,7 +583,14 @@ class Processor:
 
     def _stored_hash(self, device_id: str, seq: int) -> bytes | None:
         got = self.pending.block_index.get((device_id, seq)) or self.inflight.get((device_id, seq))
-        return got if got is not None else self.store.block_hash_at(device_id, seq)
+        if got is not None:
+            return got
+        w = self.windows.get(device_id)
+        if w is not None:
+            inside, h = w.get(seq)
+            if inside:
+                return h
+        return self.store.block_hash_at(device_id, seq)
 
     def _chain(
         self, m: Message, dev: str, seq: int, prev: bytes, opened: OpenedBlock, key: DeviceKey
@@ -549,7 +603,11 @@ class Processor:
             if seq > 0:
                 self.pending.gaps.append(GapRow(dev, 0, seq - 1, now))
             self.heads[dev] = DeviceHead(key.key_id, seq, opened.hash, 0, 0, now, now)
+            self.windows[dev] = _Window(seq, opened.hash, skipped=seq)
             return
+        w = self.windows.get(dev)
+        if w is None:  # the head as the store has it: its block is stored, the ones before unknown
+            w = self.windows[dev] = _Window(head.last_seq, head.last_hash)
         if seq == head.last_seq + 1:
             if prev != head.last_hash:
                 raise WireError(
@@ -584,7 +642,9 @@ class Processor:
                 )
             # A late block filling a gap: stored, the head does not move back. (The successor's prev link
             # could not be checked when it arrived; the audit re-checks every stored link.)
+            w.fill(seq, opened.hash)
             return
+        w.advance(seq, opened.hash)
         head.last_seq = seq
         head.last_hash = opened.hash
         head.key_id = key.key_id

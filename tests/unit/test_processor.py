@@ -242,3 +242,76 @@ def test_signatures_checked_on_threads_give_the_same_verdicts(setup: Any, tmp_pa
     assert verdicts[0] == verdicts[1]
     assert verdicts[1][0] == [(137, "bad_signature")]
     assert len(verdicts[1][1]) == 299 and 137 not in verdicts[1][1]
+
+
+def _reads(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """The (device, seq) of every block hash the processor reads from the store."""
+    seen: list[tuple[str, int]] = []
+    real = store.block_hash_at
+
+    def spy(device_id: str, seq: int) -> bytes | None:
+        seen.append((device_id, seq))
+        return real(device_id, seq)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store, "block_hash_at", spy)
+    return seen
+
+
+def test_a_recent_block_published_again_is_known_without_reading_the_store(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lake has no index: a block looked up by device and number reads the whole blocks table."""
+    from ingest.pipeline.processor import RECENT_BLOCKS
+
+    store, dev, proc, feed = setup
+    k = dev.id.encode()
+    n = RECENT_BLOCKS + 4
+    feed(*[(dev.block(i).to_wire(), k) for i in range(n)])
+    _flush(store, proc)
+    reads = _reads(store, monkeypatch)
+    # the latest blocks again (an MQTT redelivery after a reconnect), and one of them forged
+    feed(*[(dev.blocks[i].to_wire(), k) for i in range(n - 3, n)])
+    feed((dev.block(n - 2, prev=dev.blocks[n - 3].hash).to_wire(), k))
+    assert len(proc.pending.duplicates) == 3
+    assert [r.reason for r in proc.pending.rejections] == ["seq_conflict"]
+    assert reads == []
+    # an older one is looked up in the store, as before
+    feed((dev.blocks[0].to_wire(), k))
+    assert len(proc.pending.duplicates) == 4 and reads == [(dev.id, 0)]
+
+
+def test_a_gap_seen_open_is_filled_by_late_blocks_without_reading_the_store(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, dev, proc, feed = setup
+    k = dev.id.encode()
+    blocks = [dev.block(i) for i in range(6)]
+    feed((blocks[0].to_wire(), k), (blocks[5].to_wire(), k))  # 1-4 missing: a gap
+    _flush(store, proc)
+    reads = _reads(store, monkeypatch)
+    forged = dev.block(2, prev=blocks[0].hash)  # another block 2
+    feed(*[(b.to_wire(), k) for b in blocks[1:5]], (blocks[3].to_wire(), k))
+    _flush(store, proc)
+    feed((forged.to_wire(), k))
+    assert [r.reason for r in proc.pending.rejections] == ["seq_conflict"]
+    assert reads == []
+    assert store.counts()["blocks"] == 6 and store.counts()["duplicates"] == 1
+    # after a rewind the window is gone: the store answers again
+    proc.reset()
+    feed((blocks[4].to_wire(), k))
+    assert len(proc.pending.duplicates) == 1 and reads == [(dev.id, 4)]
+
+
+def test_a_late_block_that_does_not_chain_is_refused_from_the_window(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, dev, proc, feed = setup
+    k = dev.id.encode()
+    blocks = [dev.block(i) for i in range(4)]
+    feed((blocks[0].to_wire(), k), (blocks[1].to_wire(), k), (blocks[3].to_wire(), k))
+    _flush(store, proc)
+    reads = _reads(store, monkeypatch)
+    feed((dev.block(2, prev=blocks[0].hash).to_wire(), k))  # late, but claims block 0 as its predecessor
+    assert [r.reason for r in proc.pending.rejections] == ["chain_broken"] and reads == []
+    feed((blocks[2].to_wire(), k))
+    assert len(proc.pending.blocks) == 1 and reads == []
