@@ -29,12 +29,21 @@ MQTT redelivery). Twice per size, each into a fresh lake: every row checked agai
 before the writer kept each device's latest keys), and with the keys kept (``KeyMarks``: the
 first batch reads them). Reported: the CPU per batch, and the events each lake holds (exit 1 if a
 redelivered event was stored twice or one was lost).
+
+``--lookups SIZES``: a block looked up by device and number (``Store.block_hash_at``, what the
+Processor asks of a block published again, or of a late one) in a lake of that many blocks of
+3,000 other vehicles, written 1,000 a file as batches write them, and again once compacted (median
+CPU of 20 lookups). Then, in two fresh lakes of that size, a fleet of 200 vehicles whose every
+batch is published again once stored (a reconnection wave's redeliveries), through the real
+Processor: with no block hashes kept, and with each device's latest kept (``RECENT_BLOCKS``).
+Reported: the store reads and their CPU, and the duplicates recognised (exit 1 if one was missed).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import random
 import shutil
 import statistics
 import sys
@@ -47,10 +56,11 @@ import msgspec
 import psycopg
 
 from bench.machine import machine, reference_unit_us, speed_line
-from bench.stages import Corpus, build_corpus
+from bench.stages import Corpus, _consumer_state, build_corpus
 from common.progress import ProgressBar
 from devtools.stack import PG_DATABASE, Stack, free_ports
 from ingest.config import Config, ParquetCodec, StoreConfig
+from ingest.pipeline.processor import RECENT_BLOCKS, Processor
 from ingest.storage.lake import connect
 from ingest.storage.lakestore import LakeStore
 from ingest.storage.schema import BlockRow, SessionRow, rows_table
@@ -80,13 +90,14 @@ def codec_list(text: str) -> list[ParquetCodec]:
 
 
 def size_list(text: str) -> list[int]:
-    """``--sessions``: table sizes, comma-separated (argparse type: one line for a wrong one)."""
+    """``--sessions``, ``--lookups``: table sizes, comma-separated (argparse type: one line for a
+    wrong one)."""
     try:
         sizes = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
     except ValueError:
         sizes = []
     if not sizes or min(sizes) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a list of event counts (e.g. 0,1000000)")
+        raise argparse.ArgumentTypeError(f"{text!r}: not a list of row counts (e.g. 0,1000000)")
     return sizes
 
 
@@ -244,6 +255,128 @@ def sessions_main(args: argparse.Namespace, stack: Stack, work: Path) -> int:
     return 0
 
 
+def _pad_blocks(store: LakeStore, n: int) -> None:
+    """``n`` blocks of 3,000 other vehicles (their numbers far apart, as a fleet of all ages has
+    them), 1,000 a Parquet file as batches write them."""
+    for lo in range(0, n, 1000):
+        store.con.execute(
+            "INSERT INTO blocks SELECT 'other-' || (i % 3000)::VARCHAR, hash(i % 3000) % 10000000 + i // 3000,"
+            " sha256(i::VARCHAR)::BLOB, 'h'::BLOB, 's'::BLOB, 'x'::BLOB, 'k', 0, 11,"
+            " make_timestamp_ns(1700000000000000000 + i), make_timestamp_ns(1700000000000000000 + i),"
+            " 'r'::BLOB, 0, 0, 0, i, make_timestamp_ns(1700000000000000000 + i), false FROM range($1, $2) t(i)",
+            [lo, min(n, lo + 1000)],
+        )
+
+
+def _lookup_ms(store: LakeStore, n: int) -> float:
+    """Median CPU of 20 lookups of stored blocks (of absent ones in an empty lake), by device and number."""
+    rng, cpu = random.Random(n), []
+    for _ in range(20):
+        i = rng.randrange(max(n, 1))
+        dev, seq = f"other-{i % 3000}", None
+        row = store.con.execute("SELECT min(seq) FROM blocks WHERE device_id = ?", [dev]).fetchone()
+        seq = int(row[0]) if row and row[0] is not None else 0
+        t = time.process_time()
+        store.block_hash_at(dev, seq)
+        cpu.append((time.process_time() - t) * 1e3)
+    return statistics.median(cpu)
+
+
+class RedeliveryRun(NamedTuple):
+    reads: int
+    read_cpu_s: float
+    duplicates: int
+    expected: int
+
+
+def _redeliveries(
+    c: Corpus, registry: Any, stack: Stack, work: Path, name: str, pad: int, recent: int
+) -> RedeliveryRun:
+    """Every batch of ``c`` stored, then published again, through a Processor keeping ``recent``."""
+    store = _fresh_lake(stack, work, name)
+    try:
+        _pad_blocks(store, pad)
+        store.claim("bench", [0], "bench.lake")
+        proc = Processor(store, registry, max_block_bytes=64 * 1024 * 1024, recent_blocks=recent)
+        reads = [0, 0.0]
+        look = store.block_hash_at
+
+        def counted(device_id: str, seq: int) -> bytes | None:  # the benchmark's instrument
+            t = time.process_time()
+            try:
+                return look(device_id, seq)
+            finally:
+                reads[0] += 1
+                reads[1] += time.process_time() - t
+
+        store.block_hash_at = counted  # type: ignore[method-assign]
+        duplicates = 0
+        for i, msgs in enumerate(c.message_batches()):
+            for again in (False, True):
+                proc.process_all(msgs)
+                duplicates += len(proc.pending.duplicates) if again else 0
+                rows = proc.build_rows(store.next_batch_no())
+                rows.offsets = {("bench", 0): 2 * i + again + 1}
+                proc.seal()
+                store.write_batch(rows)
+                proc.settled()
+        return RedeliveryRun(int(reads[0]), reads[1], duplicates, len(c.messages))
+    finally:
+        store.close()
+
+
+def lookups_main(args: argparse.Namespace, stack: Stack, work: Path) -> int:
+    sizes: list[int] = args.lookups
+    c = build_corpus(200, 1000, 11, 2200, work / "corpus")
+    _, registry = _consumer_state(c, work / "registry")
+    speed_start = reference_unit_us()
+    bar = ProgressBar("writing", 3 * len(sizes), unit=" lakes")
+    rows, wrong = [], []
+    for i, n in enumerate(sizes):
+        store = _fresh_lake(stack, work, f"lookups_{i}")
+        try:
+            _pad_blocks(store, n)
+            files = len(store.con.execute("SELECT * FROM ducklake_list_files('lake', 'blocks')").fetchall())
+            written = _lookup_ms(store, n)
+            for call in (
+                "ducklake_merge_adjacent_files('lake')",
+                "ducklake_expire_snapshots('lake', older_than => now())",
+                "ducklake_cleanup_old_files('lake', cleanup_all => true)",
+            ):
+                store.con.execute(f"CALL {call}")
+            merged = len(store.con.execute("SELECT * FROM ducklake_list_files('lake', 'blocks')").fetchall())
+            compacted = _lookup_ms(store, n)
+        finally:
+            store.close()
+        bar.update(3 * i + 1)
+        runs = []
+        for j, recent in enumerate((0, RECENT_BLOCKS)):
+            runs.append(_redeliveries(c, registry, stack, work, f"redelivered_{i}_{j}", n, recent))
+            bar.update(3 * i + 2 + j)
+        wrong += [f"{n:,} ({r.duplicates:,} of {r.expected:,})" for r in runs if r.duplicates != r.expected]
+        rows.append((n, written, files, compacted, merged, runs))
+    bar.close()
+    print(
+        f"\na block looked up by device and number; then {len(c.messages):,} blocks of {c.vehicles} vehicles,"
+        " each batch published again once stored, through the Processor\n"
+    )
+    print(
+        "| blocks stored | a lookup, CPU ms: as written (files) | compacted (files) | redelivered: store reads,"
+        f" CPU s, none kept | {RECENT_BLOCKS} kept per device | duplicates recognised |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, written, files, compacted, merged, (old, new) in rows:
+        print(
+            f"| {n:,} | {written:.1f} ({files:,}) | {compacted:.1f} ({merged:,}) | {old.reads:,}, {old.read_cpu_s:.1f}"
+            f" | {new.reads:,}, {new.read_cpu_s:.1f} | {old.duplicates:,} / {new.duplicates:,} |"
+        )
+    print(f"\n{speed_line(machine(speed_start, reference_unit_us()))}")
+    if wrong:
+        print(f"bench.lake: a redelivered block was not recognised: {', '.join(wrong)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def codecs_main(args: argparse.Namespace, c: Corpus, stack: Stack, work: Path) -> int:
     codecs: list[ParquetCodec] = args.codecs
     runs: dict[str, list[LakeRun]] = {k: [] for k in codecs}
@@ -319,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SIZES",
         help="the session events of reconnecting vehicles on tables of these sizes, e.g. 0,1000000,3000000",
     )
+    ap.add_argument(
+        "--lookups",
+        type=size_list,
+        metavar="SIZES",
+        help="a block looked up by device and number, and redeliveries, in lakes of these many blocks",
+    )
     ap.add_argument("--devices", type=int, default=10_000, help="with --sessions: vehicles (default 10,000)")
     ap.add_argument("--wave", type=int, default=500, help="with --sessions: births per batch (default 500)")
     ap.add_argument("--batches", type=int, default=6, help="with --sessions: batches per lake (default 6)")
@@ -329,9 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-lake-"))
     stack = _stack(work)
     try:
-        if args.sessions:
+        if args.sessions or args.lookups:
             stack.up()
-            return sessions_main(args, stack, work)
+            return sessions_main(args, stack, work) if args.sessions else lookups_main(args, stack, work)
         c = build_corpus(args.vehicles, args.blocks, args.block_records, args.batch_records, work / "corpus")
         stack.up()
         if args.codecs:

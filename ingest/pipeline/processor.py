@@ -213,36 +213,51 @@ class Pending:
 # again (an MQTT redelivery after a reconnect) is recognised without a read of the store, whose
 # lookup by device and number reads the whole blocks table (no index in the lake).
 RECENT_BLOCKS = 16
+# The gaps in a device's chain the Processor keeps open, so that the late blocks filling one (a
+# vehicle's spool replayed) need no read of the store either.
+OPEN_GAPS = 8
 
 
 class _Window:
-    """A device's latest sequence numbers up to its chain head, as this Processor accepted them: the
-    block hash of each, or None where its chain skipped one (a gap this Processor saw open, and not
-    filled since, so that no block of that number is stored)."""
+    """What this Processor knows of a device's chain without the store: the block hash of each of
+    its latest sequence numbers up to the chain head, or None where the chain skipped one; and the
+    gaps it saw the chain skip, as [first, last, hash of the block before first] while not filled.
+    A number it skipped is stored by no one but this Processor, which forgets all this whenever it
+    reloads the heads (``Processor.reset``)."""
 
-    __slots__ = ("hashes", "last")
+    __slots__ = ("gaps", "hashes", "last")
 
-    def __init__(self, last: int, last_hash: bytes, skipped: int = 0) -> None:
+    def __init__(self, size: int, last: int, last_hash: bytes, skipped: int = 0) -> None:
         self.last = last
-        self.hashes: deque[bytes | None] = deque(maxlen=RECENT_BLOCKS)
-        self.hashes.extend([None] * min(skipped, RECENT_BLOCKS - 1))
+        self.hashes: deque[bytes | None] = deque(maxlen=size)
+        self.hashes.extend([None] * min(skipped, size - 1))
         self.hashes.append(last_hash)
+        self.gaps: list[list[Any]] = [[0, skipped - 1, None]] if skipped else []
 
     def _index(self, seq: int) -> int | None:
         i = seq - self.last + len(self.hashes) - 1
         return i if 0 <= i < len(self.hashes) else None
 
     def get(self, seq: int) -> tuple[bool, bytes | None]:
-        """(whether ``seq`` is in the window, its block hash or None if not stored)."""
+        """(whether this is known, the block hash of ``seq`` or None when it is not stored)."""
         i = self._index(seq)
-        return (False, None) if i is None else (True, self.hashes[i])
+        if i is not None:
+            return True, self.hashes[i]
+        for lo, hi, before in self.gaps:
+            if lo <= seq <= hi:
+                return True, None
+            if seq == lo - 1 and before is not None:
+                return True, before
+        return False, None
 
     def advance(self, seq: int, h: bytes) -> None:
         """The chain head moves to ``seq`` (the numbers between it and the last were skipped)."""
-        skipped = seq - self.last - 1
-        if skipped >= RECENT_BLOCKS - 1:
+        skipped, size = seq - self.last - 1, self.hashes.maxlen or 1
+        if skipped > 0:
+            self.gaps = [*self.gaps, [self.last + 1, seq - 1, self.hashes[-1]]][-OPEN_GAPS:]
+        if skipped >= size - 1:
             self.hashes.clear()
-        self.hashes.extend([None] * min(skipped, RECENT_BLOCKS - 1))
+        self.hashes.extend([None] * min(skipped, size - 1))
         self.hashes.append(h)
         self.last = seq
 
@@ -251,6 +266,13 @@ class _Window:
         i = self._index(seq)
         if i is not None:
             self.hashes[i] = h
+        for n, (lo, hi, before) in enumerate(self.gaps):
+            if lo <= seq <= hi:  # what is left open of it: before and after ``seq``
+                parts = [[lo, seq - 1, before]] if seq > lo else []
+                parts += [[seq + 1, hi, h]] if seq < hi else []
+                self.gaps[n : n + 1] = parts
+                del self.gaps[:-OPEN_GAPS]  # filled out of order: the oldest gaps are the store's
+                return
 
 
 @dataclass
@@ -323,12 +345,16 @@ class Processor:
         max_block_bytes: int,
         verify: bool = True,
         verify_threads: int = 0,
+        recent_blocks: int = RECENT_BLOCKS,
     ) -> None:
         """``verify=False`` is the benchmark's pass-through baseline only (``bench/e2e.py``): no
         signature, no Merkle root, no leaf hashes (stored empty), no batch root. Never in production.
         ``verify_threads``: a poll's signatures are checked in parallel on this many threads before
-        its blocks are processed (0: in line, one by one)."""
+        its blocks are processed (0: in line, one by one).
+        ``recent_blocks``: the latest block hashes kept per device (0: none, every block published
+        again is looked up in the store; a benchmark's baseline)."""
         self.verify = verify
+        self.recent_blocks = recent_blocks
         self._pool = ThreadPoolExecutor(verify_threads, "verify") if verify_threads > 0 else None
         self.store = store
         self.keyring = keyring
@@ -603,11 +629,12 @@ class Processor:
             if seq > 0:
                 self.pending.gaps.append(GapRow(dev, 0, seq - 1, now))
             self.heads[dev] = DeviceHead(key.key_id, seq, opened.hash, 0, 0, now, now)
-            self.windows[dev] = _Window(seq, opened.hash, skipped=seq)
+            if self.recent_blocks:
+                self.windows[dev] = _Window(self.recent_blocks, seq, opened.hash, skipped=seq)
             return
         w = self.windows.get(dev)
-        if w is None:  # the head as the store has it: its block is stored, the ones before unknown
-            w = self.windows[dev] = _Window(head.last_seq, head.last_hash)
+        if w is None and self.recent_blocks:  # the head as stored: its block is, those before unknown
+            w = self.windows[dev] = _Window(self.recent_blocks, head.last_seq, head.last_hash)
         if seq == head.last_seq + 1:
             if prev != head.last_hash:
                 raise WireError(
@@ -642,9 +669,11 @@ class Processor:
                 )
             # A late block filling a gap: stored, the head does not move back. (The successor's prev link
             # could not be checked when it arrived; the audit re-checks every stored link.)
-            w.fill(seq, opened.hash)
+            if w is not None:
+                w.fill(seq, opened.hash)
             return
-        w.advance(seq, opened.hash)
+        if w is not None:
+            w.advance(seq, opened.hash)
         head.last_seq = seq
         head.last_hash = opened.hash
         head.key_id = key.key_id

@@ -173,6 +173,20 @@ def test_bench_lake_stores_each_reconnecting_vehicles_session_event_once_with_an
     assert rows["2,000"].rstrip(" |").endswith("| 2,090 / 2,090"), rows
 
 
+def test_bench_lake_recognises_every_redelivered_block_with_and_without_the_recent_hashes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.lake import main as lake_main
+
+    assert lake_main(["--lookups", "2000"]) == 0
+    out = capsys.readouterr().out
+    row = next(r for r in out.splitlines() if r.startswith("| 2,000 |"))
+    cells = [c.strip() for c in row.strip("| ").split("|")]
+    assert cells[1].endswith("(2)") and cells[2].endswith("(1)"), cells  # files as written, compacted
+    assert cells[3].startswith("1,000, ") and cells[4] == "0, 0.0", cells  # store reads: every one, none
+    assert cells[5] == "1,000 / 1,000", cells
+
+
 def test_bench_lake_writes_every_record_through_the_lake_store_with_each_codec(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -33,7 +33,7 @@ def test_the_command_line_refuses_it_in_one_line(capsys: pytest.CaptureFixture[s
 def test_table_sizes_are_parsed_and_a_wrong_one_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert size_list("0, 1_000_000,3000") == [0, 1_000_000, 3000]
     for text in ("1,x", "-1", ","):
-        with pytest.raises(argparse.ArgumentTypeError, match="not a list of event counts"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a list of row counts"):
             size_list(text)
     with pytest.raises(SystemExit) as e:
         main(["--sessions", "0", "--wave", "0"])

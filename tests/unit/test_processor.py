@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from edge_agent.sources.vehicle import VehicleModel
-from ingest.pipeline.processor import Processor
+from ingest.pipeline.processor import RECENT_BLOCKS, Processor
 from ingest.pipeline.processor import RawMessage as Msg
 from ingest.storage.registry import Registry
 from ingest.storage.store import FileStore, Store
@@ -261,8 +261,6 @@ def test_a_recent_block_published_again_is_known_without_reading_the_store(
     setup: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lake has no index: a block looked up by device and number reads the whole blocks table."""
-    from ingest.pipeline.processor import RECENT_BLOCKS
-
     store, dev, proc, feed = setup
     k = dev.id.encode()
     n = RECENT_BLOCKS + 4
@@ -315,3 +313,47 @@ def test_a_late_block_that_does_not_chain_is_refused_from_the_window(
     assert [r.reason for r in proc.pending.rejections] == ["chain_broken"] and reads == []
     feed((blocks[2].to_wire(), k))
     assert len(proc.pending.blocks) == 1 and reads == []
+
+
+def test_a_long_gap_is_filled_by_a_spool_replayed_in_order_without_reading_the_store(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vehicle back online publishes live blocks while it replays what it spooled offline."""
+    store, dev, proc, feed = setup
+    k = dev.id.encode()
+    n = 3 * RECENT_BLOCKS
+    blocks = [dev.block(i) for i in range(n + 2)]
+    feed((blocks[0].to_wire(), k), (blocks[n].to_wire(), k), (blocks[n + 1].to_wire(), k))
+    _flush(store, proc)
+    reads = _reads(store, monkeypatch)
+    for i in range(1, n):  # the spool, oldest first, a batch stored every 5 blocks
+        feed((blocks[i].to_wire(), k))
+        if i % 5 == 0:
+            _flush(store, proc)
+    _flush(store, proc)
+    assert reads == [] and not proc.pending.rejections
+    assert store.counts()["blocks"] == n + 2
+    # a forged block in place of one replayed is refused; the latest replayed, again, is a duplicate
+    feed((dev.block(n - 1, prev=blocks[0].hash).to_wire(), k), (blocks[n - 1].to_wire(), k))
+    assert [r.reason for r in proc.pending.rejections] == ["seq_conflict"]
+    assert len(proc.pending.duplicates) == 1 and reads == []
+
+
+def test_late_blocks_out_of_order_split_the_gap_and_chain_where_they_can(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, dev, proc, feed = setup
+    k = dev.id.encode()
+    n = 2 * RECENT_BLOCKS + 10
+    blocks = [dev.block(i) for i in range(n + 1)]
+    feed((blocks[0].to_wire(), k), (blocks[n].to_wire(), k))
+    _flush(store, proc)
+    reads = _reads(store, monkeypatch)
+    feed((blocks[9].to_wire(), k))  # the middle of the gap: its predecessor is not stored
+    feed((dev.block(11, prev=blocks[0].hash).to_wire(), k))  # after 10, which is missing: unchecked
+    _flush(store, proc)
+    feed((dev.block(10, prev=blocks[0].hash).to_wire(), k))  # 9 is stored now: this one must chain to it
+    assert [r.reason for r in proc.pending.rejections] == ["chain_broken"]
+    feed((blocks[10].to_wire(), k), (blocks[8].to_wire(), k), (blocks[1].to_wire(), k))
+    _flush(store, proc)
+    assert reads == [] and store.counts()["blocks"] == 7
