@@ -258,11 +258,11 @@ def sessions_main(args: argparse.Namespace, stack: Stack, work: Path) -> int:
 
 
 def _pad_blocks(store: LakeStore, n: int) -> None:
-    """``n`` blocks of 3,000 other vehicles (their numbers far apart, as a fleet of all ages has
-    them), 1,000 a Parquet file as batches write them."""
+    """``n`` blocks of 3,000 other vehicles (device ids of 32 hex digits, as real ones; their numbers
+    far apart, as a fleet of all ages has them), 1,000 a Parquet file as batches write them."""
     for lo in range(0, n, 1000):
         store.con.execute(
-            "INSERT INTO blocks SELECT 'other-' || (i % 3000)::VARCHAR, hash(i % 3000) % 10000000 + i // 3000,"
+            "INSERT INTO blocks SELECT md5((i % 3000)::VARCHAR), hash(i % 3000) % 10000000 + i // 3000,"
             " sha256(i::VARCHAR)::BLOB, 'h'::BLOB, 's'::BLOB, 'x'::BLOB, 'k', 0, 11,"
             " make_timestamp_ns(1700000000000000000 + i), make_timestamp_ns(1700000000000000000 + i),"
             " 'r'::BLOB, 0, 0, 0, i, make_timestamp_ns(1700000000000000000 + i), false FROM range($1, $2) t(i)",
@@ -275,9 +275,11 @@ def _lookup_ms(store: LakeStore, n: int) -> float:
     rng, cpu = random.Random(n), []
     for _ in range(20):
         i = rng.randrange(max(n, 1))
-        dev, seq = f"other-{i % 3000}", None
-        row = store.con.execute("SELECT min(seq) FROM blocks WHERE device_id = ?", [dev]).fetchone()
-        seq = int(row[0]) if row and row[0] is not None else 0
+        row = store.con.execute(
+            "SELECT md5(($1 % 3000)::VARCHAR), min(seq) FROM blocks WHERE device_id = md5(($1 % 3000)::VARCHAR)",
+            [i],
+        ).fetchone()
+        dev, seq = (str(row[0]), int(row[1] or 0)) if row else ("", 0)
         t = time.process_time()
         store.block_hash_at(dev, seq)
         cpu.append((time.process_time() - t) * 1e3)
@@ -288,6 +290,7 @@ class ReplayRun(NamedTuple):
     spool_reads: int  # store reads while the spool filled the gaps
     reads: int  # store reads while every block was published again
     read_cpu_s: float  # both
+    process_cpu_s: float  # the Processor's whole work on the messages, the reads included
     duplicates: int
     expected: int
     rejected: int
@@ -318,8 +321,11 @@ def _replays(
         batches = c.message_batches()
         order = [batches[0], batches[-1], *batches[1:-1]]
         duplicates = rejected = spool_reads = 0
+        process_ns = 0
         for i, msgs in enumerate([*order, *batches]):
+            t = time.process_time_ns()
             proc.process_all(msgs)
+            process_ns += time.process_time_ns() - t
             duplicates += len(proc.pending.duplicates) if i >= len(order) else 0
             rejected += len(proc.pending.rejections)
             rows = proc.build_rows(store.next_batch_no())
@@ -330,7 +336,13 @@ def _replays(
             if i == len(order) - 1:
                 spool_reads = len(reads)
         return ReplayRun(
-            spool_reads, len(reads) - spool_reads, sum(reads) / 1e9, duplicates, len(c.messages), rejected
+            spool_reads,
+            len(reads) - spool_reads,
+            sum(reads) / 1e9,
+            process_ns / 1e9,
+            duplicates,
+            len(c.messages),
+            rejected,
         )
     finally:
         store.close()
@@ -378,14 +390,16 @@ def lookups_main(args: argparse.Namespace, stack: Stack, work: Path) -> int:
     )
     print(
         "| blocks stored | a lookup, CPU ms: as written (files) | compacted (files) | store reads (spool +"
-        f" again), CPU s: none kept | {RECENT_BLOCKS} kept per device, gaps open | duplicates recognised |"
+        f" again), their CPU s, the Processor's CPU s: none kept | {RECENT_BLOCKS} kept per device, gaps open"
+        " | duplicates recognised |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for n, written, files, compacted, merged, (old, new) in rows:
         print(
             f"| {n:,} | {written:.1f} ({files:,}) | {compacted:.1f} ({merged:,})"
-            f" | {old.spool_reads:,} + {old.reads:,}, {old.read_cpu_s:.1f}"
-            f" | {new.spool_reads:,} + {new.reads:,}, {new.read_cpu_s:.1f} | {old.duplicates:,} / {new.duplicates:,} |"
+            f" | {old.spool_reads:,} + {old.reads:,}, {old.read_cpu_s:.1f}, {old.process_cpu_s:.1f}"
+            f" | {new.spool_reads:,} + {new.reads:,}, {new.read_cpu_s:.1f}, {new.process_cpu_s:.2f}"
+            f" | {old.duplicates:,} / {new.duplicates:,} |"
         )
     print(f"\n{speed_line(machine(speed_start, reference_unit_us()))}")
     if wrong:

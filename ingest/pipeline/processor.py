@@ -252,6 +252,10 @@ class _Window:
 
     def advance(self, seq: int, h: bytes) -> None:
         """The chain head moves to ``seq`` (the numbers between it and the last were skipped)."""
+        if seq == self.last + 1:  # the next one: nearly always
+            self.hashes.append(h)
+            self.last = seq
+            return
         skipped, size = seq - self.last - 1, self.hashes.maxlen or 1
         if skipped > 0:
             self.gaps = [*self.gaps, [self.last + 1, seq - 1, self.hashes[-1]]][-OPEN_GAPS:]

@@ -184,7 +184,7 @@ def test_bench_lake_recognises_every_replayed_and_redelivered_block_with_and_wit
     cells = [c.strip() for c in row.strip("| ").split("|")]
     assert cells[1].endswith("(2)") and cells[2].endswith("(1)"), cells  # files as written, compacted
     # store reads: two per late block of the spool and one per block again; with the hashes kept, none
-    assert cells[3].startswith("1,200 + 1,000, ") and cells[4] == "0 + 0, 0.0", cells
+    assert cells[3].startswith("1,200 + 1,000, ") and cells[4].startswith("0 + 0, 0.0, "), cells
     assert cells[5] == "1,000 / 1,000", cells
 
 
