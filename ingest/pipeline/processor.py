@@ -227,12 +227,10 @@ class _Window:
 
     __slots__ = ("gaps", "hashes", "last")
 
-    def __init__(self, size: int, last: int, last_hash: bytes, skipped: int = 0) -> None:
+    def __init__(self, size: int, last: int, last_hash: bytes) -> None:
         self.last = last
-        self.hashes: deque[bytes | None] = deque(maxlen=size)
-        self.hashes.extend([None] * min(skipped, size - 1))
-        self.hashes.append(last_hash)
-        self.gaps: list[list[Any]] = [[0, skipped - 1, None]] if skipped else []
+        self.hashes: deque[bytes | None] = deque([last_hash], maxlen=size)
+        self.gaps: list[list[Any]] = []
 
     def _index(self, seq: int) -> int | None:
         i = seq - self.last + len(self.hashes) - 1
@@ -246,7 +244,7 @@ class _Window:
         for lo, hi, before in self.gaps:
             if lo <= seq <= hi:
                 return True, None
-            if seq == lo - 1 and before is not None:
+            if seq == lo - 1:
                 return True, before
         return False, None
 
@@ -383,16 +381,17 @@ class Processor:
     def discard_pending(self) -> None:
         """Forget the batch being built, store untouched (a poll failed part of the way through a
         bundle: its offset must not be committed with half of it). The chain heads it advanced are
-        reloaded by ``reset`` when the consumer rewinds."""
+        reloaded by ``reset`` when the consumer rewinds; the windows it moved go now."""
         self.pending = Pending()
+        self.windows = {}
 
     def reset(self) -> None:
         """Forget the pending and in-flight batches and reload chain heads from the store (after a
         failed flush)."""
         self.pending = Pending()
         self.inflight = {}
-        self.heads = self.store.heads()
         self.windows = {}
+        self.heads = self.store.heads()
 
     def seal(self) -> None:
         """The pending batch was built and is being written: start a new one. Until ``settled``,
@@ -633,8 +632,9 @@ class Processor:
             if seq > 0:
                 self.pending.gaps.append(GapRow(dev, 0, seq - 1, now))
             self.heads[dev] = DeviceHead(key.key_id, seq, opened.hash, 0, 0, now, now)
-            if self.recent_blocks:
-                self.windows[dev] = _Window(self.recent_blocks, seq, opened.hash, skipped=seq)
+            if self.recent_blocks:  # (the numbers below its first: the store's to answer, as a
+                # device with no head may be one whose blocks were erased, their hashes kept)
+                self.windows[dev] = _Window(self.recent_blocks, seq, opened.hash)
             return
         w = self.windows.get(dev)
         if w is None and self.recent_blocks:  # the head as stored: its block is, those before unknown

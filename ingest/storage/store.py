@@ -195,7 +195,13 @@ class _DuckStore:
         return {r[0]: DeviceHead(r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows}
 
     def block_hash_at(self, device_id: str, seq: int) -> bytes | None:
-        rows = self._read("SELECT block_hash FROM blocks WHERE device_id = ? AND seq = ?", [device_id, seq])
+        """The hash of the block stored at ``seq``, or of the one erased there (an erasure or the
+        retention keeps its hash): a copy published again is not stored again."""
+        rows = self._read(
+            "SELECT block_hash FROM blocks WHERE device_id = $1 AND seq = $2 UNION ALL"
+            " SELECT block_hash FROM erased_blocks WHERE device_id = $1 AND seq = $2",
+            [device_id, seq],
+        )
         return bytes(rows[0][0]) if rows else None
 
     def positions(self, topic: str) -> Positions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,78 @@ def test_late_blocks_out_of_order_split_the_gap_and_chain_where_they_can(
     feed((blocks[10].to_wire(), k), (blocks[8].to_wire(), k), (blocks[1].to_wire(), k))
     _flush(store, proc)
     assert reads == [] and store.counts()["blocks"] == 7
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_window_size_gives_the_verdicts_of_the_store_alone(tmp_path: Path, seed: int) -> None:
+    """Random streams of live blocks, jumps ahead (gaps), late and repeated blocks and forged ones,
+    with batches stored and rewinds between, through processors keeping 0 (the store answers every
+    time), 1, 3 and 16 block hashes per device: the same blocks stored, duplicates and rejections."""
+    rng = random.Random(seed)
+    devs = [Dev() for _ in range(3)]
+    reg = Registry(tmp_path / "r.sqlite")
+    for d in devs:
+        reg.add(d.key.public_key)
+    chains = {d.id: [d.block(i) for i in range(80)] for d in devs}
+    runs = []
+    for size in (0, 1, 3, 16):
+        store = FileStore(tmp_path / f"w{size}.duckdb")
+        runs.append((store, Processor(store, reg, max_block_bytes=512 * 1024, recent_blocks=size)))
+    head = dict.fromkeys(chains, -1)
+    for step in range(400):
+        d = rng.choice(devs)
+        r = rng.random()
+        if r < 0.5 or head[d.id] < 0:  # live: the next one, or a jump ahead
+            seq = min(79, head[d.id] + 1 + rng.choice([0, 0, 0, 1, 2, 4, 17, 30]))
+            b = chains[d.id][seq]
+            head[d.id] = max(head[d.id], seq)
+        elif r < 0.85:  # late, or published again
+            b = chains[d.id][rng.randint(max(0, head[d.id] - 40), head[d.id])]
+        else:  # forged: another block with a number the chain has, or its predecessor's hash wrong
+            seq = rng.randint(0, head[d.id] + 1)
+            b = d.block(seq, prev=rng.choice([ZERO_HASH, chains[d.id][max(0, seq - 2)].hash]))
+        msg = Msg("t", 0, step, d.id.encode(), b.to_wire())
+        verdicts = []
+        for _, proc in runs:
+            proc.process_all([msg])
+            p = proc.pending
+            verdicts.append(
+                (
+                    [(x.device_id, x.seq) for x in p.blocks],
+                    [(x.device_id, x.seq) for x in p.duplicates],
+                    [str(x.reason) for x in p.rejections],
+                    [tuple(g[:3]) for g in p.gaps],
+                )
+            )
+        assert all(v == verdicts[0] for v in verdicts), (step, verdicts)
+        if step % 7 == 6:
+            for store, proc in runs:
+                _flush(store, proc)
+        if step % 97 == 96:  # as after a failed write: the pending batch gone, the heads reloaded
+            for _, proc in runs:
+                proc.reset()
+    stored = [
+        store.con.execute("SELECT device_id, seq, block_hash FROM blocks ORDER BY ALL").fetchall()
+        for store, _ in runs
+    ]
+    assert stored[0] and all(s == stored[0] for s in stored)
+    for store, _ in runs:
+        store.close()
+    reg.close()
+
+
+def test_a_block_the_retention_erased_published_again_is_a_duplicate_not_stored_again(setup: Any) -> None:
+    """The erased block's hash stays (``erased_blocks``): the store answers for it as for a stored
+    one, as the window does while it holds it."""
+    from ingest.ops.erase import drop_older_than
+
+    store, dev, proc, feed = setup
+    k = dev.id.encode()
+    feed(*[(dev.block(i).to_wire(), k) for i in range(5)])
+    _flush(store, proc)
+    gone = drop_older_than(store, SigningKey.generate(), dev.blocks[2].header.t_last + 1, reason="retention")
+    assert [(e.device_id, e.blocks) for e in gone] == [(dev.id, 3)]
+    proc.reset()  # a consumer started anew: the store answers
+    feed((dev.blocks[1].to_wire(), k), (dev.block(2, prev=dev.blocks[1].hash).to_wire(), k))
+    assert [(d.device_id, d.seq) for d in proc.pending.duplicates] == [(dev.id, 1)]
+    assert [r.reason for r in proc.pending.rejections] == ["seq_conflict"] and not proc.pending.blocks
