@@ -197,12 +197,13 @@ class _DuckStore:
     def block_hash_at(self, device_id: str, seq: int) -> bytes | None:
         """The hash of the block stored at ``seq``, or of the one erased there (an erasure or the
         retention keeps its hash): a copy published again is not stored again."""
-        rows = self._read(
-            "SELECT block_hash FROM blocks WHERE device_id = $1 AND seq = $2 UNION ALL"
-            " SELECT block_hash FROM erased_blocks WHERE device_id = $1 AND seq = $2",
-            [device_id, seq],
-        )
-        return bytes(rows[0][0]) if rows else None
+        for table in ("blocks", "erased_blocks"):  # one after the other: in the lake each reads all
+            rows = self._read(
+                f"SELECT block_hash FROM {table} WHERE device_id = ? AND seq = ?", [device_id, seq]
+            )
+            if rows:
+                return bytes(rows[0][0])
+        return None
 
     def positions(self, topic: str) -> Positions:
         """The next offset per partition of ``topic`` after the last stored batch (the latest commit:
