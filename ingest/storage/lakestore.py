@@ -44,12 +44,12 @@ from ingest.storage.schema import (
     Row,
     SessionRow,
     lake_ddl,
-    rows_table,
 )
 from ingest.storage.store import (
     BatchRows,
     StoreError,
     StoreFenced,
+    _append,
     _DuckStore,
 )
 
@@ -83,15 +83,15 @@ def split_by_marks(
     its device's latest known is in neither (stored already); ``added`` holds each device's new
     keys, in order. With no marks (``None``) every row is doubtful."""
     at = [typ._fields.index(c) for c in _KEYS[typ][1:]]
-    seen: set[tuple[Any, ...]] = set()
+    seen: set[tuple[str, Key]] = set()
     new: list[Any] = []
     doubtful: list[Any] = []
     added: dict[str, list[Key]] = {}
     for r in rows:
         dev, k = r[0], tuple(r[i] for i in at)
-        if (dev, *k) in seen:
+        if (dev, k) in seen:
             continue
-        seen.add((dev, *k))
+        seen.add((dev, k))
         if marks is None:
             doubtful.append(r)
             continue
@@ -154,16 +154,6 @@ class KeyMarks:
                         marks[dev] = (*marks.get(dev, ()), *keys)[-RECENT_KEYS:]
                     if len(marks) > MAX_MARKED_DEVICES:
                         self._known[typ] = None
-
-
-def _append(con: Any, typ: type[Row], rows: list[Any], where: str = "") -> None:
-    """Insert ``rows`` (as ``i``) into the table of ``typ``, those that ``where`` keeps."""
-    if rows:
-        con.register("_incoming", rows_table(rows, typ))
-        con.execute(
-            f"INSERT INTO {TABLE_OF_ROW[typ]} ({', '.join(typ._fields)}) SELECT * FROM _incoming i{where}"
-        )
-        con.unregister("_incoming")
 
 
 class LakeStore(_DuckStore):
@@ -456,7 +446,7 @@ class LakeStore(_DuckStore):
             con,
             typ,
             doubtful,
-            f" WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE "
+            where=f" WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE "
             + " AND ".join(f"s.{c} = i.{c}" for c in key)
             + ")",
         )

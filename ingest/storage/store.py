@@ -154,6 +154,16 @@ class Store(Protocol):
         """Remove every byte of deleted rows from the store's files (after an erasure)."""
 
 
+def _append(con: Any, typ: type[Row], rows: list[Any], *, insert: str = "INSERT", where: str = "") -> None:
+    """Insert ``rows`` (as ``i``) into the table of ``typ``, those that ``where`` keeps, from columns."""
+    if rows:
+        con.register("_incoming", rows_table(rows, typ))
+        con.execute(
+            f"{insert} INTO {TABLE_OF_ROW[typ]} ({', '.join(typ._fields)}) SELECT * FROM _incoming i{where}"
+        )
+        con.unregister("_incoming")
+
+
 class _DuckStore:
     """What both stores share: the batch's inserts from Arrow, reads of committed state, bisection
     of a batch the store refuses. Subclasses say how keyed rows are inserted and how a batch commits."""
@@ -276,9 +286,7 @@ class _DuckStore:
                 con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
                 con.unregister("_incoming")
         if b.blocks:
-            con.register("_incoming", rows_table(b.blocks, BlockRow))
-            con.execute("INSERT INTO blocks SELECT * FROM _incoming")
-            con.unregister("_incoming")
+            _append(con, BlockRow, b.blocks)
             con.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?, make_timestamp_ns(?))",
                 [b.batch_no, b.root, len(b.blocks), b.record_count, b.created_at],
@@ -504,10 +512,7 @@ class FileStore(_DuckStore):
         self._transaction(b, self._commits)
 
     def _insert_keyed(self, con: Any, typ: type[Row], rows: list[Any]) -> None:
-        names = ", ".join(typ._fields)
-        con.register("_incoming", rows_table(rows, typ))
-        con.execute(f"INSERT OR IGNORE INTO {TABLE_OF_ROW[typ]} ({names}) SELECT * FROM _incoming")
-        con.unregister("_incoming")
+        _append(con, typ, rows, insert="INSERT OR IGNORE")
 
     def _insert_heads(self, con: Any, seq: int) -> None:
         con.execute("INSERT OR REPLACE INTO devices SELECT * FROM _incoming")
